@@ -1,0 +1,88 @@
+"""The common command-line front of every entry point.
+
+``add_common_args`` gives ``--config``, ``--override``, ``--device`` and ``--seed``;
+``run(main)`` turns a ``UserError`` into one ``error: ...`` line and exit code 2, so users
+never see a traceback for a problem they can fix.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+from typing import Callable
+
+import numpy as np
+import torch
+
+from core.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def add_common_args(parser: argparse.ArgumentParser, config_required: bool = False, default_config: str | None = None) -> None:
+    parser.add_argument("--config", required=config_required, default=default_config,
+                        help="YAML config file" + (f" (default: {default_config})" if default_config else ""))
+    parser.add_argument("--override", action="append", default=[], metavar='"a=1,b.c=x"',
+                        help="comma-separated key=value pairs applied over the config; values are YAML "
+                             "(lists in brackets keep their commas); may be repeated")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (overrides the config)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
+
+
+def cli_overrides(args: argparse.Namespace) -> str:
+    """Merge repeated --override flags and --device/--seed into one override string."""
+    parts = [o for o in args.override if o and o.strip()]
+    if getattr(args, "device", None):
+        parts.append(f"device={args.device}")
+    if getattr(args, "seed", None) is not None:
+        parts.append(f"seed={args.seed}")
+    return ",".join(parts)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> CUDA when present (the local rank's GPU under torchrun), else CPU."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device={spec} requested but CUDA is not available; use device=cpu or device=auto")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device={spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    raise UserError(f"device={spec!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run ``main`` and exit; user errors become one line on stderr and exit code 2."""
+    try:
+        code = main(argv)
+    except UserError as exc:
+        msg = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

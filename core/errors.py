@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Anything a user can fix (a bad path, a wrong key, a malformed file) raises a ``UserError``
+subclass; entry points turn it into one ``error: ...`` line on stderr and exit code 2
+(see ``core.cli.run``). Programming errors keep their tracebacks.
+"""
+
+
+class UserError(Exception):
+    """An error caused by input the user controls; printed as one line, no traceback."""
+
+
+class ConfigError(UserError):
+    """A config file or ``--override`` entry is invalid."""
+
+
+class DataError(UserError):
+    """A data file is missing, empty or does not follow the expected schema."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, unreadable or belongs to another model or dataset."""
