@@ -1,0 +1,15 @@
+"""Sequence encoders behind one interface (``core.models.base.SequentialRecommender``)."""
+from core.models.sasrec import SASRec
+
+MODELS = {"sasrec": SASRec}
+
+
+def build_model(kind: str, **kwargs):
+    """Build a registered model by name (a fixed table, never a name looked up at run time)."""
+    try:
+        cls = MODELS[kind]
+    except KeyError:
+        from core.errors import ConfigError
+
+        raise ConfigError(f"model_type {kind!r} is not one of {', '.join(MODELS)}") from None
+    return cls(**kwargs)

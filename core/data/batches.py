@@ -1,0 +1,93 @@
+"""Training datasets that live as one tensor (on the GPU when it fits).
+
+Each training user is one row of a left-padded ``[U, maxlen + 1]`` matrix built once with
+numpy. A batch is a row gather plus a few tensor ops, so no per-sample Python runs in the
+training loop. Both classes are ``torch.utils.data.Dataset`` s (``__getitem__`` returns a
+row) and add ``get_batch(index)`` for the fast path.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from core.data.splits import Split, padded_prefixes
+
+
+class CausalDataset(Dataset):
+    """Next-item training: input = items[:-1], target = items[1:] at every position (0 = none)."""
+
+    def __init__(self, split: Split, maxlen: int, device=None) -> None:
+        users = split.train_users
+        rows = padded_prefixes(split.data, users, split.train_len[users - 1], maxlen + 1)
+        self.users = torch.as_tensor(users, device=device)
+        self.rows = torch.as_tensor(rows, device=device)
+        self.n_items = split.data.n_items
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        return row[:-1], row[1:]
+
+    def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        rows = self.rows[index]
+        return {"input": rows[:, :-1], "target": rows[:, 1:], "users": self.users[index]}
+
+
+class ClozeDataset(Dataset):
+    """Masked-item (cloze) training for bidirectional models such as BERT4Rec.
+
+    Each non-padding position is replaced by ``mask_token`` with probability ``mask_prob``;
+    rows where nothing was drawn get their last item masked, so every row trains. Targets
+    are the original items at masked positions and 0 elsewhere.
+    """
+
+    def __init__(self, split: Split, maxlen: int, mask_prob: float, device=None) -> None:
+        users = split.train_users
+        rows = padded_prefixes(split.data, users, split.train_len[users - 1], maxlen)
+        self.users = torch.as_tensor(users, device=device)
+        self.rows = torch.as_tensor(rows, device=device)
+        self.mask_prob = mask_prob
+        self.mask_token = split.data.n_items + 1
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.rows[i]
+
+    def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        rows = self.rows[index]
+        real = rows > 0
+        draw = torch.rand(rows.shape, device=rows.device, generator=generator) < self.mask_prob
+        masked = draw & real
+        none = ~masked.any(dim=1)
+        masked[none, -1] = real[none, -1]
+        inputs = rows.masked_fill(masked, self.mask_token)
+        targets = rows.masked_fill(~masked, 0)
+        return {"input": inputs, "target": targets, "users": self.users[index]}
+
+
+def sample_train_negatives(seqs: torch.Tensor, n_items: int, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                           max_rounds: int = 50) -> torch.Tensor:
+    """Uniform negatives per row of ``seqs`` ([B, L] item ids, 0 = pad) that are not in that row.
+
+    Returns [B, *shape] item ids in 1..n_items. Rejection sampling with a sorted-row
+    ``searchsorted`` membership test: memory is O(B * (L + draws)), not O(B * n_items).
+    """
+    batch = seqs.shape[0]
+    sorted_rows = seqs.sort(dim=1).values
+    flat = int(np.prod(shape)) if shape else 1
+    draws = torch.randint(1, n_items + 1, (batch, flat), device=seqs.device, generator=generator)
+    for _ in range(max_rounds):
+        pos = torch.searchsorted(sorted_rows, draws).clamp(max=sorted_rows.shape[1] - 1)
+        clash = sorted_rows.gather(1, pos) == draws
+        if not clash.any():
+            break
+        redraw = torch.randint(1, n_items + 1, (int(clash.sum()),), device=seqs.device, generator=generator)
+        draws[clash] = redraw
+    else:
+        raise RuntimeError("could not draw negatives outside the history; is the catalog nearly exhausted?")
+    return draws.view(batch, *shape)

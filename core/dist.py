@@ -1,0 +1,58 @@
+"""torchrun / DDP helpers: one code path runs plain and distributed.
+
+``init_distributed`` reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (set by torchrun),
+starts the process group (NCCL on CUDA, gloo on CPU) and returns the info; with no such
+variables it does nothing and every helper degrades to the single-process case.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); (0, 1, 0) when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+def is_main() -> bool:
+    return dist_info()[0] == 0
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return dist_info()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(value: float, device: torch.device | None = None) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def broadcast_object(obj):
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,192 @@
+"""The sequential-recommendation recipe shared by the pipelines: data -> model -> fit -> test.
+
+``SeqRecConfig`` is the schema (sections ``model``, ``training``, ``data``, ``eval``; the
+seeds' key spellings are accepted as aliases) and ``train_and_evaluate`` runs one
+experiment: prepare/load data, leave-one-out split, train with ``core.train.fit`` choosing
+the checkpoint on validation, then evaluate once on test (full ranking with history
+masked, plus sampled protocols) next to the popularity baseline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+
+from core import store
+from core.cli import resolve_device, seed_everything
+from core.config import save_config, to_dict
+from core.data.batches import CausalDataset, ClozeDataset
+from core.data.sequences import SequenceData
+from core.data.splits import make_split
+from core.dist import init_distributed, is_main
+from core.errors import ConfigError, DataError
+from core.evaluation import Evaluator, popularity_score_fn
+from core.models import build_model
+from core.train import TrainConfig, fit
+
+SYNTHETIC_NAMES = ("synthetic", "synthetic-a", "synthetic-b")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_type: str = "sasrec"
+    hidden_units: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    dropout_rate: float = 0.2
+    maxlen: int = 50
+    initializer_range: float = 0.02
+    loss: Literal["ce", "sampled_softmax", "bce"] = "ce"
+    num_negatives: int = 256  # sampled_softmax negatives per batch
+    mask_prob: float = 0.2  # cloze masking rate (bidirectional models)
+
+    def __post_init__(self) -> None:
+        if self.hidden_units % self.num_heads:
+            raise ConfigError(f"model.hidden_units ({self.hidden_units}) must be divisible by model.num_heads ({self.num_heads})")
+        if self.maxlen < 2 or not 0 <= self.dropout_rate < 1 or not 0 < self.mask_prob < 1:
+            raise ConfigError("model.maxlen must be >= 2, dropout_rate in [0, 1), mask_prob in (0, 1)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic-a"  # a folder name under data_root, or a path to a prepared folder
+    data_root: str = ""  # default: <repo>/data
+    split: Literal["loo", "temporal"] = "loo"
+    valid_quantile: float = 0.8  # temporal split cut-offs
+    test_quantile: float = 0.9
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    sampled: list[int] = field(default_factory=lambda: [100])  # sampled protocols reported on test
+    sample_seed: int = 0
+    batch_size: int = 1024
+    valid_max_users: int = 0  # 0 = validate on every user
+
+
+@dataclass(frozen=True)
+class SeqRecConfig:
+    ALIASES: ClassVar[dict] = {
+        "embedding_dim": "model.hidden_units",
+        "num_layers": "model.num_blocks",
+        "lr": "training.learning_rate",
+        "l2_emb": "training.weight_decay",
+        "num_epochs": "training.epochs",
+        "experiment_name": "run_name",
+    }
+    seed: int = 42
+    device: str = "auto"
+    run_name: str = "default"
+    pipeline: str = "seqrec"
+    home: str = ""  # root of the output tree; default $RECSYS_HOME or <repo>/state_dict
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def dataset_dir(cfg: DataConfig) -> Path:
+    root = Path(cfg.data_root) if cfg.data_root else store.REPO_ROOT / "data"
+    if "/" in cfg.dataset or cfg.dataset.startswith("."):
+        return Path(cfg.dataset)
+    return root / store.check_name(cfg.dataset, "dataset")
+
+
+def load_dataset(cfg: DataConfig) -> tuple[SequenceData, Path]:
+    """Load a prepared dataset; the synthetic default is generated on first use."""
+    path = dataset_dir(cfg)
+    if not (path / "meta.json").is_file() and path.name in SYNTHETIC_NAMES:
+        from core.data.synthetic import prepare_synthetic
+
+        if is_main():
+            prepare_synthetic(path.with_name("synthetic"))
+        from core.dist import barrier
+
+        barrier()
+    if not path.exists():
+        raise DataError(f"{path}: dataset folder not found; prepare it with `python -m core.data.prepare ...` "
+                        "or set data.dataset to a prepared folder")
+    return SequenceData.load(path), path
+
+
+def build_train_data(model_cfg: ModelConfig, split, model, device):
+    if getattr(model, "causal", True):
+        return CausalDataset(split, model_cfg.maxlen, device=device)
+    return ClozeDataset(split, model_cfg.maxlen, model_cfg.mask_prob, device=device)
+
+
+def make_model(cfg: ModelConfig, n_items: int):
+    return build_model(cfg.model_type, n_items=n_items, maxlen=cfg.maxlen, hidden_units=cfg.hidden_units,
+                       num_blocks=cfg.num_blocks, num_heads=cfg.num_heads, dropout_rate=cfg.dropout_rate,
+                       initializer_range=cfg.initializer_range, loss=cfg.loss, num_negatives=cfg.num_negatives)
+
+
+def model_score_fn(model):
+    return lambda inputs, users: model.full_scores(inputs)
+
+
+def train_and_evaluate(cfg: SeqRecConfig, log=print) -> dict:
+    """Run one experiment; returns (and writes ``results.json``) test metrics at the best epoch."""
+    device = resolve_device(cfg.device)
+    init_distributed(device)
+    seed_everything(cfg.seed)
+    data, data_path = load_dataset(cfg.data)
+    split = make_split(data, cfg.data.split, cfg.data.valid_quantile, cfg.data.test_quantile)
+    dataset_name = data_path.name
+    out_dir = store.run_dir(cfg.pipeline, dataset_name, cfg.run_name, cfg.home or None)
+    if is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.training.resume:
+            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    log(f"data {dataset_name}: {data.n_users} users, {data.n_items} items, {data.n_interactions} interactions; "
+        f"split {split.kind}: {len(split.valid)} valid / {len(split.test)} test users -> {out_dir}")
+
+    model = make_model(cfg.model, data.n_items).to(device)
+    train_data = build_train_data(cfg.model, split, model, device)
+    width = cfg.model.maxlen
+    valid_eval = Evaluator(split, "valid", width, cfg.eval.ks, sampled=(), sample_seed=cfg.eval.sample_seed,
+                           batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users)
+    meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg),
+            "data_fingerprint": data.fingerprint()}
+    result = fit(model, train_data, lambda m: valid_eval.run(model_score_fn(m)), cfg.training, out_dir,
+                 device=device, seed=cfg.seed, checkpoint_meta=meta, log=log)
+
+    model.eval()
+    test_eval = Evaluator(split, "test", width, cfg.eval.ks, sampled=cfg.eval.sampled, sample_seed=cfg.eval.sample_seed,
+                          batch_size=cfg.eval.batch_size, device=device)
+    test = test_eval.run(model_score_fn(model))
+    popularity = test_eval.run(popularity_score_fn(split))
+    results = {
+        "dataset": dataset_name, "model": cfg.model.model_type, "run_dir": str(out_dir),
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
+        "stopped": result.stopped, "valid": result.best_valid, "test": test, "popularity_test": popularity,
+    }
+    if is_main():
+        store.atomic_write_json(out_dir / "results.json", results)
+    return results
+
+
+def evaluate_checkpoint(path: str | Path, cfg: SeqRecConfig, log=print) -> dict:
+    """Test metrics of a saved checkpoint on the dataset named by ``cfg`` (fingerprint checked)."""
+    device = resolve_device(cfg.device)
+    data, data_path = load_dataset(cfg.data)
+    from core.models import MODELS
+
+    ckpt = store.load_checkpoint(path, kind=tuple(MODELS), data_fingerprint=data.fingerprint(), map_location=device)
+    args = ckpt["model_args"]
+    if args["n_items"] != data.n_items:
+        raise DataError(f"{path}: model has {args['n_items']} items but {data_path} has {data.n_items}")
+    model = build_model(ckpt["kind"], **args).to(device)
+    model.load_state_dict(ckpt["model_state"])
+    model.eval()
+    split = make_split(data, cfg.data.split, cfg.data.valid_quantile, cfg.data.test_quantile)
+    out = {}
+    for which in ("valid", "test"):
+        ev = Evaluator(split, which, args["maxlen"], cfg.eval.ks, sampled=cfg.eval.sampled,
+                       sample_seed=cfg.eval.sample_seed, batch_size=cfg.eval.batch_size, device=device)
+        out[which] = ev.run(model_score_fn(model))
+    return out

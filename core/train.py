@@ -1,0 +1,283 @@
+"""The one fit loop every pipeline uses.
+
+- AMP on CUDA by default (bf16 where supported, else fp16 with a grad scaler); ``USE_AMP=0``
+  or ``amp: false`` turns it off. CPU runs in fp32.
+- torchrun: detected from the environment; the loss module is wrapped in DDP, each rank
+  takes a ``DistributedSampler`` shard of the training rows, rank 0 writes every file, and
+  losses/metrics are reduced across ranks.
+- Validation every ``eval_every`` epochs; the best epoch on the validation metric is saved
+  as ``best.pt`` (test data is never looked at here); early stop after ``patience``
+  evaluations without improvement.
+- ``last.pt`` after every epoch holds model, optimizer, scheduler, scaler, RNG and loop
+  state; ``resume`` continues from it exactly.
+- One metrics line per epoch on stdout and in ``metrics.jsonl``; tqdm over batches.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
+
+from core import store
+from core.dist import all_reduce_mean, barrier, dist_info, is_main
+from core.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant | cosine (after warmup)
+    eval_every: int = 1
+    patience: int = 10  # evaluations without improvement before stopping; 0 = never stop early
+    metric: str = "NDCG@10"  # validation metric that picks the best checkpoint
+    amp: bool = True  # CUDA only; USE_AMP=0 in the environment also disables it
+    resume: bool = False
+    max_steps_per_epoch: int = 0  # 0 = a full pass; >0 caps batches per epoch (smoke runs)
+    time_budget_s: float = 0.0  # 0 = none; else stop after the epoch that crosses it
+
+    def __post_init__(self) -> None:
+        from core.errors import ConfigError
+
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ConfigError("training.epochs, batch_size and eval_every must be >= 1")
+        if self.learning_rate <= 0:
+            raise ConfigError("training.learning_rate must be > 0")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"training.lr_schedule {self.lr_schedule!r} is not constant or cosine")
+
+
+class TrainData(Protocol):
+    def __len__(self) -> int: ...
+    def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict: ...
+
+
+class _LossModule(nn.Module):
+    """Puts ``loss_fn`` behind ``forward`` so DDP's gradient hooks see the whole step."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict, generator: torch.Generator | None):
+        return self.loss_fn(self.model, batch, generator)
+
+
+def _default_loss(model, batch, generator):
+    return model.training_loss(batch, generator)
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    if not enabled or device.type != "cuda" or os.environ.get("USE_AMP", "1") == "0":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.as_tensor(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "generator": generator.get_state(),
+    }
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    generator.set_state(state["generator"])
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_metric: float
+    best_valid: dict
+    epochs_run: int
+    seconds: float
+    stopped: str
+
+
+def fit(
+    model: nn.Module,
+    train_data: TrainData,
+    validate: Callable[[nn.Module], dict],
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    seed: int,
+    checkpoint_meta: dict,
+    loss_fn: Callable = _default_loss,
+    log: Callable[[str], None] = print,
+) -> FitResult:
+    """Train ``model`` on ``train_data`` and leave the best validation weights loaded.
+
+    ``checkpoint_meta`` holds ``kind``, ``model_args``, ``config`` and ``data_fingerprint``
+    for the self-describing checkpoints (see ``core.store.save_checkpoint``).
+    """
+    rank, world, _ = dist_info()
+    out_dir = Path(out_dir)
+    model.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 else decay).append(p)  # no decay on biases and LayerNorm
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
+                                  betas=(0.9, 0.98))
+    steps_per_epoch = math.ceil(len(train_data) / world / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total_steps = max(1, steps_per_epoch * cfg.epochs)
+
+    def lr_lambda(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "cosine":
+            progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    dtype = amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+    loss_module: nn.Module = _LossModule(model, loss_fn)
+    if world > 1:
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    start_epoch, best_metric, best_epoch, best_valid, bad_evals = 0, -math.inf, -1, {}, 0
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if cfg.resume and last_path.is_file():
+        ckpt = store.load_checkpoint(last_path, kind=checkpoint_meta["kind"],
+                                     data_fingerprint=checkpoint_meta.get("data_fingerprint"), map_location=device)
+        try:
+            model.load_state_dict(ckpt["model_state"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{last_path}: does not fit this model ({str(exc).splitlines()[0]}); "
+                                  "start a fresh run or use the same model settings") from None
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        loop = ckpt["loop"]
+        start_epoch, best_metric, best_epoch, bad_evals = loop["epoch"], loop["best_metric"], loop["best_epoch"], loop["bad_evals"]
+        best_valid = loop["best_valid"]
+        _set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0], generator)
+        log(f"resumed from {last_path} at epoch {start_epoch} (best {cfg.metric} {best_metric:.4f} at epoch {best_epoch})")
+    elif cfg.resume:
+        log(f"resume requested but {last_path} does not exist; starting fresh")
+
+    sampler = DistributedSampler(range(len(train_data)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    t_start = time.perf_counter()
+    stopped = "epochs"
+    epoch = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.perf_counter()
+        model.train()
+        sampler.set_epoch(epoch)
+        order = torch.as_tensor(list(sampler), dtype=torch.long)
+        batches = order.split(cfg.batch_size)[:steps_per_epoch]
+        total, count = 0.0, 0
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not is_main() or len(batches) < 20,
+                   dynamic_ncols=True)
+        for index in bar:
+            batch = train_data.get_batch(index.to(device), generator)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = loss_module(batch, generator)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total += loss.item()
+            count += 1
+            if count % 10 == 0:
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        train_loss = all_reduce_mean(total / max(count, 1), device)
+        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
+               "epoch_seconds": round(time.perf_counter() - t_epoch, 3)}
+        improved = False
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            model.eval()
+            valid = validate(model)
+            if cfg.metric not in valid:
+                raise KeyError(f"validation metric {cfg.metric!r} not among {sorted(valid)}")
+            row["valid"] = {k: round(v, 6) for k, v in valid.items()}
+            if valid[cfg.metric] > best_metric:
+                best_metric, best_epoch, best_valid, bad_evals, improved = valid[cfg.metric], epoch + 1, valid, 0, True
+            else:
+                bad_evals += 1
+        row["seconds"] = round(time.perf_counter() - t_start, 3)
+        if is_main():
+            if improved:
+                store.save_checkpoint(best_path, model_state=model.state_dict(), epoch=epoch + 1,
+                                      valid=best_valid, **checkpoint_meta)
+            store.append_jsonl(out_dir / "metrics.jsonl", row)
+        valid_txt = f" | valid {cfg.metric} {row['valid'][cfg.metric]:.4f}" if "valid" in row else ""
+        hr = row.get("valid", {}).get(cfg.metric.replace("NDCG", "HR"))
+        valid_txt += f" {cfg.metric.replace('NDCG', 'HR')} {hr:.4f}" if hr is not None and "NDCG" in cfg.metric else ""
+        log(f"epoch {epoch + 1:3d}/{cfg.epochs} loss {train_loss:.4f}{valid_txt} | {row['epoch_seconds']:.1f}s"
+            + (" *" if improved else ""))
+        # every rank saves its RNG state so a resumed DDP run draws the same numbers
+        rng_states = _gather_rng(_rng_state(generator))
+        if is_main():
+            store.save_checkpoint(
+                last_path, model_state=model.state_dict(), optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_states,
+                loop={"epoch": epoch + 1, "best_metric": best_metric, "best_epoch": best_epoch,
+                      "bad_evals": bad_evals, "best_valid": best_valid},
+                **checkpoint_meta)
+        barrier()
+        if cfg.patience and bad_evals >= cfg.patience:
+            stopped = f"early stop: no {cfg.metric} gain in {cfg.patience} evaluations"
+            break
+        if cfg.time_budget_s and time.perf_counter() - t_start >= cfg.time_budget_s:
+            stopped = f"time budget {cfg.time_budget_s:.0f}s reached"
+            break
+    seconds = time.perf_counter() - t_start
+    if best_path.is_file():
+        barrier()
+        ckpt = store.load_checkpoint(best_path, kind=checkpoint_meta["kind"], map_location=device)
+        model.load_state_dict(ckpt["model_state"])
+    log(f"best {cfg.metric} {best_metric:.4f} at epoch {best_epoch} ({stopped}; {seconds:.1f}s)")
+    return FitResult(best_epoch, best_metric, best_valid, epoch + 1, seconds, stopped)
+
+
+def _gather_rng(state: dict) -> list:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
