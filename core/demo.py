@@ -9,6 +9,7 @@ import time
 
 from core.cli import add_common_args, cli_overrides, run
 from core.config import load_config
+from core.dist import cleanup, is_main
 from core.report import format_table
 from core.seqrec import SeqRecConfig, train_and_evaluate
 
@@ -22,6 +23,10 @@ def main(argv=None) -> int:
     cfg = load_config(SeqRecConfig, args.config, cli_overrides(args))
     t0 = time.perf_counter()
     res = train_and_evaluate(cfg)
+    main_rank = is_main()
+    cleanup()
+    if not main_rank:
+        return 0
     rows = []
     for name, metrics in (("Popularity", res["popularity_test"]), (cfg.model.model_type.upper(), res["test"])):
         row = {"model": name, **{k: metrics[k] for k in COLUMNS[1:-1]}}

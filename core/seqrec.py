@@ -132,11 +132,14 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print) -> dict:
     """Run one experiment; returns (and writes ``results.json``) test metrics at the best epoch."""
     device = resolve_device(cfg.device)
     init_distributed(device)
+    if not is_main():
+        log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for all ranks
     seed_everything(cfg.seed)
+    # names are validated before anything is read or written
+    out_dir = store.run_dir(cfg.pipeline, dataset_dir(cfg.data).name, cfg.run_name, cfg.home or None)
     data, data_path = load_dataset(cfg.data)
     split = make_split(data, cfg.data.split, cfg.data.valid_quantile, cfg.data.test_quantile)
     dataset_name = data_path.name
-    out_dir = store.run_dir(cfg.pipeline, dataset_name, cfg.run_name, cfg.home or None)
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         if not cfg.training.resume:

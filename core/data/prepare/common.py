@@ -94,7 +94,9 @@ def to_int(token: str, path: Path, lineno: int, what: str) -> int:
     try:
         return int(token)
     except ValueError:
-        raise DataError(f"{path}:{lineno}: {what} {token.strip()!r} is not an integer") from None
+        shown = token.strip()
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise DataError(f"{path}:{lineno}: {what} {shown!r} is not an integer; is this the right file?") from None
 
 
 def fields(line: str, sep: str | None, n: int, path: Path, lineno: int, layout: str) -> list[str]:

@@ -37,11 +37,12 @@ def run(args: argparse.Namespace) -> list[Prepared]:
 def parse_header(line: str, path: Path, lineno: int) -> list[tuple[str, str]]:
     cols: list[tuple[str, str]] = []
     for f in line.split("\t"):
-        name, sep, typ = f.strip().rpartition(":")
+        name, sep, typ = f.strip().partition(":")
         if not sep or not name or typ not in TYPES:
+            hint = "; fields must be separated by tabs" if "\t" not in line and " " in line.strip() else ""
             raise DataError(
                 f"{path}:{lineno}: malformed header field {f!r}; expected tab-separated name:type "
-                f"with type one of {', '.join(TYPES)} (e.g. user_id:token)"
+                f"with type one of {', '.join(TYPES)} (e.g. user_id:token){hint}"
             )
         if any(name == c for c, _ in cols):
             raise DataError(f"{path}:{lineno}: header names column {name!r} twice")
