@@ -1,0 +1,105 @@
+"""The shared evaluator for candidate lists: any pipeline's ranked lists vs ground truth.
+
+    python -m core.candidates --candidates cand.jsonl --gt gt.jsonl --ks 5,10,20
+
+Candidates: one JSON object per user, ``{"user_id": U, "results": [{"item_id": I, "score": s}, ...]}``
+(the Persona4Rec layout) or ``{"user_id": U, "items": [I, ...]}``, best first. Ground truth:
+``{"user_id": U, "item_id": I}`` or ``{"user_id": U, "item_ids": [...]}``; several lines per
+user add up. A placeholder id ``[PAD]`` keeps its slot and counts as a miss. A user with ground truth but no list
+counts as all misses and is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from core.cli import run
+from core.data.jsonl import iter_jsonl, require
+from core.errors import DataError
+from core.metrics import MetricAccumulator, list_metrics
+
+PLACEHOLDERS = {"[PAD]", None, ""}
+
+
+def read_candidates(path: str | Path) -> dict[str, list[str | None]]:
+    out: dict[str, list[str]] = {}
+    for lineno, obj in iter_jsonl(path):
+        user = str(require(obj, "user_id", (str, int), path, lineno))
+        if "results" in obj:
+            results = require(obj, "results", list, path, lineno)
+            items = []
+            for j, r in enumerate(results):
+                if not isinstance(r, dict) or "item_id" not in r:
+                    raise DataError(f"{path}:{lineno}: results[{j}] needs an 'item_id'")
+                items.append(r["item_id"])
+        elif "items" in obj:
+            items = require(obj, "items", list, path, lineno)
+        else:
+            raise DataError(f"{path}:{lineno}: expected key 'results' or 'items' with the ranked list")
+        if user in out:
+            raise DataError(f"{path}:{lineno}: user {user!r} has a second candidate list")
+        # a placeholder keeps its slot as a miss, so later items keep their rank
+        out[user] = [None if i in PLACEHOLDERS else str(i) for i in items]
+    return out
+
+
+def read_ground_truth(path: str | Path) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for lineno, obj in iter_jsonl(path):
+        user = str(require(obj, "user_id", (str, int), path, lineno))
+        if "item_ids" in obj:
+            items = require(obj, "item_ids", list, path, lineno)
+        else:
+            items = [require(obj, "item_id", (str, int), path, lineno)]
+        out.setdefault(user, set()).update(str(i) for i in items)
+    return out
+
+
+def candidate_metrics(candidates: dict[str, list[str]], truth: dict[str, set[str]], ks) -> dict:
+    """Mean metrics over the ground-truth users; lists are cut or padded to max(ks)."""
+    width = max(ks)
+    users = sorted(truth)
+    hits = torch.zeros(len(users), width)
+    n_rel = torch.zeros(len(users))
+    missing = 0
+    for row, user in enumerate(users):
+        ranked = candidates.get(user)
+        if ranked is None:
+            missing += 1
+            ranked = []
+        rel = truth[user]
+        n_rel[row] = len(rel)
+        for j, item in enumerate(ranked[:width]):
+            hits[row, j] = item in rel
+    acc = MetricAccumulator()
+    acc.add(list_metrics(hits, n_rel, ks))
+    return {**acc.result(), "users": len(users), "users_without_list": missing}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidates", required=True)
+    parser.add_argument("--gt", required=True)
+    parser.add_argument("--ks", default="5,10,20")
+    parser.add_argument("--output", help="write the metrics as JSON here as well")
+    args = parser.parse_args(argv)
+    try:
+        ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    except ValueError:
+        raise DataError(f"--ks {args.ks!r}: expected comma-separated integers, e.g. 5,10,20") from None
+    res = candidate_metrics(read_candidates(args.candidates), read_ground_truth(args.gt), ks)
+    for k in ks:
+        print(f"@{k:<3d} " + "  ".join(f"{m} {res[f'{m}@{k}']:.4f}" for m in ("HR", "Recall", "NDCG", "Precision")))
+    print(f"MRR {res['MRR']:.4f}  users {res['users']} (without a list: {res['users_without_list']})")
+    if args.output:
+        from core.store import atomic_write_json
+
+        atomic_write_json(args.output, res)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
