@@ -15,7 +15,7 @@ from core.data.splits import Split, padded_prefixes
 
 
 class CausalDataset(Dataset):
-    """Next-item training: input = items[:-1], target = items[1:] at every position (0 = none)."""
+    """Next-item training: input = items[:-1], target = items[1:] at every real input position (0 = none)."""
 
     def __init__(self, split: Split, maxlen: int, device=None) -> None:
         users = split.train_users
@@ -29,11 +29,13 @@ class CausalDataset(Dataset):
 
     def __getitem__(self, i: int):
         row = self.rows[i]
-        return row[:-1], row[1:]
+        return row[:-1], row[1:].masked_fill(row[:-1] == 0, 0)
 
     def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         rows = self.rows[index]
-        return {"input": rows[:, :-1], "target": rows[:, 1:], "users": self.users[index]}
+        inputs = rows[:, :-1]
+        # a padded input position predicts nothing (its hidden state is zero): no target there
+        return {"input": inputs, "target": rows[:, 1:].masked_fill(inputs == 0, 0), "users": self.users[index]}
 
 
 class ClozeDataset(Dataset):

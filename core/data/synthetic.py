@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from core.data.sequences import SequenceData
-from core.store import atomic_write_json
 
 DOMAINS = ("A", "B")
 
@@ -117,13 +116,43 @@ def generate(spec: SyntheticSpec = SyntheticSpec()) -> tuple[dict[str, SequenceD
     return out, item_side
 
 
-def prepare_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> dict[str, Path]:
-    """Write ``out_dir`` (merged), ``out_dir-a`` and ``out_dir-b``; returns their paths."""
+def synthetic_prepared(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> list:
+    """The three datasets as ``Prepared`` records for ``core.data.prepare``'s writer."""
+    from core.data.prepare.common import Prepared
+
     out_dir = Path(out_dir)
     datasets, item_side = generate(spec)
-    paths = {"merged": out_dir, "A": out_dir.with_name(out_dir.name + "-a"), "B": out_dir.with_name(out_dir.name + "-b")}
-    for key, path in paths.items():
-        data = datasets[key]
-        atomic_write_json(path / "item_side.json", {raw: item_side[raw] for raw in data.item_ids})
-        data.save(path)  # meta.json is written last and marks the folder complete
-    return paths
+    names = {"merged": out_dir.name, "A": out_dir.name + "-a", "B": out_dir.name + "-b"}
+    return [
+        Prepared(name=names[key], data=data, preparer="synthetic", source=Path("<generated>"),
+                 out=out_dir.with_name(names[key]), notes=[data.meta["notes"]],
+                 item_side={raw: item_side[raw] for raw in data.item_ids})
+        for key, data in datasets.items()
+    ]
+
+
+def prepare_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> dict[str, Path]:
+    """Write ``out_dir`` (merged), ``out_dir-a`` and ``out_dir-b``; returns their paths."""
+    from core.data.prepare.common import write_prepared
+
+    return {p.name: write_prepared(p) for p in synthetic_prepared(out_dir, spec)}
+
+
+def add_args(parser) -> None:
+    d = SyntheticSpec()
+    parser.add_argument("--users", type=int, default=d.n_users)
+    parser.add_argument("--items-per-domain", type=int, default=d.n_items_per_domain)
+    parser.add_argument("--clusters", type=int, default=d.n_clusters)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--name", default="synthetic", help="folder name; -a/-b are added for the single domains")
+
+
+def run(args) -> list:
+    from core.data.prepare.common import default_out
+    from core.errors import DataError
+
+    if args.users < 1 or args.items_per_domain < args.clusters or args.clusters < 1:
+        raise DataError("synthetic: need users >= 1, clusters >= 1 and items-per-domain >= clusters")
+    spec = SyntheticSpec(n_users=args.users, n_items_per_domain=args.items_per_domain, n_clusters=args.clusters,
+                         seed=args.seed)
+    return synthetic_prepared(Path(args.out) if args.out else default_out(args.name), spec)

@@ -13,6 +13,7 @@ import sys
 from typing import Callable
 
 from core.cli import run as cli_run
+from core.data import synthetic
 from core.data.prepare import food_kitchen, movielens, recbole, sasrec_txt, seq_lines
 from core.data.prepare.common import Prepared, summary, write_prepared
 
@@ -22,6 +23,7 @@ PREPARERS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[
     "sasrec-txt": (sasrec_txt.add_args, sasrec_txt.run),
     "food-kitchen": (food_kitchen.add_args, food_kitchen.run),
     "recbole": (recbole.add_args, recbole.run),
+    "synthetic": (synthetic.add_args, synthetic.run),
 }
 
 
