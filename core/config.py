@@ -40,6 +40,8 @@ def parse_overrides(text: str) -> list[tuple[str, Any]]:
             depth += 1
         elif ch in "]})":
             depth -= 1
+            if depth < 0:
+                raise ConfigError(f"--override {text!r}: a closing bracket comes before its opening one")
         if ch == "," and depth == 0 and not quote:
             parts.append("".join(cur))
             cur = []

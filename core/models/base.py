@@ -125,7 +125,7 @@ class SequentialRecommender(nn.Module):
             logits = torch.cat([pos_logit, neg_logits], dim=1).float()
             return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=h.device))
         # bce: one negative per position, outside the user's sequence
-        negs = sample_train_negatives(seqs, self.n_items, (seqs.shape[1],), generator)[sel]
+        negs = sample_train_negatives(seqs, self.n_items, (targets.shape[1],), generator)[sel]
         pos_logit = (h * self.item_emb(pos)).sum(-1).float()
         neg_logit = (h * self.item_emb(negs)).sum(-1).float()
         return F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit)) + \
