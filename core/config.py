@@ -41,7 +41,7 @@ def parse_overrides(text: str) -> list[tuple[str, Any]]:
         elif ch in "]})":
             depth -= 1
             if depth < 0:
-                raise ConfigError(f"--override {text!r}: a closing bracket comes before its opening one")
+                raise ConfigError(f"--override {text!r}: unbalanced brackets (a closing one comes first)")
         if ch == "," and depth == 0 and not quote:
             parts.append("".join(cur))
             cur = []
