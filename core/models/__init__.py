@@ -1,7 +1,8 @@
 """Sequence encoders behind one interface (``core.models.base.SequentialRecommender``)."""
+from core.models.bert4rec import BERT4Rec
 from core.models.sasrec import SASRec
 
-MODELS = {"sasrec": SASRec}
+MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec}
 
 
 def build_model(kind: str, **kwargs):

@@ -94,44 +94,67 @@ class SequentialRecommender(nn.Module):
         return self.item_emb.weight[: self.n_items + 1]
 
     # ------------------------------------------------------------------ scoring
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Output head applied to hidden states before scoring (identity for SASRec)."""
+        return hidden
+
+    def output_bias(self) -> torch.Tensor | None:
+        return None
+
     def last_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self(input_ids)[:, -1]
+        """The representation that scores the next item, [B, D]."""
+        return self.project(self(input_ids)[:, -1])
+
+    def logits_all(self, h: torch.Tensor) -> torch.Tensor:
+        """Scores of items 0..n_items for rows of ``h`` [N, D]; padding column set to -inf."""
+        logits = h @ self.item_weights().T
+        bias = self.output_bias()
+        if bias is not None:
+            logits = logits + bias
+        logits[:, 0] = -math.inf
+        return logits
+
+    def logits_of(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores of given ``items`` ([N, C]) for rows of ``h`` ([N, D])."""
+        logits = (self.item_emb(items) * h.unsqueeze(1)).sum(-1)
+        bias = self.output_bias()
+        return logits + bias[items] if bias is not None else logits
 
     def full_scores(self, input_ids: torch.Tensor) -> torch.Tensor:
-        scores = self.last_hidden(input_ids) @ self.item_weights().T
-        scores[:, 0] = -math.inf
-        return scores
+        return self.logits_all(self.last_hidden(input_ids))
 
     def candidate_scores(self, input_ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        h = self.last_hidden(input_ids)
-        return (self.item_emb(candidates) * h.unsqueeze(1)).sum(-1)
+        return self.logits_of(self.last_hidden(input_ids), candidates)
 
     # ------------------------------------------------------------------ losses
     def prediction_loss(self, hidden: torch.Tensor, targets: torch.Tensor, seqs: torch.Tensor,
                         generator: torch.Generator | None = None) -> torch.Tensor:
-        """Loss of predicting ``targets`` ([B, L], 0 = no target) from ``hidden`` ([B, L, D])."""
+        """Loss of predicting ``targets`` ([B, L], 0 = no target) from projected ``hidden`` ([B, L, D]).
+
+        ``seqs`` ([B, L'] item ids) are the items the BCE negatives must avoid.
+        """
         sel = targets > 0
         h = hidden[sel]
         pos = targets[sel]
         if self.loss_name == "ce":
-            logits = h @ self.item_weights().T
-            logits[:, 0] = -math.inf
-            return F.cross_entropy(logits.float(), pos)
+            return F.cross_entropy(self.logits_all(h).float(), pos)
         if self.loss_name == "sampled_softmax":
+            # negatives shared by the whole batch: one [N, num_negatives] matmul
             negs = torch.randint(1, self.n_items + 1, (self.num_negatives,), device=h.device, generator=generator)
-            pos_logit = (h * self.item_emb(pos)).sum(-1, keepdim=True)
             neg_logits = h @ self.item_emb(negs).T
+            bias = self.output_bias()
+            if bias is not None:
+                neg_logits = neg_logits + bias[negs]
             neg_logits = neg_logits.masked_fill(negs.view(1, -1) == pos.view(-1, 1), -math.inf)  # accidental hits
-            logits = torch.cat([pos_logit, neg_logits], dim=1).float()
+            logits = torch.cat([self.logits_of(h, pos.view(-1, 1)), neg_logits], dim=1).float()
             return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=h.device))
         # bce: one negative per position, outside the user's sequence
         negs = sample_train_negatives(seqs, self.n_items, (targets.shape[1],), generator)[sel]
-        pos_logit = (h * self.item_emb(pos)).sum(-1).float()
-        neg_logit = (h * self.item_emb(negs)).sum(-1).float()
-        return F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit)) + \
-            F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))
+        pair = self.logits_of(h, torch.stack([pos, negs], dim=1)).float()
+        return F.binary_cross_entropy_with_logits(pair[:, 0], torch.ones_like(pair[:, 0])) + \
+            F.binary_cross_entropy_with_logits(pair[:, 1], torch.zeros_like(pair[:, 1]))
 
     def training_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        hidden = self(batch["input"])
-        seqs = torch.cat([batch["input"], batch["target"][:, -1:]], dim=1)
+        hidden = self.project(self(batch["input"]))
+        seqs = torch.cat([batch["input"], batch["target"]], dim=1)
         return self.prediction_loss(hidden, batch["target"], seqs, generator)
