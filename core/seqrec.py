@@ -145,6 +145,9 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print) -> dict:
         if not cfg.training.resume:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
         save_config(cfg, out_dir / "config.yaml")
+    from core.config import dump_yaml
+
+    log("resolved config:\n  " + dump_yaml(cfg).rstrip().replace("\n", "\n  "))
     log(f"data {dataset_name}: {data.n_users} users, {data.n_items} items, {data.n_interactions} interactions; "
         f"split {split.kind}: {len(split.valid)} valid / {len(split.test)} test users -> {out_dir}")
 
