@@ -29,6 +29,7 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from core import store
+from core.data.batches import length_bucketed
 from core.dist import all_reduce_mean, barrier, dist_info, is_main
 from core.errors import CheckpointError
 
@@ -49,6 +50,7 @@ class TrainConfig:
     resume: bool = False
     max_steps_per_epoch: int = 0  # 0 = a full pass; >0 caps batches per epoch (smoke runs)
     time_budget_s: float = 0.0  # 0 = none; else stop after the epoch that crosses it
+    length_buckets: bool = True  # batch users of similar length together (less padding)
 
     def __post_init__(self) -> None:
         from core.errors import ConfigError
@@ -201,7 +203,11 @@ def fit(
         model.train()
         sampler.set_epoch(epoch)
         order = torch.as_tensor(list(sampler), dtype=torch.long)
-        batches = order.split(cfg.batch_size)[:steps_per_epoch]
+        if cfg.length_buckets and hasattr(train_data, "lengths"):
+            bucket_gen = torch.Generator().manual_seed(seed * 7919 + epoch * 31 + rank)
+            batches = length_bucketed(order, train_data.lengths, cfg.batch_size, bucket_gen)[:steps_per_epoch]
+        else:
+            batches = list(order.split(cfg.batch_size))[:steps_per_epoch]
         total, count = 0.0, 0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not is_main() or len(batches) < 20,
                    dynamic_ncols=True)

@@ -244,10 +244,11 @@ def test_causal_dataset():
     assert len(ds) == 2
     assert ds.users.tolist() == [1, 2]
     b = ds.get_batch(torch.tensor([0, 1]))
-    # u1 train prefix 1 2 3, u2 train prefix 3 1; rows of width maxlen + 1 = 4
-    assert b["input"].tolist() == [[0, 1, 2], [0, 0, 3]]
+    # u1 train prefix 1 2 3, u2 train prefix 3 1; rows of width maxlen + 1 = 4, and the
+    # column that is padding in every row of the batch is trimmed away
+    assert b["input"].tolist() == [[1, 2], [0, 3]]
     # the target is the next item at every real input position, 0 where the input is padding
-    assert b["target"].tolist() == [[0, 2, 3], [0, 0, 1]]
+    assert b["target"].tolist() == [[2, 3], [0, 1]]
     assert b["users"].tolist() == [1, 2]
     inp, tgt = ds[1]
     assert inp.tolist() == [0, 0, 3] and tgt.tolist() == [0, 0, 1]
@@ -299,8 +300,8 @@ def test_cloze_masks_real_positions_only_and_every_row():
     d2 = SequenceData.from_lists([[5, 6, 7, 8]], 8, ["a"], list("abcdefgh"))
     ds2 = ClozeDataset(leave_one_out(d2), maxlen=4, mask_prob=1e-9)
     b2 = ds2.get_batch(torch.tensor([0]), torch.Generator().manual_seed(0))
-    assert b2["input"].tolist() == [[0, 0, 5, 9]]
-    assert b2["target"].tolist() == [[0, 0, 0, 6]]
+    assert b2["input"].tolist() == [[5, 9]]  # all-padding columns trimmed
+    assert b2["target"].tolist() == [[0, 6]]
 
 
 def test_sample_train_negatives_never_in_row():

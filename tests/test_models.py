@@ -215,3 +215,14 @@ def test_return_layers():
     with torch.no_grad():
         h, layers = model(x, return_layers=True)
     assert len(layers) == 2 and layers[-1].shape == h.shape == (2, 8, 16)
+
+
+def test_trimming_batch_padding_changes_no_score():
+    from core.data.batches import trim_padding
+
+    torch.manual_seed(0)
+    model = SASRec(n_items=20, maxlen=12, hidden_units=16, num_blocks=2, num_heads=2, dropout_rate=0.0).eval()
+    rows = torch.tensor([[0] * 8 + [3, 4, 5, 6], [0] * 10 + [7, 8]])
+    trimmed = trim_padding(rows)
+    assert trimmed.shape[1] == 4
+    assert torch.allclose(model.full_scores(rows)[:, 1:], model.full_scores(trimmed)[:, 1:], atol=1e-5)
