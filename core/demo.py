@@ -10,10 +10,8 @@ import time
 from core.cli import add_common_args, cli_overrides, run
 from core.config import load_config
 from core.dist import cleanup, is_main
-from core.report import format_table
+from core.report import RESULT_COLUMNS, format_table, result_rows
 from core.seqrec import SeqRecConfig, train_and_evaluate
-
-COLUMNS = ["model", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR", "sampled-100 NDCG@10"]
 
 
 def main(argv=None) -> int:
@@ -27,14 +25,10 @@ def main(argv=None) -> int:
     cleanup()
     if not main_rank:
         return 0
-    rows = []
-    for name, metrics in (("Popularity", res["popularity_test"]), (cfg.model.model_type.upper(), res["test"])):
-        row = {"model": name, **{k: metrics[k] for k in COLUMNS[1:-1]}}
-        row["sampled-100 NDCG@10"] = metrics.get("sampled-100/NDCG@10", float("nan"))
-        rows.append(row)
+    rows = result_rows([("Popularity", res["popularity_test"]), (cfg.model.model_type.upper(), res["test"])])
     print(f"\nTest, full ranking over all {res['dataset']} items, history excluded "
           f"(best validation epoch {res['best_epoch']}):")
-    print(format_table(rows, COLUMNS))
+    print(format_table(rows, RESULT_COLUMNS))
     lift = res["test"]["NDCG@10"] / max(res["popularity_test"]["NDCG@10"], 1e-12)
     print(f"\nNDCG@10 lift over popularity: {lift:.1f}x; total {time.perf_counter() - t0:.1f}s; outputs in {res['run_dir']}")
     return 0

@@ -27,6 +27,13 @@ from core.models import build_model
 from core.train import TrainConfig, fit
 
 SYNTHETIC_NAMES = ("synthetic", "synthetic-a", "synthetic-b")
+PREPARE_HINTS = {
+    "beauty": "seq-lines --path ../shared/data/amazon-seq/Beauty.txt",
+    "sports": "seq-lines --path ../shared/data/amazon-seq/Sports_and_Outdoors.txt",
+    "toys": "seq-lines --path ../shared/data/amazon-seq/Toys_and_Games.txt",
+    "ml-100k": "movielens --path ../shared/data/ml-100k",
+    "ml-1m": "movielens --path <folder with ratings.dat>",
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class SeqRecConfig:
         "l2_emb": "training.weight_decay",
         "num_epochs": "training.epochs",
         "experiment_name": "run_name",
+        "batch_size": "training.batch_size",
     }
     seed: int = 42
     device: str = "auto"
@@ -107,7 +115,8 @@ def load_dataset(cfg: DataConfig) -> tuple[SequenceData, Path]:
 
         barrier()
     if not path.exists():
-        raise DataError(f"{path}: dataset folder not found; prepare it with `python -m core.data.prepare ...` "
+        how = PREPARE_HINTS.get(path.name, "<format> --path <raw data>")
+        raise DataError(f"{path}: dataset folder not found; prepare it with `python -m core.data.prepare {how}` "
                         "or set data.dataset to a prepared folder")
     return SequenceData.load(path), path
 
