@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +211,7 @@ def fit(
             batches = list(order.split(cfg.batch_size))[:steps_per_epoch]
         total, count = 0.0, 0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not is_main() or len(batches) < 20,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 60.0)  # quiet in log files
         for index in bar:
             batch = train_data.get_batch(index.to(device), generator)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):

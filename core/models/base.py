@@ -28,6 +28,9 @@ LOSSES = ("ce", "sampled_softmax", "bce")
 class SequentialRecommender(nn.Module):
     causal: bool = True
     kind: str = "base"
+    # SASRec scales item embeddings by sqrt(d) before adding positions; BERT adds them as
+    # they are, which keeps the position signal strong enough for bidirectional attention
+    scale_item_embeddings: bool = True
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class SequentialRecommender(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1 + extra_tokens, hidden_units, padding_idx=0)
         self.pos_emb = nn.Embedding(maxlen, hidden_units)
         self.emb_drop = nn.Dropout(dropout_rate)
+        self.emb_norm = nn.LayerNorm(hidden_units) if not self.scale_item_embeddings else nn.Identity()
         self.blocks = nn.ModuleList(TransformerBlock(hidden_units, num_heads, dropout_rate) for _ in range(num_blocks))
         self.final_ln = nn.LayerNorm(hidden_units)
         self._init(initializer_range)
@@ -78,7 +82,10 @@ class SequentialRecommender(nn.Module):
         input_ids = input_ids[:, -self.maxlen :]
         length = input_ids.shape[1]
         positions = torch.arange(self.maxlen - length, self.maxlen, device=input_ids.device)
-        x = self.item_emb(input_ids) * math.sqrt(self.item_emb.embedding_dim) + self.pos_emb(positions)
+        x = self.item_emb(input_ids)
+        if self.scale_item_embeddings:
+            x = x * math.sqrt(self.item_emb.embedding_dim)
+        x = self.emb_norm(x + self.pos_emb(positions))
         x = self.emb_drop(x)
         real = (input_ids > 0).unsqueeze(-1)
         mask = attention_mask(input_ids, self.causal)

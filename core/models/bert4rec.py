@@ -16,6 +16,7 @@ from core.models.base import SequentialRecommender
 class BERT4Rec(SequentialRecommender):
     causal = False
     kind = "bert4rec"
+    scale_item_embeddings = False  # BERT: item + position embeddings, then LayerNorm
 
     def __init__(self, n_items: int, **kwargs) -> None:
         super().__init__(n_items, extra_tokens=1, **kwargs)

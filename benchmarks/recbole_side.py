@@ -1,0 +1,504 @@
+"""RecBole 1.2.1 side of the RecBole-vs-ours benchmark: time and score SASRec / BERT4Rec.
+
+Runs INSIDE the throw-away venv made by ``benchmarks/recbole_env.sh`` (not the project's
+.venv), so it imports nothing from this repository: the prepared dataset is read with numpy
+only (``np.load(..., allow_pickle=False)``) and JSON.
+
+    bash benchmarks/recbole_env.sh
+    OMP_NUM_THREADS=1 benchmarks/.work/recbole-venv/bin/python benchmarks/recbole_side.py \
+        --dataset-dir data/ml-100k --model SASRec --mode speed --max-batches 20 \
+        --out benchmarks/.work/recbole/ml-100k/speed.json --work-dir benchmarks/.work/recbole/ml-100k
+
+What is timed is RecBole's own code path: ``Config`` -> ``create_dataset`` ->
+``data_preparation`` -> ``get_model`` / ``get_trainer`` -> ``trainer._train_epoch`` /
+``trainer._valid_epoch`` / ``trainer.evaluate``. The only thing between RecBole's trainer and
+its train dataloader is a thin iterator proxy that times batches, stops after
+``--max-batches`` and checks the memory guard.
+
+RecBole facts that matter when reading the numbers (1.2.1, checked in its source):
+
+- An epoch is one pass over the PREFIX-EXPANDED samples: ``SequentialDataset.data_augmentation``
+  turns a user with items i1..in into n-1 samples (<i1..ik> -> i(k+1), history cut to the last
+  MAX_ITEM_LIST_LENGTH items), and SASRec/BERT4Rec's CE loss uses only the last position of
+  each sample. ``n_train_samples`` is that count after the split (about sum(len - 3)).
+- Leave-one-out (``LS: valid_and_test``) is applied to those augmented samples per user:
+  the last one (target = last item) is test, the one before (target = second-to-last) valid,
+  the rest train. A user with only 2 augmented samples gets train + test and no valid; a user
+  with 1 gets train only (RecBole's ``_split_index_by_leave_one_out``).
+- Full ranking for sequential models masks only the padding item 0, NOT the user's history
+  (``FullSortEvalDataLoader`` returns ``history_index=None`` when MODEL_TYPE is sequential).
+- ``TO`` order sorts by the timestamp column; we write the position in the user's sequence
+  as the timestamp, so RecBole's order equals ours exactly (no tie reshuffling).
+"""
+from __future__ import annotations
+
+import os
+
+# RecBole's checkpoints pickle its Config; torch >= 2.6 refuses them with weights_only=True.
+os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import resource
+import sys
+import threading
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+T_PROCESS_START = time.perf_counter()
+
+
+# RecBole's Config hard-codes data_path to its bundled copy of raw ML-100K when the dataset
+# is called "ml-100k" (whatever data_path says), and loads properties/dataset/<name>.yaml
+# for these names; our atomic file must not go by any of them.
+RECBOLE_RESERVED_NAMES = {"ml-100k", "sample", "url", "kg_url"}
+
+
+class MemoryGuardError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- helpers
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return peak_rss_mb()
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset-dir", required=True, help="prepared dataset folder (data/<name>)")
+    p.add_argument("--max-users", type=int, default=0, help="keep only the first N users (0 = all)")
+    p.add_argument("--model", choices=["SASRec", "BERT4Rec"], required=True)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--inner", type=int, default=256)
+    p.add_argument("--maxlen", type=int, default=50)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--eval-batch", type=int, default=2048, help="users per full-ranking eval batch")
+    p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--dropout", type=float, default=0.3, help="hidden and attention dropout")
+    p.add_argument("--mask-ratio", type=float, default=None, help="BERT4Rec only; RecBole default 0.2")
+    p.add_argument("--loss", choices=["CE", "BPR"], default="CE")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch.set_num_threads; 0 = OMP_NUM_THREADS if set, else torch's default")
+    p.add_argument("--mode", choices=["speed", "budget"], required=True)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="speed: full epochs to time (default 1); budget: upper bound on epochs")
+    p.add_argument("--max-batches", type=int, default=0,
+                   help="speed: time only the first K batches of one epoch and extrapolate")
+    p.add_argument("--eval-repeats", type=int, default=1, help="speed: timed full valid evaluations")
+    p.add_argument("--budget-s", type=float, default=0.0,
+                   help="budget: wall-clock seconds for train + valid; an epoch is started while "
+                        "less has been spent, so the last one may cross it (as core/train.py)")
+    p.add_argument("--max-rss-gb", type=float, default=0.0, help="stop with an error above this RSS (0 = off)")
+    p.add_argument("--out", required=True, help="result JSON")
+    p.add_argument("--work-dir", required=True, help="scratch: atomic files, logs, checkpoints")
+    args = p.parse_args(argv)
+    if args.mode == "budget" and args.budget_s <= 0 and not args.epochs:
+        p.error("budget mode needs --budget-s and/or --epochs")
+    if args.mode == "speed" and args.epochs is None:
+        args.epochs = 1
+    return args
+
+
+# --------------------------------------------------------------------------- data
+def load_prepared(dataset_dir: Path, max_users: int):
+    with np.load(dataset_dir / "sequences.npz", allow_pickle=False) as z:
+        offsets = np.asarray(z["offsets"], dtype=np.int64)
+        items = np.asarray(z["items"], dtype=np.int64)
+    meta = json.loads((dataset_dir / "meta.json").read_text())
+    if max_users and max_users < len(offsets) - 1:
+        offsets = offsets[: max_users + 1]
+        items = items[: offsets[-1]]
+    return offsets, items, meta
+
+
+def write_inter(inter_path: Path, offsets: np.ndarray, items: np.ndarray) -> dict:
+    """``user_id:token  item_id:token  timestamp:float`` with timestamp = position in the
+    user's sequence. Rewritten only when the source arrays change (a sidecar holds the hash)."""
+    digest = hashlib.sha256(offsets.tobytes() + items.tobytes()).hexdigest()[:16]
+    stamp = inter_path.with_name(inter_path.name + ".source.json")
+    lengths = np.diff(offsets)
+    info = {"sha256_16": digest, "n_users": int(len(lengths)), "n_interactions": int(len(items)),
+            "min_len": int(lengths.min()), "max_len": int(lengths.max())}
+    if inter_path.is_file() and stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()).get("sha256_16") == digest:
+                return {**info, "written": False}
+        except (OSError, ValueError):
+            pass
+    inter_path.parent.mkdir(parents=True, exist_ok=True)
+    users = np.repeat(np.arange(1, len(lengths) + 1, dtype=np.int64), lengths)
+    pos = np.arange(len(items), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    tmp = inter_path.with_name(inter_path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        np.savetxt(f, np.stack([users, items, pos], axis=1), fmt="%d", delimiter="\t")
+    os.replace(tmp, inter_path)
+    stamp.write_text(json.dumps(info) + "\n")
+    return {**info, "written": True}
+
+
+def check_split(dataset, train_data, valid_data, test_data, offsets, items, maxlen) -> dict:
+    """Compare RecBole's built splits with ours: every valid/test sample's user, target and
+    last history item (mapped back to our 1-based indexes through RecBole's token maps) and
+    its history length, and the number of training samples per user (len - 3, fewer for
+    users shorter than 4: RecBole then drops valid, then test, before train)."""
+    out = {"ok": True}
+    lengths = np.diff(offsets)
+    for part, data, back in (("valid", valid_data, 2), ("test", test_data, 1)):
+        f = data._dataset.inter_feat
+        u = dataset.id2token(dataset.uid_field, f[dataset.uid_field].numpy()).astype(np.int64)
+        tgt = dataset.id2token(dataset.iid_field, f[dataset.iid_field].numpy()).astype(np.int64)
+        hl = f[dataset.item_list_length_field].numpy().astype(np.int64)
+        seq = f[dataset.item_id_list_field].numpy()
+        last = dataset.id2token(dataset.iid_field, seq[np.arange(len(hl)), hl - 1]).astype(np.int64)
+        good = (
+            len(np.unique(u)) == len(u) == int((lengths >= back + 2).sum())
+            and bool(np.all(tgt == items[offsets[u] - back]))
+            and bool(np.all(last == items[offsets[u] - back - 1]))
+            and bool(np.all(hl == np.minimum(lengths[u - 1] - back, maxlen)))
+        )
+        out[part] = {"users": int(len(u)), "targets_and_histories_match": good}
+        out["ok"] &= good
+    f = train_data._dataset.inter_feat
+    u = dataset.id2token(dataset.uid_field, f[dataset.uid_field].numpy()).astype(np.int64)
+    per_user = np.bincount(u, minlength=len(lengths) + 1)[1:]
+    n_aug = np.maximum(lengths - 1, 0)  # prefix-expanded samples per user
+    good = bool(np.all(per_user == n_aug - np.minimum(2, np.maximum(n_aug - 1, 0))))
+    out["train"] = {"samples": int(len(u)), "per_user_equals_len_minus_3": good}
+    out["ok"] &= good
+    return out
+
+
+# --------------------------------------------------------------------------- timing proxy
+class BatchTap:
+    """Iterates RecBole's train dataloader for ``trainer._train_epoch``: records the time of
+    each batch (collate of batch i + the trainer's step on it), stops after ``max_batches``
+    and raises ``MemoryGuardError`` between batches when peak RSS passes the limit."""
+
+    def __init__(self, loader, max_batches: int = 0, max_rss_mb: float = 0.0):
+        self._loader = loader
+        self._max_batches = max_batches
+        self._max_rss_mb = max_rss_mb
+        self.times: list[float] = []
+
+    def __len__(self):
+        n = len(self._loader)
+        return min(n, self._max_batches) if self._max_batches else n
+
+    def __getattr__(self, name):  # shuffle, sampler, dataset, ... as RecBole expects
+        return getattr(self._loader, name)
+
+    def __iter__(self):
+        self.times = []
+        t = time.perf_counter()
+        for i, batch in enumerate(self._loader):
+            if self._max_batches and i >= self._max_batches:
+                break
+            if self._max_rss_mb and peak_rss_mb() > self._max_rss_mb:
+                raise MemoryGuardError(
+                    f"peak RSS {peak_rss_mb():.0f} MB > --max-rss-gb limit {self._max_rss_mb:.0f} MB "
+                    f"before train batch {i}")
+            yield batch
+            now = time.perf_counter()
+            self.times.append(now - t)
+            t = now
+
+
+class RssWatchdog(threading.Thread):
+    """Catches phases with no batch boundary (dataset build, evaluation): when current RSS
+    passes the limit, writes the error JSON and hard-exits (rc 3)."""
+
+    def __init__(self, limit_mb: float, on_trip):
+        super().__init__(daemon=True)
+        self.limit_mb, self.on_trip = limit_mb, on_trip
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.2):
+            rss = current_rss_mb()
+            if rss > self.limit_mb:
+                self.on_trip(f"current RSS {rss:.0f} MB > --max-rss-gb limit {self.limit_mb:.0f} MB "
+                             f"(watchdog, outside a train batch boundary)")
+                os._exit(3)
+
+
+# --------------------------------------------------------------------------- main
+def build_config_dict(args, work_dir: Path) -> dict:
+    cfg = {
+        # environment
+        "data_path": str(work_dir), "checkpoint_dir": str(work_dir / "saved"),
+        "use_gpu": False, "gpu_id": "", "worker": 0, "seed": args.seed, "reproducibility": True,
+        "state": "INFO", "show_progress": False, "log_wandb": False,
+        "save_dataset": False, "save_dataloaders": False,
+        # atomic file; explicit so that RecBole's bundled ml-100k.yaml (rating column,
+        # normalize_all: True) cannot change anything when the folder is called ml-100k
+        "field_separator": "\t", "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id",
+        "TIME_FIELD": "timestamp", "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "unload_col": None, "unused_col": None, "rm_dup_inter": None, "val_interval": None,
+        "filter_inter_by_user_or_item": True,
+        "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
+        "normalize_all": False, "normalize_field": None, "benchmark_filename": None,
+        "MAX_ITEM_LIST_LENGTH": args.maxlen,
+        # model
+        "hidden_size": args.hidden, "inner_size": args.inner, "n_layers": args.layers,
+        "n_heads": args.heads, "hidden_dropout_prob": args.dropout, "attn_dropout_prob": args.dropout,
+        "loss_type": args.loss,
+        "train_neg_sample_args": None if args.loss == "CE" else
+        {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False, "candidate_num": 0},
+        # training
+        "learner": "adam", "learning_rate": args.lr, "weight_decay": 0.0, "train_batch_size": args.batch,
+        "epochs": 10**6, "stopping_step": 10**6, "eval_step": 1, "clip_grad_norm": None,
+        "shuffle": True, "enable_amp": False, "enable_scaler": False,
+        # evaluation
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+        "repeatable": True,  # required by RecBole for sequential models
+        "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 20], "valid_metric": "NDCG@10",
+        "valid_metric_bigger": True, "eval_batch_size": args.eval_batch, "metric_decimal_place": 6,
+    }
+    if args.model == "BERT4Rec" and args.mask_ratio is not None:
+        cfg["mask_ratio"] = args.mask_ratio
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out_path = Path(args.out).resolve()
+    dataset_dir = Path(args.dataset_dir).resolve()
+    work_dir = Path(args.work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    name = dataset_dir.name + (f"-u{args.max_users}" if args.max_users else "")
+    if name in RECBOLE_RESERVED_NAMES:
+        name += "-ours"  # see RECBOLE_RESERVED_NAMES
+
+    result: dict = {
+        "side": "recbole", "status": "running", "model": args.model, "dataset": name,
+        "dataset_dir": str(dataset_dir), "mode": args.mode, "args": vars(args),
+        "python": platform.python_version(), "host": platform.node(),
+    }
+
+    def finish(status: str, error: str | None = None) -> None:
+        result["status"] = status
+        if error:
+            result["error"] = error
+        result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        result["process_wall_s"] = round(time.perf_counter() - T_PROCESS_START, 3)
+        write_json(out_path, result)
+
+    limit_mb = args.max_rss_gb * 1024.0
+    watchdog = None
+    if limit_mb:
+        def on_trip(msg: str) -> None:
+            try:
+                finish("error", msg)
+            except Exception:  # noqa: BLE001 - the main thread may be mutating result; exit anyway
+                pass
+
+        # 5% above the limit so that the clean between-batch check (rc 2) usually fires first
+        watchdog = RssWatchdog(limit_mb * 1.05, on_trip)
+        watchdog.start()
+
+    try:
+        # ---------------------------------------------------------------- atomic file
+        offsets, items, meta = load_prepared(dataset_dir, args.max_users)
+        result["source"] = {"fingerprint": meta.get("fingerprint"), "n_items_prepared": meta.get("n_items")}
+        result["inter_file"] = str(work_dir / name / f"{name}.inter")
+        result["inter"] = write_inter(work_dir / name / f"{name}.inter", offsets, items)
+        del offsets, items
+
+        # RecBole 1.2.1 under pandas 2.x / torch 2.13 warns about chained fillna and
+        # torch.cuda.amp.GradScaler on every run; they change nothing here
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        import torch
+        import recbole
+        from recbole.config import Config
+        from recbole.data import create_dataset, data_preparation
+        from recbole.utils import get_model, get_trainer, init_logger, init_seed
+
+        threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        if threads:
+            torch.set_num_threads(threads)
+        result.update({"recbole_version": recbole.__version__, "torch_version": torch.__version__,
+                       "numpy_version": np.__version__, "threads": torch.get_num_threads(),
+                       "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS")})
+
+        os.chdir(work_dir)  # RecBole writes ./log and ./log_tensorboard relative to the cwd
+        sys.argv = sys.argv[:1]  # Config also parses --key=value from the command line
+        t0 = time.perf_counter()
+        config = Config(model=args.model, dataset=name, config_dict=build_config_dict(args, work_dir))
+        init_seed(config["seed"], config["reproducibility"])
+        init_logger(config)
+        expected = work_dir / name
+        if Path(config["data_path"]).resolve() != expected:
+            raise RuntimeError(f"RecBole resolved data_path {config['data_path']!r}, expected {expected}")
+        dataset = create_dataset(config)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+        result["data_prep_s"] = round(time.perf_counter() - t0, 3)
+        result["split_check"] = check_split(dataset, train_data, valid_data, test_data,
+                                            *load_prepared(dataset_dir, args.max_users)[:2], args.maxlen)
+        if not result["split_check"]["ok"]:
+            raise RuntimeError(f"RecBole's leave-one-out split differs from ours: {result['split_check']}")
+
+        rss_after_data, peak_after_data = round(current_rss_mb(), 1), round(peak_rss_mb(), 1)
+        n_train = len(train_data._dataset)
+        batches = len(train_data)
+        result.update({
+            "n_users": int(dataset.user_num - 1), "n_items": int(dataset.item_num - 1),
+            "n_interactions": result["inter"]["n_interactions"],
+            "n_train_samples": n_train, "n_valid_users": len(valid_data._dataset),
+            "n_test_users": len(test_data._dataset), "batches_per_epoch": batches,
+            "train_batch_size": args.batch,
+        })
+
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        trainer.eval_collector.data_collect(train_data)  # as Trainer.fit does
+        result["n_params"] = int(sum(p.numel() for p in model.parameters()))
+        result["rss_mb_by_phase"] = {"after_data": rss_after_data, "peak_after_data": peak_after_data,
+                                     "after_model_trainer": round(current_rss_mb(), 1)}
+
+        def timed_eval(loader, **kw):
+            t = time.perf_counter()
+            res = trainer.evaluate(loader, show_progress=False, **kw)
+            return {k: float(v) for k, v in res.items()}, time.perf_counter() - t
+
+        if args.mode == "speed":
+            tap = BatchTap(train_data, args.max_batches, limit_mb)
+            if args.max_batches:
+                t = time.perf_counter()
+                loss = trainer._train_epoch(tap, 0, show_progress=False)
+                elapsed = time.perf_counter() - t
+                bt = tap.times
+                steady = bt[1:] if len(bt) >= 2 else bt
+                result.update({
+                    "timed_batches": len(bt), "timed_s": round(elapsed, 4),
+                    "first_batch_s": round(bt[0], 4),
+                    "sec_per_batch": round(float(np.mean(steady)), 5),
+                    "sec_per_batch_median": round(float(np.median(steady)), 5),
+                    "sec_per_epoch": round(float(np.mean(steady)) * batches, 3),
+                    "sec_per_epoch_method": (
+                        f"extrapolated: mean of timed batches 2..{len(bt)} (first = warm-up, excluded) "
+                        f"x {batches} batches" if len(bt) >= 2 else f"extrapolated from 1 batch x {batches}"),
+                    "train_loss_mean_timed": round(float(loss) / max(len(bt), 1), 5),
+                })
+            else:
+                epoch_s = []
+                for e in range(args.epochs):
+                    t = time.perf_counter()
+                    loss = trainer._train_epoch(tap, e, show_progress=False)
+                    epoch_s.append(time.perf_counter() - t)
+                result.update({
+                    "timed_epochs": args.epochs, "epoch_s": [round(x, 3) for x in epoch_s],
+                    "sec_per_epoch": round(float(np.mean(epoch_s)), 3),
+                    "sec_per_epoch_method": f"measured: mean of {args.epochs} full epoch(s)",
+                    "sec_per_batch": round(float(np.mean(epoch_s)) / batches, 5),
+                    "train_loss_last_epoch": round(float(loss) / batches, 5),
+                })
+            result["rss_mb_by_phase"].update(after_train=round(current_rss_mb(), 1),
+                                             peak_after_train=round(peak_rss_mb(), 1))
+            evals = []
+            for _ in range(max(args.eval_repeats, 1)):
+                valid_res, s = timed_eval(valid_data, load_best_model=False)
+                evals.append(s)
+            result.update({
+                "sec_per_full_eval": round(float(np.mean(evals)), 3), "full_eval_s": [round(x, 3) for x in evals],
+                "full_eval_users": len(valid_data._dataset),
+                "sec_per_full_eval_method": "trainer.evaluate(valid_data) = full ranking of all valid users, "
+                                            "incl. RecBole's metric computation",
+                "valid_after_timing": valid_res,
+            })
+
+        else:  # budget
+            tap = BatchTap(train_data, 0, limit_mb)
+            best_score, best_epoch, best_valid, history = -math.inf, -1, None, []
+            t_start = time.perf_counter()
+            epoch, stopped = 0, "epochs"
+            while True:
+                if args.epochs and epoch >= args.epochs:
+                    stopped = f"epochs ({args.epochs})"
+                    break
+                if args.budget_s and time.perf_counter() - t_start >= args.budget_s:
+                    stopped = f"time budget {args.budget_s:g}s reached"
+                    break
+                t = time.perf_counter()
+                loss = trainer._train_epoch(tap, epoch, show_progress=False)
+                train_s = time.perf_counter() - t
+                t = time.perf_counter()
+                score, valid_res = trainer._valid_epoch(valid_data, show_progress=False)
+                eval_s = time.perf_counter() - t
+                score = float(score)
+                improved = bool(score > best_score)
+                if improved:
+                    best_score, best_epoch, best_valid = float(score), epoch, valid_res
+                    trainer._save_checkpoint(epoch, verbose=False)  # RecBole's own best-model file
+                row = {"epoch": epoch + 1, "train_loss": round(float(loss) / batches, 5),
+                       "train_s": round(train_s, 3), "valid_eval_s": round(eval_s, 3),
+                       "valid_ndcg@10": float(valid_res["ndcg@10"]), "valid_hit@10": float(valid_res["hit@10"]),
+                       "elapsed_s": round(time.perf_counter() - t_start, 3), "best": improved,
+                       "peak_rss_mb": round(peak_rss_mb(), 1)}
+                history.append(row)
+                print(f"[recbole_side] epoch {row['epoch']} loss {row['train_loss']:.4f} "
+                      f"valid NDCG@10 {row['valid_ndcg@10']:.4f} ({train_s:.1f}s + {eval_s:.1f}s)"
+                      + (" *" if improved else ""), flush=True)
+                epoch += 1
+                result.update({"epochs_done": epoch, "history": history})
+                write_json(out_path, {**result, "peak_rss_mb": round(peak_rss_mb(), 1)})  # progress
+            train_wall = time.perf_counter() - t_start
+            test_res, test_s = timed_eval(test_data, load_best_model=True, model_file=trainer.saved_model_file)
+            train_s_all = [h["train_s"] for h in history]
+            result.update({
+                "epochs_done": epoch, "stopped": stopped, "budget_s": args.budget_s,
+                "wall_s": round(train_wall, 3),
+                "wall_s_method": "train epochs + valid evaluations (excludes data prep and the test eval)",
+                "sec_per_epoch": round(float(np.mean(train_s_all)), 3) if train_s_all else None,
+                "sec_per_epoch_method": f"measured: mean over {len(train_s_all)} budget epoch(s)",
+                "sec_per_full_eval": round(float(np.mean([h["valid_eval_s"] for h in history])), 3) if history else None,
+                "best_epoch": best_epoch + 1, "valid_ndcg@10": best_score,
+                "valid_best": {k: float(v) for k, v in (best_valid or {}).items()},
+                "test_ndcg@10": test_res.get("ndcg@10"), "test_hr@10": test_res.get("hit@10"),
+                "test": test_res, "test_eval_s": round(test_s, 3),
+                "checkpoint": trainer.saved_model_file,
+            })
+        finish("ok")
+        return 0
+    except MemoryGuardError as exc:
+        finish("error", str(exc))
+        print(f"[recbole_side] {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the JSON must say what went wrong
+        finish("error", f"{type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        return 1
+    finally:
+        if watchdog is not None:
+            watchdog.stop.set()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
