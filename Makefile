@@ -23,8 +23,24 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	@echo "benchmarks arrive with the model issues; see benchmarks/README.md"
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
+	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt && touch $@
+
+# Every benchmark piece in turn (hours on a 2-core CPU); each piece can also run alone,
+# see benchmarks/README.md. Results merge into benchmarks/results/.
+SEEDS ?= 1 2 3
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m core.data.prepare seq-lines --path ../shared/data/amazon-seq/Beauty.txt
+	$(BIN)/python -m core.data.prepare seq-lines --path ../shared/data/amazon-seq/Sports_and_Outdoors.txt
+	$(BIN)/python -m core.data.prepare seq-lines --path ../shared/data/amazon-seq/Toys_and_Games.txt
+	$(BIN)/python -m core.data.prepare movielens --path ../shared/data/ml-100k
+	for ds in beauty sports toys ml-100k; do for s in $(SEEDS); do \
+	  $(BIN)/python benchmarks/sequential.py quality --dataset $$ds --model sasrec --seed $$s --collect-only || exit 1; done; done
+	for s in $(SEEDS); do $(BIN)/python benchmarks/sequential.py quality --dataset beauty --model bert4rec --seed $$s --collect-only || exit 1; done
+	$(BIN)/python benchmarks/sequential.py speed --dataset beauty --model sasrec
+	$(BIN)/python benchmarks/sequential.py budget --dataset beauty --model sasrec --minutes 20
+	$(BIN)/python benchmarks/sequential.py summarize
 
 clean:
 	rm -rf state_dict/demo data/synthetic data/synthetic-a data/synthetic-b

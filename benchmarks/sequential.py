@@ -1,0 +1,315 @@
+"""SASRec / BERT4Rec quality, speed and memory, side by side with RecBole 1.2.1.
+
+Runs in pieces; every piece merges its rows into benchmarks/results/:
+
+    python benchmarks/sequential.py quality --dataset beauty --model sasrec --seed 1
+    python benchmarks/sequential.py speed   --dataset beauty [--epochs 2]      # ours vs RecBole
+    python benchmarks/sequential.py budget  --dataset beauty --minutes 20     # equal wall clock
+    python benchmarks/sequential.py summarize                               # table + plot
+
+``quality`` trains through ``python -m distillation.training`` with the shipped config
+(run name ``bench-seed<N>``; an existing finished run is collected, not retrained).
+Per-seed rows go to ``sequential_runs.json``; ``summarize`` writes the mean/std rows to
+``sequential.json``, ``sequential.md`` and ``sequential_curves.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "benchmarks" / "results"
+WORK = REPO / "benchmarks" / ".work"
+RUNS_FILE = RESULTS / "sequential_runs.json"
+QUALITY_METRICS = ["NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR"]
+SAMPLED_METRICS = ["NDCG@10", "HR@10"]
+
+
+def machine() -> str:
+    threads = os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))
+    return f"cpu:{platform.machine()} {os.cpu_count()} cores, {threads} torch threads"
+
+
+def merge_rows(path: Path, new_rows: list[dict], key=("dataset", "model", "protocol", "metric", "seeds")) -> None:
+    """Replace rows with the same key, keep the rest; atomic write."""
+    from core.store import atomic_write_json
+
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    ident = lambda r: tuple(json.dumps(r.get(k), sort_keys=True) for k in key)  # noqa: E731
+    fresh = {ident(r) for r in new_rows}
+    rows = [r for r in rows if ident(r) not in fresh] + new_rows
+    atomic_write_json(path, rows)
+
+
+def row(dataset, model, protocol, metric, value, std=0.0, seeds=None, command="", **extra) -> dict:
+    return {"dataset": dataset, "model": model, "protocol": protocol, "metric": metric, "value": value, "std": std,
+            "seeds": seeds or [], "device": machine(), "command": command, **extra}
+
+
+# --------------------------------------------------------------------------- quality
+def cmd_quality(args) -> None:
+    config = f"configs/distillation/{args.model}/{args.dataset}.yaml"
+    run_name = f"bench-seed{args.seed}"
+    over = f"seed={args.seed},run_name={run_name}" + (f",{args.override}" if args.override else "")
+    command = f"python -m distillation.training --config {config} --override \"{over}\""
+    run_dir = REPO / "state_dict" / "distillation" / args.dataset / run_name
+    results = run_dir / "results.json"
+    if not (args.collect_only and results.is_file()):
+        subprocess.run([sys.executable, "-m", "distillation.training", "--config", config, "--override", over],
+                       cwd=REPO, check=True)
+    res = json.loads(results.read_text())
+    if res["model"] != args.model:
+        raise SystemExit(f"{results} holds a {res['model']} run, not {args.model}; use another run name")
+    rows = [row(args.dataset, args.model, "full", m, res["test"][m], seeds=[args.seed], command=command,
+                best_epoch=res["best_epoch"], train_seconds=res["train_seconds"]) for m in QUALITY_METRICS]
+    rows += [row(args.dataset, args.model, "sampled-100", m, res["test"][f"sampled-100/{m}"], seeds=[args.seed],
+                 command=command) for m in SAMPLED_METRICS if f"sampled-100/{m}" in res["test"]]
+    rows += [row(args.dataset, "popularity", "full", m, res["popularity_test"][m], seeds=[args.seed], command=command)
+             for m in ("NDCG@10", "HR@10")]
+    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows.append(row(args.dataset, args.model, "full", "valid_curve", None, seeds=[args.seed], command=command,
+                    curve=[[r["epoch"], r["seconds"], r["valid"]["NDCG@10"]] for r in curve if "valid" in r]))
+    merge_rows(RUNS_FILE, rows)
+    print(f"{args.dataset} {args.model} seed {args.seed}: test NDCG@10 {res['test']['NDCG@10']:.4f} "
+          f"HR@10 {res['test']['HR@10']:.4f} (best epoch {res['best_epoch']})")
+
+
+# --------------------------------------------------------------------------- speed (ours)
+def cmd_ours_speed(args) -> None:
+    """Seconds per training epoch and per full evaluation, peak RSS, in this process."""
+    import torch
+
+    from core.config import load_config
+    from core.data.batches import CausalDataset, ClozeDataset, length_bucketed
+    from core.data.sequences import SequenceData
+    from core.data.splits import leave_one_out
+    from core.evaluation import Evaluator
+    from core.seqrec import SeqRecConfig, make_model, model_score_fn
+
+    cfg = load_config(SeqRecConfig, REPO / f"configs/distillation/{args.model}/{args.dataset}.yaml",
+                      f"device=cpu{',' + args.override if args.override else ''}")
+    data = SequenceData.load(REPO / "data" / args.dataset)
+    split = leave_one_out(data)
+    model = make_model(cfg.model, data.n_items)
+    train = CausalDataset(split, cfg.model.maxlen) if args.model == "sasrec" else \
+        ClozeDataset(split, cfg.model.maxlen, cfg.model.mask_prob)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.learning_rate)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for epoch in range(args.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train), generator=gen)
+        for index in length_bucketed(order, train.lengths, cfg.training.batch_size, gen):
+            loss = model.training_loss(train.get_batch(index, gen), gen)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t0)
+    model.eval()
+    ev = Evaluator(split, "valid", cfg.model.maxlen, sampled=(), batch_size=cfg.eval.batch_size)
+    t0 = time.perf_counter()
+    valid = ev.run(model_score_fn(model))
+    eval_s = time.perf_counter() - t0
+    out = {"sec_per_epoch": sum(times) / len(times), "epochs_timed": len(times), "sec_per_full_eval": eval_s,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "valid_ndcg10": valid["NDCG@10"],
+           "train_sequences": len(train), "batches_per_epoch": -(-len(train) // cfg.training.batch_size),
+           "threads": torch.get_num_threads()}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps(out))
+
+
+def _recbole_python() -> Path:
+    py = WORK / "recbole-venv" / "bin" / "python"
+    if not py.is_file():
+        subprocess.run(["bash", str(REPO / "benchmarks" / "recbole_env.sh")], check=True)
+    return py
+
+
+def _recbole_args(args, cfg) -> list[str]:
+    m = cfg.model
+    return ["--dataset-dir", str(REPO / "data" / args.dataset), "--model", {"sasrec": "SASRec", "bert4rec": "BERT4Rec"}[args.model],
+            "--hidden", str(m.hidden_units), "--layers", str(m.num_blocks), "--heads", str(m.num_heads),
+            "--inner", str(4 * m.hidden_units), "--maxlen", str(m.maxlen), "--batch", str(cfg.training.batch_size),
+            "--lr", str(cfg.training.learning_rate), "--dropout", str(m.dropout_rate), "--loss", "CE",
+            "--seed", str(args.seed), "--work-dir", str(WORK / "recbole" / args.dataset)]
+
+
+def _load_cfg(args):
+    from core.config import load_config
+    from core.seqrec import SeqRecConfig
+
+    return load_config(SeqRecConfig, REPO / f"configs/distillation/{args.model}/{args.dataset}.yaml", "device=cpu")
+
+
+def cmd_speed(args) -> None:
+    cfg = _load_cfg(args)
+    WORK.mkdir(parents=True, exist_ok=True)
+    ours_json, theirs_json = WORK / f"speed-ours-{args.dataset}-{args.model}.json", WORK / f"speed-recbole-{args.dataset}-{args.model}.json"
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    subprocess.run([sys.executable, __file__, "ours-speed", "--dataset", args.dataset, "--model", args.model,
+                    "--epochs", str(args.epochs), "--out", str(ours_json)], check=True, env=env)
+    subprocess.run([str(_recbole_python()), str(REPO / "benchmarks" / "recbole_side.py"), *_recbole_args(args, cfg),
+                    "--mode", "speed", "--epochs", "1", "--max-batches", str(args.recbole_batches),
+                    "--out", str(theirs_json)], check=True, env=env)
+    ours, theirs = json.loads(ours_json.read_text()), json.loads(theirs_json.read_text())
+    command = f"python benchmarks/sequential.py speed --dataset {args.dataset} --model {args.model} --epochs {args.epochs}"
+    rb = f"recbole-{args.model}"
+    rows = [
+        row(args.dataset, args.model, "full", "sec_per_epoch", ours["sec_per_epoch"], command=command,
+            epoch="one pass over every user's training sequence, all positions at once"),
+        row(args.dataset, rb, "full", "sec_per_epoch", theirs["sec_per_epoch"], command=command,
+            epoch=f"one pass over {theirs.get('n_train_samples')} prefix-expanded samples",
+            method=theirs.get("sec_per_epoch_method")),
+        row(args.dataset, args.model, "full", "sec_per_full_eval", ours["sec_per_full_eval"], command=command),
+        row(args.dataset, rb, "full", "sec_per_full_eval", theirs["sec_per_full_eval"], command=command),
+        row(args.dataset, args.model, "full", "peak_rss_mb", ours["peak_rss_mb"], command=command),
+        row(args.dataset, rb, "full", "peak_rss_mb", theirs["peak_rss_mb"], command=command),
+        row(args.dataset, args.model, "full", "speedup_vs_recbole_epoch", theirs["sec_per_epoch"] / ours["sec_per_epoch"], command=command),
+        row(args.dataset, args.model, "full", "speedup_vs_recbole_eval", theirs["sec_per_full_eval"] / ours["sec_per_full_eval"], command=command),
+        row(args.dataset, args.model, "full", "ram_ratio_recbole_over_ours", theirs["peak_rss_mb"] / ours["peak_rss_mb"], command=command),
+    ]
+    merge_rows(RESULTS / "sequential.json", rows, key=("dataset", "model", "protocol", "metric"))
+    for r in rows:
+        print(f"{r['model']:16s} {r['metric']:30s} {r['value']:.3f}")
+
+
+def cmd_budget(args) -> None:
+    """Both sides train for the same wall-clock budget at the same time, one thread each."""
+    cfg = _load_cfg(args)
+    budget = args.minutes * 60
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    theirs_json = WORK / f"budget-recbole-{args.dataset}-{args.model}.json"
+    run_name = f"budget-{int(args.minutes)}min"
+    over = (f"seed={args.seed},run_name={run_name},training.time_budget_s={budget},training.epochs=100000,"
+            "training.patience=0,training.eval_every=1,eval.sampled=[]")
+    ours = subprocess.Popen([sys.executable, "-m", "distillation.training", "--config",
+                             f"configs/distillation/{args.model}/{args.dataset}.yaml", "--override", over], cwd=REPO, env=env)
+    theirs = subprocess.Popen([str(_recbole_python()), str(REPO / "benchmarks" / "recbole_side.py"), *_recbole_args(args, cfg),
+                               "--mode", "budget", "--budget-s", str(budget), "--out", str(theirs_json)], env=env)
+    if ours.wait() or theirs.wait():
+        raise SystemExit("a budget run failed")
+    res = json.loads((REPO / "state_dict" / "distillation" / args.dataset / run_name / "results.json").read_text())
+    rb = json.loads(theirs_json.read_text())
+    command = f"python benchmarks/sequential.py budget --dataset {args.dataset} --model {args.model} --minutes {args.minutes}"
+    rows = [
+        row(args.dataset, args.model, "full", "NDCG@10_at_budget", res["test"]["NDCG@10"], seeds=[args.seed],
+            command=command, valid_ndcg10=res["valid"]["NDCG@10"], epochs=res["epochs_run"], budget_s=budget),
+        row(args.dataset, f"recbole-{args.model}", "full", "NDCG@10_at_budget", rb.get("test_ndcg10"), seeds=[args.seed],
+            command=command, valid_ndcg10=rb.get("valid_ndcg10"), epochs=rb.get("epochs_done"), budget_s=budget),
+    ]
+    merge_rows(RESULTS / "sequential.json", rows, key=("dataset", "model", "protocol", "metric"))
+    for r in rows:
+        print(f"{r['model']:16s} test NDCG@10 {r['value']} valid {r['valid_ndcg10']} epochs {r['epochs']}")
+
+
+# --------------------------------------------------------------------------- summary
+def cmd_summarize(args) -> None:
+    import statistics
+
+    runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r["metric"] != "valid_curve":
+            groups.setdefault((r["dataset"], r["model"], r["protocol"], r["metric"]), []).append(r)
+    agg = []
+    for (dataset, model, protocol, metric), rs in sorted(groups.items()):
+        values = [r["value"] for r in rs]
+        agg.append(row(dataset, model, protocol, metric, statistics.fmean(values),
+                       statistics.stdev(values) if len(values) > 1 else 0.0,
+                       sorted(s for r in rs for s in r["seeds"]), rs[0]["command"].replace(f"seed={rs[0]['seeds'][0]}", "seed=<N>")))
+    merge_rows(RESULTS / "sequential.json", agg, key=("dataset", "model", "protocol", "metric"))
+    _write_markdown(json.loads((RESULTS / "sequential.json").read_text()))
+    _plot_curves([r for r in runs if r["metric"] == "valid_curve"])
+
+
+def _write_markdown(rows: list[dict]) -> None:
+    from core.report import format_table
+    from core.store import atomic_write_text
+
+    quality = [r for r in rows if r["metric"] in ("NDCG@10", "HR@10", "NDCG@20", "HR@20", "NDCG@5", "HR@5", "MRR")]
+    table = {}
+    for r in quality:
+        key = (r["dataset"], r["model"], r["protocol"])
+        cell = f"{r['value']:.4f}" + (f" ± {r['std']:.4f}" if r.get("std") else "")
+        table.setdefault(key, {"dataset": r["dataset"], "model": r["model"], "protocol": r["protocol"],
+                               "seeds": len(r["seeds"])})[r["metric"]] = cell
+    cols = ["dataset", "model", "protocol", "seeds", "NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR"]
+    other = [r for r in rows if r not in quality]
+    lines = ["# Sequential models: quality, speed, memory", "",
+             "Test metrics at the validation-best epoch, leave-one-out, full ranking over all items with the "
+             "user's history excluded (sampled-100: 100 fixed-seed negatives). Mean ± std over seeds.", "",
+             format_table(sorted(table.values(), key=lambda r: (r["dataset"], r["model"], r["protocol"])), cols, markdown=True),
+             "", "## Speed, memory and equal-budget rows", "",
+             format_table([{"dataset": r["dataset"], "model": r["model"], "metric": r["metric"],
+                            "value": f"{r['value']:.3f}" if isinstance(r["value"], float) else r["value"],
+                            "device": r["device"]} for r in other],
+                          ["dataset", "model", "metric", "value", "device"], markdown=True),
+             "", "Commands: see the `command` field of each row in `sequential.json`.", ""]
+    atomic_write_text(RESULTS / "sequential.md", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def _plot_curves(curves: list[dict]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: skipping the learning-curve plot (pip install -r benchmarks/requirements.txt)")
+        return
+    if not curves:
+        return
+    datasets = sorted({c["dataset"] for c in curves})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for c in curves:
+            if c["dataset"] == ds and c["curve"]:
+                ep, _, nd = zip(*c["curve"])
+                ax.plot(ep, nd, marker=".", label=f"{c['model']} seed {c['seeds'][0]}")
+        ax.set_title(ds)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("valid NDCG@10 (full ranking)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "sequential_curves.png", dpi=110)
+    print(f"wrote {RESULTS / 'sequential_curves.png'}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("quality", "speed", "budget", "ours-speed"):
+        s = sub.add_parser(name)
+        s.add_argument("--dataset", required=True, choices=["beauty", "sports", "toys", "ml-100k", "ml-1m", "synthetic"])
+        s.add_argument("--model", default="sasrec", choices=["sasrec", "bert4rec"])
+        s.add_argument("--seed", type=int, default=1)
+        s.add_argument("--override", default="")
+        if name == "quality":
+            s.add_argument("--collect-only", action="store_true", help="read a finished run instead of training")
+        if name in ("speed", "ours-speed"):
+            s.add_argument("--epochs", type=int, default=2)
+        if name == "speed":
+            s.add_argument("--recbole-batches", type=int, default=30, help="RecBole batches timed (epoch extrapolated)")
+        if name == "ours-speed":
+            s.add_argument("--out", required=True)
+        if name == "budget":
+            s.add_argument("--minutes", type=float, default=20)
+    sub.add_parser("summarize")
+    args = p.parse_args()
+    {"quality": cmd_quality, "speed": cmd_speed, "budget": cmd_budget, "ours-speed": cmd_ours_speed,
+     "summarize": cmd_summarize}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
