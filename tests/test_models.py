@@ -226,3 +226,21 @@ def test_trimming_batch_padding_changes_no_score():
     trimmed = trim_padding(rows)
     assert trimmed.shape[1] == 4
     assert torch.allclose(model.full_scores(rows)[:, 1:], model.full_scores(trimmed)[:, 1:], atol=1e-5)
+
+
+def test_chunked_cross_entropy_matches_plain_loss_and_gradients():
+    torch.manual_seed(0)
+    model = SASRec(n_items=500, maxlen=10, hidden_units=16, num_blocks=1, num_heads=1, dropout_rate=0.0)
+    h = torch.randn(300, 16, requires_grad=True)
+    targets = torch.randint(1, 501, (300,))
+    plain = F.cross_entropy(model.logits_all(h).float(), targets)
+    plain.backward()
+    grad_h, grad_w = h.grad.clone(), model.item_emb.weight.grad.clone()
+    h.grad = None
+    model.zero_grad()
+    model.ce_chunk_elements = 501 * 64  # 64 rows per chunk -> 5 chunks
+    chunked = model.chunked_cross_entropy(h, targets)
+    chunked.backward()
+    assert torch.allclose(plain, chunked, atol=1e-6)
+    assert torch.allclose(grad_h, h.grad, atol=1e-6)
+    assert torch.allclose(grad_w, model.item_emb.weight.grad, atol=1e-6)

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from core.data.batches import sample_train_negatives
 from core.models.transformer import TransformerBlock, attention_mask
@@ -144,7 +145,7 @@ class SequentialRecommender(nn.Module):
         h = hidden[sel]
         pos = targets[sel]
         if self.loss_name == "ce":
-            return F.cross_entropy(self.logits_all(h).float(), pos)
+            return self.chunked_cross_entropy(h, pos)
         if self.loss_name == "sampled_softmax":
             # negatives shared by the whole batch: one [N, num_negatives] matmul
             negs = torch.randint(1, self.n_items + 1, (self.num_negatives,), device=h.device, generator=generator)
@@ -160,6 +161,26 @@ class SequentialRecommender(nn.Module):
         pair = self.logits_of(h, torch.stack([pos, negs], dim=1)).float()
         return F.binary_cross_entropy_with_logits(pair[:, 0], torch.ones_like(pair[:, 0])) + \
             F.binary_cross_entropy_with_logits(pair[:, 1], torch.zeros_like(pair[:, 1]))
+
+    # at most this many logits (rows x catalog) exist at once in the full-softmax loss
+    ce_chunk_elements: int = 1 << 23
+
+    def chunked_cross_entropy(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Full-catalog softmax cross-entropy, in row chunks that are recomputed in backward.
+
+        Peak memory is one chunk's logits (~32 MB) instead of [positions x catalog] three times
+        over (logits, log-softmax, gradient), which on Amazon-sized data was ~2 GB per batch.
+        """
+        rows = max(1, self.ce_chunk_elements // (self.n_items + 1))
+        if len(h) <= rows:
+            return F.cross_entropy(self.logits_all(h).float(), targets)
+        total = h.new_zeros((), dtype=torch.float32)
+        for start in range(0, len(h), rows):
+            total = total + checkpoint(self._ce_sum, h[start:start + rows], targets[start:start + rows], use_reentrant=False)
+        return total / len(h)
+
+    def _ce_sum(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.logits_all(h).float(), targets, reduction="sum")
 
     def training_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         hidden = self.project(self(batch["input"]))
