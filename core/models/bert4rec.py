@@ -34,5 +34,6 @@ class BERT4Rec(SequentialRecommender):
         return self.out_bias
 
     def last_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
-        masked = torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], self.mask_token)], dim=1)
+        # append the mask token; forward keeps the last maxlen positions (drops the oldest if full)
+        masked = torch.cat([input_ids, torch.full_like(input_ids[:, :1], self.mask_token)], dim=1)
         return self.project(self(masked)[:, -1])
