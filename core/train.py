@@ -229,7 +229,7 @@ def fit(
             total += loss.item()
             count += 1
             if count % 10 == 0:
-                bar.set_postfix(loss=f"{total / count:.4f}")
+                bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
         train_loss = all_reduce_mean(total / max(count, 1), device)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
                "epoch_seconds": round(time.perf_counter() - t_epoch, 3)}
