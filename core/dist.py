@@ -45,14 +45,6 @@ def all_reduce_mean(value: float, device: torch.device | None = None) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
-def broadcast_object(obj):
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
