@@ -64,17 +64,18 @@ def row(dataset, model, protocol, metric, value, std=0.0, seeds=None, command=""
 # --------------------------------------------------------------------------- quality
 def cmd_quality(args) -> None:
     config = f"configs/distillation/{args.model}/{args.dataset}.yaml"
-    run_name = f"bench-seed{args.seed}"
+    # sasrec keeps the historical name; other models get their own so runs never overwrite each other
+    run_name = f"bench-seed{args.seed}" if args.model == "sasrec" else f"bench-{args.model}-seed{args.seed}"
     over = f"seed={args.seed},run_name={run_name}" + (f",{args.override}" if args.override else "")
     command = f"python -m distillation.training --config {config} --override \"{over}\""
     run_dir = REPO / "state_dict" / "distillation" / args.dataset / run_name
     results = run_dir / "results.json"
+    if results.is_file() and json.loads(results.read_text())["model"] != args.model:
+        raise SystemExit(f"{results} holds another model's run; refusing to overwrite it")
     if not (args.collect_only and results.is_file()):
         subprocess.run([sys.executable, "-m", "distillation.training", "--config", config, "--override", over],
                        cwd=REPO, check=True)
     res = json.loads(results.read_text())
-    if res["model"] != args.model:
-        raise SystemExit(f"{results} holds a {res['model']} run, not {args.model}; use another run name")
     rows = [row(args.dataset, args.model, "full", m, res["test"][m], seeds=[args.seed], command=command,
                 best_epoch=res["best_epoch"], train_seconds=res["train_seconds"]) for m in QUALITY_METRICS]
     rows += [row(args.dataset, args.model, "sampled-100", m, res["test"][f"sampled-100/{m}"], seeds=[args.seed],

@@ -79,6 +79,7 @@ class Evaluator:
         rank, world = dist_info()[:2]
         full = MetricAccumulator()
         sampled = {n: MetricAccumulator() for n in self.negatives}
+        users_seen, ranks_seen = [], []
         for b in self._batches(rank, world):
             inputs = trim_padding(self.inputs[b]).to(self.device)
             users = self.users[b].to(self.device)
@@ -87,10 +88,14 @@ class Evaluator:
             exclude = history_mask(self.data, self.part.users[b], self.part.hist_len[b], device=self.device)
             ranks = ranks_from_scores(scores, targets, exclude)
             full.add(rank_metrics(ranks.cpu(), self.ks))
+            users_seen.append(self.users[b])
+            ranks_seen.append(ranks.cpu())
             for n, acc in sampled.items():
                 cand = torch.cat([targets.view(-1, 1), self.negatives[n][b].to(self.device)], dim=1)
                 cand_scores = scores.gather(1, cand)
                 acc.add(rank_metrics(ranks_from_scores(cand_scores, torch.zeros_like(targets)).cpu(), self.ks))
+        # 0-based rank of each user's target (this rank's share under torchrun): paired tests use it
+        self.last_ranks = (torch.cat(users_seen).numpy(), torch.cat(ranks_seen).numpy()) if users_seen else None
         full.all_reduce()
         out = full.result()
         for n, acc in sampled.items():

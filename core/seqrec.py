@@ -20,7 +20,7 @@ from core.config import save_config, to_dict
 from core.data.batches import CausalDataset, ClozeDataset
 from core.data.sequences import SequenceData
 from core.data.splits import make_split
-from core.dist import init_distributed, is_main
+from core.dist import dist_info, init_distributed, is_main
 from core.errors import ConfigError, DataError
 from core.evaluation import Evaluator, popularity_score_fn
 from core.models import build_model
@@ -137,8 +137,14 @@ def model_score_fn(model):
     return lambda inputs, users: model.full_scores(inputs)
 
 
-def train_and_evaluate(cfg: SeqRecConfig, log=print) -> dict:
-    """Run one experiment; returns (and writes ``results.json``) test metrics at the best epoch."""
+def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_train=None) -> dict:
+    """Run one experiment; returns (and writes ``results.json``) test metrics at the best epoch.
+
+    Pipelines extend the recipe through two hooks: ``load_data(cfg) -> (SequenceData, path)``
+    replaces the prepared-folder loader, and ``make_train(cfg, model, data, split, device) ->
+    (train_data, loss_fn, info)`` supplies the training rows and loss (``info`` goes into
+    ``results.json``).
+    """
     device = resolve_device(cfg.device)
     init_distributed(device)
     if not is_main():
@@ -146,7 +152,7 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print) -> dict:
     seed_everything(cfg.seed)
     # names are validated before anything is read or written
     out_dir = store.run_dir(cfg.pipeline, dataset_dir(cfg.data).name, cfg.run_name, cfg.home or None)
-    data, data_path = load_dataset(cfg.data)
+    data, data_path = (load_data or load_dataset)(cfg.data)
     split = make_split(data, cfg.data.split, cfg.data.valid_quantile, cfg.data.test_quantile)
     dataset_name = data_path.name
     if is_main():
@@ -161,34 +167,43 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print) -> dict:
         f"split {split.kind}: {len(split.valid)} valid / {len(split.test)} test users -> {out_dir}")
 
     model = make_model(cfg.model, data.n_items).to(device)
-    train_data = build_train_data(cfg.model, split, model, device)
+    if make_train is None:
+        train_data, loss_fn, info = build_train_data(cfg.model, split, model, device), None, {}
+    else:
+        train_data, loss_fn, info = make_train(cfg, model, data, split, device)
     width = cfg.model.maxlen
     valid_eval = Evaluator(split, "valid", width, cfg.eval.ks, sampled=(), sample_seed=cfg.eval.sample_seed,
                            batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users)
     meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg),
             "data_fingerprint": data.fingerprint()}
     result = fit(model, train_data, lambda m: valid_eval.run(model_score_fn(m)), cfg.training, out_dir,
-                 device=device, seed=cfg.seed, checkpoint_meta=meta, log=log)
+                 device=device, seed=cfg.seed, checkpoint_meta=meta, log=log,
+                 **({"loss_fn": loss_fn} if loss_fn is not None else {}))
 
     model.eval()
     test_eval = Evaluator(split, "test", width, cfg.eval.ks, sampled=cfg.eval.sampled, sample_seed=cfg.eval.sample_seed,
                           batch_size=cfg.eval.batch_size, device=device)
     test = test_eval.run(model_score_fn(model))
+    test_ranks = test_eval.last_ranks
     popularity = test_eval.run(popularity_score_fn(split))
     results = {
         "dataset": dataset_name, "model": cfg.model.model_type, "run_dir": str(out_dir),
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
         "stopped": result.stopped, "valid": result.best_valid, "test": test, "popularity_test": popularity,
+        **info,
     }
+    if is_main() and dist_info()[1] == 1 and test_ranks is not None:
+        # per-user test rank of the target: paired significance tests between runs need it
+        store.atomic_save_npz(out_dir / "test_ranks.npz", users=test_ranks[0], ranks=test_ranks[1])
     if is_main():
         store.atomic_write_json(out_dir / "results.json", results)
     return results
 
 
-def evaluate_checkpoint(path: str | Path, cfg: SeqRecConfig, log=print) -> dict:
+def evaluate_checkpoint(path: str | Path, cfg: SeqRecConfig, log=print, *, load_data=None) -> dict:
     """Test metrics of a saved checkpoint on the dataset named by ``cfg`` (fingerprint checked)."""
     device = resolve_device(cfg.device)
-    data, data_path = load_dataset(cfg.data)
+    data, data_path = (load_data or load_dataset)(cfg.data)
     from core.models import MODELS
 
     ckpt = store.load_checkpoint(path, kind=tuple(MODELS), data_fingerprint=data.fingerprint(), map_location=device)

@@ -52,6 +52,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = a full pass; >0 caps batches per epoch (smoke runs)
     time_budget_s: float = 0.0  # 0 = none; else stop after the epoch that crosses it
     length_buckets: bool = True  # batch users of similar length together (less padding)
+    save_checkpoints: bool = True  # last.pt after every epoch (needed for resume); best.pt is always kept
 
     def __post_init__(self) -> None:
         from core.errors import ConfigError
@@ -146,8 +147,12 @@ def fit(
     out_dir = Path(out_dir)
     model.to(device)
     generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
+    loss_module: nn.Module = _LossModule(model, loss_fn)
+    loss_module.to(device)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    # the loss may own parameters (e.g. a distillation head): they train, but checkpoints
+    # hold the recommender alone so it evaluates and serves without them
+    for name, p in loss_module.named_parameters():
         (no_decay if p.ndim < 2 else decay).append(p)  # no decay on biases and LayerNorm
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
@@ -169,7 +174,6 @@ def fit(
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
-    loss_module: nn.Module = _LossModule(model, loss_fn)
     if world > 1:
         loss_module = nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)
@@ -184,6 +188,8 @@ def fit(
         except RuntimeError as exc:
             raise CheckpointError(f"{last_path}: does not fit this model ({str(exc).splitlines()[0]}); "
                                   "start a fresh run or use the same model settings") from None
+        if isinstance(loss_fn, nn.Module) and "loss_state" in ckpt:
+            loss_fn.load_state_dict(ckpt["loss_state"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -195,27 +201,37 @@ def fit(
     elif cfg.resume:
         log(f"resume requested but {last_path} does not exist; starting fresh")
 
-    sampler = DistributedSampler(range(len(train_data)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
     t_start = time.perf_counter()
     stopped = "epochs"
     epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
         t_epoch = time.perf_counter()
         model.train()
+        # staged recipes (e.g. distil, then fine-tune on other sequences) switch here
+        for hook in (getattr(train_data, "set_epoch", None), getattr(loss_fn, "set_epoch", None)):
+            if hook is not None:
+                hook(epoch + 1)
+        sampler = DistributedSampler(range(len(train_data)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
+        cap = cfg.max_steps_per_epoch or None
         order = torch.as_tensor(list(sampler), dtype=torch.long)
         if cfg.length_buckets and hasattr(train_data, "lengths"):
             bucket_gen = torch.Generator().manual_seed(seed * 7919 + epoch * 31 + rank)
-            batches = length_bucketed(order, train_data.lengths, cfg.batch_size, bucket_gen)[:steps_per_epoch]
+            batches = length_bucketed(order, train_data.lengths, cfg.batch_size, bucket_gen)[:cap]
         else:
-            batches = list(order.split(cfg.batch_size))[:steps_per_epoch]
-        total, count = 0.0, 0
+            batches = list(order.split(cfg.batch_size))[:cap]
+        total, count, parts = 0.0, 0, {}
         bar = tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not is_main() or len(batches) < 20,
                    dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 60.0)  # quiet in log files
         for index in bar:
             batch = train_data.get_batch(index.to(device), generator)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss = loss_module(batch, generator)
+            if isinstance(loss, dict):  # {"loss": tensor to optimise, other names: detached parts to log}
+                for name, value in loss.items():
+                    if name != "loss":
+                        parts[name] = parts.get(name, 0.0) + float(value)
+                loss = loss["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
@@ -231,8 +247,9 @@ def fit(
             if count % 10 == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
         train_loss = all_reduce_mean(total / max(count, 1), device)
-        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "lr": scheduler.get_last_lr()[0],
-               "epoch_seconds": round(time.perf_counter() - t_epoch, 3)}
+        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6),
+               **{name: round(all_reduce_mean(v / max(count, 1), device), 6) for name, v in sorted(parts.items())},
+               "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - t_epoch, 3)}
         improved = False
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             model.eval()
@@ -253,14 +270,16 @@ def fit(
         valid_txt = f" | valid {cfg.metric} {row['valid'][cfg.metric]:.4f}" if "valid" in row else ""
         hr = row.get("valid", {}).get(cfg.metric.replace("NDCG", "HR"))
         valid_txt += f" {cfg.metric.replace('NDCG', 'HR')} {hr:.4f}" if hr is not None and "NDCG" in cfg.metric else ""
-        log(f"epoch {epoch + 1:3d}/{cfg.epochs} loss {train_loss:.4f}{valid_txt} | {row['epoch_seconds']:.1f}s"
+        parts_txt = "".join(f" {name} {row[name]:.4f}" for name in sorted(parts))
+        log(f"epoch {epoch + 1:3d}/{cfg.epochs} loss {train_loss:.4f}{parts_txt}{valid_txt} | {row['epoch_seconds']:.1f}s"
             + (" *" if improved else ""))
         # every rank saves its RNG state so a resumed DDP run draws the same numbers
         rng_states = _gather_rng(_rng_state(generator))
-        if is_main():
+        if is_main() and cfg.save_checkpoints:
             store.save_checkpoint(
                 last_path, model_state=model.state_dict(), optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_states,
+                **({"loss_state": loss_fn.state_dict()} if isinstance(loss_fn, nn.Module) else {}),
                 loop={"epoch": epoch + 1, "best_metric": best_metric, "best_epoch": best_epoch,
                       "bad_evals": bad_evals, "best_valid": best_valid},
                 **checkpoint_meta)

@@ -13,8 +13,10 @@ import argparse
 from core.cli import add_common_args, cli_overrides, run
 from core.config import load_config
 from core.report import RESULT_COLUMNS, format_table, result_rows
-from core.seqrec import SeqRecConfig, evaluate_checkpoint
+from core.seqrec import evaluate_checkpoint
 from core.store import atomic_write_json
+from distillation.config import DistillConfig
+from distillation.pipeline import load_data
 
 
 def main(argv=None) -> int:
@@ -23,8 +25,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", help="also write the metrics here as JSON")
     add_common_args(parser, default_config="configs/distillation/sasrec.yaml")
     args = parser.parse_args(argv)
-    cfg = load_config(SeqRecConfig, args.config, cli_overrides(args))
-    res = evaluate_checkpoint(args.model_path, cfg)
+    cfg = load_config(DistillConfig, args.config, cli_overrides(args))
+    res = evaluate_checkpoint(args.model_path, cfg, load_data=load_data)
     print(format_table(result_rows([("valid", res["valid"]), ("test", res["test"])]), RESULT_COLUMNS))
     if args.output:
         atomic_write_json(args.output, res)

@@ -1,6 +1,7 @@
-"""Train a sequential recommender (SASRec / BERT4Rec) and report test metrics at the best epoch.
+"""Train SASRec / BERT4Rec, optionally distilling user-profile embeddings, and report test metrics.
 
-    python -m distillation.training --config configs/distillation/sasrec.yaml
+    python -m distillation.training --config configs/distillation/sasrec.yaml            # baseline
+    python -m distillation.training --config configs/distillation/sasrec_llm/ml-100k.yaml # + profiles
     python -m distillation.training --config configs/distillation/sasrec/beauty.yaml --override "seed=2,run_name=s2"
     torchrun --nproc_per_node=2 -m distillation.training --config ... --override device=cpu
 
@@ -16,7 +17,8 @@ from core.cli import add_common_args, cli_overrides, run, setup_logging
 from core.config import load_config
 from core.dist import cleanup, is_main
 from core.report import RESULT_COLUMNS, format_table, result_rows
-from core.seqrec import SeqRecConfig, train_and_evaluate
+from distillation.config import DistillConfig
+from distillation.pipeline import run_distillation
 
 DEFAULT_CONFIG = "configs/distillation/sasrec.yaml"
 
@@ -32,14 +34,14 @@ def main(argv=None) -> int:
     if args.debug:
         overrides = "training.epochs=2,training.max_steps_per_epoch=5,eval.valid_max_users=500" + (
             "," + overrides if overrides else "")
-    cfg = load_config(SeqRecConfig, args.config, overrides)
-    res = train_and_evaluate(cfg, log=print if not args.verbose else logging.getLogger("distillation").info)
+    cfg = load_config(DistillConfig, args.config, overrides)
+    res = run_distillation(cfg, log=print if not args.verbose else logging.getLogger("distillation").info)
     main_rank = is_main()
     cleanup()
     if main_rank:
         print(f"\nTest ({res['dataset']}, full ranking, history excluded; best validation epoch {res['best_epoch']}):")
         print(format_table(result_rows([("Popularity", res["popularity_test"]),
-                                        (cfg.model.model_type, res["test"])]), RESULT_COLUMNS))
+                                        (cfg.model.model_type + ("+distill" if res.get("distill") else ""), res["test"])]), RESULT_COLUMNS))
         print(f"results: {res['run_dir']}/results.json")
     return 0
 

@@ -40,12 +40,15 @@ class SequenceData:
     timestamps: np.ndarray | None = None
     item_domain: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    ratings: np.ndarray | None = None  # explicit feedback aligned with ``items`` (MovieLens); else None
 
     def __post_init__(self) -> None:
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
         self.items = np.asarray(self.items, dtype=np.int32)
         if self.timestamps is not None:
             self.timestamps = np.asarray(self.timestamps, dtype=np.int64)
+        if self.ratings is not None:
+            self.ratings = np.asarray(self.ratings, dtype=np.float32)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -108,6 +111,8 @@ class SequenceData:
             raise DataError(f"{source}: id maps ({len(self.user_ids)} users, {len(self.item_ids)} items) do not match the sequences")
         if self.timestamps is not None and len(self.timestamps) != len(self.items):
             raise DataError(f"{source}: timestamps length does not match items")
+        if self.ratings is not None and len(self.ratings) != len(self.items):
+            raise DataError(f"{source}: ratings length does not match items")
 
     # ------------------------------------------------------------------ disk
     def save(self, directory: str | Path, extra_meta: dict | None = None) -> Path:
@@ -119,6 +124,8 @@ class SequenceData:
             arrays["timestamps"] = self.timestamps
         if self.item_domain is not None:
             arrays["item_domain"] = np.asarray(self.item_domain, dtype=np.int8)
+        if self.ratings is not None:
+            arrays["ratings"] = self.ratings
         meta = {
             "format_version": FORMAT_VERSION,
             **self.meta,
@@ -165,6 +172,7 @@ class SequenceData:
             timestamps=arrays.get("timestamps"),
             item_domain=arrays.get("item_domain"),
             meta=meta,
+            ratings=arrays.get("ratings"),
         )
         data.validate(str(directory))
         return data

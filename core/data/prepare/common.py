@@ -156,6 +156,7 @@ def build_sequences(
     timestamps: Sequence | np.ndarray | None,
     source: Path | str,
     min_count: int = 0,
+    ratings: Sequence | np.ndarray | None = None,
 ) -> tuple[SequenceData, int]:
     """Interaction rows -> ``SequenceData`` (per user, by timestamp, ties in row order).
 
@@ -165,6 +166,7 @@ def build_sequences(
     user_ids, ucode = index_ids(users, source, "user")
     item_ids, icode = index_ids(items, source, "item")
     ts = None if timestamps is None else np.asarray(timestamps)
+    values = None if ratings is None else np.asarray(ratings, dtype=np.float32)
     dropped = 0
     if min_count > 1 and len(ucode):
         keep = k_core(ucode, icode, min_count)
@@ -183,6 +185,8 @@ def build_sequences(
             ucode, icode = ucode.reshape(-1), icode.reshape(-1)
             if ts is not None:
                 ts = ts[rows]
+            if values is not None:
+                values = values[rows]
     n = len(ucode)
     if n == 0:
         raise DataError(f"{source}: no interactions; check the input file is not empty")
@@ -199,6 +203,7 @@ def build_sequences(
         user_ids=user_ids,
         item_ids=item_ids,
         timestamps=None if ts is None else np.floor(ts[order]).astype(np.int64),
+        ratings=None if values is None else values[order],
     )
     return data, dropped
 

@@ -75,11 +75,11 @@ def load(path: str | Path, min_count: int = 0, name: str | None = None, out: str
     name = check_name(name or kind, "dataset name")
     if kind == "ml-1m":
         ratings = folder / "ratings.dat"
-        users, items, ts = _read_ratings(ratings, "::", "user::item::rating::timestamp")
+        users, items, values, ts = _read_ratings(ratings, "::", "user::item::rating::timestamp")
     else:
         ratings = folder / "u.data"
-        users, items, ts = _read_ratings(ratings, "\t", "tab-separated user item rating timestamp")
-    data, dropped = build_sequences(users, items, ts, ratings, min_count=min_count)
+        users, items, values, ts = _read_ratings(ratings, "\t", "tab-separated user item rating timestamp")
+    data, dropped = build_sequences(users, items, ts, ratings, min_count=min_count, ratings=values)
 
     # side information (optional files; a malformed one is an error)
     sources = [ratings]
@@ -124,26 +124,30 @@ def load(path: str | Path, min_count: int = 0, name: str | None = None, out: str
 
 
 # --------------------------------------------------------------------------- ratings
-def _read_ratings(path: Path, sep: str, layout: str) -> tuple[list[int], list[int], np.ndarray]:
+def _read_ratings(path: Path, sep: str, layout: str) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+    """Users, items, star ratings and timestamps, row by row."""
     text = read_text(path, ENCODING, "ratings file")
     users: list[int] = []
     items: list[int] = []
+    stars: list[float] = []
     ts: list[int] = []
     for lineno, line in iter_lines(text):
         parts = line.split(sep)
         if len(parts) != 4:
             raise DataError(f"{path}:{lineno}: expected 4 fields ({layout}), found {len(parts)}")
         try:
-            u, i, t = int(parts[0]), int(parts[1]), int(parts[3])
+            u, i, r, t = int(parts[0]), int(parts[1]), float(parts[2]), int(parts[3])
         except ValueError:
             # find which field is bad; to_int raises a DataError naming the line
             u = to_int(parts[0], path, lineno, "user id")
             i = to_int(parts[1], path, lineno, "item id")
             t = to_int(parts[3], path, lineno, "timestamp")
+            r = float(to_int(parts[2], path, lineno, "rating"))
         users.append(u)
         items.append(i)
+        stars.append(r)
         ts.append(t)
-    return users, items, np.asarray(ts, dtype=np.int64)
+    return users, items, np.asarray(stars, dtype=np.float32), np.asarray(ts, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- side files

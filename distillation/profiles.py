@@ -1,0 +1,243 @@
+"""User profiles for distillation: written from training data, encoded, saved as the seed's JSON.
+
+    python -m distillation.profiles --dataset ml-100k                 # text profiles -> MiniLM -> JSON
+    python -m distillation.profiles --dataset ml-100k --dim 128       # + PCA to 128 dims (the seed's size)
+    python -m distillation.profiles --dataset beauty --texts llm_profiles.jsonl   # texts from any LLM
+    python -m distillation.profiles --dataset ml-100k --embeddings users.npy      # vectors of another pipeline
+
+No LLM is reachable here, so the default profile is a templated text built from each
+user's *training* interactions only (never the validation or test items) plus side
+information: for MovieLens the user's age, gender and occupation, favourite genres and
+decades, and the titles they rated highest and lowest. Output (``--out``, default
+``state_dict/embeddings/distillation/<dataset>/``): ``profiles[-<dim>].json``
+(``{user_id: [floats]}``) and ``profile_texts.json`` beside it, for people to read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core import store
+from core.data.sequences import SequenceData
+from core.data.splits import leave_one_out
+from core.errors import ConfigError, DataError
+
+MAX_TITLES = 8
+
+
+# --------------------------------------------------------------------------- loading + validation
+def load_profile_json(path: str | Path) -> dict[str, list[float]]:
+    """``{user_id: [floats]}``, checked: one dimension, numbers only, all finite."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: profile embeddings not found; write them with `python -m distillation.profiles`")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: invalid JSON ({exc}); expected {{user_id: [floats]}}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"{path}: expected a non-empty object {{user_id: [floats]}}")
+    dim = None
+    for user, vec in raw.items():
+        if not isinstance(vec, list) or not vec or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vec):
+            raise DataError(f"{path}: user {user!r}: the profile must be a non-empty list of numbers")
+        if dim is None:
+            dim = len(vec)
+        elif len(vec) != dim:
+            raise DataError(f"{path}: user {user!r} has {len(vec)} dimensions, others have {dim}; "
+                            "all profiles must have one size")
+        if not all(math.isfinite(x) for x in vec):
+            raise DataError(f"{path}: user {user!r}: profile contains NaN or infinity")
+    return raw
+
+
+def profile_tensors(paths: list[str], data: SequenceData, train_users: np.ndarray, missing: str = "error",
+                    multi_profile: bool = False, shuffle_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Profiles by 1-based user index: ``[n_users + 1, K, P]`` values and ``[n_users + 1, K]`` presence.
+
+    ``missing``: a training user without a profile is an ``error``, is ``skip``-ped (no
+    distillation term) or gets a ``zero`` vector. ``shuffle_seed`` permutes profiles
+    across users (the control experiment).
+    """
+    if len(paths) > 1 and not multi_profile:
+        raise ConfigError(f"{len(paths)} profile files given but distill.multi_profile is false; "
+                          "set multi_profile=true to use several profiles per user")
+    tables = [load_profile_json(p) for p in paths]
+    dims = {len(next(iter(t.values()))) for t in tables}
+    if len(dims) > 1:
+        raise DataError(f"profile files {', '.join(map(str, paths))} have different sizes {sorted(dims)}")
+    dim = dims.pop()
+    values = torch.zeros(data.n_users + 1, len(tables), dim)
+    present = torch.zeros(data.n_users + 1, len(tables), dtype=torch.bool)
+    for k, (path, table) in enumerate(zip(paths, tables)):
+        for u, raw in enumerate(data.user_ids, start=1):
+            vec = table.get(str(raw))
+            if vec is not None:
+                values[u, k] = torch.tensor(vec, dtype=torch.float32)
+                present[u, k] = True
+        lacking = [u for u in train_users if not present[u, k]]
+        if lacking and missing == "error":
+            raise DataError(f"{path}: {len(lacking)} training users have no profile (first: "
+                            f"{data.user_ids[lacking[0] - 1]!r}); regenerate the profiles for this dataset or set "
+                            "distill.missing_profiles=skip (or zero)")
+        if missing == "zero":
+            present[1:, k] = True
+    if shuffle_seed is not None:
+        gen = torch.Generator().manual_seed(shuffle_seed)
+        have = torch.nonzero(present[:, 0]).flatten()
+        perm = have[torch.randperm(len(have), generator=gen)]
+        values[have] = values[perm].clone()
+    return values, present
+
+
+# --------------------------------------------------------------------------- profile texts
+def _decade(year) -> str | None:
+    return f"{int(year) // 10 * 10}s" if isinstance(year, (int, float)) and year else None
+
+
+def _share(counter: Counter, total: int, top: int) -> str:
+    return ", ".join(f"{name} ({100 * n / total:.0f}%)" for name, n in counter.most_common(top))
+
+
+def profile_text(history: list[int], data: SequenceData, item_side: dict | None, user_info: dict | None,
+                 ratings: np.ndarray | None) -> str:
+    """One readable paragraph about a user from their training items (internal ids)."""
+    parts = []
+    if user_info:
+        who = [f"{user_info['age']}-year-old" if "age" in user_info else "",
+               {"M": "man", "F": "woman"}.get(str(user_info.get("gender")), ""), str(user_info.get("occupation", ""))]
+        who = " ".join(w for w in who if w and w != "None")
+        if who:
+            parts.append(f"A {who}.")
+    info = [item_side.get(str(data.item_ids[i - 1]), {}) if item_side else {} for i in history]
+    titles = [x.get("title") or f"item {data.item_ids[i - 1]}" for x, i in zip(info, history)]
+    labels = [f"{t} ({x['year']})" if x.get("year") else t for t, x in zip(titles, info)]
+    parts.append(f"{len(history)} interactions in the history.")
+    genres = Counter(g for x in info for g in (x.get("genres") or []))
+    cats = Counter(x["category"] for x in info if x.get("category"))
+    if genres:
+        parts.append(f"Favourite genres: {_share(genres, len(history), 4)}.")
+    if cats:
+        parts.append(f"Frequent categories: {_share(cats, len(history), 3)}.")
+    decades = Counter(d for x in info if (d := _decade(x.get("year"))))
+    if decades:
+        parts.append(f"Mostly films from the {decades.most_common(1)[0][0]}.")
+    if ratings is not None:
+        recency = np.arange(len(ratings))
+        order = np.lexsort((-recency, -ratings))  # highest rated first, most recent first among equals
+        loved = [labels[j] for j in order if ratings[j] >= 4][:MAX_TITLES]
+        disliked = [labels[j] for j in np.lexsort((-recency, ratings)) if ratings[j] <= 2][:MAX_TITLES // 2]
+        parts.append(f"Average rating {float(ratings.mean()):.1f} of 5.")
+        if loved:
+            parts.append("Loved: " + "; ".join(loved) + ".")
+        if disliked:
+            parts.append("Disliked: " + "; ".join(disliked) + ".")
+    else:
+        parts.append("Recently: " + "; ".join(labels[::-1][:MAX_TITLES]) + ".")
+    return " ".join(parts)
+
+
+def write_profile_texts(data: SequenceData, folder: Path) -> dict[str, str]:
+    """Texts for every user from the leave-one-out *training* prefix only."""
+    split = leave_one_out(data)
+    item_side, user_side = data.item_side(folder), data.user_side(folder)
+    texts = {}
+    for u, raw in enumerate(data.user_ids, start=1):
+        n = int(split.train_len[u - 1])
+        start = int(data.offsets[u - 1])
+        history = data.items[start:start + n].tolist()
+        ratings = data.ratings[start:start + n] if data.ratings is not None else None
+        texts[str(raw)] = profile_text(history, data, item_side, (user_side or {}).get(str(raw)), ratings)
+    return texts
+
+
+def read_texts(path: Path) -> dict[str, str]:
+    """``{user_id: text}`` JSON, or JSONL lines ``{"user_id": ..., "profile": ...}``."""
+    if not path.is_file():
+        raise DataError(f"{path}: profile texts not found")
+    if path.suffix == ".jsonl":
+        from core.data.jsonl import iter_jsonl, require
+
+        out = {}
+        for lineno, rec in iter_jsonl(path):
+            user = require(rec, "user_id", (str, int), path, lineno)
+            text = rec.get("profile", rec.get("text"))
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{path}:{lineno}: needs a non-empty string field 'profile' (or 'text')")
+            out[str(user)] = text
+        return out
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: invalid JSON ({exc}); expected {{user_id: text}}") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, str) and v.strip() for v in raw.values()):
+        raise DataError(f"{path}: expected {{user_id: non-empty text}}")
+    return {str(k): v for k, v in raw.items()}
+
+
+def pca(x: np.ndarray, dim: int) -> np.ndarray:
+    if dim >= x.shape[1]:
+        return x
+    if dim > min(x.shape):
+        raise ConfigError(f"--dim {dim} exceeds what {x.shape[0]} users x {x.shape[1]} dims allow")
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=dim, random_state=0).fit_transform(x).astype(np.float32)
+
+
+def main(argv=None) -> int:
+    from core.cli import resolve_device
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="prepared dataset name under data/ or a folder")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--texts", help="profile texts from an LLM: {user_id: text} JSON or JSONL")
+    src.add_argument("--embeddings", help="user vectors of another pipeline (X.npy with X.ids.json)")
+    parser.add_argument("--dim", type=int, default=0, help="PCA to this many dimensions (0 = keep)")
+    parser.add_argument("--model", default="", help="sentence-transformers model path (default: bundled MiniLM)")
+    parser.add_argument("--out", help="output folder (default: state_dict/embeddings/distillation/<dataset>)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    folder = Path(args.dataset) if "/" in args.dataset else store.REPO_ROOT / "data" / store.check_name(args.dataset, "dataset")
+    data = SequenceData.load(folder)
+    out = Path(args.out) if args.out else store.embeddings_dir("distillation", folder.name)
+    users = [str(u) for u in data.user_ids]
+    if args.embeddings:
+        vectors, ids = store.load_embeddings(args.embeddings)
+        table = dict(zip(map(str, ids), vectors))
+        users = [u for u in users if u in table]
+        if not users:
+            raise DataError(f"{args.embeddings}: none of its ids are users of {folder}")
+        matrix = np.stack([table[u] for u in users]).astype(np.float32)
+        texts = None
+    else:
+        texts = read_texts(Path(args.texts)) if args.texts else write_profile_texts(data, folder)
+        users = [u for u in users if u in texts]
+        if not users:
+            raise DataError(f"{args.texts}: none of its user ids are users of {folder}")
+        from core.text import encode_texts
+
+        matrix = encode_texts([texts[u] for u in users], model=args.model or None, device=str(resolve_device(args.device)))
+    if args.dim:
+        matrix = pca(np.asarray(matrix, dtype=np.float32), args.dim)
+    name = f"profiles-{args.dim}" if args.dim else "profiles"
+    path = out / f"{name}.json"
+    store.atomic_write_json(path, {u: [round(float(x), 6) for x in row] for u, row in zip(users, matrix)}, indent=None)
+    if texts is not None:
+        store.atomic_write_json(out / "profile_texts.json", {u: texts[u] for u in users})
+    print(f"{len(users)} profiles of {matrix.shape[1]} dims -> {path}")
+    if texts is not None:
+        print(f"texts -> {out / 'profile_texts.json'}\nexample ({users[0]}): {texts[users[0]]}")
+    return 0
+
+
+if __name__ == "__main__":
+    from core.cli import run
+
+    run(main)

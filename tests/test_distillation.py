@@ -1,0 +1,304 @@
+"""Profile distillation: the loss algebra, pooling, stage switch, profile hygiene, configs, bad input."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import load_config
+from core.errors import ConfigError, DataError
+from distillation.config import DistillConfig
+from distillation.method import DistillLoss, ProfileDistiller, combine, exp_pool, mean_pool, weighted_pool
+from distillation.profiles import load_profile_json, profile_tensors, write_profile_texts
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- loss algebra
+def test_beta_is_detached():
+    rec = torch.tensor(6.0, requires_grad=True)
+    distil = torch.tensor(0.5, requires_grad=True)
+    alpha = 0.4
+    total = combine(rec, distil, alpha, dynamic=True)
+    total.backward()
+    assert math.isclose(total.item(), alpha * 6.0 + (1 - alpha) * 6.0, rel_tol=1e-6)  # beta * distil == rec
+    # beta = rec / distil is a constant: d/d rec = 1 - alpha, d/d distil = alpha * beta
+    assert math.isclose(rec.grad.item(), 1 - alpha, rel_tol=1e-6)
+    assert math.isclose(distil.grad.item(), alpha * 6.0 / 0.5, rel_tol=1e-5)
+    rec.grad = distil.grad = None
+    combine(rec, distil, alpha, dynamic=False).backward()
+    assert math.isclose(distil.grad.item(), alpha, rel_tol=1e-6) and math.isclose(rec.grad.item(), 1 - alpha, rel_tol=1e-6)
+
+
+# --------------------------------------------------------------------------- pooling
+def _states():
+    # one user, left padding at position 0, real positions hold 1, 2, 4 (as [B=1, L=4, D=1])
+    states = torch.tensor([[[100.0], [1.0], [2.0], [4.0]]])
+    real = torch.tensor([[False, True, True, True]])
+    return states, real
+
+
+def test_mean_pool_ignores_padding():
+    states, real = _states()
+    assert math.isclose(mean_pool(states, real).item(), 7 / 3, rel_tol=1e-6)
+
+
+def test_exp_pool_weights_recent_items():
+    states, real = _states()
+    g = math.log(2.0)  # weights proportional to 2^t, t = 1, 2, 3 -> 2, 4, 8
+    expected = (2 * 1 + 4 * 2 + 8 * 4) / 14
+    assert math.isclose(exp_pool(states, real, g).item(), expected, rel_tol=1e-6)
+    assert math.isclose(exp_pool(states, real, 0.0).item(), 7 / 3, rel_tol=1e-6)  # gamma 0 = mean
+
+
+def test_attention_pool_uses_softmax_of_scores():
+    states, real = _states()
+    scores = torch.tensor([[50.0, 0.0, math.log(3.0), 0.0]])  # padding score must not matter
+    expected = (1 * 1 + 3 * 2 + 1 * 4) / 5
+    assert math.isclose(weighted_pool(states, real, scores).item(), expected, rel_tol=1e-6)
+    distiller = ProfileDistiller(hidden=1, profile_dim=1, pooling="attention", direction="none")
+    with torch.no_grad():
+        distiller.attn.weight.fill_(0.0)
+        distiller.attn.bias.fill_(0.0)
+    assert math.isclose(distiller.pool(states, real).item(), 7 / 3, rel_tol=1e-6)
+
+
+def test_distiller_loss_directions_and_missing_profiles():
+    states = torch.randn(3, 5, 8)
+    real = torch.ones(3, 5, dtype=torch.bool)
+    profiles = torch.randn(3, 1, 4)
+    present = torch.tensor([[True], [False], [True]])
+    for direction in ("down", "up"):
+        d = ProfileDistiller(8, 4, direction=direction)
+        loss = d(states, real, profiles, present)
+        assert loss.ndim == 0 and loss.item() > 0
+        loss.backward()
+        assert d.transform.weight.grad is not None
+    # nobody has a profile: zero loss, still differentiable
+    zero = ProfileDistiller(8, 4)(states, real, profiles, torch.zeros(3, 1, dtype=torch.bool))
+    assert zero.item() == 0.0
+    cos = ProfileDistiller(4, 4, direction="none", loss="cosine")
+    same = cos(profiles.expand(3, 5, 4).clone(), real, profiles, torch.ones(3, 1, dtype=torch.bool))
+    assert same.item() < 1e-5  # reconstructing the profile exactly costs nothing
+    with pytest.raises(ValueError):
+        ProfileDistiller(8, 4, direction="none")
+
+
+def test_multi_profile_mean_aggregation():
+    d = ProfileDistiller(2, 2, direction="none")
+    profiles = torch.tensor([[[1.0, 0.0], [3.0, 2.0]]])
+    assert torch.allclose(d.aggregate_profiles(profiles, torch.tensor([[True, True]])), torch.tensor([[2.0, 1.0]]))
+    assert torch.allclose(d.aggregate_profiles(profiles, torch.tensor([[True, False]])), torch.tensor([[1.0, 0.0]]))
+
+
+def test_fine_tune_switch_stops_distillation_at_that_epoch():
+    loss = DistillLoss(ProfileDistiller(4, 4, direction="none"), torch.zeros(3, 1, 4), torch.ones(3, 1, dtype=torch.bool),
+                       alpha=0.5, dynamic_scaling=True, layer=-1, fine_tune_epoch=3)
+    on = []
+    for epoch in range(1, 6):
+        loss.set_epoch(epoch)
+        on.append(loss.distilling)
+    assert on == [True, True, False, False, False]
+    loss.fine_tune_epoch = 0
+    loss.set_epoch(50)
+    assert loss.distilling
+
+
+# --------------------------------------------------------------------------- end to end on the synthetic default
+def _profiles_for(data_root: Path, out: Path) -> Path:
+    """Profiles carrying each user's majority cluster of training items (one-hot)."""
+    from collections import Counter
+
+    from core.data.sequences import SequenceData
+    from core.data.splits import leave_one_out
+    from core.seqrec import DataConfig, load_dataset
+
+    data, folder = load_dataset(DataConfig(dataset="synthetic-a", data_root=str(data_root)))
+    side = data.item_side(folder)
+    split = leave_one_out(data)
+    table = {}
+    for u, raw in enumerate(data.user_ids, start=1):
+        start = int(data.offsets[u - 1])
+        hist = data.items[start:start + int(split.train_len[u - 1])]
+        cluster = Counter(side[str(data.item_ids[i - 1])]["category"] for i in hist).most_common(1)[0][0]
+        table[str(raw)] = np.eye(12)[int(cluster.split()[-1])].tolist()
+    assert isinstance(data, SequenceData)
+    out.write_text(json.dumps(table))
+    return out
+
+
+def test_cli_distillation_logs_both_losses_until_fine_tune(tmp_path):
+    data_root = tmp_path / "data"
+    prof = _profiles_for(data_root, tmp_path / "prof.json")
+    over = (f"home={tmp_path / 'home'},data.data_root={data_root},profile_embeddings_path={prof},device=cpu,"
+            "epochs=4,fine_tune_epoch=3,max_steps_per_epoch=3,eval_every=2,hidden_units=16,eval.sampled=[],"
+            "run_name=ft")
+    proc = subprocess.run([sys.executable, "-m", "distillation.training", "--config",
+                           "configs/distillation/sasrec_llm/synthetic-a.yaml", "--override", over],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sasrec+distill" in proc.stdout
+    run = tmp_path / "home" / "distillation" / "synthetic-a" / "ft"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert ["distill_loss" in r for r in rows] == [True, True, False, False]
+    res = json.loads((run / "results.json").read_text())
+    assert res["distill"] and res["train_users_with_profile"] == res["train_users"]
+    assert (run / "test_ranks.npz").is_file()
+    assert not (run / "last.pt").exists()  # save_checkpoints: false in the seed-style config
+    # the saved model is a plain SASRec: the evaluation entry point reads it
+    proc = subprocess.run([sys.executable, "-m", "distillation.evaluation", "--model-path", str(run / "best.pt"),
+                           "--config", "configs/distillation/sasrec_llm/synthetic-a.yaml", "--override", over],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "NDCG@10" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_profile_texts_use_training_items_only(tmp_path):
+    from core.data.splits import leave_one_out
+    from core.seqrec import DataConfig, load_dataset
+
+    data, folder = load_dataset(DataConfig(dataset="synthetic-a", data_root=str(tmp_path)))
+    texts = write_profile_texts(data, folder)
+    split = leave_one_out(data)
+    side = data.item_side(folder)
+    title = lambda i: side[str(data.item_ids[i - 1])]["title"]  # noqa: E731
+    checked = 0
+    for u in split.valid.users[:300]:
+        text = texts[str(data.user_ids[u - 1])]
+        listed = set(text.split("Recently: ", 1)[1].rstrip(".").split("; "))
+        seq = data.sequence(int(u))
+        n = int(split.train_len[u - 1])
+        assert listed <= {title(i) for i in seq[:n]}
+        assert title(int(seq[n])) not in listed and title(int(seq[n + 1])) not in listed  # valid, test items
+        checked += 1
+    assert checked == 300
+
+
+# --------------------------------------------------------------------------- configs and bad input
+SEED_YAML = """
+seed: 42
+model:
+  model_name: BERT4RecLLM
+  item_num: 0
+  user_num: 0
+  maxlen: 50
+  hidden_units: 128
+  num_blocks: 4
+  num_heads: 2
+  dropout_rate: 0.3
+  add_head: true
+  reconstruction_layer: -1
+  weighting_scheme: exp_weight
+  weight_scale: 0.1
+  use_down_scale: True
+  use_upscale: False
+  multi_profile: False
+  multi_profile_aggr_scheme: mean
+training:
+  batch_size: 256
+  epochs: 25
+  learning_rate: 0.0005
+  reconstruct_loss: MSE
+  eval_every: 1
+  model_dir: models/
+  alpha: 0.4
+  fine_tune_epoch: 12
+  scale_guide_loss: true
+  save_checkpoints: false
+data:
+  profile_train_sequences: p/train_sequences.pkl
+  finetune_train_sequences: p/train_sequences.pkl
+  valid_sequences: p/valid_sequences.pkl
+  test_sequences: p/test_sequences.pkl
+  mappings: p/mappings.pkl
+  counts: p/counts.pkl
+  user_profile_embeddings_files: p/profiles.json
+experiment_name: "BERT4Rec-LLM_Beauty"
+"""
+
+
+def test_seed_yaml_and_readme_names_map_to_one_config(tmp_path):
+    path = tmp_path / "seed.yaml"
+    path.write_text(SEED_YAML)
+    cfg = load_config(DistillConfig, path)
+    assert cfg.model.model_type == "bert4rec" and cfg.distill.enabled and cfg.distill.pooling == "exp"
+    assert (cfg.distill.alpha, cfg.distill.fine_tune_epoch, cfg.distill.gamma, cfg.distill.loss) == (0.4, 12, 0.1, "mse")
+    assert cfg.distill.profiles == ["p/profiles.json"] and cfg.home == "models/" and cfg.run_name == "BERT4Rec-LLM_Beauty"
+    assert cfg.training.save_checkpoints is False
+    readme = load_config(DistillConfig, None, "use_distillation=true,distillation_alpha=0.4,use_dynamic_scaling=true,"
+                         "aggregation_method=exp_weight,distillation_layer=-1,profile_embeddings_path=p/profiles.json,"
+                         "embedding_dim=128,num_layers=4,num_heads=2,model_type=bert4rec,fine_tune_epoch=12,"
+                         "weight_scale=0.1,maxlen=50,dropout_rate=0.3")
+    assert readme.distill == cfg.distill
+    assert (readme.model.hidden_units, readme.model.num_blocks) == (128, 4)
+    with pytest.raises(ConfigError, match="unknown config key 'distilation_alpha'"):
+        load_config(DistillConfig, None, "distilation_alpha=0.3")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SEED_YAML.replace("  alpha: 0.4", "  alpha: 0.4\n  not_a_key: 1"))
+    with pytest.raises(ConfigError, match="not_a_key"):
+        load_config(DistillConfig, bad)
+    with pytest.raises(ConfigError, match="model.add_head"):
+        load_config(DistillConfig, None, "model.add_head=false")
+    with pytest.raises(ConfigError, match="no profile"):
+        load_config(DistillConfig, None, "use_distillation=true")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"1": [0.1, 0.2], "2": [0.3]}', "dimensions"),
+    ('{"1": [0.1, NaN], "2": [0.3, 0.1]}', "NaN"),
+    ('{"1": [0.1, "x"], "2": [0.3, 0.1]}', "list of numbers"),
+    ('[1, 2]', "expected a non-empty object"),
+    ('{"1": [0.1', "invalid JSON"),
+])
+def test_bad_profile_json_is_rejected(tmp_path, content, message):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_profile_json(path)
+
+
+def test_missing_profiles_policy(tmp_path):
+    from core.data.sequences import SequenceData
+
+    data = SequenceData.from_lists([[1, 2, 3], [2, 3, 1], [3, 1, 2]], 3, ["a", "b", "c"], ["x", "y", "z"])
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"a": [1.0, 0.0], "c": [0.0, 1.0]}))
+    train_users = np.array([1, 2, 3])
+    with pytest.raises(DataError, match="1 training users have no profile.*'b'"):
+        profile_tensors([str(path)], data, train_users)
+    values, present = profile_tensors([str(path)], data, train_users, missing="skip")
+    assert present[:, 0].tolist() == [False, True, False, True]
+    values, present = profile_tensors([str(path)], data, train_users, missing="zero")
+    assert present[1:, 0].all() and values[2].abs().sum() == 0
+    shuffled, _ = profile_tensors([str(path)], data, train_users, missing="skip", shuffle_seed=1)
+    assert sorted(map(tuple, shuffled[[1, 3], 0].tolist())) == sorted(map(tuple, values[[1, 3], 0].tolist()))
+    with pytest.raises(ConfigError, match="multi_profile"):
+        profile_tensors([str(path), str(path)], data, train_users)
+
+
+def test_processed_layout_round_trip_and_seed_pickles(tmp_path):
+    import pickle
+
+    from core.data.processed import read_processed, write_processed
+    from core.data.sequences import SequenceData
+    from core.data.splits import leave_one_out
+
+    data = SequenceData.from_lists([[1, 2, 3, 4], [2, 3, 1], [3, 1, 2, 4, 1]], 4, ["a", "b", "c"], ["w", "x", "y", "z"])
+    out = write_processed(data, leave_one_out(data), tmp_path / "processed")
+    back = read_processed(*(out / f"{n}.json" for n in ("train_sequences", "valid_sequences", "test_sequences", "mappings", "counts")))
+    assert back.fingerprint() == data.fingerprint() and back.user_ids == ["a", "b", "c"]
+    # the seed's pickles: held-out items as bare ids, tuples for maps and counts
+    files = {"train": {1: [1, 2], 2: [2], 3: [3, 1, 2]}, "valid": {1: 3, 2: 3, 3: 4}, "test": {1: 4, 2: 1, 3: 1},
+             "mappings": ({"a": 1, "b": 2, "c": 3}, {"w": 1, "x": 2, "y": 3, "z": 4}), "counts": (3, 4)}
+    for name, obj in files.items():
+        (tmp_path / f"{name}.pkl").write_bytes(pickle.dumps(obj))
+    seed = read_processed(*(tmp_path / f"{n}.pkl" for n in ("train", "valid", "test", "mappings", "counts")))
+    assert seed.fingerprint() == data.fingerprint()
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Path("x")))
+    with pytest.raises(DataError):
+        read_processed(tmp_path / "evil.pkl", tmp_path / "valid.pkl", tmp_path / "test.pkl")
