@@ -302,3 +302,29 @@ def test_processed_layout_round_trip_and_seed_pickles(tmp_path):
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Path("x")))
     with pytest.raises(DataError):
         read_processed(tmp_path / "evil.pkl", tmp_path / "valid.pkl", tmp_path / "test.pkl")
+
+
+def test_fine_tune_stage_trains_on_its_own_sequence_file(tmp_path):
+    from core.data.batches import CausalDataset
+    from core.data.processed import training_split_from
+    from core.data.sequences import SequenceData
+    from core.data.splits import leave_one_out
+    from distillation.pipeline import StagedTrainData
+
+    data = SequenceData.from_lists([[1, 2, 3, 4], [2, 3, 1], [3, 1, 2, 4, 1]], 4, ["a", "b", "c"], ["w", "x", "y", "z"])
+    first = CausalDataset(leave_one_out(data), maxlen=5)
+    path = tmp_path / "ft.json"
+    path.write_text(json.dumps({"a": [4, 3, 2, 1], "c": [1, 2]}))  # raw user ids; "b" does not fine-tune
+    second = CausalDataset(training_split_from(data, path), maxlen=5)
+    staged = StagedTrainData(first, second, switch_epoch=3)
+    seen = []
+    for epoch in (1, 2, 3, 4):
+        staged.set_epoch(epoch)
+        seen.append(len(staged))
+    assert seen == [len(first), len(first), 2, 2]
+    batch = staged.get_batch(torch.tensor([0]))
+    assert batch["users"].tolist() == [1] and batch["input"][0, -3:].tolist() == [4, 3, 2]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"zz": [1, 2]}))
+    with pytest.raises(DataError, match="not in the dataset"):
+        training_split_from(data, bad)

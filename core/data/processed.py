@@ -40,7 +40,8 @@ def read_any(path: str | Path):
     return load_plain_pickle(path)
 
 
-def _sequences(obj, path) -> dict[int, list[int]]:
+def _sequences(obj, path) -> dict:
+    """``{user: [items]}`` with int user keys where they parse as ints (raw string ids otherwise)."""
     if isinstance(obj, list):  # a list indexed by user (entry 0 may be padding)
         obj = {u: s for u, s in enumerate(obj) if s is not None}
     if not isinstance(obj, dict):
@@ -48,11 +49,14 @@ def _sequences(obj, path) -> dict[int, list[int]]:
     out = {}
     for user, seq in obj.items():
         try:
-            u = int(user)
             items = [int(seq)] if isinstance(seq, (int, np.integer)) else [int(i) for i in seq]
         except (TypeError, ValueError):
-            raise DataError(f"{path}: user {user!r} has a non-integer id or item list") from None
-        out[u] = items
+            raise DataError(f"{path}: user {user!r}: items must be integer ids") from None
+        try:
+            user = int(user)
+        except (TypeError, ValueError):
+            pass
+        out[user] = items
     return out
 
 
@@ -79,7 +83,10 @@ def read_processed(train: str | Path, valid: str | Path, test: str | Path, mappi
             n_users, n_items = int(c[0]), int(c[1])
         except (TypeError, ValueError, IndexError):
             raise DataError(f"{counts}: expected (n_users, n_items)") from None
-    users = sorted(set(tr) | set(va) | set(te))
+    users = set(tr) | set(va) | set(te)
+    if any(not isinstance(u, int) for u in users):
+        raise DataError(f"{train}: user keys must be the internal integer ids (raw ids belong in {mappings or 'mappings'})")
+    users = sorted(users)
     seqs = [_full_sequence(tr.get(u, []), va.get(u, []), te.get(u, [])) for u in users]
     max_item = max((max(s) for s in seqs if s), default=0)
     if n_items is None:
@@ -106,13 +113,15 @@ def training_split_from(data: SequenceData, path: str | Path) -> Split:
     """A split whose training rows are the sequences in ``path`` (users as in ``data``).
 
     Used for the seed's ``finetune_train_sequences``: another file of training sequences
-    for the same users. Users absent from it do not train in that stage.
+    for the same users, keyed by internal id (as the seed writes them) or by raw user id.
+    Users absent from it do not train in that stage.
     """
     seqs = _sequences(read_any(path), path)
     index = {raw: u for u, raw in enumerate(data.user_ids, start=1)}
     rows: list[list[int]] = [[] for _ in range(data.n_users)]
     for user, items in seqs.items():
-        u = index.get(str(user), user if 1 <= user <= data.n_users else None)
+        # integer keys are internal ids (the seed's files and ours); other keys are raw user ids
+        u = (user if 1 <= user <= data.n_users else None) if isinstance(user, int) else index.get(user)
         if u is None:
             raise DataError(f"{path}: user {user} is not in the dataset")
         if items and (min(items) < 1 or max(items) > data.n_items):

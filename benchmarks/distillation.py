@@ -1,0 +1,225 @@
+"""Does distilling text profiles improve SASRec / BERT4Rec? Baseline vs distilled, ablations, controls.
+
+Runs in pieces (one model / variant / seed per call); each merges its rows:
+
+    python benchmarks/distillation.py run --model sasrec --variant base --seed 1
+    python benchmarks/distillation.py run --model sasrec --variant distill --seed 1
+    python benchmarks/distillation.py run --model sasrec --variant shuffled --seed 1
+    python benchmarks/distillation.py summarize        # -> results/distillation.json, .md, _curves.png
+
+Every variant trains ``configs/distillation/<model>_llm/<dataset>.yaml`` with the same
+hyperparameters and epochs (``patience: 0``; checkpoint chosen on validation); a variant only
+changes the distillation keys (see ``VARIANTS``). Profiles come from
+``python -m distillation.profiles --dataset <dataset> --dim 128`` (run first if missing).
+``summarize`` reports mean ± std over seeds, the relative gain over the baseline, and a
+paired test over users (per-user NDCG@10 averaged over the seeds both systems share:
+Wilcoxon signed-rank and paired t-test), plus the training-time ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from sequential import machine, merge_rows, row  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+RUNS_FILE = RESULTS / "distillation_runs.json"
+METRICS = ["NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "Recall@10", "MRR"]
+# variant -> overrides on top of the *_llm config (the baseline switches distillation off)
+VARIANTS = {
+    "base": "use_distillation=false",
+    "distill": "",
+    "shuffled": "shuffle_profiles=true",
+    "mean": "pooling=mean",
+    "exp": "pooling=exp",
+    "attention": "pooling=attention",
+    "nodyn": "dynamic_scaling=false",
+    "noft": "fine_tune_epoch=0",
+}
+
+
+def model_name(model: str, variant: str, tag: str = "") -> str:
+    if variant == "base":
+        return model
+    name = f"{model}+distill" if variant == "distill" else \
+        f"{model}+distill-shuffled" if variant == "shuffled" else f"{model}+distill-{variant}"
+    return name + (f"-{tag}" if tag else "")
+
+
+def cmd_run(args) -> None:
+    config = f"configs/distillation/{args.model}_llm/{args.dataset}.yaml"
+    name = model_name(args.model, args.variant, args.tag)
+    run_name = f"bench-{name.replace('+', '_')}-seed{args.seed}"
+    over = ",".join(x for x in (f"seed={args.seed},run_name={run_name}", VARIANTS[args.variant], args.override) if x)
+    command = f"python -m distillation.training --config {config} --override \"{over}\""
+    profiles = REPO / "state_dict" / "embeddings" / "distillation" / args.dataset / "profiles-128.json"
+    if args.variant != "base" and not profiles.is_file():
+        subprocess.run([sys.executable, "-m", "distillation.profiles", "--dataset", args.dataset, "--dim", "128"],
+                       cwd=REPO, check=True)
+    run_dir = REPO / "state_dict" / "distillation" / args.dataset / run_name
+    if not (args.collect_only and (run_dir / "results.json").is_file()):
+        subprocess.run([sys.executable, "-m", "distillation.training", "--config", config, "--override", over],
+                       cwd=REPO, check=True)
+    res = json.loads((run_dir / "results.json").read_text())
+    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    extra = {"best_epoch": res["best_epoch"], "train_seconds": res["train_seconds"], "run_dir": str(run_dir.relative_to(REPO))}
+    rows = [row(args.dataset, name, "full", m, res["test"][m], seeds=[args.seed], command=command, **extra)
+            for m in METRICS if m in res["test"]]
+    rows.append(row(args.dataset, name, "full", "train_seconds", res["train_seconds"], seeds=[args.seed], command=command))
+    rows.append(row(args.dataset, name, "full", "valid_curve", None, seeds=[args.seed], command=command,
+                    curve=[[r["epoch"], r["valid"]["NDCG@10"]] for r in curve if "valid" in r]))
+    merge_rows(RUNS_FILE, rows)
+    print(f"{args.dataset} {name} seed {args.seed}: test NDCG@10 {res['test']['NDCG@10']:.4f} "
+          f"Recall@10 {res['test'].get('Recall@10', float('nan')):.4f} (best epoch {res['best_epoch']}, "
+          f"{res['train_seconds']:.0f}s)")
+
+
+def per_user_ndcg(run_dir: Path, k: int = 10) -> dict[int, float]:
+    z = np.load(REPO / run_dir / "test_ranks.npz")
+    gain = np.where(z["ranks"] < k, 1.0 / np.log2(z["ranks"] + 2.0), 0.0)
+    return dict(zip(z["users"].tolist(), gain.tolist()))
+
+
+def paired_test(base_dirs: dict[int, str], other_dirs: dict[int, str]) -> dict:
+    from scipy import stats
+
+    seeds = sorted(set(base_dirs) & set(other_dirs))
+    if not seeds:
+        return {}
+    a = [per_user_ndcg(Path(base_dirs[s])) for s in seeds]
+    b = [per_user_ndcg(Path(other_dirs[s])) for s in seeds]
+    users = sorted(set.intersection(*(set(x) for x in a + b)))
+    x = np.array([np.mean([r[u] for r in a]) for u in users])
+    y = np.array([np.mean([r[u] for r in b]) for u in users])
+    diff = y - x
+    out = {"users": len(users), "seeds": seeds, "mean_diff": float(diff.mean())}
+    out["t_p"] = float(stats.ttest_rel(y, x).pvalue) if diff.any() else 1.0
+    out["wilcoxon_p"] = float(stats.wilcoxon(y, x, zero_method="wilcox").pvalue) if np.count_nonzero(diff) else 1.0
+    return out
+
+
+def cmd_summarize(args) -> None:
+    runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["model"], r["protocol"], r["metric"]), []).append(r)
+    out, table = [], []
+    dirs: dict[tuple, dict[int, str]] = {}
+    for (ds, model, proto, metric), rs in sorted(groups.items()):
+        if metric == "valid_curve":
+            continue
+        vals = np.array([r["value"] for r in rs], dtype=float)
+        seeds = sorted(s for r in rs for s in r["seeds"])
+        out.append(row(ds, model, proto, metric, float(vals.mean()), float(vals.std()), seeds=seeds,
+                       command=rs[0]["command"].replace(f"seed={rs[0]['seeds'][0]}", "seed=<N>")))
+        if metric == "NDCG@10":
+            dirs[(ds, model)] = {r["seeds"][0]: r["run_dir"] for r in rs}
+    by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
+    for (ds, model), model_dirs in sorted(dirs.items()):
+        base = model.split("+")[0]
+        if base == model or (ds, base) not in dirs:
+            continue
+        test = paired_test(dirs[(ds, base)], model_dirs)
+        for metric in ("NDCG@10", "Recall@10", "HR@10"):
+            b, m = by.get((ds, base, metric)), by.get((ds, model, metric))
+            if b and m:
+                gain = 100 * (m["value"] / b["value"] - 1)
+                # spread of the gain: per-seed gains over the seeds both share
+                pb = {r["seeds"][0]: r["value"] for r in groups[(ds, base, "full", metric)]}
+                pm = {r["seeds"][0]: r["value"] for r in groups[(ds, model, "full", metric)]}
+                per_seed = [100 * (pm[s] / pb[s] - 1) for s in sorted(set(pb) & set(pm))]
+                out.append(row(ds, model, "full", f"gain_pct_{metric}", gain, float(np.std(per_seed)),
+                               seeds=sorted(set(pb) & set(pm)), command="summarize", per_seed=per_seed))
+        if test:
+            out.append(row(ds, model, "full", "paired_wilcoxon_p_NDCG@10", test["wilcoxon_p"], seeds=test["seeds"],
+                           command="summarize", users=test["users"], mean_diff=test["mean_diff"], t_p=test["t_p"]))
+        tb, tm = by.get((ds, base, "train_seconds")), by.get((ds, model, "train_seconds"))
+        if tb and tm:
+            out.append(row(ds, model, "full", "train_time_ratio_vs_base", tm["value"] / tb["value"], seeds=tm["seeds"],
+                           command="summarize"))
+    from core.store import atomic_write_json, atomic_write_text
+
+    atomic_write_json(RESULTS / "distillation.json", out)
+    by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
+    models = sorted({(r["dataset"], r["model"]) for r in out})
+    lines = ["# Profile distillation: baseline vs distilled (test, full ranking, history excluded)", "",
+             "Mean ± std over seeds; gain = relative change of the mean vs the same model without distillation; "
+             "p = paired Wilcoxon over users of per-user NDCG@10 (averaged over shared seeds).", "",
+             "| dataset | model | seeds | NDCG@10 | Recall@10 | NDCG@20 | HR@5 | MRR | gain NDCG@10 | gain Recall@10 | p (Wilcoxon) | time ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda r: f"{r['value']:.4f} ± {r['std']:.4f}" if r else ""  # noqa: E731
+    for ds, model in models:
+        g = lambda m: by.get((ds, model, m))  # noqa: E731
+        if not g("NDCG@10"):
+            continue
+        gain = lambda m: f"{g(m)['value']:+.1f}% ± {g(m)['std']:.1f}" if g(m) else ""  # noqa: E731
+        p = g("paired_wilcoxon_p_NDCG@10")
+        t = g("train_time_ratio_vs_base")
+        lines.append(f"| {ds} | {model} | {len(g('NDCG@10')['seeds'])} | {fmt(g('NDCG@10'))} | {fmt(g('Recall@10'))} | "
+                     f"{fmt(g('NDCG@20'))} | {fmt(g('HR@5'))} | {fmt(g('MRR'))} | {gain('gain_pct_NDCG@10')} | "
+                     f"{gain('gain_pct_Recall@10')} | {p['value']:.3g} | " if p else
+                     f"| {ds} | {model} | {len(g('NDCG@10')['seeds'])} | {fmt(g('NDCG@10'))} | {fmt(g('Recall@10'))} | "
+                     f"{fmt(g('NDCG@20'))} | {fmt(g('HR@5'))} | {fmt(g('MRR'))} | {gain('gain_pct_NDCG@10')} | "
+                     f"{gain('gain_pct_Recall@10')} |  | ")
+        lines[-1] += f"{t['value']:.2f} |" if t else " |"
+    lines += ["", f"Device: {machine()}. Commands: the `command` field of each row in `distillation.json`."]
+    atomic_write_text(RESULTS / "distillation.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot(runs)
+
+
+def _plot(runs) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install -r benchmarks/requirements.txt)")
+        return
+    curves = [r for r in runs if r["metric"] == "valid_curve"]
+    if not curves:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors: dict[str, str] = {}
+    for r in sorted(curves, key=lambda r: r["model"]):
+        pts = np.array(r["curve"])
+        if not len(pts):
+            continue
+        c = colors.setdefault(r["model"], f"C{len(colors) % 10}")
+        ax.plot(pts[:, 0], pts[:, 1], color=c, alpha=0.7, label=r["model"] if r["model"] not in ax.get_legend_handles_labels()[1] else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_title("Distillation on " + ", ".join(sorted({r["dataset"] for r in curves})) + " (one line per seed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "distillation_curves.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("run", help="train and record one model / variant / seed")
+    s.add_argument("--dataset", default="ml-100k")
+    s.add_argument("--model", default="sasrec", choices=["sasrec", "bert4rec"])
+    s.add_argument("--variant", default="distill", choices=sorted(VARIANTS))
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--override", default="", help="extra overrides (then also give --tag)")
+    s.add_argument("--tag", default="", help="suffix of the model row name for a tuned variant")
+    s.add_argument("--collect-only", action="store_true", help="read a finished run instead of training")
+    sub.add_parser("summarize", help="tables, gains, paired tests, plot")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    {"run": cmd_run, "summarize": cmd_summarize}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
