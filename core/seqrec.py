@@ -48,12 +48,15 @@ class ModelConfig:
     loss: Literal["ce", "sampled_softmax", "bce"] = "ce"
     num_negatives: int = 256  # sampled_softmax negatives per batch
     mask_prob: float = 0.2  # cloze masking rate (bidirectional models)
+    last_mask_prob: float = 0.0  # share of cloze rows masked at the last item only (as at scoring time)
 
     def __post_init__(self) -> None:
         if self.hidden_units % self.num_heads:
             raise ConfigError(f"model.hidden_units ({self.hidden_units}) must be divisible by model.num_heads ({self.num_heads})")
-        if self.maxlen < 2 or not 0 <= self.dropout_rate < 1 or not 0 < self.mask_prob < 1:
-            raise ConfigError("model.maxlen must be >= 2, dropout_rate in [0, 1), mask_prob in (0, 1)")
+        if self.maxlen < 2 or not 0 <= self.dropout_rate < 1 or not 0 < self.mask_prob < 1 \
+                or not 0 <= self.last_mask_prob <= 1:
+            raise ConfigError("model.maxlen must be >= 2, dropout_rate in [0, 1), mask_prob in (0, 1), "
+                              "last_mask_prob in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ def load_dataset(cfg: DataConfig) -> tuple[SequenceData, Path]:
 def build_train_data(model_cfg: ModelConfig, split, model, device):
     if getattr(model, "causal", True):
         return CausalDataset(split, model_cfg.maxlen, device=device)
-    return ClozeDataset(split, model_cfg.maxlen, model_cfg.mask_prob, device=device)
+    return ClozeDataset(split, model_cfg.maxlen, model_cfg.mask_prob, device=device,
+                        last_mask_prob=model_cfg.last_mask_prob)
 
 
 def make_model(cfg: ModelConfig, n_items: int):

@@ -56,7 +56,8 @@ def make_train(cfg: DistillConfig, model, data, split, device):
     if d.finetune_train_sequences and d.finetune_train_sequences != d.profile_train_sequences and cfg.distill.fine_tune_epoch:
         ft_split = training_split_from(data, d.finetune_train_sequences)
         ft = CausalDataset(ft_split, cfg.model.maxlen, device=device) if model.causal else \
-            ClozeDataset(ft_split, cfg.model.maxlen, cfg.model.mask_prob, device=device)
+            ClozeDataset(ft_split, cfg.model.maxlen, cfg.model.mask_prob, device=device,
+                         last_mask_prob=cfg.model.last_mask_prob)
         train_data = StagedTrainData(train_data, ft, cfg.distill.fine_tune_epoch)
     if not cfg.distill.enabled:
         return train_data, None, {"distill": False}

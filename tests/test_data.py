@@ -302,6 +302,15 @@ def test_cloze_masks_real_positions_only_and_every_row():
     b2 = ds2.get_batch(torch.tensor([0]), torch.Generator().manual_seed(0))
     assert b2["input"].tolist() == [[5, 9]]  # all-padding columns trimmed
     assert b2["target"].tolist() == [[0, 6]]
+    # last_mask_prob: that share of rows is masked at the last item only, like the scoring input
+    only = ClozeDataset(leave_one_out(d), maxlen=20, mask_prob=0.5, last_mask_prob=1.0)
+    b3 = only.get_batch(torch.arange(len(only)), torch.Generator().manual_seed(4))
+    m3 = b3["input"] == only.mask_token
+    assert m3.sum(1).eq(1).all() and m3[:, -1].all()
+    half = ClozeDataset(leave_one_out(d), maxlen=20, mask_prob=0.5, last_mask_prob=0.3)
+    m4 = half.get_batch(torch.arange(len(half)), torch.Generator().manual_seed(4))["input"] == half.mask_token
+    share = (m4.sum(1).eq(1) & m4[:, -1]).float().mean().item()
+    assert 0.25 < share < 0.45, share  # 30% forced, plus rows that drew only their last item
 
 
 def test_sample_train_negatives_never_in_row():

@@ -43,17 +43,20 @@ class ClozeDataset(Dataset):
     """Masked-item (cloze) training for bidirectional models such as BERT4Rec.
 
     Each non-padding position is replaced by ``mask_token`` with probability ``mask_prob``;
-    rows where nothing was drawn get their last item masked, so every row trains. Targets
-    are the original items at masked positions and 0 elsewhere.
+    rows where nothing was drawn get their last item masked, so every row trains. With
+    ``last_mask_prob`` a row instead has only its last item masked, the exact form of the
+    scoring input (clean history + one mask at the end). Targets are the original items at
+    masked positions and 0 elsewhere.
     """
 
-    def __init__(self, split: Split, maxlen: int, mask_prob: float, device=None) -> None:
+    def __init__(self, split: Split, maxlen: int, mask_prob: float, device=None, last_mask_prob: float = 0.0) -> None:
         users = split.train_users
         rows = padded_prefixes(split.data, users, split.train_len[users - 1], maxlen)
         self.users = torch.as_tensor(users, device=device)
         self.rows = torch.as_tensor(rows, device=device)
         self.lengths = (self.rows > 0).sum(1)
         self.mask_prob = mask_prob
+        self.last_mask_prob = last_mask_prob
         self.mask_token = split.data.n_items + 1
 
     def __len__(self) -> int:
@@ -67,6 +70,9 @@ class ClozeDataset(Dataset):
         real = rows > 0
         draw = torch.rand(rows.shape, device=rows.device, generator=generator) < self.mask_prob
         masked = draw & real
+        if self.last_mask_prob > 0:
+            only_last = torch.rand(rows.shape[0], device=rows.device, generator=generator) < self.last_mask_prob
+            masked[only_last] = False
         none = ~masked.any(dim=1)
         masked[none, -1] = real[none, -1]
         inputs = rows.masked_fill(masked, self.mask_token)
