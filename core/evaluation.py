@@ -37,6 +37,7 @@ class Evaluator:
         batch_size: int = 1024,
         device: torch.device | str = "cpu",
         max_users: int = 0,
+        token_budget: int = 1 << 16,
     ) -> None:
         part: EvalSplit = split.valid if which == "valid" else split.test
         if max_users and len(part) > max_users:
@@ -50,6 +51,10 @@ class Evaluator:
         self.data = split.data
         self.ks = list(ks)
         self.batch_size = batch_size
+        # at most this many (user x position) tokens per batch: long histories (ML-100K, width
+        # 200) then come in smaller batches, which bounds the attention buffers of a batch
+        self.token_budget = token_budget
+        self.width = width
         self.device = torch.device(device)
         self.inputs = torch.as_tensor(padded_prefixes(self.data, part.users, part.hist_len, width))
         self.targets = torch.as_tensor(part.targets, dtype=torch.long)
@@ -60,9 +65,24 @@ class Evaluator:
         return len(self.part)
 
     def _batches(self, rank: int = 0, world: int = 1):
+        """Fixed-size chunks of this rank's users (the negative draws depend on these only)."""
         idx = np.arange(len(self.part))[rank::world]
         for start in range(0, len(idx), self.batch_size):
             yield idx[start : start + self.batch_size]
+
+    def _scoring_batches(self, rank: int = 0, world: int = 1):
+        """Chunks cut further so that users x (longest width in the chunk) <= token_budget.
+
+        Users are sorted by history length, so a chunk's last user sets its width."""
+        for chunk in self._batches(rank, world):
+            widths = np.minimum(self.part.hist_len[chunk], self.width)
+            start = 0
+            while start < len(chunk):
+                # largest n with n * widths[start + n - 1] <= budget (widths ascend)
+                n = int(np.searchsorted(np.arange(1, len(chunk) - start + 1) * widths[start:] > self.token_budget, True))
+                n = max(1, n)
+                yield chunk[start:start + n]
+                start += n
 
     def _draw_negatives(self, n: int, seed: int) -> torch.Tensor:
         """Negatives per user, fixed by ``seed`` alone (not by batching or rank)."""
@@ -80,7 +100,7 @@ class Evaluator:
         full = MetricAccumulator()
         sampled = {n: MetricAccumulator() for n in self.negatives}
         users_seen, ranks_seen = [], []
-        for b in self._batches(rank, world):
+        for b in self._scoring_batches(rank, world):
             inputs = trim_padding(self.inputs[b]).to(self.device)
             users = self.users[b].to(self.device)
             targets = self.targets[b].to(self.device)
