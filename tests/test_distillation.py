@@ -328,3 +328,33 @@ def test_fine_tune_stage_trains_on_its_own_sequence_file(tmp_path):
     bad.write_text(json.dumps({"zz": [1, 2]}))
     with pytest.raises(DataError, match="not in the dataset"):
         training_split_from(data, bad)
+
+
+def test_profiles_from_llm_texts_and_from_other_pipelines(tmp_path):
+    from core import store
+    from core.seqrec import DataConfig, load_dataset
+    from distillation.profiles import main as profiles_main
+    from distillation.profiles import read_texts
+
+    good = tmp_path / "texts.jsonl"
+    good.write_text('{"user_id": "u1", "profile": "likes jazz"}\n{"user_id": 2, "text": "reads sci-fi"}\n')
+    assert read_texts(good) == {"u1": "likes jazz", "2": "reads sci-fi"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"user_id": "u1", "profile": ""}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:1: needs a non-empty string field 'profile'"):
+        read_texts(bad)
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"u1": 3}')
+    with pytest.raises(DataError, match="expected {user_id: non-empty text}"):
+        read_texts(bad_json)
+    # user vectors written by another pipeline -> the seed's profile JSON, PCA-reduced
+    data, folder = load_dataset(DataConfig(dataset="synthetic-a", data_root=str(tmp_path / "data")))
+    users = data.user_ids[:200]
+    vectors = np.random.default_rng(0).normal(size=(len(users), 24)).astype(np.float32)
+    store.save_embeddings(tmp_path / "emb", "users", vectors, users)
+    out = tmp_path / "out"
+    assert profiles_main(["--dataset", str(folder), "--embeddings", str(tmp_path / "emb" / "users.npy"),
+                          "--dim", "8", "--out", str(out)]) == 0
+    table = load_profile_json(out / "profiles-8.json")
+    assert set(table) == set(map(str, users)) and len(next(iter(table.values()))) == 8
+    assert not (out / "profile_texts.json").exists()
