@@ -119,7 +119,7 @@ def cmd_summarize(args) -> None:
         vals = np.array([r["value"] for r in rs], dtype=float)
         seeds = sorted(s for r in rs for s in r["seeds"])
         out.append(row(ds, model, proto, metric, float(vals.mean()), float(vals.std()), seeds=seeds,
-                       command=rs[0]["command"].replace(f"seed={rs[0]['seeds'][0]}", "seed=<N>")))
+                       command=rs[0]["command"].replace(f"seed={rs[0]['seeds'][0]}", "seed=<N>"), device=rs[0]["device"]))
         if metric == "NDCG@10":
             dirs[(ds, model)] = {r["seeds"][0]: r["run_dir"] for r in rs}
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
@@ -170,7 +170,8 @@ def cmd_summarize(args) -> None:
                      f"{fmt(g('NDCG@20'))} | {fmt(g('HR@5'))} | {fmt(g('MRR'))} | {gain('gain_pct_NDCG@10')} | "
                      f"{gain('gain_pct_Recall@10')} |  | ")
         lines[-1] += f"{t['value']:.2f} |" if t else " |"
-    lines += ["", f"Device: {machine()}. Commands: the `command` field of each row in `distillation.json`."]
+    devices = sorted({r["device"] for r in runs})
+    lines += ["", f"Device: {'; '.join(devices)}. Commands: the `command` field of each row in `distillation.json`."]
     atomic_write_text(RESULTS / "distillation.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(runs)
