@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from sequential import machine, merge_rows, row  # noqa: E402
+from sequential import merge_rows, row  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "distillation_runs.json"
@@ -161,15 +161,11 @@ def cmd_summarize(args) -> None:
         if not g("NDCG@10"):
             continue
         gain = lambda m: f"{g(m)['value']:+.1f}% ± {g(m)['std']:.1f}" if g(m) else ""  # noqa: E731
-        p = g("paired_wilcoxon_p_NDCG@10")
-        t = g("train_time_ratio_vs_base")
+        p, t = g("paired_wilcoxon_p_NDCG@10"), g("train_time_ratio_vs_base")
         lines.append(f"| {ds} | {model} | {len(g('NDCG@10')['seeds'])} | {fmt(g('NDCG@10'))} | {fmt(g('Recall@10'))} | "
                      f"{fmt(g('NDCG@20'))} | {fmt(g('HR@5'))} | {fmt(g('MRR'))} | {gain('gain_pct_NDCG@10')} | "
-                     f"{gain('gain_pct_Recall@10')} | {p['value']:.3g} | " if p else
-                     f"| {ds} | {model} | {len(g('NDCG@10')['seeds'])} | {fmt(g('NDCG@10'))} | {fmt(g('Recall@10'))} | "
-                     f"{fmt(g('NDCG@20'))} | {fmt(g('HR@5'))} | {fmt(g('MRR'))} | {gain('gain_pct_NDCG@10')} | "
-                     f"{gain('gain_pct_Recall@10')} |  | ")
-        lines[-1] += f"{t['value']:.2f} |" if t else " |"
+                     f"{gain('gain_pct_Recall@10')} | {format(p['value'], '.3g') if p else ''} | "
+                     f"{format(t['value'], '.2f') if t else ''} |")
     devices = sorted({r["device"] for r in runs})
     lines += ["", f"Device: {'; '.join(devices)}. Commands: the `command` field of each row in `distillation.json`."]
     atomic_write_text(RESULTS / "distillation.md", "\n".join(lines) + "\n")

@@ -159,6 +159,8 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_tra
     data, data_path = (load_data or load_dataset)(cfg.data)
     split = make_split(data, cfg.data.split, cfg.data.valid_quantile, cfg.data.test_quantile)
     dataset_name = data_path.name
+    if dataset_name != out_dir.parent.name:  # a loader hook read data from elsewhere (processed files)
+        out_dir = store.run_dir(cfg.pipeline, dataset_name, cfg.run_name, cfg.home or None)
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         if not cfg.training.resume:

@@ -13,7 +13,7 @@ same fields. Seed keys that only describe bookkeeping are kept with a meaning:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from core.errors import ConfigError
@@ -149,10 +149,4 @@ class DistillConfig(SeqRecConfig):
             if on and not self.distill.profiles:
                 raise ConfigError(f"model.model_name {self.model.model_name} distils profiles but none are given; "
                                   "set data.user_profile_embeddings_files")
-            object.__setattr__(self, "distill", _with(self.distill, enabled=on))
-
-
-def _with(section, **changes):
-    from dataclasses import replace
-
-    return replace(section, **changes)
+            object.__setattr__(self, "distill", replace(self.distill, enabled=on))

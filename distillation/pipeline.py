@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.data.batches import CausalDataset, ClozeDataset
 from core.data.processed import read_processed, training_split_from
 from core.errors import ConfigError, DataError
 from core.seqrec import build_train_data, load_dataset, train_and_evaluate
@@ -55,9 +54,7 @@ def make_train(cfg: DistillConfig, model, data, split, device):
     d = cfg.data
     if d.finetune_train_sequences and d.finetune_train_sequences != d.profile_train_sequences and cfg.distill.fine_tune_epoch:
         ft_split = training_split_from(data, d.finetune_train_sequences)
-        ft = CausalDataset(ft_split, cfg.model.maxlen, device=device) if model.causal else \
-            ClozeDataset(ft_split, cfg.model.maxlen, cfg.model.mask_prob, device=device,
-                         last_mask_prob=cfg.model.last_mask_prob)
+        ft = build_train_data(cfg.model, ft_split, model, device)
         train_data = StagedTrainData(train_data, ft, cfg.distill.fine_tune_epoch)
     if not cfg.distill.enabled:
         return train_data, None, {"distill": False}

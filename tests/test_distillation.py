@@ -115,7 +115,6 @@ def _profiles_for(data_root: Path, out: Path) -> Path:
     """Profiles carrying each user's majority cluster of training items (one-hot)."""
     from collections import Counter
 
-    from core.data.sequences import SequenceData
     from core.data.splits import leave_one_out
     from core.seqrec import DataConfig, load_dataset
 
@@ -128,7 +127,6 @@ def _profiles_for(data_root: Path, out: Path) -> Path:
         hist = data.items[start:start + int(split.train_len[u - 1])]
         cluster = Counter(side[str(data.item_ids[i - 1])]["category"] for i in hist).most_common(1)[0][0]
         table[str(raw)] = np.eye(12)[int(cluster.split()[-1])].tolist()
-    assert isinstance(data, SequenceData)
     out.write_text(json.dumps(table))
     return out
 
@@ -358,3 +356,21 @@ def test_profiles_from_llm_texts_and_from_other_pipelines(tmp_path):
     table = load_profile_json(out / "profiles-8.json")
     assert set(table) == set(map(str, users)) and len(next(iter(table.values()))) == 8
     assert not (out / "profile_texts.json").exists()
+
+
+def test_training_from_the_processed_layout(tmp_path):
+    """The seed's five files drive a run; its folder is named after the data, not data.dataset."""
+    from core.data.processed import write_processed
+    from core.data.splits import leave_one_out
+    from core.seqrec import DataConfig, load_dataset
+    from distillation.pipeline import run_distillation
+
+    data, _ = load_dataset(DataConfig(dataset="synthetic-a", data_root=str(tmp_path / "data")))
+    proc = write_processed(data, leave_one_out(data), tmp_path / "mydata" / "processed")
+    files = {n: proc / f"{n}.json" for n in ("train_sequences", "valid_sequences", "test_sequences", "mappings", "counts")}
+    over = (f"home={tmp_path / 'home'},device=cpu,epochs=1,max_steps_per_epoch=2,hidden_units=16,eval.sampled=[],"
+            f"profile_train_sequences={files['train_sequences']},valid_sequences={files['valid_sequences']},"
+            f"test_sequences={files['test_sequences']},mappings={files['mappings']},counts={files['counts']},run_name=p")
+    res = run_distillation(load_config(DistillConfig, REPO / "configs/distillation/sasrec.yaml", over), log=lambda *a: None)
+    assert Path(res["run_dir"]) == tmp_path / "home" / "distillation" / "mydata" / "p"
+    assert (Path(res["run_dir"]) / "results.json").is_file() and res["dataset"] == "mydata"
