@@ -64,12 +64,18 @@ def _walk(rng: np.random.Generator, spec: SyntheticSpec, taste: int, successor: 
     return seq
 
 
+def user_tastes(spec: SyntheticSpec = SyntheticSpec()) -> np.ndarray:
+    """The planted preferred cluster of every user (index ``u`` is user ``u{u:05d}``): the
+    latent truth that a user-profile source would describe and a model must infer."""
+    return np.random.default_rng(spec.seed).integers(0, spec.n_clusters, spec.n_users)
+
+
 def generate(spec: SyntheticSpec = SyntheticSpec()) -> tuple[dict[str, SequenceData], dict]:
     """Datasets keyed ``merged``, ``A``, ``B`` and item side information keyed by raw id."""
     rng = np.random.default_rng(spec.seed)
     n = spec.n_items_per_domain
     item_side, domain_seqs = {}, {}
-    tastes = rng.integers(0, spec.n_clusters, spec.n_users)
+    tastes = rng.integers(0, spec.n_clusters, spec.n_users)  # first draw: the same as user_tastes(spec)
     for d, dom in enumerate(DOMAINS):
         cluster_of = rng.permutation(np.arange(n) % spec.n_clusters)
         cluster_items = [np.flatnonzero(cluster_of == c) for c in range(spec.n_clusters)]
