@@ -32,6 +32,9 @@ from sequential import merge_rows, row  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "distillation_runs.json"
+# per-user test ranks of every run, kept beside the rows so the paired tests can be recomputed
+# on a machine that no longer holds the run folders (state_dict/ is never committed)
+RANKS_FILE = RESULTS / "distillation_user_ranks.json"
 METRICS = ["NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "Recall@10", "MRR"]
 # variant -> overrides on top of the *_llm config (the baseline switches distillation off)
 VARIANTS = {
@@ -77,25 +80,45 @@ def cmd_run(args) -> None:
     rows.append(row(args.dataset, name, "full", "valid_curve", None, seeds=[args.seed], command=command,
                     curve=[[r["epoch"], r["valid"]["NDCG@10"]] for r in curve if "valid" in r]))
     merge_rows(RUNS_FILE, rows)
+    store_user_ranks([extra["run_dir"]])
     print(f"{args.dataset} {name} seed {args.seed}: test NDCG@10 {res['test']['NDCG@10']:.4f} "
           f"Recall@10 {res['test'].get('Recall@10', float('nan')):.4f} (best epoch {res['best_epoch']}, "
           f"{res['train_seconds']:.0f}s)")
 
 
-def per_user_ndcg(run_dir: Path, k: int = 10) -> dict[int, float]:
-    z = np.load(REPO / run_dir / "test_ranks.npz")
-    gain = np.where(z["ranks"] < k, 1.0 / np.log2(z["ranks"] + 2.0), 0.0)
-    return dict(zip(z["users"].tolist(), gain.tolist()))
+def store_user_ranks(run_dirs) -> dict:
+    """Copy ``test_ranks.npz`` of the given run folders (those still on disk) into RANKS_FILE."""
+    from core.store import atomic_write_json
+
+    table = json.loads(RANKS_FILE.read_text()) if RANKS_FILE.is_file() else {}
+    fresh = {}
+    for run_dir in run_dirs:
+        path = REPO / run_dir / "test_ranks.npz"
+        if path.is_file():
+            z = np.load(path)
+            fresh[str(run_dir)] = {"users": z["users"].tolist(), "ranks": z["ranks"].tolist()}
+    if any(table.get(k) != v for k, v in fresh.items()):
+        table.update(fresh)
+        atomic_write_json(RANKS_FILE, table)
+    return table
 
 
-def paired_test(base_dirs: dict[int, str], other_dirs: dict[int, str]) -> dict:
+def per_user_ndcg(ranks_table: dict, run_dir: str, k: int = 10) -> dict[int, float]:
+    entry = ranks_table[str(run_dir)]  # KeyError: ranks of that run were never stored
+    ranks = np.asarray(entry["ranks"])
+    gain = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    return dict(zip(entry["users"], gain.tolist()))
+
+
+def paired_test(ranks_table: dict, base_dirs: dict[int, str], other_dirs: dict[int, str]) -> dict:
     from scipy import stats
 
-    seeds = sorted(set(base_dirs) & set(other_dirs))
+    seeds = sorted(s for s in set(base_dirs) & set(other_dirs)
+                   if str(base_dirs[s]) in ranks_table and str(other_dirs[s]) in ranks_table)
     if not seeds:
         return {}
-    a = [per_user_ndcg(Path(base_dirs[s])) for s in seeds]
-    b = [per_user_ndcg(Path(other_dirs[s])) for s in seeds]
+    a = [per_user_ndcg(ranks_table, base_dirs[s]) for s in seeds]
+    b = [per_user_ndcg(ranks_table, other_dirs[s]) for s in seeds]
     users = sorted(set.intersection(*(set(x) for x in a + b)))
     x = np.array([np.mean([r[u] for r in a]) for u in users])
     y = np.array([np.mean([r[u] for r in b]) for u in users])
@@ -119,15 +142,24 @@ def cmd_summarize(args) -> None:
         vals = np.array([r["value"] for r in rs], dtype=float)
         seeds = sorted(s for r in rs for s in r["seeds"])
         out.append(row(ds, model, proto, metric, float(vals.mean()), float(vals.std()), seeds=seeds,
-                       command=rs[0]["command"].replace(f"seed={rs[0]['seeds'][0]}", "seed=<N>"), device=rs[0]["device"]))
+                       command=rs[0]["command"].replace(f"seed={rs[0]['seeds'][0]}", "seed=<N>")
+                       .replace(f"-seed{rs[0]['seeds'][0]}", "-seed<N>"), device=rs[0]["device"]))
         if metric == "NDCG@10":
             dirs[(ds, model)] = {r["seeds"][0]: r["run_dir"] for r in rs}
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
+    ranks_table = store_user_ranks({d for model_dirs in dirs.values() for d in model_dirs.values()})
+    previous = json.loads((RESULTS / "distillation.json").read_text()) if (RESULTS / "distillation.json").is_file() else []
+    previous_tests = {(r["dataset"], r["model"]): r for r in previous if r["metric"] == "paired_wilcoxon_p_NDCG@10"}
     for (ds, model), model_dirs in sorted(dirs.items()):
         base = model.split("+")[0]
         if base == model or (ds, base) not in dirs:
             continue
-        test = paired_test(dirs[(ds, base)], model_dirs)
+        test = paired_test(ranks_table, dirs[(ds, base)], model_dirs)
+        old = previous_tests.get((ds, model))
+        if old and len(old["seeds"]) > len(test.get("seeds", [])):
+            # runs from before per-user ranks were stored: keep the test computed when their folders existed
+            out.append(old)
+            test = {}
         for metric in ("NDCG@10", "Recall@10", "HR@10"):
             b, m = by.get((ds, base, metric)), by.get((ds, model, metric))
             if b and m:
