@@ -49,6 +49,7 @@ class ModelConfig:
     num_negatives: int = 256  # sampled_softmax negatives per batch
     mask_prob: float = 0.2  # cloze masking rate (bidirectional models)
     last_mask_prob: float = 0.0  # share of cloze rows masked at the last item only (as at scoring time)
+    output_bias: bool = True  # BERT4Rec's per-item output bias (the original has one)
 
     def __post_init__(self) -> None:
         if self.hidden_units % self.num_heads:
@@ -132,9 +133,11 @@ def build_train_data(model_cfg: ModelConfig, split, model, device):
 
 
 def make_model(cfg: ModelConfig, n_items: int):
+    extra = {} if cfg.model_type == "sasrec" else {"output_bias": cfg.output_bias}
     return build_model(cfg.model_type, n_items=n_items, maxlen=cfg.maxlen, hidden_units=cfg.hidden_units,
                        num_blocks=cfg.num_blocks, num_heads=cfg.num_heads, dropout_rate=cfg.dropout_rate,
-                       initializer_range=cfg.initializer_range, loss=cfg.loss, num_negatives=cfg.num_negatives)
+                       initializer_range=cfg.initializer_range, loss=cfg.loss, num_negatives=cfg.num_negatives,
+                       **extra)
 
 
 def model_score_fn(model):

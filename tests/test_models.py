@@ -209,6 +209,28 @@ def test_model_args_rebuild_and_registry():
         SASRec(n_items=3, hidden_units=10, num_heads=3)
 
 
+def test_bert4rec_without_output_bias_keeps_pure_dot_product_scores():
+    torch.manual_seed(0)
+    model = build_model("bert4rec", n_items=N_ITEMS, hidden_units=16, num_heads=2, output_bias=False)
+    assert model.model_args["output_bias"] is False
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    seqs = torch.randint(1, N_ITEMS + 1, (4, 8))
+    labels = torch.where(torch.rand(4, 8) < 0.5, seqs, torch.zeros_like(seqs))
+    labels[:, -1] = seqs[:, -1]
+    masked = torch.where(labels > 0, torch.full_like(seqs, model.mask_token), seqs)
+    model.training_loss({"input": masked, "target": labels}).backward()
+    opt.step()
+    assert not model.out_bias.any()  # never trained
+    model.eval()
+    x = torch.randint(1, N_ITEMS + 1, (2, 6))
+    with torch.no_grad():
+        h = model.last_hidden(x)
+        assert torch.allclose(model.full_scores(x)[:, 1:], (h @ model.item_weights().T)[:, 1:], atol=1e-5)
+    clone = build_model("bert4rec", **model.model_args)
+    clone.load_state_dict(model.state_dict())
+    assert clone.model_args["output_bias"] is False
+
+
 def test_return_layers():
     model = make().eval()
     x = torch.randint(1, N_ITEMS + 1, (2, 8))
