@@ -137,11 +137,14 @@ def fit(
     checkpoint_meta: dict,
     loss_fn: Callable = _default_loss,
     log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train_data`` and leave the best validation weights loaded.
 
     ``checkpoint_meta`` holds ``kind``, ``model_args``, ``config`` and ``data_fingerprint``
     for the self-describing checkpoints (see ``core.store.save_checkpoint``).
+    ``on_epoch_end(epoch, model)`` runs on every rank after each epoch, before ``last.pt`` is
+    written (so a resumed run never skips it), e.g. to save periodic snapshots.
     """
     rank, world, _ = dist_info()
     out_dir = Path(out_dir)
@@ -273,6 +276,8 @@ def fit(
         parts_txt = "".join(f" {name} {row[name]:.4f}" for name in sorted(parts))
         log(f"epoch {epoch + 1:3d}/{cfg.epochs} loss {train_loss:.4f}{parts_txt}{valid_txt} | {row['epoch_seconds']:.1f}s"
             + (" *" if improved else ""))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, model)
         # every rank saves its RNG state so a resumed DDP run draws the same numbers
         rng_states = _gather_rng(_rng_state(generator))
         if is_main() and cfg.save_checkpoints:

@@ -66,18 +66,23 @@ class ClozeDataset(Dataset):
         return self.rows[i]
 
     def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        rows = trim_padding(self.rows[index])
-        real = rows > 0
-        draw = torch.rand(rows.shape, device=rows.device, generator=generator) < self.mask_prob
-        masked = draw & real
-        if self.last_mask_prob > 0:
-            only_last = torch.rand(rows.shape[0], device=rows.device, generator=generator) < self.last_mask_prob
-            masked[only_last] = False
-        none = ~masked.any(dim=1)
-        masked[none, -1] = real[none, -1]
-        inputs = rows.masked_fill(masked, self.mask_token)
-        targets = rows.masked_fill(~masked, 0)
+        inputs, targets = cloze_mask(trim_padding(self.rows[index]), self.mask_prob, self.mask_token, generator,
+                                     self.last_mask_prob)
         return {"input": inputs, "target": targets, "users": self.users[index]}
+
+
+def cloze_mask(rows: torch.Tensor, mask_prob: float, mask_token: int, generator: torch.Generator | None = None,
+               last_mask_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of a cloze batch from left-padded ``rows`` (see ``ClozeDataset``)."""
+    real = rows > 0
+    draw = torch.rand(rows.shape, device=rows.device, generator=generator) < mask_prob
+    masked = draw & real
+    if last_mask_prob > 0:
+        only_last = torch.rand(rows.shape[0], device=rows.device, generator=generator) < last_mask_prob
+        masked[only_last] = False
+    none = ~masked.any(dim=1)
+    masked[none, -1] = real[none, -1]
+    return rows.masked_fill(masked, mask_token), rows.masked_fill(~masked, 0)
 
 
 def trim_padding(rows: torch.Tensor, keep: int = 1) -> torch.Tensor:

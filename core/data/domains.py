@@ -1,0 +1,140 @@
+"""Two-domain views of one user set: the data contract of the cross-domain pipelines.
+
+A ``DomainViews`` holds, for the same users in the same order and in one shared item space
+(``item_domain`` says which domain each item index belongs to):
+
+- ``a`` / ``b``: each domain's sequence as the models may train on it,
+- ``cross``: both domains merged in time order,
+- ``target_all``: the target domain's full sequences (its last two items are validation and
+  test, so they are absent from ``a``/``b``/``cross`` on the target side).
+
+This is exactly the layout of the TriGRec Food-Kitchen pickles (target Food: ``food_train``,
+``kitchen_all``, ``cross_f_train``; target Kitchen: ``food_all``, ``kitchen_train``,
+``cross_k_train``), and the synthetic default is cut the same way from its merged dataset.
+Note the design inherited from those pickles: the *other* domain is seen in full, so its
+events may be later in time than the target's held-out items.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.data.sequences import SequenceData
+from core.errors import ConfigError, DataError
+
+DOMAIN_CODES = ("A", "B")
+FOOD_KITCHEN_VIEWS = {  # target -> (a, b, cross, target_all) pickle stems
+    "A": ("food_train", "kitchen_all", "cross_f_train", "food_all"),
+    "B": ("food_all", "kitchen_train", "cross_k_train", "kitchen_all"),
+}
+
+
+@dataclass
+class DomainViews:
+    a: SequenceData
+    b: SequenceData
+    cross: SequenceData
+    target_all: SequenceData
+    target: str  # "A" or "B"
+    domain_names: tuple[str, str]  # e.g. ("food", "kitchen")
+    source: str
+
+    @property
+    def target_name(self) -> str:
+        return self.domain_names[DOMAIN_CODES.index(self.target)]
+
+    @property
+    def n_items(self) -> int:
+        return self.cross.n_items
+
+    @property
+    def item_domain(self) -> np.ndarray:
+        return self.cross.item_domain
+
+    def view(self, code: str) -> SequenceData:
+        return {"A": self.a, "B": self.b}[code]
+
+    def domain_items(self, code: str) -> np.ndarray:
+        """Global item indexes of domain ``code`` (sorted)."""
+        return np.flatnonzero(self.item_domain == DOMAIN_CODES.index(code))
+
+
+def check_target(target: str, key: str = "target") -> str:
+    t = str(target).strip().upper()
+    if t not in DOMAIN_CODES:
+        raise ConfigError(f"{key}={target!r}: use A or B (the first or second domain, e.g. A = food, B = kitchen)")
+    return t
+
+
+def load_domain_views(folder: str | Path, target: str) -> DomainViews:
+    """Read the views from a prepared folder: Food-Kitchen (six sub-folders) or a merged
+    two-domain dataset with ``item_domain`` and timestamps (the synthetic default)."""
+    folder = Path(folder)
+    target = check_target(target)
+    if all((folder / stem / "meta.json").is_file() for stem in FOOD_KITCHEN_VIEWS[target]):
+        views = [SequenceData.load(folder / stem) for stem in FOOD_KITCHEN_VIEWS[target]]
+        out = DomainViews(*views, target=target, domain_names=("food", "kitchen"), source=str(folder))
+    elif (folder / "meta.json").is_file():
+        out = split_merged(SequenceData.load(folder), target, str(folder))
+    else:
+        raise DataError(f"{folder}: neither a merged two-domain dataset (meta.json) nor the six Food-Kitchen "
+                        "folders; run `python -m core.data.prepare food-kitchen --path ../shared/data/food-kitchen` "
+                        "or `python -m core.data.prepare synthetic`")
+    _check_aligned(out)
+    return out
+
+
+def split_merged(merged: SequenceData, target: str, source: str = "") -> DomainViews:
+    """Cut a merged, time-ordered two-domain dataset into the views (target loses its last 2)."""
+    if merged.item_domain is None:
+        raise DataError(f"{source or 'dataset'}: has no item_domain array; a two-domain dataset is needed "
+                        "(e.g. `synthetic`, not `synthetic-a`)")
+    dom = merged.item_domain
+    t = DOMAIN_CODES.index(check_target(target))
+    per_domain: list[list[np.ndarray]] = [[], []]
+    cross = []
+    for u in range(merged.n_users):
+        seq = merged.sequence(u + 1)
+        code = dom[seq]
+        for d in (0, 1):
+            per_domain[d].append(seq[code == d])
+        held_out = np.flatnonzero(code == t)[-2:]  # the target's validation and test events
+        cross.append(np.delete(seq, held_out))
+    common = dict(n_items=merged.n_items, user_ids=merged.user_ids, item_ids=merged.item_ids, item_domain=dom)
+    full = [SequenceData.from_lists(per_domain[d], **common) for d in (0, 1)]
+    train_t = SequenceData.from_lists([s[:-2] if len(s) >= 3 else s for s in per_domain[t]], **common)
+    a, b = (train_t, full[1]) if t == 0 else (full[0], train_t)
+    names = tuple(merged.meta.get("domains", DOMAIN_CODES))
+    return DomainViews(a, b, SequenceData.from_lists(cross, **common), full[t], DOMAIN_CODES[t],
+                       (str(names[0]), str(names[1])), source)
+
+
+def _check_aligned(v: DomainViews) -> None:
+    for name, data in (("a", v.a), ("b", v.b), ("cross", v.cross), ("target_all", v.target_all)):
+        if data.user_ids != v.cross.user_ids:
+            raise DataError(f"{v.source}: view {name!r} lists other users than the cross view; "
+                            "the views must share users in the same order")
+        if data.n_items != v.cross.n_items:
+            raise DataError(f"{v.source}: view {name!r} has {data.n_items} items, the cross view {v.cross.n_items}")
+    if v.item_domain is None:
+        raise DataError(f"{v.source}: the cross view has no item_domain array")
+
+
+def restrict_to_domain(data: SequenceData, item_domain: np.ndarray, code: str) -> tuple[SequenceData, np.ndarray]:
+    """The same sequences with items renumbered 1..n within domain ``code``.
+
+    Returns the local dataset and ``local_to_global`` (index 0 = padding). Items of the
+    other domain are an error: the caller passes a one-domain view."""
+    d = DOMAIN_CODES.index(check_target(code))
+    local_to_global = np.concatenate([[0], np.flatnonzero(item_domain == d)]).astype(np.int64)
+    global_to_local = np.zeros(len(item_domain), dtype=np.int64)
+    global_to_local[local_to_global[1:]] = np.arange(1, len(local_to_global))
+    bad = data.items[global_to_local[data.items] == 0]
+    if len(bad):
+        raise DataError(f"item index {int(bad[0])} is not in domain {code}; expected a one-domain view")
+    local = SequenceData(data.offsets.copy(), global_to_local[data.items], len(local_to_global) - 1,
+                         list(data.user_ids), [data.item_ids[i - 1] for i in local_to_global[1:]],
+                         timestamps=data.timestamps, meta=dict(data.meta))
+    return local, local_to_global

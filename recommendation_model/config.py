@@ -1,0 +1,75 @@
+"""Stage-2 config (TriGRec recommender): YAML sections + the seed's flat key names
+(``device``, ``lr``, ``batch_size``, ``num_epochs``, ``seed``, ``spe_emb_path``,
+``cross_emb_path``, ``EPOCH_TO_LOAD``, ``SPE_DOMAIN``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from core.data.domains import check_target
+from core.errors import ConfigError
+from core.seqrec import EvalConfig
+from core.train import TrainConfig
+from user_representation_module.config import DomainDataConfig
+
+
+@dataclass(frozen=True)
+class RecModelConfig:
+    hidden_units: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    dropout_rate: float = 0.2
+    maxlen: int = 10
+    initializer_range: float = 0.02
+    mask_prob: float = 0.3
+    loss: str = "ce"
+    num_negatives: int = 256
+    use_spe: bool = True  # fuse the specific user vectors
+    use_cross: bool = True  # fuse the cross-domain user vectors
+    gate: bool = True  # G = sigmoid(W1 A1 + W2 A2) mixes the two (False: their sum)
+    memory_tokens: int = 4  # key/value tokens each user vector is expanded into
+    shuffle_user_vectors: bool = False  # control: permute the vectors across users
+    shuffle_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_units % self.num_heads:
+            raise ConfigError(f"model.hidden_units ({self.hidden_units}) must be divisible by num_heads ({self.num_heads})")
+        if self.loss not in ("ce", "sampled_softmax"):
+            raise ConfigError(f"model.loss {self.loss!r}: use ce or sampled_softmax")
+        if self.memory_tokens < 1 or self.maxlen < 2 or not 0 < self.mask_prob < 1:
+            raise ConfigError("model.memory_tokens >= 1, maxlen >= 2 and mask_prob in (0, 1) are required")
+
+
+@dataclass(frozen=True)
+class RecEvalConfig(EvalConfig):
+    c2dsr_negatives: int = 999  # the C2DSR protocol: target vs this many sampled target-domain items
+
+
+@dataclass(frozen=True)
+class RecConfig:
+    ALIASES: ClassVar[dict] = {
+        "lr": "training.learning_rate",
+        "num_epochs": "training.epochs",
+        "batch_size": "training.batch_size",
+        "embedding_dim": "model.hidden_units",
+        "num_layers": "model.num_blocks",
+        "EPOCH_TO_LOAD": "epoch_to_load",
+        "SPE_DOMAIN": "spe_domain",
+    }
+    seed: int = 42
+    device: str = "auto"
+    home: str = ""
+    run_name: str = ""  # "" = the seed's layout state_dict/rec/<domain>/maxlen{L}.pt; else a sub-folder
+    spe_emb_path: str = ""  # "" = the stage-1 export of epoch_to_load in the shared tree
+    cross_emb_path: str = ""
+    epoch_to_load: int = 0  # which exported stage-1 epoch the default paths name; 0 = the latest exported
+    spe_domain: str = ""  # whose specific vectors the default path names; "" = the target
+    data: DomainDataConfig = field(default_factory=DomainDataConfig)
+    model: RecModelConfig = field(default_factory=RecModelConfig)
+    training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60, batch_size=256, eval_every=2,
+                                                                     patience=5))
+    eval: RecEvalConfig = field(default_factory=lambda: RecEvalConfig(sampled=[]))
+
+    def __post_init__(self) -> None:
+        if self.spe_domain:
+            object.__setattr__(self, "spe_domain", check_target(self.spe_domain, "SPE_DOMAIN"))

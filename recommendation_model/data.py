@@ -1,0 +1,97 @@
+"""Stage-2 inputs: exported user vectors aligned to the data, and the C2DSR protocol."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.data.c2dsr import C2DSREval
+from core.errors import DataError
+from core.metrics import MetricAccumulator, rank_metrics, ranks_from_scores, sample_negatives
+from core.store import load_embeddings
+
+C2DSR_KS = (1, 5, 10)
+
+
+def latest_export(folder: Path, kind: str, domain_code: str, epoch: int = 0) -> Path:
+    """``<folder>/<kind>_emb_ep{E}_{D}.npy`` for ``epoch`` (0 = the highest exported)."""
+    pat = re.compile(rf"^{kind}_emb_ep(\d+)_{domain_code}\.npy$")
+    found = {int(m.group(1)): p for p in folder.glob(f"{kind}_emb_ep*_{domain_code}.npy") if (m := pat.match(p.name))}
+    if not found:
+        raise DataError(f"{folder}: no {kind}_emb_ep*_{domain_code}.npy; run python -m user_representation_module.inference "
+                        f"first or set {kind}_emb_path")
+    if epoch and epoch not in found:
+        raise DataError(f"{folder}: no {kind} embeddings of epoch {epoch}; exported epochs: {sorted(found)}")
+    return found[epoch or max(found)]
+
+
+def aligned_vectors(path: str | Path, user_ids: list, what: str) -> np.ndarray:
+    """Rows of an exported embedding file in the order of ``user_ids``, checked."""
+    vectors, ids = load_embeddings(path)
+    if len(ids) != len(user_ids):
+        raise DataError(f"{path}: {what} vectors for {len(ids)} users but the data has {len(user_ids)}; export them "
+                        "for this dataset and target (python -m user_representation_module.inference)")
+    row = {str(u): i for i, u in enumerate(ids)}
+    missing = [u for u in user_ids if str(u) not in row]
+    if missing:
+        raise DataError(f"{path}: no {what} vector for user {missing[0]!r} ({len(missing)} missing); export them for "
+                        "this dataset")
+    out = vectors[[row[str(u)] for u in user_ids]]
+    if not np.isfinite(out).all():
+        raise DataError(f"{path}: {what} vectors contain NaN or infinite values")
+    return out
+
+
+def c2dsr_companion(path: str | Path, which: str) -> Path:
+    """``spe_emb_ep10_A.npy`` -> ``spe_emb_ep10_A.c2dsr-valid.npy`` (written by the export)."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.c2dsr-{which}.npy")
+
+
+class C2DSRProtocol:
+    """The target ranked against ``n_neg`` items of the target domain (fixed seed), excluding
+    the target and the line's own target-domain history; MRR, NDCG@5/10, HR@1/5/10."""
+
+    def __init__(self, ev: C2DSREval, global_to_local: np.ndarray, n_items: int, maxlen: int,
+                 spe: np.ndarray | None, cross: np.ndarray | None, n_neg: int = 999, seed: int = 0,
+                 device="cpu", batch_size: int = 1024) -> None:
+        self.device, self.batch_size = torch.device(device), batch_size
+        hist = [global_to_local[h] for h in ev.histories]
+        hist = [h[h > 0] for h in hist]  # the target domain's part of the history
+        self.inputs = torch.zeros(len(ev), maxlen, dtype=torch.long)
+        for i, h in enumerate(hist):
+            if len(h):
+                self.inputs[i, -min(len(h), maxlen):] = torch.as_tensor(h[-maxlen:])
+        targets = global_to_local[ev.targets]
+        if (targets == 0).any():
+            raise DataError(f"{ev.source}: a target item is outside the target domain")
+        gen = torch.Generator().manual_seed(seed)
+        cands = []
+        for start in range(0, len(ev), batch_size):
+            stop = min(start + batch_size, len(ev))
+            exclude = torch.zeros(stop - start, n_items + 1, dtype=torch.bool)
+            for r, h in enumerate(hist[start:stop]):
+                exclude[r, torch.as_tensor(h, dtype=torch.long)] = True
+            exclude[torch.arange(stop - start), torch.as_tensor(targets[start:stop])] = True
+            cands.append(sample_negatives(exclude, n_items, n_neg, gen))
+        self.candidates = torch.cat([torch.as_tensor(targets).view(-1, 1), torch.cat(cands)], dim=1)
+        self.spe = torch.as_tensor(spe, dtype=torch.float32) if spe is not None else None
+        self.cross = torch.as_tensor(cross, dtype=torch.float32) if cross is not None else None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @torch.no_grad()
+    def run(self, model) -> dict[str, float]:
+        acc = MetricAccumulator()
+        for start in range(0, len(self), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            vec = lambda t: t[sl].to(self.device) if t is not None else None  # noqa: E731
+            scores = model.candidate_scores(self.inputs[sl].to(self.device), self.candidates[sl].to(self.device),
+                                            vec(self.spe), vec(self.cross)).float()
+            ranks = ranks_from_scores(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+            m = rank_metrics(ranks.cpu(), C2DSR_KS)
+            acc.add({k: v for k, v in m.items() if k == "MRR" or k.startswith(("HR@", "NDCG@"))})
+        return acc.result()

@@ -1,0 +1,177 @@
+"""TriGRec stage 2: train and evaluate the gated BERT4Rec on the target domain.
+
+    python -m recommendation_model.train_eval                                  # synthetic default
+    python -m recommendation_model.train_eval --override "device=cuda:0,batch_size=1024,spe_emb_path=...npy,cross_emb_path=...npy"
+    python -m recommendation_model.train_eval --config configs/trigrec/rec/food.yaml
+    ablations: --override "use_spe=false,use_cross=false" (plain BERT4Rec), "use_cross=false",
+               "use_spe=false", "gate=false", "shuffle_user_vectors=true" (control)
+
+Reads the stage-1 exports (default: the latest export of the target in the shared tree),
+trains on the target domain's leave-two-out split and picks the epoch on validation (the C2DSR
+validation file when ``data.c2dsr_dir`` is set, else full ranking). Test is read once, at the
+end: full ranking over the target domain's items with the history excluded, plus the C2DSR
+protocol (target vs 999 sampled target-domain items). Writes ``state_dict/rec/<domain>/
+[<run_name>/]maxlen{L}.pt`` and, beside it, ``results.json`` and ``metrics.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+
+import numpy as np
+import torch
+
+from core import store
+from core.cli import add_common_args, cli_overrides, resolve_device, run, seed_everything, setup_logging
+from core.config import load_config, save_config, to_dict
+from core.data.batches import ClozeDataset
+from core.data.domains import restrict_to_domain
+from core.data.splits import leave_one_out
+from core.dist import cleanup, init_distributed, is_main
+from core.evaluation import Evaluator, popularity_score_fn
+from core.report import format_table
+from core.train import fit
+from recommendation_model.config import RecConfig
+from recommendation_model.data import C2DSRProtocol, aligned_vectors, c2dsr_companion, latest_export
+from recommendation_model.model import TriGRecRecommender
+from user_representation_module.config import domain_folder_name, embeddings_dir
+from user_representation_module.data import load_views
+
+DEFAULT_CONFIG = "configs/trigrec/rec/synthetic.yaml"
+
+
+def vector_paths(cfg: RecConfig, domain: str) -> tuple[str, str]:
+    code = cfg.spe_domain or cfg.data.target
+    folder = embeddings_dir(cfg.home, domain)
+    spe = cfg.spe_emb_path or (str(latest_export(folder, "spe", code, cfg.epoch_to_load))
+                               if cfg.model.use_spe else "")
+    cross = cfg.cross_emb_path or (str(latest_export(folder, "cross", code, cfg.epoch_to_load))
+                                   if cfg.model.use_cross else "")
+    return spe, cross
+
+
+def train_eval(cfg: RecConfig, log=print) -> dict:
+    device = resolve_device(cfg.device)
+    init_distributed(device)
+    if not is_main():
+        log = lambda *a, **k: None  # noqa: E731
+    seed_everything(cfg.seed)
+    views, folder = load_views(cfg.data)
+    domain = domain_folder_name(folder, views.domain_names, cfg.data.target)
+    out = store.state_root(cfg.home or None) / "rec" / store.check_name(domain, "domain")
+    if cfg.run_name:
+        out = out / store.check_name(cfg.run_name, "run name")
+    data, local_to_global = restrict_to_domain(views.target_all, views.item_domain, cfg.data.target)
+    global_to_local = np.zeros(views.n_items + 1, dtype=np.int64)
+    global_to_local[local_to_global[1:]] = np.arange(1, len(local_to_global))
+    split = leave_one_out(data)
+
+    m = cfg.model
+    spe_path, cross_path = vector_paths(cfg, domain)
+    tables: dict[str, np.ndarray | None] = {"spe": None, "cross": None}
+    for what, path, use in (("spe", spe_path, m.use_spe), ("cross", cross_path, m.use_cross)):
+        if use:
+            tables[what] = aligned_vectors(path, data.user_ids, what).astype(np.float32)
+    perm = None
+    if m.shuffle_user_vectors:  # the control: each user gets someone else's vectors
+        perm = np.random.default_rng(m.shuffle_seed).permutation(data.n_users)
+        tables = {k: (v[perm] if v is not None else None) for k, v in tables.items()}
+    # row u (1-based user index) of each table; row 0 unused
+    on_device = {k: (torch.as_tensor(np.vstack([np.zeros((1, v.shape[1]), np.float32), v]), device=device)
+                     if v is not None else None) for k, v in tables.items()}
+
+    def vectors(users: torch.Tensor):
+        return tuple(t[users] if t is not None else None for t in (on_device["spe"], on_device["cross"]))
+
+    model = TriGRecRecommender(
+        data.n_items, spe_dim=tables["spe"].shape[1] if tables["spe"] is not None else 0,
+        cross_dim=tables["cross"].shape[1] if tables["cross"] is not None else 0, memory_tokens=m.memory_tokens,
+        gate=m.gate, maxlen=m.maxlen, hidden_units=m.hidden_units, num_blocks=m.num_blocks, num_heads=m.num_heads,
+        dropout_rate=m.dropout_rate, initializer_range=m.initializer_range, loss=m.loss,
+        num_negatives=m.num_negatives).to(device)
+    train_data = ClozeDataset(split, m.maxlen, m.mask_prob, device=device)
+
+    def loss_fn(model, batch, generator):
+        return model.training_loss(batch, *vectors(batch["users"]), generator=generator)
+
+    def full_score_fn(model):
+        return lambda inputs, users: model.full_scores(inputs, *vectors(users))
+
+    c2dsr = {}
+    if cfg.data.c2dsr_dir:
+        from core.data.c2dsr import read_c2dsr_eval
+
+        for which in ("valid", "test"):
+            ev = read_c2dsr_eval(cfg.data.c2dsr_dir, which)
+            ev = ev.subset(ev.target_domain == "AB".index(cfg.data.target))
+            vec = {}
+            for what, path in (("spe", spe_path), ("cross", cross_path)):
+                if tables[what] is not None:
+                    v = aligned_vectors(c2dsr_companion(path, which), ev.lines.tolist(), f"{what} (C2DSR {which})")
+                    vec[what] = v[np.random.default_rng(m.shuffle_seed).permutation(len(v))] if perm is not None else v
+            c2dsr[which] = C2DSRProtocol(ev, global_to_local, data.n_items, m.maxlen, vec.get("spe"), vec.get("cross"),
+                                         cfg.eval.c2dsr_negatives, cfg.eval.sample_seed, device, cfg.eval.batch_size)
+    valid_full = Evaluator(split, "valid", m.maxlen, cfg.eval.ks, sampled=(), sample_seed=cfg.eval.sample_seed,
+                           batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users)
+    # model selection: the C2DSR validation lines when given (the protocol reported), else full ranking
+    validate = (lambda mod: c2dsr["valid"].run(mod)) if c2dsr else (lambda mod: valid_full.run(full_score_fn(mod)))
+
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        if not cfg.training.resume:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+    log(f"data {folder.name} target {cfg.data.target} ({views.target_name}): {data.n_users} users, {data.n_items} "
+        f"items; fusion spe={spe_path or '-'} cross={cross_path or '-'} gate={m.gate}"
+        f"{' SHUFFLED' if perm is not None else ''}; C2DSR lines: "
+        f"{', '.join(f'{k} {len(v)}' for k, v in c2dsr.items()) or 'not used'} -> {out}")
+    meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg),
+            "data_fingerprint": data.fingerprint()}
+    result = fit(model, train_data, validate, cfg.training, out, device=device, seed=cfg.seed, checkpoint_meta=meta,
+                 loss_fn=loss_fn, log=log)
+    model.eval()
+    test_full = Evaluator(split, "test", m.maxlen, cfg.eval.ks, sampled=cfg.eval.sampled,
+                          sample_seed=cfg.eval.sample_seed, batch_size=cfg.eval.batch_size, device=device)
+    results = {
+        "domain": domain, "target": cfg.data.target, "run_dir": str(out), "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
+        "sec_per_epoch": round(result.seconds / max(1, result.epochs_run), 3), "valid": result.best_valid,
+        "test_full": test_full.run(full_score_fn(model)), "popularity_full": test_full.run(popularity_score_fn(split)),
+        "spe_emb_path": spe_path, "cross_emb_path": cross_path, "shuffled": perm is not None,
+    }
+    if c2dsr:
+        results["test_c2dsr"] = c2dsr["test"].run(model)
+    if is_main():
+        final = out / f"maxlen{m.maxlen}.pt"
+        if (out / "best.pt").is_file():
+            with store.atomic_path(final) as tmp:
+                shutil.copyfile(out / "best.pt", tmp)
+        results["checkpoint"] = str(final)
+        store.atomic_write_json(out / "results.json", results)
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, default_config=DEFAULT_CONFIG)
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = load_config(RecConfig, args.config, cli_overrides(args))
+    res = train_eval(cfg)
+    main_rank = is_main()
+    cleanup()
+    if main_rank:
+        cols = ["NDCG@10", "HR@10", "MRR"]
+        rows = [{"protocol": "full ranking", **{c: res["test_full"][c] for c in cols}},
+                {"protocol": "popularity (full)", **{c: res["popularity_full"][c] for c in cols}}]
+        if "test_c2dsr" in res:
+            rows.append({"protocol": f"C2DSR (1 + {cfg.eval.c2dsr_negatives} negatives)",
+                         **{c: res["test_c2dsr"][c] for c in cols}})
+        print(f"\nTest, target {res['target']} (best validation epoch {res['best_epoch']}):")
+        print(format_table(rows, ["protocol", *cols]))
+        print(f"checkpoint: {res['checkpoint']}\nresults: {res['run_dir']}/results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,127 @@
+"""Stage-1 config (TriGRec user representations): YAML sections + the seed's flat key names.
+
+The seed overrides flat keys (``device``, ``lr``, ``batch_size``, ``num_epochs``, ``seed``,
+``EPOCH_TO_LOAD``, ``SPE_DOMAIN``); they are aliases of the sectioned fields here, so
+``--override "lr=0.0005,EPOCH_TO_LOAD=80"`` and ``--override "training.learning_rate=0.0005"``
+mean the same. An unknown key is an error that names the closest valid ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from core import store
+from core.data.domains import check_target
+from core.errors import ConfigError
+from core.seqrec import EvalConfig
+from core.train import TrainConfig
+
+PARTS = ("spe_A", "spe_B", "common", "cross")  # the encoders; plus "discriminator"
+
+
+@dataclass(frozen=True)
+class DomainDataConfig:
+    dataset: str = "synthetic"  # prepared folder name under data_root (or a path): synthetic | food-kitchen
+    data_root: str = ""  # default <repo>/data
+    target: str = "A"  # the target domain: A (e.g. food) or B (kitchen)
+    c2dsr_dir: str = ""  # C2DSR valid/test text files (Food-Kitchen); "" = not used
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", check_target(self.target, "data.target"))
+
+    def folder(self) -> Path:
+        root = Path(self.data_root) if self.data_root else store.REPO_ROOT / "data"
+        if "/" in self.dataset or self.dataset.startswith("."):
+            return Path(self.dataset)
+        return root / store.check_name(self.dataset, "dataset")
+
+
+@dataclass(frozen=True)
+class RepModelConfig:
+    hidden_units: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    dropout_rate: float = 0.2
+    maxlen: int = 50
+    initializer_range: float = 0.02
+    mask_prob: float = 0.3
+    loss: str = "ce"  # ce | sampled_softmax (large catalogs such as Food-Kitchen's 64k items)
+    num_negatives: int = 256
+
+    def __post_init__(self) -> None:
+        if self.hidden_units % self.num_heads:
+            raise ConfigError(f"model.hidden_units ({self.hidden_units}) must be divisible by num_heads ({self.num_heads})")
+        if not 0 < self.mask_prob < 1 or self.maxlen < 2:
+            raise ConfigError("model.mask_prob must be in (0, 1) and model.maxlen >= 2")
+        if self.loss not in ("ce", "sampled_softmax"):
+            raise ConfigError(f"model.loss {self.loss!r}: use ce or sampled_softmax")
+
+
+@dataclass(frozen=True)
+class RepLossConfig:
+    w_spe: float = 1.0  # weight of L_spe (both domain-specific encoders)
+    w_com: float = 1.0  # weight of L_com (common encoder + adversarial term)
+    w_cross: float = 1.0  # weight of L_cross
+    adv_weight: float = 0.5  # strength of the reversed discriminator gradient reaching the common encoder
+    grl_lambda: float = 1.0  # gradient reversal factor (multiplies adv_weight)
+    grl_ramp: bool = True  # DANN schedule: the reversal strength rises from 0 to full over training
+    use_grl: bool = True  # False: the discriminator trains but its gradient never reaches the common encoder
+    disc_hidden: int = 64
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    epoch: int = 0  # EPOCH_TO_LOAD: which saved epoch to export; 0 = the latest saved
+    spe_domain: str = ""  # SPE_DOMAIN: A or B, whose specific encoder is exported; "" = the target
+    out_dir: str = ""  # default <home>/embeddings/user_representation_module/<domain>/
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.spe_domain:
+            object.__setattr__(self, "spe_domain", check_target(self.spe_domain, "SPE_DOMAIN"))
+        if self.epoch < 0:
+            raise ConfigError(f"EPOCH_TO_LOAD={self.epoch}: use a saved epoch number, or 0 for the latest")
+
+
+@dataclass(frozen=True)
+class RepConfig:
+    ALIASES: ClassVar[dict] = {
+        "lr": "training.learning_rate",
+        "num_epochs": "training.epochs",
+        "batch_size": "training.batch_size",
+        "EPOCH_TO_LOAD": "export.epoch",
+        "SPE_DOMAIN": "export.spe_domain",
+        "embedding_dim": "model.hidden_units",
+        "num_layers": "model.num_blocks",
+        "save_interval": "save_every",
+    }
+    seed: int = 42
+    device: str = "auto"
+    home: str = ""  # root of the state_dict tree; default $RECSYS_HOME or <repo>/state_dict
+    save_every: int = 10  # write <part>_ep{E}.pt every this many epochs (and at the last epoch)
+    data: DomainDataConfig = field(default_factory=DomainDataConfig)
+    model: RepModelConfig = field(default_factory=RepModelConfig)
+    loss: RepLossConfig = field(default_factory=RepLossConfig)
+    training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, batch_size=256, eval_every=5,
+                                                                     patience=0))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(sampled=[]))
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        if self.save_every < 1:
+            raise ConfigError("save_every must be >= 1")
+
+
+def domain_folder_name(dataset_folder: Path, domain_names: tuple[str, str], target: str) -> str:
+    """``food`` / ``kitchen`` for Food-Kitchen (the seed's layout); ``<dataset>-<A|B>`` otherwise."""
+    name = domain_names["AB".index(target)]
+    return name if name not in ("A", "B") else f"{dataset_folder.name}-{target}"
+
+
+def rep_dir(cfg: RepConfig, domain: str) -> Path:
+    return store.state_root(cfg.home or None) / "rep" / store.check_name(domain, "domain")
+
+
+def embeddings_dir(cfg_home: str, domain: str) -> Path:
+    return store.embeddings_dir("user_representation_module", domain, cfg_home or None)

@@ -1,0 +1,113 @@
+"""TriGRec stage 1 export: specific and cross user vectors of a saved epoch.
+
+    python -m user_representation_module.inference                                 # latest saved epoch
+    python -m user_representation_module.inference --override "EPOCH_TO_LOAD=80,SPE_DOMAIN=B"
+
+Reads ``state_dict/rep/<domain>/{spe_<D>,cross}_ep{E}.pt`` and writes, under
+``state_dict/embeddings/user_representation_module/<domain>/`` (or ``export.out_dir``):
+
+- ``spe_emb_ep{E}_{D}.npy`` + ``.ids.json``: user D's specific vectors (rows follow the ids);
+- ``cross_emb_ep{E}_{D}.npy`` + ``.ids.json``: cross-domain vectors;
+- the same as ``.pkl`` (a plain ``dict`` user id -> list of floats, for the seed's readers);
+- with ``data.c2dsr_dir`` set: ``<name>.c2dsr-valid`` / ``<name>.c2dsr-test`` vectors of the
+  C2DSR evaluation lines, computed from their histories (inductive; ids = line numbers).
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+
+from core import store
+from core.cli import add_common_args, cli_overrides, resolve_device, run, setup_logging
+from core.config import load_config
+from core.data.sequences import SequenceData
+from core.errors import CheckpointError
+from core.models import build_model
+from user_representation_module.config import RepConfig, domain_folder_name, embeddings_dir, rep_dir
+from user_representation_module.data import encode_users, load_views
+
+DEFAULT_CONFIG = "configs/trigrec/rep/synthetic.yaml"
+
+
+def saved_epochs(folder: Path, part: str) -> list[int]:
+    pat = re.compile(rf"^{re.escape(part)}_ep(\d+)\.pt$")
+    return sorted(int(m.group(1)) for p in folder.glob(f"{part}_ep*.pt") if (m := pat.match(p.name)))
+
+
+def load_encoder(folder: Path, part: str, epoch: int, device, fingerprint: str | None = None):
+    """A saved stage-1 encoder; a missing epoch names the epochs that exist."""
+    path = folder / f"{part}_ep{epoch}.pt"
+    if not path.is_file():
+        have = saved_epochs(folder, part)
+        raise CheckpointError(f"{path}: no checkpoint for EPOCH_TO_LOAD={epoch}; saved epochs of {part}: "
+                              f"{have or 'none (train first: python -m user_representation_module.train)'}")
+    ckpt = store.load_checkpoint(path, kind="bert4rec", data_fingerprint=fingerprint, map_location=device)
+    model = build_model("bert4rec", **ckpt["model_args"]).to(device)
+    model.load_state_dict(ckpt["model_state"])
+    return model.eval()
+
+
+def write_vectors(directory: Path, name: str, vectors: np.ndarray, ids: list) -> Path:
+    path = store.save_embeddings(directory, name, vectors, ids)
+    # the seed's readers unpickle a dict; plain containers only (no numpy objects inside)
+    table = {uid: row.tolist() for uid, row in zip(ids, vectors.astype(np.float64))}
+    store.atomic_write_bytes(directory / f"{name}.pkl", pickle.dumps(table, protocol=4))
+    return path
+
+
+def export(cfg: RepConfig, log=print) -> dict:
+    device = resolve_device(cfg.device)
+    views, folder = load_views(cfg.data)
+    domain = domain_folder_name(folder, views.domain_names, cfg.data.target)
+    src = rep_dir(cfg, domain)
+    epochs = saved_epochs(src, "cross")
+    if not epochs:
+        raise CheckpointError(f"{src}: no saved stage-1 epochs; run python -m user_representation_module.train first")
+    epoch = cfg.export.epoch or epochs[-1]
+    spe_domain = cfg.export.spe_domain or cfg.data.target
+    fingerprint = views.cross.fingerprint()
+    spe = load_encoder(src, f"spe_{spe_domain}", epoch, device, fingerprint)
+    cross = load_encoder(src, "cross", epoch, device, fingerprint)
+    maxlen = cross.maxlen
+    out = Path(cfg.export.out_dir) if cfg.export.out_dir else embeddings_dir(cfg.home, domain)
+    ids = list(views.cross.user_ids)
+    bs = cfg.export.batch_size
+    spe_name, cross_name = f"spe_emb_ep{epoch}_{spe_domain}", f"cross_emb_ep{epoch}_{spe_domain}"
+    written = [write_vectors(out, spe_name, encode_users(spe, views.view(spe_domain), maxlen, device, bs), ids),
+               write_vectors(out, cross_name, encode_users(cross, views.cross, maxlen, device, bs), ids)]
+    if cfg.data.c2dsr_dir:
+        from core.data.c2dsr import item_domain_of, read_c2dsr_eval
+
+        for which in ("valid", "test"):
+            ev = read_c2dsr_eval(cfg.data.c2dsr_dir, which)
+            d = "AB".index(spe_domain)
+            own = [h[item_domain_of(h) == d] for h in ev.histories]
+            common = dict(n_items=views.n_items, user_ids=ev.lines.tolist(), item_ids=views.cross.item_ids)
+            line_ids = ev.lines.tolist()
+            written.append(write_vectors(out, f"{spe_name}.c2dsr-{which}",
+                                         encode_users(spe, SequenceData.from_lists(own, **common), maxlen, device, bs),
+                                         line_ids))
+            written.append(write_vectors(out, f"{cross_name}.c2dsr-{which}",
+                                         encode_users(cross, SequenceData.from_lists(ev.histories, **common), maxlen,
+                                                      device, bs), line_ids))
+    for p in written:
+        log(f"wrote {p}")
+    return {"epoch": epoch, "spe_domain": spe_domain, "out_dir": str(out), "files": [str(p) for p in written]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, default_config=DEFAULT_CONFIG)
+    args = parser.parse_args(argv)
+    setup_logging()
+    res = export(load_config(RepConfig, args.config, cli_overrides(args)))
+    print(f"exported epoch {res['epoch']} (specific: domain {res['spe_domain']}) -> {res['out_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

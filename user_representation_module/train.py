@@ -1,0 +1,123 @@
+"""TriGRec stage 1: train the specific / common / cross encoders on two domains.
+
+    python -m user_representation_module.train                                   # synthetic default
+    python -m user_representation_module.train --override "device=cuda:0,lr=0.0005,batch_size=64,num_epochs=50"
+    python -m user_representation_module.train --config configs/trigrec/rep/food.yaml
+    torchrun --nproc_per_node=2 -m user_representation_module.train --override device=cpu
+
+Writes ``state_dict/rep/<domain>/``: ``<part>_ep{E}.pt`` every ``save_every`` epochs for the
+parts spe_A, spe_B, common, cross (plain BERT4Rec checkpoints sharing one head) and
+discriminator; ``last.pt`` (resume with ``--override training.resume=true``), ``best.pt``,
+``metrics.jsonl``, ``config.yaml`` and ``results.json``.
+"""
+from __future__ import annotations
+
+import argparse
+
+from core import store
+from core.cli import add_common_args, cli_overrides, resolve_device, run, seed_everything, setup_logging
+from core.config import load_config, save_config, to_dict
+from core.data.splits import leave_one_out
+from core.dist import cleanup, init_distributed, is_main
+from core.evaluation import Evaluator
+from core.train import fit
+from user_representation_module.config import PARTS, RepConfig, domain_folder_name, rep_dir
+from user_representation_module.data import TriViewCloze, load_views
+from user_representation_module.model import TriGRecLoss, TriGRecRep
+
+DEFAULT_CONFIG = "configs/trigrec/rep/synthetic.yaml"
+
+
+def domain_score_fn(encoder, views, code: str):
+    """Full-catalog scores of ``encoder`` with the other domain's items ranked last."""
+    import torch
+
+    other = torch.as_tensor(views.item_domain != "AB".index(code))
+
+    def score(inputs, users):
+        s = encoder.full_scores(inputs)
+        return s.masked_fill(other.to(s.device), float("-inf"))
+    return score
+
+
+def train_representations(cfg: RepConfig, log=print) -> dict:
+    device = resolve_device(cfg.device)
+    init_distributed(device)
+    if not is_main():
+        log = lambda *a, **k: None  # noqa: E731
+    seed_everything(cfg.seed)
+    views, folder = load_views(cfg.data)
+    domain = domain_folder_name(folder, views.domain_names, cfg.data.target)
+    out = rep_dir(cfg, domain)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        if not cfg.training.resume:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+    m = cfg.model
+    model = TriGRecRep(views.n_items, disc_hidden=cfg.loss.disc_hidden, maxlen=m.maxlen, hidden_units=m.hidden_units,
+                       num_blocks=m.num_blocks, num_heads=m.num_heads, dropout_rate=m.dropout_rate,
+                       initializer_range=m.initializer_range, loss=m.loss, num_negatives=m.num_negatives).to(device)
+    train_data = TriViewCloze(views, m.maxlen, m.mask_prob, model.mask_token, device)
+    log(f"data {folder.name} (target {cfg.data.target} = {views.target_name}): {len(train_data)} users, "
+        f"{views.n_items} items in both domains; views A {views.a.n_interactions}, B {views.b.n_interactions}, "
+        f"cross {views.cross.n_interactions} interactions -> {out}")
+    # stage-1 validation: the target's specific encoder predicting the target's held-out
+    # validation item (full ranking over the target domain); the test item is never read here
+    split = leave_one_out(views.target_all)
+    valid_eval = Evaluator(split, "valid", m.maxlen, cfg.eval.ks, sampled=(), sample_seed=cfg.eval.sample_seed,
+                           batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users)
+    target_part = f"spe_{cfg.data.target}"
+    config = to_dict(cfg)
+    fingerprint = views.cross.fingerprint()
+
+    def save_parts(epoch: int, model: TriGRecRep) -> None:
+        if not is_main() or (epoch % cfg.save_every and epoch != cfg.training.epochs):
+            return
+        for part in PARTS:
+            enc = model.encoders[part]
+            store.save_checkpoint(out / f"{part}_ep{epoch}.pt", kind=enc.kind, model_state=enc.state_dict(),
+                                  model_args=enc.model_args, config=config, data_fingerprint=fingerprint,
+                                  epoch=epoch, part=part, domain=domain)
+        disc = model.discriminator
+        store.save_checkpoint(out / f"discriminator_ep{epoch}.pt", kind=disc.kind, model_state=disc.state_dict(),
+                              model_args=disc.model_args, config=config, data_fingerprint=fingerprint, epoch=epoch,
+                              part="discriminator", domain=domain)
+
+    lc = cfg.loss
+    loss_fn = TriGRecLoss(w_spe=lc.w_spe, w_com=lc.w_com, w_cross=lc.w_cross, adv_weight=lc.adv_weight,
+                          grl_lambda=lc.grl_lambda, use_grl=lc.use_grl, grl_ramp=lc.grl_ramp, epochs=cfg.training.epochs)
+    meta = {"kind": model.kind, "model_args": model.model_args, "config": config, "data_fingerprint": fingerprint}
+    result = fit(model, train_data, lambda mod: valid_eval.run(domain_score_fn(mod.encoders[target_part], views,
+                                                                               cfg.data.target)),
+                 cfg.training, out, device=device, seed=cfg.seed, checkpoint_meta=meta, log=log,
+                 loss_fn=loss_fn, on_epoch_end=save_parts)
+    saved = sorted(int(p.stem.rsplit("_ep", 1)[1]) for p in out.glob("cross_ep*.pt"))
+    results = {"domain": domain, "target": cfg.data.target, "rep_dir": str(out), "epochs_run": result.epochs_run,
+               "train_seconds": round(result.seconds, 2),
+               "sec_per_epoch": round(result.seconds / max(1, result.epochs_run), 3),
+               "best_epoch": result.best_epoch, "valid": result.best_valid, "saved_epochs": saved,
+               "users": len(train_data)}
+    if is_main():
+        store.atomic_write_json(out / "results.json", results)
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, default_config=DEFAULT_CONFIG)
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = load_config(RepConfig, args.config, cli_overrides(args))
+    res = train_representations(cfg)
+    main_rank = is_main()
+    cleanup()
+    if main_rank:
+        print(f"saved epochs {res['saved_epochs']} -> {res['rep_dir']}; "
+              f"{res['sec_per_epoch']:.1f}s per epoch; next: python -m user_representation_module.inference"
+              + (f" --config {args.config}" if args.config and args.config != DEFAULT_CONFIG else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
