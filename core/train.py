@@ -152,14 +152,20 @@ def fit(
     generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
     loss_module: nn.Module = _LossModule(model, loss_fn)
     loss_module.to(device)
-    decay, no_decay = [], []
     # the loss may own parameters (e.g. a distillation head): they train, but checkpoints
-    # hold the recommender alone so it evaluates and serves without them
+    # hold the recommender alone so it evaluates and serves without them. A model may ask for
+    # a larger step on some of its parts with ``lr_scales = {"name.prefix.": factor}`` (e.g. an
+    # adversarial discriminator that must keep up with the encoder it judges).
+    scales = getattr(model, "lr_scales", {}) or {}
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in loss_module.named_parameters():
-        (no_decay if p.ndim < 2 else decay).append(p)  # no decay on biases and LayerNorm
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
-                                  betas=(0.9, 0.98))
+        local = name.removeprefix("model.")
+        factor = next((f for prefix, f in scales.items() if local.startswith(prefix)), 1.0)
+        groups.setdefault((p.ndim >= 2, factor), []).append(p)  # no decay on biases and LayerNorm
+    optimizer = torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+                                    "lr": cfg.learning_rate * factor}
+                                   for (decay, factor), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
+                                  lr=cfg.learning_rate, betas=(0.9, 0.98))
     steps_per_epoch = math.ceil(len(train_data) / world / cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)

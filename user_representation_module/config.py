@@ -68,6 +68,7 @@ class RepLossConfig:
     grl_ramp: bool = True  # DANN schedule: the reversal strength rises from 0 to full over training
     use_grl: bool = True  # False: the discriminator trains but its gradient never reaches the common encoder
     disc_hidden: int = 64
+    disc_lr_scale: float = 10.0  # the discriminator's learning rate, relative to the encoders'
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,11 @@ def pooled(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 class TriGRecRep(nn.Module):
     kind = "trigrec-rep"
 
-    def __init__(self, n_items: int, disc_hidden: int = 64, **encoder_args) -> None:
+    def __init__(self, n_items: int, disc_hidden: int = 64, disc_lr_scale: float = 1.0, **encoder_args) -> None:
         super().__init__()
-        self.model_args = dict(n_items=n_items, disc_hidden=disc_hidden, **encoder_args)
+        self.model_args = dict(n_items=n_items, disc_hidden=disc_hidden, disc_lr_scale=disc_lr_scale, **encoder_args)
+        # the discriminator steps faster than the encoders so that it stays a best response
+        self.lr_scales = {"discriminator.": disc_lr_scale}
         self.encoders = nn.ModuleDict({part: BERT4Rec(n_items, **encoder_args) for part in PARTS})
         shared = self.encoders["cross"]
         for part in PARTS:  # one prediction head: item table (input + output), dense head, bias

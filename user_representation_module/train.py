@@ -55,7 +55,8 @@ def train_representations(cfg: RepConfig, log=print) -> dict:
         if not cfg.training.resume:
             (out / "metrics.jsonl").unlink(missing_ok=True)
     m = cfg.model
-    model = TriGRecRep(views.n_items, disc_hidden=cfg.loss.disc_hidden, maxlen=m.maxlen, hidden_units=m.hidden_units,
+    model = TriGRecRep(views.n_items, disc_hidden=cfg.loss.disc_hidden, disc_lr_scale=cfg.loss.disc_lr_scale,
+                       maxlen=m.maxlen, hidden_units=m.hidden_units,
                        num_blocks=m.num_blocks, num_heads=m.num_heads, dropout_rate=m.dropout_rate,
                        initializer_range=m.initializer_range, loss=m.loss, num_negatives=m.num_negatives).to(device)
     train_data = TriViewCloze(views, m.maxlen, m.mask_prob, model.mask_token, device)

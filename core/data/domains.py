@@ -75,6 +75,9 @@ def load_domain_views(folder: str | Path, target: str) -> DomainViews:
     target = check_target(target)
     if all((folder / stem / "meta.json").is_file() for stem in FOOD_KITCHEN_VIEWS[target]):
         views = [SequenceData.load(folder / stem) for stem in FOOD_KITCHEN_VIEWS[target]]
+        # the preparer drops users whose sequence is empty; give them back an empty one
+        users = views[2].user_ids
+        views = [align_users(v, users, str(folder / stem)) for v, stem in zip(views, FOOD_KITCHEN_VIEWS[target])]
         out = DomainViews(*views, target=target, domain_names=("food", "kitchen"), source=str(folder))
     elif (folder / "meta.json").is_file():
         out = split_merged(SequenceData.load(folder), target, str(folder))
@@ -109,6 +112,20 @@ def split_merged(merged: SequenceData, target: str, source: str = "") -> DomainV
     names = tuple(merged.meta.get("domains", DOMAIN_CODES))
     return DomainViews(a, b, SequenceData.from_lists(cross, **common), full[t], DOMAIN_CODES[t],
                        (str(names[0]), str(names[1])), source)
+
+
+def align_users(data: SequenceData, user_ids: list, source: str = "") -> SequenceData:
+    """``data`` re-ordered to ``user_ids``; users it lacks get an empty sequence."""
+    if data.user_ids == user_ids:
+        return data
+    row = {u: i for i, u in enumerate(data.user_ids)}
+    extra = set(row) - set(user_ids)
+    if extra:
+        raise DataError(f"{source}: user {sorted(extra, key=str)[0]!r} is not in the cross view; the views must "
+                        "describe the same users")
+    seqs = [data.sequence(row[u] + 1) if u in row else np.zeros(0, dtype=np.int64) for u in user_ids]
+    return SequenceData.from_lists(seqs, n_items=data.n_items, user_ids=user_ids, item_ids=data.item_ids,
+                                   item_domain=data.item_domain, meta=data.meta)
 
 
 def _check_aligned(v: DomainViews) -> None:

@@ -1,0 +1,161 @@
+"""TriGRec: gradient reversal, adversarial training, export, the gated recommender, resume,
+bad input. Runs on small synthetic two-domain data generated into tmp folders."""
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import load_config
+from core.data.synthetic import SyntheticSpec, prepare_synthetic
+from recommendation_model.config import RecConfig
+from user_representation_module.config import RepConfig
+from user_representation_module.model import grad_reverse
+
+REPO = Path(__file__).resolve().parent.parent
+REP_YAML = REPO / "configs/trigrec/rep/synthetic.yaml"
+REC_YAML = REPO / "configs/trigrec/rec/synthetic.yaml"
+TINY = "hidden_units=16,maxlen=20,num_epochs=2,save_every=1,max_steps_per_epoch=2,eval.valid_max_users=100"
+
+
+def _data(tmp_path: Path, **spec) -> Path:
+    root = tmp_path / "data"
+    if not (root / "syn" / "meta.json").is_file():
+        prepare_synthetic(root / "syn", SyntheticSpec(**spec) if spec else SyntheticSpec(n_users=200))
+    return root
+
+
+def _over(tmp_path: Path, extra: str = "") -> str:
+    return (f"home={tmp_path / 'home'},data.data_root={_data(tmp_path)},data.dataset=syn,device=cpu"
+            + (f",{extra}" if extra else ""))
+
+
+def _cli(module: str, config: Path, over: str):
+    return subprocess.run([sys.executable, "-m", module, "--config", str(config), "--override", over],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_grl_flips_and_scales_the_gradient():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = grad_reverse(x, 0.25)
+    assert torch.equal(y, x)
+    (y * torch.arange(3.0)).sum().backward()
+    assert torch.allclose(x.grad, -0.25 * torch.arange(3.0).expand(4, 3))
+
+
+def test_export_writes_the_chosen_epoch_and_refuses_a_missing_one(tmp_path):
+    from user_representation_module.inference import export
+    from user_representation_module.train import train_representations
+
+    res = train_representations(load_config(RepConfig, REP_YAML, _over(tmp_path, TINY)), log=lambda *a: None)
+    rep = Path(res["rep_dir"])
+    assert rep.name == "syn-A" and res["saved_epochs"] == [1, 2]
+    for part in ("spe_A", "spe_B", "common", "cross", "discriminator"):
+        for e in (1, 2):
+            assert (rep / f"{part}_ep{e}.pt").is_file()
+    ckpt = torch.load(rep / "cross_ep1.pt", weights_only=True)
+    assert ckpt["kind"] == "bert4rec" and ckpt["config"]["data"]["target"] == "A" and ckpt["epoch"] == 1
+    out = export(load_config(RepConfig, REP_YAML, _over(tmp_path, "EPOCH_TO_LOAD=1,SPE_DOMAIN=B")), log=lambda *a: None)
+    folder = Path(out["out_dir"])
+    assert folder == tmp_path / "home" / "embeddings" / "user_representation_module" / "syn-A"
+    for name in ("spe_emb_ep1_B", "cross_emb_ep1_B"):
+        vec = np.load(folder / f"{name}.npy")
+        ids = json.loads((folder / f"{name}.ids.json").read_text())
+        assert vec.shape == (200, 16) and len(ids) == 200 and np.isfinite(vec).all()
+        with open(folder / f"{name}.pkl", "rb") as fh:
+            table = pickle.load(fh)
+        assert type(table) is dict and np.allclose(table[ids[3]], vec[3], atol=1e-6)
+    # specific vectors of domain B differ from cross vectors; epoch 2 was not exported
+    assert not np.allclose(np.load(folder / "spe_emb_ep1_B.npy"), np.load(folder / "cross_emb_ep1_B.npy"))
+    assert not (folder / "spe_emb_ep2_B.npy").exists()
+    proc = _cli("user_representation_module.inference", REP_YAML, _over(tmp_path, "EPOCH_TO_LOAD=7"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "EPOCH_TO_LOAD=7" in proc.stderr and "[1, 2]" in proc.stderr
+
+
+def test_stage1_resume_matches_an_uninterrupted_run(tmp_path):
+    from user_representation_module.train import train_representations
+
+    quiet = lambda *a: None  # noqa: E731
+    four = TINY + ",num_epochs=4"
+    full = train_representations(load_config(RepConfig, REP_YAML, _over(tmp_path, four + f",home={tmp_path / 'full'}")),
+                                 log=quiet)
+
+    def crash_in_epoch_3(line, *a):
+        if str(line).startswith("epoch   3/"):
+            raise KeyboardInterrupt  # killed after epoch 3's log line, before its last.pt was written
+
+    with pytest.raises(KeyboardInterrupt):
+        train_representations(load_config(RepConfig, REP_YAML, _over(tmp_path, four + f",home={tmp_path / 'cut'}")),
+                              log=crash_in_epoch_3)
+    resumed = train_representations(load_config(RepConfig, REP_YAML, _over(
+        tmp_path, four + f",training.resume=true,home={tmp_path / 'cut'}")), log=quiet)
+    assert resumed["saved_epochs"] == [1, 2, 3, 4]
+    for name in ("cross_ep4.pt", "spe_A_ep4.pt", "discriminator_ep4.pt"):
+        a = torch.load(Path(full["rep_dir"]) / name, weights_only=True)["model_state"]
+        b = torch.load(Path(resumed["rep_dir"]) / name, weights_only=True)["model_state"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.parametrize("over, message", [
+    ("SPE_DOMAIN=C", "SPE_DOMAIN='C': use A or B"),
+    ("data.target=food", "data.target='food': use A or B"),
+    ("EPOCH_TO_LOAD=-1", "EPOCH_TO_LOAD=-1"),
+    ("num_epoch=3", "unknown config key 'num_epoch'"),
+])
+def test_stage1_bad_config_is_one_line(tmp_path, over, message):
+    proc = _cli("user_representation_module.train", REP_YAML, _over(tmp_path, over))
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "home").exists()
+
+
+def _fake_exports(folder: Path, ids: list, dim: int = 8, epoch: int = 3) -> None:
+    from core.store import save_embeddings
+
+    rng = np.random.default_rng(0)
+    for kind in ("spe", "cross"):
+        save_embeddings(folder, f"{kind}_emb_ep{epoch}_A", rng.normal(size=(len(ids), dim)), ids)
+
+
+def test_stage2_refuses_mismatched_embeddings(tmp_path):
+    from core.data.sequences import SequenceData
+    from core.store import save_embeddings
+
+    _data(tmp_path)
+    ids = SequenceData.load(tmp_path / "data" / "syn").user_ids
+    emb = tmp_path / "home" / "embeddings" / "user_representation_module" / "syn-A"
+    save_embeddings(emb, "spe_emb_ep3_A", np.zeros((len(ids) - 5, 8)), ids[:-5])  # 5 users short
+    save_embeddings(emb, "cross_emb_ep3_A", np.zeros((len(ids), 8)), ids)
+    proc = _cli("recommendation_model.train_eval", REC_YAML, _over(tmp_path, "num_epochs=1"))
+    assert proc.returncode == 2 and "spe vectors for 195 users but the data has 200" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1
+    bad = np.zeros((len(ids), 8))
+    bad[4, 2] = np.nan
+    save_embeddings(emb, "spe_emb_ep3_A", bad, ids)
+    proc = _cli("recommendation_model.train_eval", REC_YAML, _over(tmp_path, "num_epochs=1"))
+    assert proc.returncode == 2 and "NaN" in proc.stderr
+    # a trained model refuses vectors of another dimension at evaluation time is covered by
+    # the checkpoint's model_args; here: no export at all names the command to run
+    proc = _cli("recommendation_model.train_eval", REC_YAML, _over(tmp_path, "num_epochs=1,EPOCH_TO_LOAD=9"))
+    assert proc.returncode == 2 and "exported epochs: [3]" in proc.stderr
+
+
+def test_stage2_trains_on_exported_vectors_and_writes_the_seed_checkpoint(tmp_path):
+    from core.data.sequences import SequenceData
+    from recommendation_model.train_eval import train_eval
+
+    _data(tmp_path)
+    ids = SequenceData.load(tmp_path / "data" / "syn").user_ids
+    _fake_exports(tmp_path / "home" / "embeddings" / "user_representation_module" / "syn-A", ids)
+    res = train_eval(load_config(RecConfig, REC_YAML, _over(tmp_path, "num_epochs=2,hidden_units=16,maxlen=12")),
+                     log=lambda *a: None)
+    assert Path(res["checkpoint"]) == tmp_path / "home" / "rec" / "syn-A" / "maxlen12.pt"
+    ckpt = torch.load(res["checkpoint"], weights_only=True)
+    assert ckpt["kind"] == "trigrec-rec" and ckpt["model_args"]["spe_dim"] == 8
+    assert res["spe_emb_path"].endswith("spe_emb_ep3_A.npy") and 0 <= res["test_full"]["NDCG@10"] <= 1
