@@ -22,6 +22,10 @@ class MemoryAttention(nn.Module):
     def __init__(self, user_dim: int, hidden: int, num_heads: int, memory_tokens: int, dropout: float) -> None:
         super().__init__()
         self.tokens, self.heads = memory_tokens, num_heads
+        # exported vectors come at any scale (a histogram sums to 1, an encoder's output is
+        # LayerNorm-ed): normalise each one so that the user-dependent part is not drowned
+        # by the projection's bias
+        self.user_norm = nn.LayerNorm(user_dim)
         self.to_memory = nn.Linear(user_dim, memory_tokens * hidden)
         self.memory_norm = nn.LayerNorm(hidden)
         self.q, self.kv, self.out = nn.Linear(hidden, hidden), nn.Linear(hidden, 2 * hidden), nn.Linear(hidden, hidden)
@@ -29,7 +33,7 @@ class MemoryAttention(nn.Module):
 
     def forward(self, h: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         b, length, d = h.shape
-        mem = self.memory_norm(self.to_memory(user).view(b, self.tokens, d))
+        mem = self.memory_norm(self.to_memory(self.user_norm(user)).view(b, self.tokens, d))
         split = lambda x: x.view(b, -1, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
         k, v = self.kv(mem).chunk(2, dim=-1)
         att = F.scaled_dot_product_attention(split(self.q(h)), split(k), split(v),
