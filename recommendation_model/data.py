@@ -27,10 +27,11 @@ def latest_export(folder: Path, kind: str, domain_code: str, epoch: int = 0) -> 
     return found[epoch or max(found)]
 
 
-def aligned_vectors(path: str | Path, user_ids: list, what: str) -> np.ndarray:
-    """Rows of an exported embedding file in the order of ``user_ids``, checked."""
+def aligned_vectors(path: str | Path, user_ids: list, what: str, exact: bool = True) -> np.ndarray:
+    """Rows of an exported embedding file in the order of ``user_ids``, checked (``exact``:
+    the file must hold exactly these users; else it may hold more)."""
     vectors, ids = load_embeddings(path)
-    if len(ids) != len(user_ids):
+    if exact and len(ids) != len(user_ids):
         raise DataError(f"{path}: {what} vectors for {len(ids)} users but the data has {len(user_ids)}; export them "
                         "for this dataset and target (python -m user_representation_module.inference)")
     row = {str(u): i for i, u in enumerate(ids)}

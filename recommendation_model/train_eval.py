@@ -107,7 +107,8 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
             vec = {}
             for what, path in (("spe", spe_path), ("cross", cross_path)):
                 if tables[what] is not None:
-                    v = aligned_vectors(c2dsr_companion(path, which), ev.lines.tolist(), f"{what} (C2DSR {which})")
+                    v = aligned_vectors(c2dsr_companion(path, which), ev.lines.tolist(), f"{what} (C2DSR {which})",
+                                        exact=False)
                     vec[what] = v[np.random.default_rng(m.shuffle_seed).permutation(len(v))] if perm is not None else v
             c2dsr[which] = C2DSRProtocol(ev, global_to_local, data.n_items, m.maxlen, vec.get("spe"), vec.get("cross"),
                                          cfg.eval.c2dsr_negatives, cfg.eval.sample_seed, device, cfg.eval.batch_size)
@@ -138,6 +139,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
         "sec_per_epoch": round(result.seconds / max(1, result.epochs_run), 3), "valid": result.best_valid,
         "test_full": test_full.run(full_score_fn(model)), "popularity_full": test_full.run(popularity_score_fn(split)),
         "spe_emb_path": spe_path, "cross_emb_path": cross_path, "shuffled": perm is not None,
+        "c2dsr_lines": {k: len(v) for k, v in c2dsr.items()},
     }
     if c2dsr:
         results["test_c2dsr"] = c2dsr["test"].run(model)

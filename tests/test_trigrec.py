@@ -235,3 +235,35 @@ def test_gated_recommender_uses_the_other_domain(tmp_path):
         ndcg[arm] = train_eval(cfg, log=lambda *a: None)["test_full"]["NDCG@10"]
     # measured: plain 0.0955, gated 0.1046, shuffled 0.0956
     assert ndcg["gated"] > 1.05 * ndcg["plain"] and ndcg["shuffled"] < 1.03 * ndcg["plain"], ndcg
+
+
+def test_food_kitchen_end_to_end_smoke(tmp_path, shared_data):
+    """Real data, a few steps per stage: the views, the export of all 34,117 users and of the
+    C2DSR lines, and the C2DSR protocol on Food's 2,722 validation / 2,747 test lines."""
+    from core.data.prepare import food_kitchen
+    from core.data.prepare.common import write_prepared
+    from recommendation_model.train_eval import train_eval
+    from user_representation_module.inference import export
+    from user_representation_module.train import train_representations
+
+    src = shared_data / "food-kitchen"
+    if not (src / "c2dsr" / "testdata_new.txt").is_file():
+        pytest.skip("Food-Kitchen data not present")
+    for p in food_kitchen.load(src, out=tmp_path / "data" / "food-kitchen"):
+        write_prepared(p)
+    over = (f"home={tmp_path / 'home'},data.data_root={tmp_path / 'data'},device=cpu,hidden_units=16,num_epochs=1,"
+            f"max_steps_per_epoch=3,data.c2dsr_dir={src / 'c2dsr'}")
+    quiet = lambda *a: None  # noqa: E731
+    rep = train_representations(load_config(RepConfig, REPO / "configs/trigrec/rep/food.yaml",
+                                            over + ",save_every=1,eval.valid_max_users=500"), log=quiet)
+    assert rep["users"] == 34117 and rep["saved_epochs"] == [1]
+    out = export(load_config(RepConfig, REPO / "configs/trigrec/rep/food.yaml", over), log=quiet)
+    folder = Path(out["out_dir"])
+    assert np.load(folder / "cross_emb_ep1_A.npy").shape == (34117, 16)
+    assert np.load(folder / "spe_emb_ep1_A.c2dsr-valid.npy").shape == (8173, 16)
+    res = train_eval(load_config(RecConfig, REPO / "configs/trigrec/rec/food.yaml", over + ",eval_every=1"), log=quiet)
+    assert res["valid"]["HR@10"] >= res["valid"]["NDCG@10"] > 0
+    assert res["c2dsr_lines"] == {"valid": 2722, "test": 2747}  # lines whose sorted last item is food
+    t = res["test_c2dsr"]
+    assert set(t) == {"MRR", "NDCG@1", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10"} and 0 < t["NDCG@10"] <= t["HR@10"]
+    assert Path(res["checkpoint"]).name == "maxlen10.pt" and 0 < res["test_full"]["NDCG@10"] < 1

@@ -1,0 +1,173 @@
+"""TriGRec on Amazon Food-Kitchen: the full method, its ablations and the shuffled control.
+
+Runs in pieces (one target / seed / variant per call); each merges its rows into
+``benchmarks/results/trigrec_runs.json``; ``summarize`` writes ``trigrec.json`` / ``.md``:
+
+    python -m core.data.prepare food-kitchen --path ../shared/data/food-kitchen       # once
+    python benchmarks/trigrec.py stage1 --target food --seed 1                 # encoders + export
+    python benchmarks/trigrec.py stage1 --target food --seed 1 --no-grl        # for the nogrl row
+    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant trigrec
+    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant bert4rec   # plain, no vectors
+    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant spe        # specific only
+    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant cross      # cross only
+    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant shuffled   # control
+    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant nogrl      # common without GRL
+    python benchmarks/trigrec.py summarize
+
+Each seed's stage-1 tree lives in ``state_dict/bench/trigrec/<target>/seed<N>[-nogrl]/`` (the
+usual ``rep/``, ``embeddings/`` and ``rec/`` folders under that home). The C2DSR protocol
+(``sampled-999``): the target of each C2DSR validation/test line ranked against 999 sampled
+items of its domain (model selection on validation, test once); ``full``: full ranking on the
+pickles' leave-two-out split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sequential import merge_rows, row  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+RUNS_FILE = RESULTS / "trigrec_runs.json"
+TARGETS = {"food": "Food-Kitchen/Food", "kitchen": "Food-Kitchen/Kitchen"}
+PUBLISHED = {"food": {"MRR": 8.91, "NDCG@10": 9.71, "HR@10": 14.54}, "kitchen": {"MRR": 4.65, "NDCG@10": 4.94, "HR@10": 8.18}}
+GOALS = {"food": 10.7, "kitchen": 5.4}
+VARIANTS = {  # stage-2 variant -> (row name, overrides, stage-1 tree suffix)
+    "trigrec": ("trigrec", "", ""),
+    "bert4rec": ("bert4rec", "use_spe=false,use_cross=false", ""),
+    "spe": ("trigrec-spe_only", "use_cross=false", ""),
+    "cross": ("trigrec-cross_only", "use_spe=false", ""),
+    "nogate": ("trigrec-nogate", "gate=false", ""),
+    "shuffled": ("trigrec-shuffled", "shuffle_user_vectors=true", ""),
+    "nogrl": ("trigrec-nogrl", "", "-nogrl"),
+}
+C2DSR_METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
+FULL_METRICS = ("NDCG@10", "HR@10", "MRR")
+
+
+def home(target: str, seed: int, suffix: str = "") -> Path:
+    return REPO / "state_dict" / "bench" / "trigrec" / target / f"seed{seed}{suffix}"
+
+
+def _run(module: str, config: str, over: str) -> None:
+    cmd = [sys.executable, "-m", module, "--config", config, "--override", over]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def cmd_stage1(args) -> None:
+    suffix = "-nogrl" if args.no_grl else ""
+    h = home(args.target, args.seed, suffix)
+    config = f"configs/trigrec/rep/{args.target}.yaml"
+    over = ",".join(x for x in (f"seed={args.seed},home={h}", "use_grl=false" if args.no_grl else "", args.override) if x)
+    if not (args.collect_only and (h / "rep" / args.target / "results.json").is_file()):
+        _run("user_representation_module.train", config, over)
+        _run("user_representation_module.inference", config, over)
+    res = json.loads((h / "rep" / args.target / "results.json").read_text())
+    metrics = [json.loads(x) for x in (h / "rep" / args.target / "metrics.jsonl").read_text().splitlines()]
+    command = f"python -m user_representation_module.train --config {config} --override \"{over}\""
+    name = "trigrec-stage1" + suffix
+    rows = [row(TARGETS[args.target], name, "full", "sec_per_epoch", res["sec_per_epoch"], seeds=[args.seed],
+                command=command),
+            row(TARGETS[args.target], name, "full", "disc_acc_last_epoch", metrics[-1].get("disc_acc"),
+                seeds=[args.seed], command=command, disc_acc_curve=[m.get("disc_acc") for m in metrics])]
+    merge_rows(RUNS_FILE, rows)
+    print(f"stage 1 {args.target} seed {args.seed}{suffix}: {res['sec_per_epoch']:.1f}s/epoch, "
+          f"discriminator accuracy {metrics[-1].get('disc_acc'):.3f} at the last epoch")
+
+
+def cmd_stage2(args) -> None:
+    name, over_v, suffix = VARIANTS[args.variant]
+    h = home(args.target, args.seed, suffix)
+    config = f"configs/trigrec/rec/{args.target}.yaml"
+    run_name = f"bench-{args.variant}"
+    over = ",".join(x for x in (f"seed={args.seed},home={h},run_name={run_name}", over_v, args.override) if x)
+    out = h / "rec" / args.target / run_name
+    if not (args.collect_only and (out / "results.json").is_file()):
+        _run("recommendation_model.train_eval", config, over)
+    res = json.loads((out / "results.json").read_text())
+    command = f"python -m recommendation_model.train_eval --config {config} --override \"{over}\""
+    ds = TARGETS[args.target]
+    extra = {"best_epoch": res["best_epoch"]}
+    rows = [row(ds, name, "sampled-999", m, 100 * res["test_c2dsr"][m], seeds=[args.seed], command=command, unit="%",
+                **extra) for m in C2DSR_METRICS if "test_c2dsr" in res]
+    rows += [row(ds, name, "full", m, 100 * res["test_full"][m], seeds=[args.seed], command=command, unit="%", **extra)
+             for m in FULL_METRICS]
+    rows.append(row(ds, name, "full", "sec_per_epoch", res["sec_per_epoch"], seeds=[args.seed], command=command))
+    merge_rows(RUNS_FILE, rows)
+    c2 = res.get("test_c2dsr", {})
+    print(f"{ds} {name} seed {args.seed}: C2DSR NDCG@10 {100 * c2.get('NDCG@10', float('nan')):.2f}% "
+          f"MRR {100 * c2.get('MRR', float('nan')):.2f}%; full NDCG@10 {100 * res['test_full']['NDCG@10']:.2f}%")
+
+
+def cmd_summarize(args) -> None:
+    from core.store import atomic_write_json, atomic_write_text
+
+    runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["model"], r["protocol"], r["metric"]), []).append(r)
+    out = []
+    for (ds, model, proto, metric), rs in sorted(groups.items()):
+        vals = np.array([r["value"] for r in rs if r["value"] is not None], dtype=float)
+        if not len(vals):
+            continue
+        seeds = sorted(s for r in rs for s in r["seeds"])
+        out.append(row(ds, model, proto, metric, float(vals.mean()), float(vals.std()), seeds=seeds,
+                       command=rs[0]["command"].replace(f"seed={rs[0]['seeds'][0]}", "seed=<N>")
+                       .replace(f"/seed{rs[0]['seeds'][0]}", "/seed<N>"), device=rs[0]["device"],
+                       **({"unit": rs[0]["unit"]} if "unit" in rs[0] else {})))
+    atomic_write_json(RESULTS / "trigrec.json", out)
+    by = {(r["dataset"], r["model"], r["protocol"], r["metric"]): r for r in out}
+    fmt = lambda r: f"{r['value']:.2f} ± {r['std']:.2f}" if r else ""  # noqa: E731
+    lines = ["# TriGRec on Food-Kitchen (test; C2DSR protocol = target vs 999 sampled items of its domain, %)", "",
+             "| target | model | seeds | MRR | NDCG@5 | NDCG@10 | HR@1 | HR@5 | HR@10 | full NDCG@10 | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t, ds in TARGETS.items():
+        p = PUBLISHED[t]
+        lines.append(f"| {t} | C2DSR (published) | | {p['MRR']:.2f} | | {p['NDCG@10']:.2f} | | | {p['HR@10']:.2f} | | |")
+        for model in sorted({m for (d, m, _, _) in by if d == ds and not m.startswith("trigrec-stage1")}):
+            g = lambda proto, m: by.get((ds, model, proto, m))  # noqa: E731
+            n = g("sampled-999", "NDCG@10") or g("full", "NDCG@10")
+            if not n:
+                continue
+            sec = g("full", "sec_per_epoch")
+            lines.append(f"| {t} | {model} | {len(n['seeds'])} | " + " | ".join(fmt(g("sampled-999", m)) for m in C2DSR_METRICS)
+                         + f" | {fmt(g('full', 'NDCG@10'))} | {format(sec['value'], '.1f') if sec else ''} |")
+        s1 = by.get((ds, "trigrec-stage1", "full", "sec_per_epoch"))
+        if s1:
+            lines.append(f"| {t} | stage 1 (encoders) | {len(s1['seeds'])} | | | | | | | | {s1['value']:.1f} |")
+    lines += ["", "Goals: NDCG@10 >= " + ", ".join(f"{GOALS[t]} ({t})" for t in TARGETS) + " under the C2DSR protocol.",
+              f"Device: {'; '.join(sorted({r['device'] for r in runs}))}. Commands: the `command` field in trigrec.json."]
+    atomic_write_text(RESULTS / "trigrec.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("stage1", "stage2"):
+        s = sub.add_parser(name)
+        s.add_argument("--target", choices=sorted(TARGETS), required=True)
+        s.add_argument("--seed", type=int, default=1)
+        s.add_argument("--override", default="")
+        s.add_argument("--collect-only", action="store_true")
+        if name == "stage1":
+            s.add_argument("--no-grl", action="store_true", help="common encoder without gradient reversal")
+        else:
+            s.add_argument("--variant", choices=sorted(VARIANTS), default="trigrec")
+    sub.add_parser("summarize")
+    args = p.parse_args()
+    {"stage1": cmd_stage1, "stage2": cmd_stage2, "summarize": cmd_summarize}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
