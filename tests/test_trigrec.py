@@ -267,3 +267,21 @@ def test_food_kitchen_end_to_end_smoke(tmp_path, shared_data):
     t = res["test_c2dsr"]
     assert set(t) == {"MRR", "NDCG@1", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10"} and 0 < t["NDCG@10"] <= t["HR@10"]
     assert Path(res["checkpoint"]).name == "maxlen10.pt" and 0 < res["test_full"]["NDCG@10"] < 1
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({0: {1, 2}}, "user 0: expected a list of item ids, found set"),
+    ({0: [1, 2.5]}, "user 0: item 2.5 is not an integer"),
+    (np.arange(3), "refused global numpy"),  # an object that needs a global (numpy) to load
+])
+def test_food_kitchen_pickle_with_non_container_objects_is_refused(tmp_path, payload, message):
+    src = tmp_path / "fk"
+    src.mkdir()
+    good = {0: [1, 2, 3]}
+    for stem in ("food_all", "food_train", "kitchen_all", "kitchen_train", "cross_f_train", "cross_k_train"):
+        (src / f"{stem}.pkl").write_bytes(pickle.dumps(payload if stem == "cross_f_train" else good))
+    proc = subprocess.run([sys.executable, "-m", "core.data.prepare", "food-kitchen", "--path", str(src),
+                           "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "cross_f_train.pkl" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert message in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
