@@ -163,20 +163,30 @@ def cmd_summarize(args) -> None:
         for metric in ("NDCG@10", "Recall@10", "HR@10"):
             b, m = by.get((ds, base, metric)), by.get((ds, model, metric))
             if b and m:
-                gain = 100 * (m["value"] / b["value"] - 1)
-                # spread of the gain: per-seed gains over the seeds both share
+                # the gain compares the means over the seeds both share (a variant run on fewer
+                # seeds is not compared with the baseline's mean over others); its spread is
+                # the std of the per-seed gains
                 pb = {r["seeds"][0]: r["value"] for r in groups[(ds, base, "full", metric)]}
                 pm = {r["seeds"][0]: r["value"] for r in groups[(ds, model, "full", metric)]}
-                per_seed = [100 * (pm[s] / pb[s] - 1) for s in sorted(set(pb) & set(pm))]
+                shared = sorted(set(pb) & set(pm))
+                if not shared:
+                    continue
+                gain = 100 * (np.mean([pm[s] for s in shared]) / np.mean([pb[s] for s in shared]) - 1)
+                per_seed = [100 * (pm[s] / pb[s] - 1) for s in shared]
                 out.append(row(ds, model, "full", f"gain_pct_{metric}", gain, float(np.std(per_seed)),
                                seeds=sorted(set(pb) & set(pm)), command="summarize", per_seed=per_seed))
         if test:
             out.append(row(ds, model, "full", "paired_wilcoxon_p_NDCG@10", test["wilcoxon_p"], seeds=test["seeds"],
                            command="summarize", users=test["users"], mean_diff=test["mean_diff"], t_p=test["t_p"]))
-        tb, tm = by.get((ds, base, "train_seconds")), by.get((ds, model, "train_seconds"))
-        if tb and tm:
-            out.append(row(ds, model, "full", "train_time_ratio_vs_base", tm["value"] / tb["value"], seeds=tm["seeds"],
-                           command="summarize"))
+        tb, tm = groups.get((ds, base, "full", "train_seconds")), groups.get((ds, model, "full", "train_seconds"))
+        if tb and tm:  # over the seeds both share (runs of one seed ran side by side in one queue)
+            sb = {r["seeds"][0]: r["value"] for r in tb}
+            sm = {r["seeds"][0]: r["value"] for r in tm}
+            shared = sorted(set(sb) & set(sm))
+            if shared:
+                out.append(row(ds, model, "full", "train_time_ratio_vs_base",
+                               float(np.mean([sm[s] for s in shared]) / np.mean([sb[s] for s in shared])),
+                               seeds=shared, command="summarize"))
     from core.store import atomic_write_json, atomic_write_text
 
     atomic_write_json(RESULTS / "distillation.json", out)
