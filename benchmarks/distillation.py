@@ -134,7 +134,7 @@ def cmd_summarize(args) -> None:
     groups: dict[tuple, list] = {}
     for r in runs:
         groups.setdefault((r["dataset"], r["model"], r["protocol"], r["metric"]), []).append(r)
-    out, table = [], []
+    out = []
     dirs: dict[tuple, dict[int, str]] = {}
     for (ds, model, proto, metric), rs in sorted(groups.items()):
         if metric == "valid_curve":

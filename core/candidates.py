@@ -11,7 +11,6 @@ counts as all misses and is reported.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch

@@ -41,6 +41,21 @@ def cli_overrides(args: argparse.Namespace) -> str:
     return ",".join(parts)
 
 
+def parse_config(cls, argv: list[str] | None, description: str | None, default_config: str | None,
+                 extra_args: Callable[[argparse.ArgumentParser], None] | None = None):
+    """The usual entry-point front: parse ``--config/--override/--device/--seed`` (plus
+    ``extra_args``), set up logging and return ``(config of type cls, parsed args)``."""
+    from core.config import load_config
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, default_config=default_config)
+    if extra_args is not None:
+        extra_args(parser)
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    return load_config(cls, args.config, cli_overrides(args)), args
+
+
 def resolve_device(spec: str) -> torch.device:
     """``auto`` -> CUDA when present (the local rank's GPU under torchrun), else CPU."""
     spec = (spec or "auto").strip().lower()

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import torch
 
 from core import store
 from core.cli import resolve_device, seed_everything
@@ -78,17 +77,20 @@ class EvalConfig:
     valid_max_users: int = 0  # 0 = validate on every user
 
 
+# the seeds' flat names of model/training keys, shared by every config with those sections
+TRAINING_ALIASES = {
+    "embedding_dim": "model.hidden_units",
+    "num_layers": "model.num_blocks",
+    "lr": "training.learning_rate",
+    "l2_emb": "training.weight_decay",
+    "num_epochs": "training.epochs",
+    "batch_size": "training.batch_size",
+}
+
+
 @dataclass(frozen=True)
 class SeqRecConfig:
-    ALIASES: ClassVar[dict] = {
-        "embedding_dim": "model.hidden_units",
-        "num_layers": "model.num_blocks",
-        "lr": "training.learning_rate",
-        "l2_emb": "training.weight_decay",
-        "num_epochs": "training.epochs",
-        "experiment_name": "run_name",
-        "batch_size": "training.batch_size",
-    }
+    ALIASES: ClassVar[dict] = {**TRAINING_ALIASES, "experiment_name": "run_name"}
     seed: int = 42
     device: str = "auto"
     run_name: str = "default"

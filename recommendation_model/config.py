@@ -8,22 +8,16 @@ from typing import ClassVar
 
 from core.data.domains import check_target
 from core.errors import ConfigError
-from core.seqrec import EvalConfig
+from core.seqrec import TRAINING_ALIASES, EvalConfig
 from core.train import TrainConfig
-from user_representation_module.config import DomainDataConfig
+from user_representation_module.config import DomainDataConfig, RepModelConfig
 
 
 @dataclass(frozen=True)
-class RecModelConfig:
-    hidden_units: int = 64
-    num_blocks: int = 2
-    num_heads: int = 2
-    dropout_rate: float = 0.2
+class RecModelConfig(RepModelConfig):
+    """The target-domain BERT4Rec (``core.seqrec.ModelConfig``) plus the fusion switches."""
+
     maxlen: int = 10
-    initializer_range: float = 0.02
-    mask_prob: float = 0.3
-    loss: str = "ce"
-    num_negatives: int = 256
     use_spe: bool = True  # fuse the specific user vectors
     use_cross: bool = True  # fuse the cross-domain user vectors
     gate: bool = True  # G = sigmoid(W1 A1 + W2 A2) mixes the two (False: their sum)
@@ -32,12 +26,9 @@ class RecModelConfig:
     shuffle_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.hidden_units % self.num_heads:
-            raise ConfigError(f"model.hidden_units ({self.hidden_units}) must be divisible by num_heads ({self.num_heads})")
-        if self.loss not in ("ce", "sampled_softmax"):
-            raise ConfigError(f"model.loss {self.loss!r}: use ce or sampled_softmax")
-        if self.memory_tokens < 1 or self.maxlen < 2 or not 0 < self.mask_prob < 1:
-            raise ConfigError("model.memory_tokens >= 1, maxlen >= 2 and mask_prob in (0, 1) are required")
+        super().__post_init__()
+        if self.memory_tokens < 1:
+            raise ConfigError("model.memory_tokens must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -47,15 +38,7 @@ class RecEvalConfig(EvalConfig):
 
 @dataclass(frozen=True)
 class RecConfig:
-    ALIASES: ClassVar[dict] = {
-        "lr": "training.learning_rate",
-        "num_epochs": "training.epochs",
-        "batch_size": "training.batch_size",
-        "embedding_dim": "model.hidden_units",
-        "num_layers": "model.num_blocks",
-        "EPOCH_TO_LOAD": "epoch_to_load",
-        "SPE_DOMAIN": "spe_domain",
-    }
+    ALIASES: ClassVar[dict] = {**TRAINING_ALIASES, "EPOCH_TO_LOAD": "epoch_to_load", "SPE_DOMAIN": "spe_domain"}
     seed: int = 42
     device: str = "auto"
     home: str = ""

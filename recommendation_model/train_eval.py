@@ -15,15 +15,14 @@ protocol (target vs 999 sampled target-domain items). Writes ``state_dict/rec/<d
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 
 import numpy as np
 import torch
 
 from core import store
-from core.cli import add_common_args, cli_overrides, resolve_device, run, seed_everything, setup_logging
-from core.config import load_config, save_config, to_dict
+from core.cli import parse_config, resolve_device, run, seed_everything
+from core.config import save_config, to_dict
 from core.data.batches import ClozeDataset
 from core.data.domains import restrict_to_domain
 from core.data.splits import leave_one_out
@@ -88,8 +87,8 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
         cross_dim=tables["cross"].shape[1] if tables["cross"] is not None else 0, memory_tokens=m.memory_tokens,
         gate=m.gate, maxlen=m.maxlen, hidden_units=m.hidden_units, num_blocks=m.num_blocks, num_heads=m.num_heads,
         dropout_rate=m.dropout_rate, initializer_range=m.initializer_range, loss=m.loss,
-        num_negatives=m.num_negatives).to(device)
-    train_data = ClozeDataset(split, m.maxlen, m.mask_prob, device=device)
+        num_negatives=m.num_negatives, output_bias=m.output_bias).to(device)
+    train_data = ClozeDataset(split, m.maxlen, m.mask_prob, device=device, last_mask_prob=m.last_mask_prob)
 
     def loss_fn(model, batch, generator):
         return model.training_loss(batch, *vectors(batch["users"]), generator=generator)
@@ -154,11 +153,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, default_config=DEFAULT_CONFIG)
-    args = parser.parse_args(argv)
-    setup_logging()
-    cfg = load_config(RecConfig, args.config, cli_overrides(args))
+    cfg, args = parse_config(RecConfig, argv, __doc__, DEFAULT_CONFIG)
     res = train_eval(cfg)
     main_rank = is_main()
     cleanup()

@@ -14,7 +14,7 @@ from typing import ClassVar
 from core import store
 from core.data.domains import check_target
 from core.errors import ConfigError
-from core.seqrec import EvalConfig
+from core.seqrec import TRAINING_ALIASES, EvalConfig, ModelConfig
 from core.train import TrainConfig
 
 PARTS = ("spe_A", "spe_B", "common", "cross")  # the encoders; plus "discriminator"
@@ -38,24 +38,16 @@ class DomainDataConfig:
 
 
 @dataclass(frozen=True)
-class RepModelConfig:
-    hidden_units: int = 64
-    num_blocks: int = 2
-    num_heads: int = 2
-    dropout_rate: float = 0.2
-    maxlen: int = 50
-    initializer_range: float = 0.02
+class RepModelConfig(ModelConfig):
+    """The encoders' settings (each is a BERT4Rec); ``core.seqrec.ModelConfig`` with stage-1 defaults."""
+
+    model_type: str = "bert4rec"
     mask_prob: float = 0.3
-    loss: str = "ce"  # ce | sampled_softmax (large catalogs such as Food-Kitchen's 64k items)
-    num_negatives: int = 256
 
     def __post_init__(self) -> None:
-        if self.hidden_units % self.num_heads:
-            raise ConfigError(f"model.hidden_units ({self.hidden_units}) must be divisible by num_heads ({self.num_heads})")
-        if not 0 < self.mask_prob < 1 or self.maxlen < 2:
-            raise ConfigError("model.mask_prob must be in (0, 1) and model.maxlen >= 2")
-        if self.loss not in ("ce", "sampled_softmax"):
-            raise ConfigError(f"model.loss {self.loss!r}: use ce or sampled_softmax")
+        super().__post_init__()
+        if self.model_type != "bert4rec":
+            raise ConfigError(f"model.model_type {self.model_type!r}: TriGRec's encoders are BERT4Rec")
 
 
 @dataclass(frozen=True)
@@ -87,16 +79,8 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class RepConfig:
-    ALIASES: ClassVar[dict] = {
-        "lr": "training.learning_rate",
-        "num_epochs": "training.epochs",
-        "batch_size": "training.batch_size",
-        "EPOCH_TO_LOAD": "export.epoch",
-        "SPE_DOMAIN": "export.spe_domain",
-        "embedding_dim": "model.hidden_units",
-        "num_layers": "model.num_blocks",
-        "save_interval": "save_every",
-    }
+    ALIASES: ClassVar[dict] = {**TRAINING_ALIASES, "EPOCH_TO_LOAD": "export.epoch", "SPE_DOMAIN": "export.spe_domain",
+                               "save_interval": "save_every"}
     seed: int = 42
     device: str = "auto"
     home: str = ""  # root of the state_dict tree; default $RECSYS_HOME or <repo>/state_dict

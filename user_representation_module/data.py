@@ -1,6 +1,8 @@
 """Stage-1 training rows: per user, cloze-masked rows of the A, B and cross views at once."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -21,14 +23,15 @@ class TriViewCloze:
     """``get_batch`` -> ``{"A": {...}, "B": {...}, "cross": {...}, "users": ...}``, each view a
     cloze batch (``input``, ``target``) of the same users."""
 
-    def __init__(self, views: DomainViews, maxlen: int, mask_prob: float, mask_token: int, device=None) -> None:
+    def __init__(self, views: DomainViews, maxlen: int, mask_prob: float, mask_token: int, device=None,
+                 last_mask_prob: float = 0.0) -> None:
         data = {"A": views.a, "B": views.b, "cross": views.cross}
         users = np.arange(1, views.cross.n_users + 1)
         # every view must hold something to predict for the user
         keep = np.all([data[v].lengths >= 1 for v in VIEWS], axis=0)
         self.users = torch.as_tensor(users[keep], device=device)
         self.rows = {v: padded_rows(data[v], users[keep], maxlen).to(device) for v in VIEWS}
-        self.mask_prob, self.mask_token = mask_prob, mask_token
+        self.mask_prob, self.mask_token, self.last_mask_prob = mask_prob, mask_token, last_mask_prob
         self.dropped = int((~keep).sum())
 
     def __len__(self) -> int:
@@ -37,12 +40,13 @@ class TriViewCloze:
     def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         out: dict = {"users": self.users[index]}
         for v in VIEWS:
-            inputs, targets = cloze_mask(trim_padding(self.rows[v][index]), self.mask_prob, self.mask_token, generator)
+            inputs, targets = cloze_mask(trim_padding(self.rows[v][index]), self.mask_prob, self.mask_token, generator,
+                                         self.last_mask_prob)
             out[v] = {"input": inputs, "target": targets}
         return out
 
 
-def load_views(cfg) -> tuple[DomainViews, "Path"]:
+def load_views(cfg) -> tuple[DomainViews, Path]:
     """The two-domain views named by a ``DomainDataConfig``; the synthetic default is
     generated on first use."""
     from core.data.domains import load_domain_views

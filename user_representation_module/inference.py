@@ -14,7 +14,6 @@ Reads ``state_dict/rep/<domain>/{spe_<D>,cross}_ep{E}.pt`` and writes, under
 """
 from __future__ import annotations
 
-import argparse
 import pickle
 import re
 from pathlib import Path
@@ -22,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from core import store
-from core.cli import add_common_args, cli_overrides, resolve_device, run, setup_logging
-from core.config import load_config
+from core.cli import parse_config, resolve_device, run
 from core.data.sequences import SequenceData
 from core.errors import CheckpointError
 from core.models import build_model
@@ -100,11 +98,8 @@ def export(cfg: RepConfig, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, default_config=DEFAULT_CONFIG)
-    args = parser.parse_args(argv)
-    setup_logging()
-    res = export(load_config(RepConfig, args.config, cli_overrides(args)))
+    cfg, _ = parse_config(RepConfig, argv, __doc__, DEFAULT_CONFIG)
+    res = export(cfg)
     print(f"exported epoch {res['epoch']} (specific: domain {res['spe_domain']}) -> {res['out_dir']}")
     return 0
 

@@ -12,11 +12,10 @@ discriminator; ``last.pt`` (resume with ``--override training.resume=true``), ``
 """
 from __future__ import annotations
 
-import argparse
 
 from core import store
-from core.cli import add_common_args, cli_overrides, resolve_device, run, seed_everything, setup_logging
-from core.config import load_config, save_config, to_dict
+from core.cli import parse_config, resolve_device, run, seed_everything
+from core.config import save_config, to_dict
 from core.data.splits import leave_one_out
 from core.dist import cleanup, init_distributed, is_main
 from core.evaluation import Evaluator
@@ -58,8 +57,9 @@ def train_representations(cfg: RepConfig, log=print) -> dict:
     model = TriGRecRep(views.n_items, disc_hidden=cfg.loss.disc_hidden, disc_lr_scale=cfg.loss.disc_lr_scale,
                        maxlen=m.maxlen, hidden_units=m.hidden_units,
                        num_blocks=m.num_blocks, num_heads=m.num_heads, dropout_rate=m.dropout_rate,
-                       initializer_range=m.initializer_range, loss=m.loss, num_negatives=m.num_negatives).to(device)
-    train_data = TriViewCloze(views, m.maxlen, m.mask_prob, model.mask_token, device)
+                       initializer_range=m.initializer_range, loss=m.loss, num_negatives=m.num_negatives,
+                       output_bias=m.output_bias).to(device)
+    train_data = TriViewCloze(views, m.maxlen, m.mask_prob, model.mask_token, device, m.last_mask_prob)
     log(f"data {folder.name} (target {cfg.data.target} = {views.target_name}): {len(train_data)} users, "
         f"{views.n_items} items in both domains; views A {views.a.n_interactions}, B {views.b.n_interactions}, "
         f"cross {views.cross.n_interactions} interactions -> {out}")
@@ -105,11 +105,7 @@ def train_representations(cfg: RepConfig, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, default_config=DEFAULT_CONFIG)
-    args = parser.parse_args(argv)
-    setup_logging()
-    cfg = load_config(RepConfig, args.config, cli_overrides(args))
+    cfg, args = parse_config(RepConfig, argv, __doc__, DEFAULT_CONFIG)
     res = train_representations(cfg)
     main_rank = is_main()
     cleanup()

@@ -61,7 +61,7 @@ def load(path: str | Path, out: str | Path | None = None) -> list[Prepared]:
     result = []
     for stem, f in zip(STEMS, files):
         data, empty = _read_one(f, domain, item_ids)
-        notes = [SHIFT_NOTE, f"item_domain: 0 = food (domain A), 1 = kitchen (domain B); -1 = padding"]
+        notes = [SHIFT_NOTE, "item_domain: 0 = food (domain A), 1 = kitchen (domain B); -1 = padding"]
         if empty:
             notes.append(f"dropped {empty} users with empty sequences")
         result.append(Prepared(
