@@ -34,6 +34,7 @@ class RecModelConfig(RepModelConfig):
 @dataclass(frozen=True)
 class RecEvalConfig(EvalConfig):
     c2dsr_negatives: int = 999  # the C2DSR protocol: target vs this many sampled target-domain items
+    c2dsr_exclude_history: bool = False  # C2DSR's sampler only avoids the target; True also avoids the history
 
 
 @dataclass(frozen=True)

@@ -52,12 +52,13 @@ def c2dsr_companion(path: str | Path, which: str) -> Path:
 
 
 class C2DSRProtocol:
-    """The target ranked against ``n_neg`` items of the target domain (fixed seed), excluding
-    the target and the line's own target-domain history; MRR, NDCG@5/10, HR@1/5/10."""
+    """The target ranked against ``n_neg`` items of the target domain (fixed seed) other than the
+    target (as C2DSR samples them; ``exclude_history`` also keeps the line's own target-domain
+    history out); MRR, NDCG@1/5/10, HR@1/5/10."""
 
     def __init__(self, ev: C2DSREval, global_to_local: np.ndarray, n_items: int, maxlen: int,
                  spe: np.ndarray | None, cross: np.ndarray | None, n_neg: int = 999, seed: int = 0,
-                 device="cpu", batch_size: int = 1024) -> None:
+                 device="cpu", batch_size: int = 1024, exclude_history: bool = False) -> None:
         self.device, self.batch_size = torch.device(device), batch_size
         hist = [global_to_local[h] for h in ev.histories]
         hist = [h[h > 0] for h in hist]  # the target domain's part of the history
@@ -73,8 +74,9 @@ class C2DSRProtocol:
         for start in range(0, len(ev), batch_size):
             stop = min(start + batch_size, len(ev))
             exclude = torch.zeros(stop - start, n_items + 1, dtype=torch.bool)
-            for r, h in enumerate(hist[start:stop]):
-                exclude[r, torch.as_tensor(h, dtype=torch.long)] = True
+            if exclude_history:
+                for r, h in enumerate(hist[start:stop]):
+                    exclude[r, torch.as_tensor(h, dtype=torch.long)] = True
             exclude[torch.arange(stop - start), torch.as_tensor(targets[start:stop])] = True
             cands.append(sample_negatives(exclude, n_items, n_neg, gen))
         self.candidates = torch.cat([torch.as_tensor(targets).view(-1, 1), torch.cat(cands)], dim=1)

@@ -110,7 +110,8 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
                                         exact=False)
                     vec[what] = v[np.random.default_rng(m.shuffle_seed).permutation(len(v))] if perm is not None else v
             c2dsr[which] = C2DSRProtocol(ev, global_to_local, data.n_items, m.maxlen, vec.get("spe"), vec.get("cross"),
-                                         cfg.eval.c2dsr_negatives, cfg.eval.sample_seed, device, cfg.eval.batch_size)
+                                         cfg.eval.c2dsr_negatives, cfg.eval.sample_seed, device, cfg.eval.batch_size,
+                                         cfg.eval.c2dsr_exclude_history)
     valid_full = Evaluator(split, "valid", m.maxlen, cfg.eval.ks, sampled=(), sample_seed=cfg.eval.sample_seed,
                            batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users)
     # model selection: the C2DSR validation lines when given (the protocol reported), else full ranking
