@@ -285,3 +285,19 @@ def test_food_kitchen_pickle_with_non_container_objects_is_refused(tmp_path, pay
     assert proc.returncode == 2 and "cross_f_train.pkl" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert message in proc.stderr
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_views_cut_from_a_merged_dataset_hold_out_the_targets_last_two():
+    from core.data.domains import restrict_to_domain, split_merged
+    from core.data.sequences import SequenceData
+
+    dom = np.array([-1, 0, 0, 0, 0, 1, 1, 1])  # items 1-4 in A, 5-7 in B
+    merged = SequenceData.from_lists([[1, 5, 2, 6, 3, 4], [5, 1, 6, 2]], 7, ["u", "v"], list("abcdefg"),
+                                     item_domain=dom)
+    v = split_merged(merged, "A")
+    assert v.a.sequence(1).tolist() == [1, 2] and v.b.sequence(1).tolist() == [5, 6]
+    assert v.cross.sequence(1).tolist() == [1, 5, 2, 6] and v.target_all.sequence(1).tolist() == [1, 2, 3, 4]
+    # user v has only 2 target items: nothing is held out, in any view
+    assert v.a.sequence(2).tolist() == [1, 2] and v.cross.sequence(2).tolist() == [5, 1, 6, 2]
+    local, l2g = restrict_to_domain(v.b, dom, "B")
+    assert local.n_items == 3 and local.sequence(1).tolist() == [1, 2] and l2g.tolist() == [0, 5, 6, 7]

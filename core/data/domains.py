@@ -103,8 +103,10 @@ def split_merged(merged: SequenceData, target: str, source: str = "") -> DomainV
         code = dom[seq]
         for d in (0, 1):
             per_domain[d].append(seq[code == d])
-        held_out = np.flatnonzero(code == t)[-2:]  # the target's validation and test events
-        cross.append(np.delete(seq, held_out))
+        own = np.flatnonzero(code == t)
+        # the target's validation and test events (users with < 3 have none: leave-one-out
+        # does not evaluate them, and the target view keeps all their items too)
+        cross.append(np.delete(seq, own[-2:]) if len(own) >= 3 else seq)
     common = dict(n_items=merged.n_items, user_ids=merged.user_ids, item_ids=merged.item_ids, item_domain=dom)
     full = [SequenceData.from_lists(per_domain[d], **common) for d in (0, 1)]
     train_t = SequenceData.from_lists([s[:-2] if len(s) >= 3 else s for s in per_domain[t]], **common)
