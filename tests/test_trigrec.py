@@ -140,10 +140,16 @@ def test_stage2_refuses_mismatched_embeddings(tmp_path):
     save_embeddings(emb, "spe_emb_ep3_A", bad, ids)
     proc = _cli("recommendation_model.train_eval", REC_YAML, _over(tmp_path, "num_epochs=1"))
     assert proc.returncode == 2 and "NaN" in proc.stderr
-    # a trained model refuses vectors of another dimension at evaluation time is covered by
-    # the checkpoint's model_args; here: no export at all names the command to run
     proc = _cli("recommendation_model.train_eval", REC_YAML, _over(tmp_path, "num_epochs=1,EPOCH_TO_LOAD=9"))
     assert proc.returncode == 2 and "exported epochs: [3]" in proc.stderr
+    # vectors of another dimension than the run being resumed was trained with
+    save_embeddings(emb, "spe_emb_ep3_A", np.zeros((len(ids), 8)), ids)
+    small = "hidden_units=16,maxlen=12,max_steps_per_epoch=2"
+    assert _cli("recommendation_model.train_eval", REC_YAML, _over(tmp_path, f"num_epochs=1,{small}")).returncode == 0
+    save_embeddings(emb, "spe_emb_ep3_A", np.zeros((len(ids), 6)), ids)
+    proc = _cli("recommendation_model.train_eval", REC_YAML,
+                _over(tmp_path, f"num_epochs=2,training.resume=true,{small}"))
+    assert proc.returncode == 2 and "does not fit this model" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_stage2_trains_on_exported_vectors_and_writes_the_seed_checkpoint(tmp_path):
