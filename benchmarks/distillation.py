@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from sequential import merge_rows, row  # noqa: E402
+from sequential import aggregate, merge_rows, row  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "distillation_runs.json"
@@ -131,21 +131,9 @@ def paired_test(ranks_table: dict, base_dirs: dict[int, str], other_dirs: dict[i
 
 def cmd_summarize(args) -> None:
     runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
-    groups: dict[tuple, list] = {}
-    for r in runs:
-        groups.setdefault((r["dataset"], r["model"], r["protocol"], r["metric"]), []).append(r)
-    out = []
-    dirs: dict[tuple, dict[int, str]] = {}
-    for (ds, model, proto, metric), rs in sorted(groups.items()):
-        if metric == "valid_curve":
-            continue
-        vals = np.array([r["value"] for r in rs], dtype=float)
-        seeds = sorted(s for r in rs for s in r["seeds"])
-        out.append(row(ds, model, proto, metric, float(vals.mean()), float(vals.std()), seeds=seeds,
-                       command=rs[0]["command"].replace(f"seed={rs[0]['seeds'][0]}", "seed=<N>")
-                       .replace(f"-seed{rs[0]['seeds'][0]}", "-seed<N>"), device=rs[0]["device"]))
-        if metric == "NDCG@10":
-            dirs[(ds, model)] = {r["seeds"][0]: r["run_dir"] for r in rs}
+    groups, out = aggregate(runs)
+    dirs: dict[tuple, dict[int, str]] = {(ds, model): {r["seeds"][0]: r["run_dir"] for r in rs}
+                                         for (ds, model, proto, metric), rs in groups.items() if metric == "NDCG@10"}
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
     ranks_table = store_user_ranks({d for model_dirs in dirs.values() for d in model_dirs.values()})
     previous = json.loads((RESULTS / "distillation.json").read_text()) if (RESULTS / "distillation.json").is_file() else []

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
@@ -62,6 +64,31 @@ def row(dataset, model, protocol, metric, value, std=0.0, seeds=None, command=""
 
 
 # --------------------------------------------------------------------------- quality
+def generic_command(command: str, seed: int) -> str:
+    """A run's command with its seed written as ``<N>`` (in ``seed=``, ``-seed`` and ``/seed``)."""
+    for a, b in ((f"seed={seed}", "seed=<N>"), (f"-seed{seed}", "-seed<N>"), (f"/seed{seed}", "/seed<N>")):
+        command = command.replace(a, b)
+    return command
+
+
+def aggregate(runs: list[dict], skip: tuple = ("valid_curve",)) -> tuple[dict, list[dict]]:
+    """Per-seed rows -> (groups by dataset/model/protocol/metric, rows of mean and sample std
+    over the seeds). Rows without a value and metrics in ``skip`` are left out."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r["metric"] not in skip and r["value"] is not None:
+            groups.setdefault((r["dataset"], r["model"], r["protocol"], r["metric"]), []).append(r)
+    out = []
+    for (dataset, model, protocol, metric), rs in sorted(groups.items()):
+        values = np.array([r["value"] for r in rs], dtype=float)
+        extra = {"unit": rs[0]["unit"]} if "unit" in rs[0] else {}
+        out.append(row(dataset, model, protocol, metric, float(values.mean()),
+                       float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                       sorted(s for r in rs for s in r["seeds"]), generic_command(rs[0]["command"], rs[0]["seeds"][0]),
+                       **extra) | {"device": rs[0]["device"]})
+    return groups, out
+
+
 def cmd_quality(args) -> None:
     config = f"configs/distillation/{args.model}/{args.dataset}.yaml"
     # sasrec keeps the historical name; other models get their own so runs never overwrite each other
@@ -230,19 +257,8 @@ def cmd_budget(args) -> None:
 
 # --------------------------------------------------------------------------- summary
 def cmd_summarize(args) -> None:
-    import statistics
-
     runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        if r["metric"] != "valid_curve":
-            groups.setdefault((r["dataset"], r["model"], r["protocol"], r["metric"]), []).append(r)
-    agg = []
-    for (dataset, model, protocol, metric), rs in sorted(groups.items()):
-        values = [r["value"] for r in rs]
-        agg.append(row(dataset, model, protocol, metric, statistics.fmean(values),
-                       statistics.stdev(values) if len(values) > 1 else 0.0,
-                       sorted(s for r in rs for s in r["seeds"]), rs[0]["command"].replace(f"seed={rs[0]['seeds'][0]}", "seed=<N>")))
+    _, agg = aggregate(runs)
     merge_rows(RESULTS / "sequential.json", agg, key=("dataset", "model", "protocol", "metric"))
     _write_markdown(json.loads((RESULTS / "sequential.json").read_text()))
     _plot_curves([r for r in runs if r["metric"] == "valid_curve"])

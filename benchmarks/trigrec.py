@@ -28,12 +28,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sequential import merge_rows, row  # noqa: E402
+from sequential import aggregate, merge_rows, row  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "trigrec_runs.json"
@@ -112,19 +111,7 @@ def cmd_summarize(args) -> None:
     from core.store import atomic_write_json, atomic_write_text
 
     runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
-    groups: dict[tuple, list] = {}
-    for r in runs:
-        groups.setdefault((r["dataset"], r["model"], r["protocol"], r["metric"]), []).append(r)
-    out = []
-    for (ds, model, proto, metric), rs in sorted(groups.items()):
-        vals = np.array([r["value"] for r in rs if r["value"] is not None], dtype=float)
-        if not len(vals):
-            continue
-        seeds = sorted(s for r in rs for s in r["seeds"])
-        out.append(row(ds, model, proto, metric, float(vals.mean()), float(vals.std()), seeds=seeds,
-                       command=rs[0]["command"].replace(f"seed={rs[0]['seeds'][0]}", "seed=<N>")
-                       .replace(f"/seed{rs[0]['seeds'][0]}", "/seed<N>"), device=rs[0]["device"],
-                       **({"unit": rs[0]["unit"]} if "unit" in rs[0] else {})))
+    _, out = aggregate(runs, skip=())
     atomic_write_json(RESULTS / "trigrec.json", out)
     by = {(r["dataset"], r["model"], r["protocol"], r["metric"]): r for r in out}
     fmt = lambda r: f"{r['value']:.2f} ± {r['std']:.2f}" if r else ""  # noqa: E731
