@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-
 from core import store
 from core.cli import resolve_device, seed_everything
-from core.config import save_config, to_dict
+from core.config import to_dict
 from core.data.batches import CausalDataset, ClozeDataset
 from core.data.sequences import SequenceData
 from core.data.splits import make_split
@@ -23,7 +22,7 @@ from core.dist import dist_info, init_distributed, is_main
 from core.errors import ConfigError, DataError
 from core.evaluation import Evaluator, popularity_score_fn
 from core.models import build_model
-from core.train import TrainConfig, fit
+from core.train import TrainConfig, fit, prepare_out_dir
 
 SYNTHETIC_NAMES = ("synthetic", "synthetic-a", "synthetic-b")
 PREPARE_HINTS = {
@@ -134,12 +133,16 @@ def build_train_data(model_cfg: ModelConfig, split, model, device):
                         last_mask_prob=model_cfg.last_mask_prob)
 
 
+def encoder_args(cfg: ModelConfig) -> dict:
+    """Constructor keywords of the ``cfg.model_type`` encoder (SASRec has no output bias)."""
+    args = dict(maxlen=cfg.maxlen, hidden_units=cfg.hidden_units, num_blocks=cfg.num_blocks, num_heads=cfg.num_heads,
+                dropout_rate=cfg.dropout_rate, initializer_range=cfg.initializer_range, loss=cfg.loss,
+                num_negatives=cfg.num_negatives)
+    return args if cfg.model_type == "sasrec" else {**args, "output_bias": cfg.output_bias}
+
+
 def make_model(cfg: ModelConfig, n_items: int):
-    extra = {} if cfg.model_type == "sasrec" else {"output_bias": cfg.output_bias}
-    return build_model(cfg.model_type, n_items=n_items, maxlen=cfg.maxlen, hidden_units=cfg.hidden_units,
-                       num_blocks=cfg.num_blocks, num_heads=cfg.num_heads, dropout_rate=cfg.dropout_rate,
-                       initializer_range=cfg.initializer_range, loss=cfg.loss, num_negatives=cfg.num_negatives,
-                       **extra)
+    return build_model(cfg.model_type, n_items=n_items, **encoder_args(cfg))
 
 
 def model_score_fn(model):
@@ -166,11 +169,7 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_tra
     dataset_name = data_path.name
     if dataset_name != out_dir.parent.name:  # a loader hook read data from elsewhere (processed files)
         out_dir = store.run_dir(cfg.pipeline, dataset_name, cfg.run_name, cfg.home or None)
-    if is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not cfg.training.resume:
-            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+    prepare_out_dir(out_dir, cfg, cfg.training.resume)
     from core.config import dump_yaml
 
     log("resolved config:\n  " + dump_yaml(cfg).rstrip().replace("\n", "\n  "))

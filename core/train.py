@@ -65,6 +65,19 @@ class TrainConfig:
             raise ConfigError(f"training.lr_schedule {self.lr_schedule!r} is not constant or cosine")
 
 
+def prepare_out_dir(out_dir: Path, cfg, resume: bool) -> None:
+    """Create a run folder with the resolved ``config.yaml``; a fresh run drops an old
+    ``metrics.jsonl`` (a resumed one appends to it). Rank 0 only."""
+    from core.config import save_config
+
+    if not is_main():
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+
+
 class TrainData(Protocol):
     def __len__(self) -> int: ...
     def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict: ...

@@ -22,14 +22,15 @@ import torch
 
 from core import store
 from core.cli import parse_config, resolve_device, run, seed_everything
-from core.config import save_config, to_dict
+from core.config import to_dict
 from core.data.batches import ClozeDataset
-from core.data.domains import restrict_to_domain
+from core.data.domains import global_to_local, restrict_to_domain
 from core.data.splits import leave_one_out
 from core.dist import cleanup, init_distributed, is_main
 from core.evaluation import Evaluator, popularity_score_fn
+from core.seqrec import encoder_args
 from core.report import format_table
-from core.train import fit
+from core.train import fit, prepare_out_dir
 from recommendation_model.config import RecConfig
 from recommendation_model.data import C2DSRProtocol, aligned_vectors, c2dsr_companion, latest_export
 from recommendation_model.model import TriGRecRecommender
@@ -61,8 +62,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
     if cfg.run_name:
         out = out / store.check_name(cfg.run_name, "run name")
     data, local_to_global = restrict_to_domain(views.target_all, views.item_domain, cfg.data.target)
-    global_to_local = np.zeros(views.n_items + 1, dtype=np.int64)
-    global_to_local[local_to_global[1:]] = np.arange(1, len(local_to_global))
+    to_local = global_to_local(local_to_global, views.n_items + 1)
     split = leave_one_out(data)
 
     m = cfg.model
@@ -85,9 +85,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
     model = TriGRecRecommender(
         data.n_items, spe_dim=tables["spe"].shape[1] if tables["spe"] is not None else 0,
         cross_dim=tables["cross"].shape[1] if tables["cross"] is not None else 0, memory_tokens=m.memory_tokens,
-        gate=m.gate, maxlen=m.maxlen, hidden_units=m.hidden_units, num_blocks=m.num_blocks, num_heads=m.num_heads,
-        dropout_rate=m.dropout_rate, initializer_range=m.initializer_range, loss=m.loss,
-        num_negatives=m.num_negatives, output_bias=m.output_bias).to(device)
+        gate=m.gate, **encoder_args(m)).to(device)
     train_data = ClozeDataset(split, m.maxlen, m.mask_prob, device=device, last_mask_prob=m.last_mask_prob)
 
     def loss_fn(model, batch, generator):
@@ -109,7 +107,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
                     v = aligned_vectors(c2dsr_companion(path, which), ev.lines.tolist(), f"{what} (C2DSR {which})",
                                         exact=False)
                     vec[what] = v[np.random.default_rng(m.shuffle_seed).permutation(len(v))] if perm is not None else v
-            c2dsr[which] = C2DSRProtocol(ev, global_to_local, data.n_items, m.maxlen, vec.get("spe"), vec.get("cross"),
+            c2dsr[which] = C2DSRProtocol(ev, to_local, data.n_items, m.maxlen, vec.get("spe"), vec.get("cross"),
                                          cfg.eval.c2dsr_negatives, cfg.eval.sample_seed, device, cfg.eval.batch_size,
                                          cfg.eval.c2dsr_exclude_history)
     valid_full = Evaluator(split, "valid", m.maxlen, cfg.eval.ks, sampled=(), sample_seed=cfg.eval.sample_seed,
@@ -117,11 +115,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
     # model selection: the C2DSR validation lines when given (the protocol reported), else full ranking
     validate = (lambda mod: c2dsr["valid"].run(mod)) if c2dsr else (lambda mod: valid_full.run(full_score_fn(mod)))
 
-    if is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        if not cfg.training.resume:
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+    prepare_out_dir(out, cfg, cfg.training.resume)
     log(f"data {folder.name} target {cfg.data.target} ({views.target_name}): {data.n_users} users, {data.n_items} "
         f"items; fusion spe={spe_path or '-'} cross={cross_path or '-'} gate={m.gate}"
         f"{' SHUFFLED' if perm is not None else ''}; C2DSR lines: "

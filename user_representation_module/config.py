@@ -7,6 +7,7 @@ mean the same. An unknown key is an error that names the closest valid ones.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -110,3 +111,8 @@ def rep_dir(cfg: RepConfig, domain: str) -> Path:
 
 def embeddings_dir(cfg_home: str, domain: str) -> Path:
     return store.embeddings_dir("user_representation_module", domain, cfg_home or None)
+
+
+def saved_epochs(folder: Path, part: str) -> list[int]:
+    pat = re.compile(rf"^{re.escape(part)}_ep(\d+)\.pt$")
+    return sorted(int(m.group(1)) for p in folder.glob(f"{part}_ep*.pt") if (m := pat.match(p.name)))

@@ -15,7 +15,6 @@ Reads ``state_dict/rep/<domain>/{spe_<D>,cross}_ep{E}.pt`` and writes, under
 from __future__ import annotations
 
 import pickle
-import re
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +24,10 @@ from core.cli import parse_config, resolve_device, run
 from core.data.sequences import SequenceData
 from core.errors import CheckpointError
 from core.models import build_model
-from user_representation_module.config import RepConfig, domain_folder_name, embeddings_dir, rep_dir
+from user_representation_module.config import RepConfig, domain_folder_name, embeddings_dir, rep_dir, saved_epochs
 from user_representation_module.data import encode_users, load_views
 
 DEFAULT_CONFIG = "configs/trigrec/rep/synthetic.yaml"
-
-
-def saved_epochs(folder: Path, part: str) -> list[int]:
-    pat = re.compile(rf"^{re.escape(part)}_ep(\d+)\.pt$")
-    return sorted(int(m.group(1)) for p in folder.glob(f"{part}_ep*.pt") if (m := pat.match(p.name)))
 
 
 def load_encoder(folder: Path, part: str, epoch: int, device, fingerprint: str | None = None):

@@ -12,15 +12,17 @@ discriminator; ``last.pt`` (resume with ``--override training.resume=true``), ``
 """
 from __future__ import annotations
 
+import torch
 
 from core import store
 from core.cli import parse_config, resolve_device, run, seed_everything
-from core.config import save_config, to_dict
+from core.config import to_dict
 from core.data.splits import leave_one_out
 from core.dist import cleanup, init_distributed, is_main
 from core.evaluation import Evaluator
-from core.train import fit
-from user_representation_module.config import PARTS, RepConfig, domain_folder_name, rep_dir
+from core.seqrec import encoder_args
+from core.train import fit, prepare_out_dir
+from user_representation_module.config import PARTS, RepConfig, domain_folder_name, rep_dir, saved_epochs
 from user_representation_module.data import TriViewCloze, load_views
 from user_representation_module.model import TriGRecLoss, TriGRecRep
 
@@ -29,8 +31,6 @@ DEFAULT_CONFIG = "configs/trigrec/rep/synthetic.yaml"
 
 def domain_score_fn(encoder, views, code: str):
     """Full-catalog scores of ``encoder`` with the other domain's items ranked last."""
-    import torch
-
     other = torch.as_tensor(views.item_domain != "AB".index(code))
 
     def score(inputs, users):
@@ -48,17 +48,10 @@ def train_representations(cfg: RepConfig, log=print) -> dict:
     views, folder = load_views(cfg.data)
     domain = domain_folder_name(folder, views.domain_names, cfg.data.target)
     out = rep_dir(cfg, domain)
-    if is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        if not cfg.training.resume:
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+    prepare_out_dir(out, cfg, cfg.training.resume)
     m = cfg.model
     model = TriGRecRep(views.n_items, disc_hidden=cfg.loss.disc_hidden, disc_lr_scale=cfg.loss.disc_lr_scale,
-                       maxlen=m.maxlen, hidden_units=m.hidden_units,
-                       num_blocks=m.num_blocks, num_heads=m.num_heads, dropout_rate=m.dropout_rate,
-                       initializer_range=m.initializer_range, loss=m.loss, num_negatives=m.num_negatives,
-                       output_bias=m.output_bias).to(device)
+                       **encoder_args(m)).to(device)
     train_data = TriViewCloze(views, m.maxlen, m.mask_prob, model.mask_token, device, m.last_mask_prob)
     log(f"data {folder.name} (target {cfg.data.target} = {views.target_name}): {len(train_data)} users, "
         f"{views.n_items} items in both domains; views A {views.a.n_interactions}, B {views.b.n_interactions}, "
@@ -75,15 +68,10 @@ def train_representations(cfg: RepConfig, log=print) -> dict:
     def save_parts(epoch: int, model: TriGRecRep) -> None:
         if not is_main() or (epoch % cfg.save_every and epoch != cfg.training.epochs):
             return
-        for part in PARTS:
-            enc = model.encoders[part]
-            store.save_checkpoint(out / f"{part}_ep{epoch}.pt", kind=enc.kind, model_state=enc.state_dict(),
-                                  model_args=enc.model_args, config=config, data_fingerprint=fingerprint,
+        for part, module in [*((p, model.encoders[p]) for p in PARTS), ("discriminator", model.discriminator)]:
+            store.save_checkpoint(out / f"{part}_ep{epoch}.pt", kind=module.kind, model_state=module.state_dict(),
+                                  model_args=module.model_args, config=config, data_fingerprint=fingerprint,
                                   epoch=epoch, part=part, domain=domain)
-        disc = model.discriminator
-        store.save_checkpoint(out / f"discriminator_ep{epoch}.pt", kind=disc.kind, model_state=disc.state_dict(),
-                              model_args=disc.model_args, config=config, data_fingerprint=fingerprint, epoch=epoch,
-                              part="discriminator", domain=domain)
 
     lc = cfg.loss
     loss_fn = TriGRecLoss(w_spe=lc.w_spe, w_com=lc.w_com, w_cross=lc.w_cross, adv_weight=lc.adv_weight,
@@ -93,7 +81,7 @@ def train_representations(cfg: RepConfig, log=print) -> dict:
                                                                                cfg.data.target)),
                  cfg.training, out, device=device, seed=cfg.seed, checkpoint_meta=meta, log=log,
                  loss_fn=loss_fn, on_epoch_end=save_parts)
-    saved = sorted(int(p.stem.rsplit("_ep", 1)[1]) for p in out.glob("cross_ep*.pt"))
+    saved = saved_epochs(out, "cross")
     results = {"domain": domain, "target": cfg.data.target, "rep_dir": str(out), "epochs_run": result.epochs_run,
                "train_seconds": round(result.seconds, 2),
                "sec_per_epoch": round(result.seconds / max(1, result.epochs_run), 3),

@@ -56,10 +56,6 @@ class DomainViews:
     def view(self, code: str) -> SequenceData:
         return {"A": self.a, "B": self.b}[code]
 
-    def domain_items(self, code: str) -> np.ndarray:
-        """Global item indexes of domain ``code`` (sorted)."""
-        return np.flatnonzero(self.item_domain == DOMAIN_CODES.index(code))
-
 
 def check_target(target: str, key: str = "target") -> str:
     t = str(target).strip().upper()
@@ -148,12 +144,18 @@ def restrict_to_domain(data: SequenceData, item_domain: np.ndarray, code: str) -
     other domain are an error: the caller passes a one-domain view."""
     d = DOMAIN_CODES.index(check_target(code))
     local_to_global = np.concatenate([[0], np.flatnonzero(item_domain == d)]).astype(np.int64)
-    global_to_local = np.zeros(len(item_domain), dtype=np.int64)
-    global_to_local[local_to_global[1:]] = np.arange(1, len(local_to_global))
-    bad = data.items[global_to_local[data.items] == 0]
+    to_local = global_to_local(local_to_global, len(item_domain))
+    bad = data.items[to_local[data.items] == 0]
     if len(bad):
         raise DataError(f"item index {int(bad[0])} is not in domain {code}; expected a one-domain view")
-    local = SequenceData(data.offsets.copy(), global_to_local[data.items], len(local_to_global) - 1,
+    local = SequenceData(data.offsets.copy(), to_local[data.items], len(local_to_global) - 1,
                          list(data.user_ids), [data.item_ids[i - 1] for i in local_to_global[1:]],
                          timestamps=data.timestamps, meta=dict(data.meta))
     return local, local_to_global
+
+
+def global_to_local(local_to_global: np.ndarray, n_global: int) -> np.ndarray:
+    """The inverse of ``local_to_global`` over ``n_global`` item indexes (0 = not in the domain)."""
+    out = np.zeros(n_global, dtype=np.int64)
+    out[local_to_global[1:]] = np.arange(1, len(local_to_global))
+    return out
