@@ -7,6 +7,7 @@ never see a traceback for a problem they can fix.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import random
@@ -89,8 +90,27 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def keep_freed_memory() -> None:
+    """Let glibc keep large freed blocks in the heap instead of unmapping them at once.
+
+    With the default policy every training step page-faults its dense embedding gradients
+    afresh (16 MB per lookup for a 64k-item table): a zero-fill measured 37 ms instead of
+    ~10 ms on the TriGRec Food-Kitchen encoders. Numerics are unchanged; a user's own
+    ``MALLOC_*`` settings win.
+    """
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks below 32 MB come from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: return heap memory only past 1 GB free
+    except (OSError, AttributeError):  # not glibc (musl, ...): keep the default
+        pass
+
+
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run ``main`` and exit; user errors become one line on stderr and exit code 2."""
+    keep_freed_memory()
     try:
         code = main(argv)
     except UserError as exc:
