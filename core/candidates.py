@@ -24,24 +24,32 @@ PLACEHOLDERS = {"[PAD]", None, ""}
 
 
 def read_candidates(path: str | Path) -> dict[str, list[str | None]]:
-    out: dict[str, list[str]] = {}
+    return {user: [item for item, _score in rows] for user, rows in read_scored_candidates(path).items()}
+
+
+def read_scored_candidates(path: str | Path) -> dict[str, list[tuple[str | None, float | None]]]:
+    """Like ``read_candidates`` but keeps each entry's ``score`` (None when absent, e.g. ``items`` lists)."""
+    out: dict[str, list[tuple[str | None, float | None]]] = {}
     for lineno, obj in iter_jsonl(path):
         user = str(require(obj, "user_id", (str, int), path, lineno))
         if "results" in obj:
             results = require(obj, "results", list, path, lineno)
-            items = []
+            rows = []
             for j, r in enumerate(results):
                 if not isinstance(r, dict) or "item_id" not in r:
                     raise DataError(f"{path}:{lineno}: results[{j}] needs an 'item_id'")
-                items.append(r["item_id"])
+                score = r.get("score")
+                if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+                    raise DataError(f"{path}:{lineno}: results[{j}].score should be a number, got {type(score).__name__}")
+                rows.append((r["item_id"], None if score is None else float(score)))
         elif "items" in obj:
-            items = require(obj, "items", list, path, lineno)
+            rows = [(i, None) for i in require(obj, "items", list, path, lineno)]
         else:
             raise DataError(f"{path}:{lineno}: expected key 'results' or 'items' with the ranked list")
         if user in out:
             raise DataError(f"{path}:{lineno}: user {user!r} has a second candidate list")
         # a placeholder keeps its slot as a miss, so later items keep their rank
-        out[user] = [None if i in PLACEHOLDERS else str(i) for i in items]
+        out[user] = [(None if i in PLACEHOLDERS else str(i), s) for i, s in rows]
     return out
 
 

@@ -87,12 +87,16 @@ def resolve_model_path(model: str | os.PathLike | None = None) -> Path:
     return path.resolve()
 
 
-def load_text_encoder(model: str | os.PathLike | None = None, device: str = "cpu"):
-    """Load (once per model folder and device) a ``SentenceTransformer`` from local files only."""
+def load_text_encoder(model: str | os.PathLike | None = None, device: str = "cpu", fresh: bool = False):
+    """Load (once per model folder and device) a ``SentenceTransformer`` from local files only.
+
+    ``fresh=True`` returns a private instance, neither taken from nor put in the shared memo
+    (for fine-tuning, which must not change the weights other callers see).
+    """
     path = resolve_model_path(model)
     key = (str(path), str(device))
     with _ENCODERS_LOCK:
-        encoder = _ENCODERS.get(key)
+        encoder = None if fresh else _ENCODERS.get(key)
         if encoder is not None:
             return encoder
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -106,7 +110,8 @@ def load_text_encoder(model: str | os.PathLike | None = None, device: str = "cpu
         except Exception as exc:  # bad folder, unknown device, missing weights...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{path}: could not load the text model on {device!r} ({first[:200]})") from None
-        _ENCODERS[key] = encoder
+        if not fresh:
+            _ENCODERS[key] = encoder
         return encoder
 
 

@@ -30,12 +30,15 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
         raise DataError(f"{path}: empty file; expected one JSON object per line")
 
 
-def require(obj: dict, key: str, types: type | tuple, path: str | Path, lineno: int):
-    """``obj[key]`` checked for presence and type, else a DataError naming file, line and key."""
+def require(obj: dict, key: str, types: type | tuple, path: str | Path, lineno: int, where: str = ""):
+    """``obj[key]`` checked for presence and type, else a DataError naming file, line and key.
+
+    ``where`` names a nested record in the message (e.g. ``"reviews[3]."`` gives ``'reviews[3].rating'``).
+    """
     if key not in obj:
-        raise DataError(f"{path}:{lineno}: missing key {key!r}")
+        raise DataError(f"{path}:{lineno}: missing key {where + key!r}")
     value = obj[key]
     if not isinstance(value, types) or isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
         want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-        raise DataError(f"{path}:{lineno}: key {key!r} should be {want}, got {type(value).__name__}")
+        raise DataError(f"{path}:{lineno}: key {where + key!r} should be {want}, got {type(value).__name__}")
     return value
