@@ -12,6 +12,7 @@ Runs in pieces (one target / seed / variant per call); each merges its rows into
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant cross      # cross only
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant shuffled   # control
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant nogrl      # common without GRL
+    python benchmarks/trigrec.py stage2 --target food --seed 1 --override EPOCH_TO_LOAD=10 --tag ep10
     python benchmarks/trigrec.py summarize
 
 Each seed's stage-1 tree lives in ``state_dict/bench/trigrec/<target>/seed<N>[-nogrl]/`` (the
@@ -87,7 +88,9 @@ def cmd_stage2(args) -> None:
     name, over_v, suffix = VARIANTS[args.variant]
     h = home(args.target, args.seed, suffix)
     config = f"configs/trigrec/rec/{args.target}.yaml"
-    run_name = f"bench-{args.variant}"
+    if args.tag:
+        name = f"{name}-{args.tag}"
+    run_name = f"bench-{args.variant}" + (f"-{args.tag}" if args.tag else "")
     over = ",".join(x for x in (f"seed={args.seed},home={h},run_name={run_name}", over_v, args.override) if x)
     out = h / "rec" / args.target / run_name
     if not (args.collect_only and (out / "results.json").is_file()):
@@ -151,6 +154,7 @@ def main() -> None:
             s.add_argument("--no-grl", action="store_true", help="common encoder without gradient reversal")
         else:
             s.add_argument("--variant", choices=sorted(VARIANTS), default="trigrec")
+            s.add_argument("--tag", default="", help="suffix of the row and run name for a variant with --override")
     sub.add_parser("summarize")
     args = p.parse_args()
     {"stage1": cmd_stage1, "stage2": cmd_stage2, "summarize": cmd_summarize}[args.cmd](args)
