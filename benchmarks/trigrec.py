@@ -11,6 +11,7 @@ Runs in pieces (one target / seed / variant per call); each merges its rows into
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant spe        # specific only
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant cross      # cross only
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant shuffled   # control
+    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant spe_other  # kitchen vectors only
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant nogrl      # common without GRL
     python benchmarks/trigrec.py stage2 --target food --seed 1 --override EPOCH_TO_LOAD=10 --tag ep10
     python benchmarks/trigrec.py summarize
@@ -48,6 +49,10 @@ VARIANTS = {  # stage-2 variant -> (row name, overrides, stage-1 tree suffix)
     "nogate": ("trigrec-nogate", "gate=false", ""),
     "shuffled": ("trigrec-shuffled", "shuffle_user_vectors=true", ""),
     "nogrl": ("trigrec-nogrl", "", "-nogrl"),
+    # the other domain's specific vectors only: they hold no target-domain item, so nothing the
+    # cloze loss masks can be read back from them (the target's own and the cross vectors are
+    # encoded from whole training sequences, masked items included)
+    "spe_other": ("trigrec-spe_other_only", "use_cross=false", ""),
 }
 C2DSR_METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 FULL_METRICS = ("NDCG@10", "HR@10", "MRR")
@@ -93,6 +98,12 @@ def cmd_stage2(args) -> None:
     run_name = f"bench-{args.variant}" + (f"-{args.tag}" if args.tag else "")
     over = ",".join(x for x in (f"seed={args.seed},home={h},run_name={run_name}", over_v, args.override) if x)
     out = h / "rec" / args.target / run_name
+    if args.variant == "spe_other":
+        other = "B" if args.target == "food" else "A"
+        over += f",SPE_DOMAIN={other}"
+        if not list((h / "embeddings" / "user_representation_module" / args.target).glob(f"spe_emb_ep*_{other}.npy")):
+            _run("user_representation_module.inference", f"configs/trigrec/rep/{args.target}.yaml",
+                 f"seed={args.seed},home={h},SPE_DOMAIN={other}")
     if not (args.collect_only and (out / "results.json").is_file()):
         _run("recommendation_model.train_eval", config, over)
     res = json.loads((out / "results.json").read_text())
