@@ -100,6 +100,7 @@ class Evaluator:
         full = MetricAccumulator()
         sampled = {n: MetricAccumulator() for n in self.negatives}
         users_seen, ranks_seen = [], []
+        sampled_seen: dict[int, list] = {n: [] for n in sampled}
         for b in self._scoring_batches(rank, world):
             inputs = trim_padding(self.inputs[b]).to(self.device)
             users = self.users[b].to(self.device)
@@ -113,9 +114,13 @@ class Evaluator:
             for n, acc in sampled.items():
                 cand = torch.cat([targets.view(-1, 1), self.negatives[n][b].to(self.device)], dim=1)
                 cand_scores = scores.gather(1, cand)
-                acc.add(rank_metrics(ranks_from_scores(cand_scores, torch.zeros_like(targets)).cpu(), self.ks))
-        # 0-based rank of each user's target (this rank's share under torchrun): paired tests use it
+                cand_ranks = ranks_from_scores(cand_scores, torch.zeros_like(targets)).cpu()
+                acc.add(rank_metrics(cand_ranks, self.ks))
+                sampled_seen[n].append(cand_ranks)
+        # 0-based rank of each user's target (this rank's share under torchrun): paired tests use it;
+        # ``last_sampled_ranks[n]`` holds the ranks among the n sampled negatives, same user order
         self.last_ranks = (torch.cat(users_seen).numpy(), torch.cat(ranks_seen).numpy()) if users_seen else None
+        self.last_sampled_ranks = {n: torch.cat(r).numpy() for n, r in sampled_seen.items() if r}
         full.all_reduce()
         out = full.result()
         for n, acc in sampled.items():

@@ -8,6 +8,7 @@ Usage: ``python -m core.data.prepare <preparer> [args] [--out DIR]``; ``--out`` 
 - ``sasrec-txt --path FILE [--name NAME]``                ``user item`` per line
 - ``food-kitchen --path DIR``                             the six TriGRec pickles
 - ``recbole --path FILE.inter [--name NAME]``             RecBole atomic file
+- ``amazon-2023 --path A.jsonl B.jsonl [--max_items N]``  Amazon Reviews 2023, two categories
 
 Each module parses everything first (``load``) and only then is anything written
 (``common.write_prepared``), so bad input raises a ``DataError`` and leaves no folder behind.

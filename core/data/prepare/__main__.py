@@ -14,7 +14,7 @@ from typing import Callable
 
 from core.cli import run as cli_run
 from core.data import synthetic
-from core.data.prepare import food_kitchen, movielens, recbole, sasrec_txt, seq_lines
+from core.data.prepare import amazon2023, food_kitchen, movielens, recbole, sasrec_txt, seq_lines
 from core.data.prepare.common import Prepared, summary, write_prepared
 
 PREPARERS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], list[Prepared]]]] = {
@@ -23,6 +23,7 @@ PREPARERS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[
     "sasrec-txt": (sasrec_txt.add_args, sasrec_txt.run),
     "food-kitchen": (food_kitchen.add_args, food_kitchen.run),
     "recbole": (recbole.add_args, recbole.run),
+    "amazon-2023": (amazon2023.add_args, amazon2023.run),
     "synthetic": (synthetic.add_args, synthetic.run),
 }
 

@@ -1,0 +1,91 @@
+"""Test reports of the cross-domain models: all / cold / warm users under full ranking and
+the sampled protocol, per-user ranks, and the paired test between two models.
+
+The ranks come from ``core.evaluation.Evaluator`` (one pass over all test users, so the
+sampled negatives are the same fixed-seed draws for every model); subset metrics are the
+core's ``rank_metrics`` averaged over the subset's users.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.data.splits import Split
+from core.dist import dist_info
+from core.evaluation import Evaluator
+from core.metrics import rank_metrics
+from cross_domain.data import SourceInputs, TargetProtocol
+
+SUBSETS = ("all", "cold", "warm")
+
+
+def score_fn(model, side: SourceInputs):
+    """Evaluator scoring function: begin token + history, fused with the user's source side."""
+    return lambda inputs, users: model.full_scores(model.with_bos(inputs), **side(users))
+
+
+def subset_metrics(ranks: np.ndarray, mask: np.ndarray, ks) -> dict[str, float]:
+    if not mask.any():
+        return {}
+    return {name: float(v.mean()) for name, v in rank_metrics(ranks[mask], ks).items()}
+
+
+def _gather(array: np.ndarray) -> np.ndarray:
+    """All ranks' shares of a per-user array (torchrun); the array itself otherwise."""
+    import torch.distributed as dist
+
+    if dist_info()[1] == 1:
+        return array
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts)
+
+
+def report_from_ranks(users: np.ndarray, ranks: dict[str, np.ndarray], is_cold: np.ndarray, ks) -> dict:
+    cold = is_cold[users]
+    masks = {"all": np.ones(len(users), dtype=bool), "cold": cold, "warm": ~cold}
+    return {"metrics": {p: {s: subset_metrics(r, masks[s], ks) for s in SUBSETS} for p, r in ranks.items()},
+            "users": {s: int(m.sum()) for s, m in masks.items()},
+            "ranks": {"users": users, "cold": cold, **ranks}}
+
+
+@torch.no_grad()
+def test_report(score, split: Split, is_cold: np.ndarray, cfg, device, which: str = "test") -> dict:
+    """``{"metrics": {protocol: {subset: {metric: value}}}, "users": {subset: n}, "ranks": {...}}``
+    for a scoring function on ``split`` (protocols ``full`` and ``sampled-N``)."""
+    e = cfg.eval
+    ev = Evaluator(split, which, cfg.model.maxlen - 1, e.ks, sampled=e.sampled, sample_seed=e.sample_seed,
+                   batch_size=e.batch_size, device=device)
+    ev.run(score)
+    users, full = ev.last_ranks
+    ranks = {"full": _gather(full), **{f"sampled-{n}": _gather(r) for n, r in ev.last_sampled_ranks.items()}}
+    return report_from_ranks(_gather(users), ranks, is_cold, e.ks)
+
+
+def protocol_report(model, proto: TargetProtocol, side: SourceInputs, cfg, device) -> dict:
+    model.eval()
+    return test_report(score_fn(model, side), proto.test, proto.is_cold, cfg, device)
+
+
+def paired_test(base: np.ndarray, other: np.ndarray, k: int = 10) -> dict:
+    """Wilcoxon signed-rank test over users on NDCG@k (``other`` minus ``base``; same users,
+    same order: per-user 0-based ranks)."""
+    from scipy import stats
+
+    a = rank_metrics(base, [k])[f"NDCG@{k}"].numpy()
+    b = rank_metrics(other, [k])[f"NDCG@{k}"].numpy()
+    diff = b - a
+    out = {"users": int(len(diff)), "mean_diff": float(diff.mean()) if len(diff) else 0.0,
+           "better": int((diff > 0).sum()), "worse": int((diff < 0).sum())}
+    out["p_wilcoxon"] = float(stats.wilcoxon(b, a, zero_method="wilcox").pvalue) if np.count_nonzero(diff) else 1.0
+    return out
+
+
+def paired_tests(base: dict, other: dict, k: int = 10) -> dict:
+    """``paired_test`` for every protocol and subset of two reports on the same users."""
+    rb, ro = base["ranks"], other["ranks"]
+    if not np.array_equal(rb["users"], ro["users"]):
+        raise ValueError("the two reports rank different users")
+    masks = {"all": np.ones(len(rb["users"]), dtype=bool), "cold": rb["cold"], "warm": ~rb["cold"]}
+    protocols = [p for p in rb if p not in ("users", "cold")]
+    return {p: {s: paired_test(rb[p][m], ro[p][m], k) for s, m in masks.items() if m.any()} for p in protocols}
