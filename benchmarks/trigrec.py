@@ -112,6 +112,10 @@ def cmd_stage2(args) -> None:
     extra = {"best_epoch": res["best_epoch"]}
     rows = [row(ds, name, "sampled-999", m, 100 * res["test_c2dsr"][m], seeds=[args.seed], command=command, unit="%",
                 **extra) for m in C2DSR_METRICS if "test_c2dsr" in res]
+    by_target = res.get("test_c2dsr_by_target", {})
+    rows += [row(ds, name, "sampled-999", f"{m} (seen targets)", 100 * by_target["seen"][m], seeds=[args.seed],
+                 command=command, unit="%", unseen_target_share=by_target["unseen_target_share"], **extra)
+             for m in ("MRR", "NDCG@10", "HR@10") if "seen" in by_target]
     rows += [row(ds, name, "full", m, 100 * res["test_full"][m], seeds=[args.seed], command=command, unit="%", **extra)
              for m in FULL_METRICS]
     rows.append(row(ds, name, "full", "sec_per_epoch", res["sec_per_epoch"], seeds=[args.seed], command=command))

@@ -82,19 +82,39 @@ class C2DSRProtocol:
         self.candidates = torch.cat([torch.as_tensor(targets).view(-1, 1), torch.cat(cands)], dim=1)
         self.spe = torch.as_tensor(spe, dtype=torch.float32) if spe is not None else None
         self.cross = torch.as_tensor(cross, dtype=torch.float32) if cross is not None else None
+        self.targets = torch.as_tensor(targets, dtype=torch.long)  # local ids
+        self.last_ranks: torch.Tensor | None = None  # 0-based rank of each line's target, last run
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     @torch.no_grad()
     def run(self, model) -> dict[str, float]:
-        acc = MetricAccumulator()
+        acc, all_ranks = MetricAccumulator(), []
         for start in range(0, len(self), self.batch_size):
             sl = slice(start, start + self.batch_size)
             vec = lambda t: t[sl].to(self.device) if t is not None else None  # noqa: E731
             scores = model.candidate_scores(self.inputs[sl].to(self.device), self.candidates[sl].to(self.device),
                                             vec(self.spe), vec(self.cross)).float()
             ranks = ranks_from_scores(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+            all_ranks.append(ranks.cpu())
             m = rank_metrics(ranks.cpu(), C2DSR_KS)
             acc.add({k: v for k, v in m.items() if k == "MRR" or k.startswith(("HR@", "NDCG@"))})
+        self.last_ranks = torch.cat(all_ranks) if all_ranks else torch.zeros(0, dtype=torch.long)
         return acc.result()
+
+    def split_by_training_count(self, item_counts: np.ndarray) -> dict:
+        """Metrics of the last run over lines whose target the training data holds at least once
+        (``seen``) and never (``unseen``), with the unseen share. C2DSR trained on its own file,
+        which is not available; ~40% of its Food-Kitchen test targets never occur in the pickles,
+        and no model trained on them can rank such an item (its embedding only ever got pushed
+        down as a sampled negative)."""
+        if self.last_ranks is None:
+            raise RuntimeError("run() first")
+        seen = torch.as_tensor(item_counts[self.targets.numpy()] > 0)
+        out: dict = {"unseen_target_share": float((~seen).float().mean()) if len(seen) else 0.0}
+        for name, mask in (("seen", seen), ("unseen", ~seen)):
+            if mask.any():
+                m = rank_metrics(self.last_ranks[mask], C2DSR_KS)
+                out[name] = {k: float(v.mean()) for k, v in m.items() if k == "MRR" or k.startswith(("HR@", "NDCG@"))}
+        return out

@@ -137,6 +137,10 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
     }
     if c2dsr:
         results["test_c2dsr"] = c2dsr["test"].run(model)
+        # items the cloze loss ever had as a target: the training part of each sequence
+        counts = np.bincount(np.concatenate([data.sequence(u)[:n] for u, n in enumerate(split.train_len, 1)]),
+                             minlength=data.n_items + 1)
+        results["test_c2dsr_by_target"] = c2dsr["test"].split_by_training_count(counts)
     if is_main():
         final = out / f"maxlen{m.maxlen}.pt"
         if (out / "best.pt").is_file():

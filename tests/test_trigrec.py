@@ -307,3 +307,30 @@ def test_views_cut_from_a_merged_dataset_hold_out_the_targets_last_two():
     assert v.a.sequence(2).tolist() == [1, 2] and v.cross.sequence(2).tolist() == [5, 1, 6, 2]
     local, l2g = restrict_to_domain(v.b, dom, "B")
     assert local.n_items == 3 and local.sequence(1).tolist() == [1, 2] and l2g.tolist() == [0, 5, 6, 7]
+
+
+def test_c2dsr_protocol_splits_lines_by_whether_training_saw_the_target():
+    import numpy as np
+    import torch
+
+    from core.data.c2dsr import C2DSREval
+    from recommendation_model.data import C2DSRProtocol
+
+    # 4 lines over a 6-item domain (local ids = global ids here); targets 1, 2, 5, 6
+    ev = C2DSREval(np.arange(4), np.arange(4), [np.array([3]), np.array([4]), np.array([3]), np.array([4])],
+                   np.array([1, 2, 5, 6]), np.zeros(4, dtype=np.int8), "lines.txt")
+    prot = C2DSRProtocol(ev, np.arange(7), n_items=6, maxlen=3, spe=None, cross=None, n_neg=5, seed=0)
+
+    class ScoreById:  # higher id scores higher: ranks follow the ids of the candidates
+        def candidate_scores(self, inputs, candidates, spe=None, cross=None):
+            return candidates.float()
+
+    overall = prot.run(ScoreById())
+    counts = np.array([0, 3, 1, 0, 0, 0, 2])  # training saw items 1, 2 and 6; never 5
+    split = prot.split_by_training_count(counts)
+    assert split["unseen_target_share"] == 0.25
+    # with 5 negatives out of the other 5 items every item is a candidate: item i ranks 6 - i
+    expected_mrr = {t: 1.0 / (6 - t + 1) for t in (1, 2, 5, 6)}
+    assert split["seen"]["MRR"] == pytest.approx(np.mean([expected_mrr[t] for t in (1, 2, 6)]))
+    assert split["unseen"]["MRR"] == pytest.approx(expected_mrr[5])
+    assert overall["MRR"] == pytest.approx(np.mean(list(expected_mrr.values())))
