@@ -37,6 +37,14 @@ def state_root(home: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else REPO_ROOT / "state_dict"
 
 
+def dataset_folder(dataset: str, data_root: str = "") -> Path:
+    """A prepared dataset's folder: a path as given, else a name under ``data_root`` (default <repo>/data)."""
+    if "/" in dataset or dataset.startswith("."):
+        return Path(dataset)
+    root = Path(data_root) if data_root else REPO_ROOT / "data"
+    return root / check_name(dataset, "dataset")
+
+
 def check_name(name: str, what: str = "name") -> str:
     """Refuse path components that could escape the tree (``..``, slashes, empty)."""
     if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:

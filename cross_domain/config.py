@@ -32,10 +32,7 @@ class CDDataConfig:
             raise ConfigError("max_items / max_items_src / max_items_tgt must be >= 0 (0 = all interactions)")
 
     def folder(self) -> Path:
-        root = Path(self.data_root) if self.data_root else store.REPO_ROOT / "data"
-        if "/" in self.dataset or self.dataset.startswith("."):
-            return Path(self.dataset)
-        return root / store.check_name(self.dataset, "dataset")
+        return store.dataset_folder(self.dataset, self.data_root)
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,7 @@ class DomainDataConfig:
         object.__setattr__(self, "target", check_target(self.target, "data.target"))
 
     def folder(self) -> Path:
-        root = Path(self.data_root) if self.data_root else store.REPO_ROOT / "data"
-        if "/" in self.dataset or self.dataset.startswith("."):
-            return Path(self.dataset)
-        return root / store.check_name(self.dataset, "dataset")
+        return store.dataset_folder(self.dataset, self.data_root)
 
 
 @dataclass(frozen=True)

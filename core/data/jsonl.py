@@ -8,6 +8,17 @@ from typing import Iterator
 from core.errors import DataError
 
 
+def parse_object(line: str, path: str | Path, lineno: int) -> dict:
+    """One JSONL line as a dict, else a DataError naming file and line."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` for each non-blank line of a JSONL file."""
     path = Path(path)
@@ -18,12 +29,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            obj = parse_object(line, path, lineno)
             seen = True
             yield lineno, obj
     if not seen:

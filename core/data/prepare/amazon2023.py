@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.data.jsonl import parse_object
 from core.data.prepare.common import Prepared, build_sequences, require_dir, require_file
 from core.errors import DataError, UserError
 from core.store import check_name
@@ -94,12 +95,7 @@ def _open(path: Path):
 
 
 def _parse(line: str, path: Path, lineno: int) -> tuple:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    obj = parse_object(line, path, lineno)
     values = []
     for key, types in KEYS:
         if key not in obj:
