@@ -13,6 +13,8 @@ Runs in pieces (one target / seed / variant per call); each merges its rows into
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant shuffled   # control
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant spe_other  # kitchen vectors only
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant nogrl      # common without GRL
+    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant leakfree   # vector holdout (1 item)
+    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant leakfree_spe_other
     python benchmarks/trigrec.py stage2 --target food --seed 1 --override EPOCH_TO_LOAD=10 --tag ep10
     python benchmarks/trigrec.py summarize
 
@@ -20,12 +22,14 @@ Each seed's stage-1 tree lives in ``state_dict/bench/trigrec/<target>/seed<N>[-n
 usual ``rep/``, ``embeddings/`` and ``rec/`` folders under that home). The C2DSR protocol
 (``sampled-999``): the target of each C2DSR validation/test line ranked against 999 sampled
 items of its domain (model selection on validation, test once); ``full``: full ranking on the
-pickles' leave-two-out split.
+pickles' leave-two-out split. The ``leakfree`` variants export the ``.holdout1`` vectors of the
+seed's tree on first use (``export.holdout_last=1``) and train with ``model.vector_holdout=1``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +57,13 @@ VARIANTS = {  # stage-2 variant -> (row name, overrides, stage-1 tree suffix)
     # cloze loss masks can be read back from them (the target's own and the cross vectors are
     # encoded from whole training sequences, masked items included)
     "spe_other": ("trigrec-spe_other_only", "use_cross=false", ""),
+    # leak-free training: the last training item of each row is predicted through the fusion
+    # from vectors exported without it (export.holdout_last=1), the rest by plain cloze
+    "leakfree": ("trigrec-leakfree", "model.vector_holdout=1", ""),
+    "leakfree_spe_other": ("trigrec-leakfree-spe_other_only", "use_cross=false,model.vector_holdout=1", ""),
 }
+OTHER_SPE = ("spe_other", "leakfree_spe_other")  # variants that read the other domain's specific vectors
+HOLDOUT = {"leakfree": 1, "leakfree_spe_other": 1}  # variant -> export.holdout_last it needs
 C2DSR_METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 FULL_METRICS = ("NDCG@10", "HR@10", "MRR")
 
@@ -89,6 +99,23 @@ def cmd_stage1(args) -> None:
           f"discriminator accuracy {metrics[-1].get('disc_acc'):.3f} at the last epoch")
 
 
+def ensure_export(h: Path, args, code: str, holdout: int = 0) -> None:
+    """Run the stage-1 export of SPE_DOMAIN=``code`` (with ``export.holdout_last=holdout``) unless
+    the files stage 2 will read exist: the epoch it picks (EPOCH_TO_LOAD in ``--override``, else
+    the latest exported) and, with ``holdout``, that epoch's ``.holdout{m}`` spe and cross files."""
+    folder = h / "embeddings" / "user_representation_module" / args.target
+    pat = re.compile(rf"^spe_emb_ep(\d+)_{code}\.npy$")
+    exported = sorted(int(m[1]) for p in folder.glob(f"spe_emb_ep*_{code}.npy") if (m := pat.match(p.name)))
+    asked = re.search(r"(?:EPOCH_TO_LOAD|epoch_to_load)=(\d+)", args.override)
+    epoch = int(asked[1]) if asked and int(asked[1]) else (exported[-1] if exported else 0)
+    have = epoch in exported and all((folder / f"{k}_emb_ep{epoch}_{code}.holdout{holdout}.npy").is_file()
+                                     for k in ("spe", "cross") if holdout)
+    if not have:
+        over = f"seed={args.seed},home={h},SPE_DOMAIN={code}" + (f",EPOCH_TO_LOAD={epoch}" if epoch else "")
+        _run("user_representation_module.inference", f"configs/trigrec/rep/{args.target}.yaml",
+             over + (f",export.holdout_last={holdout}" if holdout else ""))
+
+
 def cmd_stage2(args) -> None:
     name, over_v, suffix = VARIANTS[args.variant]
     h = home(args.target, args.seed, suffix)
@@ -98,13 +125,13 @@ def cmd_stage2(args) -> None:
     run_name = f"bench-{args.variant}" + (f"-{args.tag}" if args.tag else "")
     over = ",".join(x for x in (f"seed={args.seed},home={h},run_name={run_name}", over_v, args.override) if x)
     out = h / "rec" / args.target / run_name
-    if args.variant == "spe_other":
-        other = "B" if args.target == "food" else "A"
-        over += f",SPE_DOMAIN={other}"
-        if not list((h / "embeddings" / "user_representation_module" / args.target).glob(f"spe_emb_ep*_{other}.npy")):
-            _run("user_representation_module.inference", f"configs/trigrec/rep/{args.target}.yaml",
-                 f"seed={args.seed},home={h},SPE_DOMAIN={other}")
+    code = "A" if args.target == "food" else "B"
+    if args.variant in OTHER_SPE:
+        code = "B" if code == "A" else "A"
+        over += f",SPE_DOMAIN={code}"
     if not (args.collect_only and (out / "results.json").is_file()):
+        if args.variant in OTHER_SPE or args.variant in HOLDOUT:
+            ensure_export(h, args, code, HOLDOUT.get(args.variant, 0))
         _run("recommendation_model.train_eval", config, over)
     res = json.loads((out / "results.json").read_text())
     command = f"python -m recommendation_model.train_eval --config {config} --override \"{over}\""

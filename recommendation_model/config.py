@@ -24,11 +24,22 @@ class RecModelConfig(RepModelConfig):
     memory_tokens: int = 4  # key/value tokens each user vector is expanded into
     shuffle_user_vectors: bool = False  # control: permute the vectors across users
     shuffle_seed: int = 0
+    # > 0: leak-free training. The exported vectors are encoded from the whole training
+    # sequences, so a cloze target is readable from them; instead the last m items of each
+    # training row are always masked and predicted through the fusion from vectors cut before
+    # them (the export's ``.holdout{m}`` files), the other masked items by plain BERT4Rec
+    vector_holdout: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.memory_tokens < 1:
             raise ConfigError("model.memory_tokens must be >= 1")
+        if self.vector_holdout < 0:
+            raise ConfigError(f"model.vector_holdout={self.vector_holdout}: use 0 (off) or the number of last "
+                              "training items predicted from holdout vectors, e.g. 1")
+        if self.vector_holdout and not (self.use_spe or self.use_cross):
+            raise ConfigError("model.vector_holdout needs user vectors: set use_spe or use_cross to true, or "
+                              "vector_holdout=0")
 
 
 @dataclass(frozen=True)

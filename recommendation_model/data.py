@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.data.batches import ClozeDataset, trim_padding
 from core.data.c2dsr import C2DSREval
+from core.data.splits import Split
 from core.errors import DataError
 from core.metrics import MetricAccumulator, rank_metrics, ranks_from_scores, sample_negatives
 from core.store import load_embeddings
@@ -49,6 +51,52 @@ def c2dsr_companion(path: str | Path, which: str) -> Path:
     """``spe_emb_ep10_A.npy`` -> ``spe_emb_ep10_A.c2dsr-valid.npy`` (written by the export)."""
     p = Path(path)
     return p.with_name(f"{p.stem}.c2dsr-{which}.npy")
+
+
+def holdout_companion(path: str | Path, m: int) -> Path:
+    """``spe_emb_ep10_A.npy`` -> ``spe_emb_ep10_A.holdout1.npy`` (written by ``export.holdout_last=1``);
+    a missing one is an error that names the export command."""
+    p = Path(path)
+    out = p.with_name(f"{p.stem}.holdout{m}.npy")
+    if not (out.is_file() and out.with_suffix(".ids.json").is_file()):
+        found = re.search(r"_ep(\d+)_([AB])$", p.stem)
+        over = f"export.holdout_last={m}" + (f",EPOCH_TO_LOAD={found[1]},SPE_DOMAIN={found[2]}" if found else "")
+        raise DataError(f"{out}: holdout vectors for model.vector_holdout={m} not found; export them: python -m "
+                        f"user_representation_module.inference --override \"{over}\" (with the stage-1 --config)")
+    return out
+
+
+def holdout_cloze_mask(rows: torch.Tensor, m: int, mask_prob: float, mask_token: int,
+                       generator: torch.Generator | None = None,
+                       last_mask_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, fused targets, plain targets) from left-padded ``rows``: the last ``m`` real
+    positions of every row are always masked (fused targets); earlier real positions are masked
+    with ``mask_prob`` (plain targets; with ``last_mask_prob`` a row gets none of them). Targets
+    are the original items at those positions, 0 elsewhere."""
+    real = rows > 0
+    held = torch.zeros_like(real)
+    held[:, -m:] = True  # rows are left-padded: the last m columns are the last m items
+    held &= real
+    draw = (torch.rand(rows.shape, device=rows.device, generator=generator) < mask_prob) & real & ~held
+    if last_mask_prob > 0:
+        only_last = torch.rand(rows.shape[0], device=rows.device, generator=generator) < last_mask_prob
+        draw[only_last] = False
+    return rows.masked_fill(held | draw, mask_token), rows.masked_fill(~held, 0), rows.masked_fill(~draw, 0)
+
+
+class HoldoutClozeDataset(ClozeDataset):
+    """``ClozeDataset`` rows masked by ``holdout_cloze_mask``: batches hold ``input``,
+    ``target_fused`` (the last ``holdout`` items), ``target_plain`` and ``users``."""
+
+    def __init__(self, split: Split, maxlen: int, mask_prob: float, holdout: int, device=None,
+                 last_mask_prob: float = 0.0) -> None:
+        super().__init__(split, maxlen, mask_prob, device=device, last_mask_prob=last_mask_prob)
+        self.holdout = holdout
+
+    def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        inputs, fused, plain = holdout_cloze_mask(trim_padding(self.rows[index]), self.holdout, self.mask_prob,
+                                                  self.mask_token, generator, self.last_mask_prob)
+        return {"input": inputs, "target_fused": fused, "target_plain": plain, "users": self.users[index]}
 
 
 class C2DSRProtocol:

@@ -6,6 +6,9 @@ and A2 (cross); a gate G = sigmoid(W1 A1 + W2 A2) mixes them per position and di
 fused = LayerNorm(h + dropout(G * A1 + (1 - G) * A2)). With one source only, that source's
 attention output is added; with none, the model is exactly a plain BERT4Rec.
 
+With ``model.vector_holdout`` the training loss routes only the always-masked last items
+through the fusion (``holdout_loss``); evaluation is unchanged.
+
 A single vector as the only key would make attention trivial (one key: weight 1); several
 memory tokens let each position pick what it needs from the user vector.
 """
@@ -88,8 +91,22 @@ class TriGRecRecommender(nn.Module):
         return self.bert.project(self.fusion(self.bert(input_ids), spe, cross))
 
     def training_loss(self, batch: dict, spe=None, cross=None, generator=None) -> torch.Tensor:
+        if "target_fused" in batch:
+            return self.holdout_loss(batch, spe, cross, generator)
         seqs = torch.cat([batch["input"], batch["target"]], dim=1)
         return self.bert.prediction_loss(self.hidden(batch["input"], spe, cross), batch["target"], seqs, generator)
+
+    def holdout_loss(self, batch: dict, spe=None, cross=None, generator=None) -> torch.Tensor:
+        """One cloze loss over a ``HoldoutClozeDataset`` batch, one encoder pass: ``target_fused``
+        positions are predicted from the fused state (``spe`` / ``cross``: vectors cut before
+        those items), ``target_plain`` ones from the unfused BERT4Rec state, since the cut
+        vectors still contain those earlier items."""
+        h = self.bert(batch["input"])
+        fused = (batch["target_fused"] > 0).unsqueeze(-1)
+        hidden = torch.where(fused, self.bert.project(self.fusion(h, spe, cross)), self.bert.project(h))
+        target = batch["target_fused"] + batch["target_plain"]  # disjoint positions
+        seqs = torch.cat([batch["input"], target], dim=1)
+        return self.bert.prediction_loss(hidden, target, seqs, generator)
 
     def last_hidden(self, input_ids: torch.Tensor, spe=None, cross=None) -> torch.Tensor:
         masked = torch.cat([input_ids, torch.full_like(input_ids[:, :1], self.mask_token)], dim=1)

@@ -5,6 +5,9 @@
     python -m recommendation_model.train_eval --config configs/trigrec/rec/food.yaml
     ablations: --override "use_spe=false,use_cross=false" (plain BERT4Rec), "use_cross=false",
                "use_spe=false", "gate=false", "shuffle_user_vectors=true" (control)
+    leak-free training: --override "model.vector_holdout=1" (after the stage-1 export with
+               --override "export.holdout_last=1"): the last training item of each row is
+               predicted through the fusion from vectors that never saw it, the rest by plain cloze
 
 Reads the stage-1 exports (default: the latest export of the target in the shared tree),
 trains on the target domain's leave-two-out split and picks the epoch on validation (the C2DSR
@@ -32,7 +35,8 @@ from core.seqrec import encoder_args
 from core.report import format_table
 from core.train import fit, prepare_out_dir
 from recommendation_model.config import RecConfig
-from recommendation_model.data import C2DSRProtocol, aligned_vectors, c2dsr_companion, latest_export
+from recommendation_model.data import (C2DSRProtocol, HoldoutClozeDataset, aligned_vectors, c2dsr_companion,
+                                       holdout_companion, latest_export)
 from recommendation_model.model import TriGRecRecommender
 from user_representation_module.config import domain_folder_name, embeddings_dir
 from user_representation_module.data import load_views
@@ -48,6 +52,25 @@ def vector_paths(cfg: RecConfig, domain: str) -> tuple[str, str]:
     cross = cfg.cross_emb_path or (str(latest_export(folder, "cross", code, cfg.epoch_to_load))
                                    if cfg.model.use_cross else "")
     return spe, cross
+
+
+def user_tables(cfg: RecConfig, user_ids: list, spe_path: str, cross_path: str) -> tuple[dict, np.ndarray | None]:
+    """The exported vectors in the order of ``user_ids``: ``spe`` / ``cross`` (evaluation; None when
+    unused) and, with ``model.vector_holdout=m``, ``spe_holdout`` / ``cross_holdout`` (training,
+    from the ``.holdout{m}`` files). The shuffled control permutes all of them with one
+    permutation, returned as the second value (None when not shuffled)."""
+    m = cfg.model
+    tables: dict[str, np.ndarray | None] = {}
+    for what, path, use in (("spe", spe_path, m.use_spe), ("cross", cross_path, m.use_cross)):
+        tables[what] = aligned_vectors(path, user_ids, what).astype(np.float32) if use else None
+        if m.vector_holdout:
+            tables[f"{what}_holdout"] = (aligned_vectors(holdout_companion(path, m.vector_holdout), user_ids,
+                                                         f"{what} (holdout)").astype(np.float32) if use else None)
+    perm = None
+    if m.shuffle_user_vectors:  # the control: each user gets someone else's vectors
+        perm = np.random.default_rng(m.shuffle_seed).permutation(len(user_ids))
+        tables = {k: (v[perm] if v is not None else None) for k, v in tables.items()}
+    return tables, perm
 
 
 def train_eval(cfg: RecConfig, log=print) -> dict:
@@ -67,29 +90,28 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
 
     m = cfg.model
     spe_path, cross_path = vector_paths(cfg, domain)
-    tables: dict[str, np.ndarray | None] = {"spe": None, "cross": None}
-    for what, path, use in (("spe", spe_path, m.use_spe), ("cross", cross_path, m.use_cross)):
-        if use:
-            tables[what] = aligned_vectors(path, data.user_ids, what).astype(np.float32)
-    perm = None
-    if m.shuffle_user_vectors:  # the control: each user gets someone else's vectors
-        perm = np.random.default_rng(m.shuffle_seed).permutation(data.n_users)
-        tables = {k: (v[perm] if v is not None else None) for k, v in tables.items()}
+    tables, perm = user_tables(cfg, data.user_ids, spe_path, cross_path)
     # row u (1-based user index) of each table; row 0 unused
     on_device = {k: (torch.as_tensor(np.vstack([np.zeros((1, v.shape[1]), np.float32), v]), device=device)
                      if v is not None else None) for k, v in tables.items()}
 
-    def vectors(users: torch.Tensor):
-        return tuple(t[users] if t is not None else None for t in (on_device["spe"], on_device["cross"]))
+    def vectors(users: torch.Tensor, holdout: bool = False):
+        keys = ("spe_holdout", "cross_holdout") if holdout else ("spe", "cross")
+        return tuple(on_device[k][users] if on_device[k] is not None else None for k in keys)
 
     model = TriGRecRecommender(
         data.n_items, spe_dim=tables["spe"].shape[1] if tables["spe"] is not None else 0,
         cross_dim=tables["cross"].shape[1] if tables["cross"] is not None else 0, memory_tokens=m.memory_tokens,
         gate=m.gate, **encoder_args(m)).to(device)
-    train_data = ClozeDataset(split, m.maxlen, m.mask_prob, device=device, last_mask_prob=m.last_mask_prob)
+    if m.vector_holdout:
+        train_data = HoldoutClozeDataset(split, m.maxlen, m.mask_prob, m.vector_holdout, device=device,
+                                         last_mask_prob=m.last_mask_prob)
+    else:
+        train_data = ClozeDataset(split, m.maxlen, m.mask_prob, device=device, last_mask_prob=m.last_mask_prob)
 
     def loss_fn(model, batch, generator):
-        return model.training_loss(batch, *vectors(batch["users"]), generator=generator)
+        # vector holdout: training reads the cut vectors; validation and test the full ones
+        return model.training_loss(batch, *vectors(batch["users"], holdout=m.vector_holdout > 0), generator=generator)
 
     def full_score_fn(model):
         return lambda inputs, users: model.full_scores(inputs, *vectors(users))
@@ -118,7 +140,8 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
     prepare_out_dir(out, cfg, cfg.training.resume)
     log(f"data {folder.name} target {cfg.data.target} ({views.target_name}): {data.n_users} users, {data.n_items} "
         f"items; fusion spe={spe_path or '-'} cross={cross_path or '-'} gate={m.gate}"
-        f"{' SHUFFLED' if perm is not None else ''}; C2DSR lines: "
+        f"{' SHUFFLED' if perm is not None else ''}"
+        f"{f' vector_holdout={m.vector_holdout}' if m.vector_holdout else ''}; C2DSR lines: "
         f"{', '.join(f'{k} {len(v)}' for k, v in c2dsr.items()) or 'not used'} -> {out}")
     meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg),
             "data_fingerprint": data.fingerprint()}
@@ -133,6 +156,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
         "sec_per_epoch": round(result.seconds / max(1, result.epochs_run), 3), "valid": result.best_valid,
         "test_full": test_full.run(full_score_fn(model)), "popularity_full": test_full.run(popularity_score_fn(split)),
         "spe_emb_path": spe_path, "cross_emb_path": cross_path, "shuffled": perm is not None,
+        "vector_holdout": m.vector_holdout,
         "c2dsr_lines": {k: len(v) for k, v in c2dsr.items()},
     }
     if c2dsr:

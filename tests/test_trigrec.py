@@ -108,6 +108,7 @@ def test_stage1_resume_matches_an_uninterrupted_run(tmp_path):
     ("data.target=food", "data.target='food': use A or B"),
     ("EPOCH_TO_LOAD=-1", "EPOCH_TO_LOAD=-1"),
     ("num_epoch=3", "unknown config key 'num_epoch'"),
+    ("export.holdout_last=-1", "export.holdout_last=-1: use 0 (off)"),
 ])
 def test_stage1_bad_config_is_one_line(tmp_path, over, message):
     proc = _cli("user_representation_module.train", REP_YAML, _over(tmp_path, over))
@@ -165,6 +166,162 @@ def test_stage2_trains_on_exported_vectors_and_writes_the_seed_checkpoint(tmp_pa
     ckpt = torch.load(res["checkpoint"], weights_only=True)
     assert ckpt["kind"] == "trigrec-rec" and ckpt["model_args"]["spe_dim"] == 8
     assert res["spe_emb_path"].endswith("spe_emb_ep3_A.npy") and 0 <= res["test_full"]["NDCG@10"] <= 1
+
+
+def test_holdout_views_cut_before_the_last_target_training_items():
+    """Target A; items 1-4 in A, 5-8 in B. User u: target_all [1, 2, 3, 4] (training part [1, 2]),
+    cross [1, 5, 2, 6, 7, 8]; user v: only 2 target items, all training, cross [5, 1, 6, 2]; user
+    w: no target item."""
+    from core.data.domains import split_merged
+    from core.data.sequences import SequenceData
+    from user_representation_module.data import holdout_views
+
+    dom = np.array([-1, 0, 0, 0, 0, 1, 1, 1, 1])
+    merged = SequenceData.from_lists([[1, 5, 2, 6, 3, 7, 4, 8], [5, 1, 6, 2], [5, 6]], 8, ["u", "v", "w"],
+                                     list("abcdefgh"), item_domain=dom)
+    views = split_merged(merged, "A")
+    assert views.cross.sequence(1).tolist() == [1, 5, 2, 6, 7, 8]
+    seqs = lambda cut, k: [cut[k].sequence(u).tolist() for u in (1, 2, 3)]  # noqa: E731
+    one = holdout_views(views, 1)
+    assert seqs(one, "A") == [[1], [1], []]
+    # cross: everything from the first held-out target item on goes, other-domain items included
+    assert seqs(one, "cross") == [[1, 5], [5, 1, 6], [5, 6]]
+    assert seqs(one, "B") == [[5], [5, 6], [5, 6]]  # B cut at the same point of the merged sequence
+    two = holdout_views(views, 2)
+    assert seqs(two, "A") == [[], [], []] and seqs(two, "cross") == [[], [5], [5, 6]]
+    assert seqs(two, "B") == [[], [5], [5, 6]]
+    # target B: its training part of u is [5, 6] (7, 8 are valid / test); A is seen in full
+    views_b = split_merged(merged, "B")
+    cut_b = holdout_views(views_b, 1)
+    assert seqs(cut_b, "B") == [[5], [5], [5]] and seqs(cut_b, "cross") == [[1, 5, 2], [5, 1], [5]]
+    assert seqs(cut_b, "A") == [[1, 2], [1], []]
+
+
+def test_holdout_export_encodes_the_cut_sequences(tmp_path):
+    """Export with export.holdout_last=1: the companion files of every user, each row the encoder
+    applied to the user's views without the last target training item; then stage 2 trains on
+    them with model.vector_holdout=1 and evaluates with the full vectors."""
+    from core.data.sequences import SequenceData
+    from recommendation_model.train_eval import train_eval
+    from user_representation_module.data import encode_users, load_views
+    from user_representation_module.inference import export, load_encoder
+    from user_representation_module.train import train_representations
+
+    quiet = lambda *a: None  # noqa: E731
+    res = train_representations(load_config(RepConfig, REP_YAML, _over(tmp_path, TINY)), log=quiet)
+    out = export(load_config(RepConfig, REP_YAML, _over(tmp_path, "export.holdout_last=1")), log=quiet)
+    folder = Path(out["out_dir"])
+    assert out["epoch"] == 2 and out["holdout_last"] == 1
+    full, held = {}, {}
+    for kind in ("spe", "cross"):
+        name = f"{kind}_emb_ep2_A"
+        full[kind], held[kind] = np.load(folder / f"{name}.npy"), np.load(folder / f"{name}.holdout1.npy")
+        assert held[kind].shape == (200, 16) and np.isfinite(held[kind]).all()
+        assert json.loads((folder / f"{name}.holdout1.ids.json").read_text()) == json.loads(
+            (folder / f"{name}.ids.json").read_text())
+        assert not (folder / f"{name}.holdout1.pkl").exists()
+    views, _ = load_views(load_config(RepConfig, REP_YAML, _over(tmp_path)).data)
+    dom = views.item_domain
+    u = int(np.flatnonzero(views.a.lengths >= 2)[0]) + 1  # 1-based, >= 2 target training items
+    own, cross = views.a.sequence(u), views.cross.sequence(u)
+    last_own = np.flatnonzero(dom[cross] == 0)[-1]
+    assert cross[last_own] == own[-1]
+
+    def encode(part, seq):
+        enc = load_encoder(Path(res["rep_dir"]), part, 2, "cpu")
+        one = SequenceData.from_lists([seq], views.n_items, ["x"], views.cross.item_ids)
+        return encode_users(enc, one, 20, "cpu")[0]
+
+    np.testing.assert_allclose(held["spe"][u - 1], encode("spe_A", own[:-1]), atol=1e-5)
+    np.testing.assert_allclose(held["cross"][u - 1], encode("cross", cross[:last_own]), atol=1e-5)
+    np.testing.assert_allclose(full["spe"][u - 1], encode("spe_A", own), atol=1e-5)
+    # the barely trained encoders move little with one item less, but well beyond the tolerance above
+    for kind in ("spe", "cross"):
+        assert np.abs(held[kind][u - 1] - full[kind][u - 1]).max() > 1e-4, kind
+
+    rec = train_eval(load_config(RecConfig, REC_YAML, _over(
+        tmp_path, "model.vector_holdout=1,num_epochs=2,hidden_units=16,maxlen=12,max_steps_per_epoch=3")), log=quiet)
+    saved = json.loads((Path(rec["run_dir"]) / "results.json").read_text())
+    assert saved["vector_holdout"] == 1 and saved["spe_emb_path"].endswith("spe_emb_ep2_A.npy")
+    assert 0 <= saved["test_full"]["NDCG@10"] <= saved["test_full"]["HR@10"] <= 1 and saved["best_epoch"] >= 1
+    losses = [json.loads(x)["train_loss"] for x in (Path(rec["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+              if "train_loss" in json.loads(x)]
+    assert losses and all(np.isfinite(losses))
+
+
+def test_holdout_mask_routes_only_the_last_items_through_the_fusion():
+    from core.data.sequences import SequenceData
+    from core.data.splits import leave_one_out
+    from recommendation_model.data import HoldoutClozeDataset, holdout_cloze_mask
+    from recommendation_model.model import TriGRecRecommender
+
+    rows = torch.tensor([[0, 0, 3, 4, 5], [0, 0, 0, 6, 7], [1, 2, 3, 4, 5], [0, 0, 0, 0, 2]])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        inputs, fused, plain = holdout_cloze_mask(rows, 1, 0.5, 9, gen)
+        assert torch.equal(fused[:, -1], rows[:, -1]) and not fused[:, :-1].any()  # only, always, the last item
+        assert not plain[:, -1].any() and not plain[rows == 0].any()
+        masked = (fused > 0) | (plain > 0)
+        assert torch.equal(inputs, rows.masked_fill(masked, 9)) and torch.equal(plain[plain > 0], rows[plain > 0])
+    _, fused, plain = holdout_cloze_mask(rows, 2, 1.0, 9, gen)
+    assert torch.equal(fused[:, -2:], rows[:, -2:]) and torch.equal(plain[:, :-2], rows[:, :-2])
+    assert not holdout_cloze_mask(rows, 1, 1.0, 9, gen, last_mask_prob=1.0)[2].any()
+
+    # the dataset: the fused target of a row is its user's last training item
+    data = SequenceData.from_lists([[1, 2, 3, 4, 5], [2, 3, 4], [5, 4, 3, 2]], 5, list("xyz"), list("abcde"))
+    ds = HoldoutClozeDataset(leave_one_out(data), maxlen=4, mask_prob=0.3, holdout=1)
+    batch = ds.get_batch(torch.arange(len(ds)), gen)
+    assert batch["users"].tolist() == [1, 3] and batch["target_fused"][:, -1].tolist() == [3, 4]
+
+    # the model: vectors reach the loss through the fused positions only
+    torch.manual_seed(0)
+    model = TriGRecRecommender(9, spe_dim=4, cross_dim=4, hidden_units=8, maxlen=5, num_heads=2, loss="ce").eval()
+    inputs, fused, plain = holdout_cloze_mask(rows, 1, 0.5, model.mask_token, torch.Generator().manual_seed(1))
+    vec = [torch.randn(4, 4), torch.randn(4, 4)]
+    other = [torch.randn(4, 4), torch.randn(4, 4)]
+
+    def loss(b, v):
+        with torch.no_grad():
+            return float(model.training_loss(b, *v))
+
+    both = {"input": inputs, "target_fused": fused, "target_plain": plain}
+    assert loss(both, vec) != pytest.approx(loss(both, other), abs=1e-6)
+    plain_only = {"input": inputs, "target_fused": torch.zeros_like(fused), "target_plain": plain + fused}
+    assert loss(plain_only, vec) == loss(plain_only, other)  # no fused target: the vectors are never read
+
+
+def test_stage2_holdout_needs_the_companion_files_and_shuffles_them_with_the_vectors(tmp_path):
+    from core.data.sequences import SequenceData
+    from core.errors import DataError
+    from core.store import save_embeddings
+    from recommendation_model.train_eval import train_eval, user_tables
+
+    _data(tmp_path)
+    ids = SequenceData.load(tmp_path / "data" / "syn").user_ids
+    emb = tmp_path / "home" / "embeddings" / "user_representation_module" / "syn-A"
+    _fake_exports(emb, ids)
+    cfg = load_config(RecConfig, REC_YAML, _over(tmp_path, "model.vector_holdout=1,num_epochs=1"))
+    with pytest.raises(DataError) as err:
+        train_eval(cfg, log=lambda *a: None)
+    msg = str(err.value)
+    assert "spe_emb_ep3_A.holdout1.npy" in msg and "python -m user_representation_module.inference" in msg
+    assert 'export.holdout_last=1,EPOCH_TO_LOAD=3,SPE_DOMAIN=A' in msg and "\n" not in msg
+    assert not (tmp_path / "home" / "rec").exists()  # refused before anything was written
+
+    # the shuffled control gives each user someone else's full and holdout vectors, the same someone
+    for kind in ("spe", "cross"):
+        vec = np.load(emb / f"{kind}_emb_ep3_A.npy")
+        save_embeddings(emb, f"{kind}_emb_ep3_A.holdout1", vec + 1000.0, ids)
+    paths = [str(emb / f"{k}_emb_ep3_A.npy") for k in ("spe", "cross")]
+    plain, perm = user_tables(cfg, ids, *paths)
+    assert perm is None and np.allclose(plain["cross_holdout"] - plain["cross"], 1000.0)
+    shuffled_cfg = load_config(RecConfig, REC_YAML, _over(tmp_path, "model.vector_holdout=1,shuffle_user_vectors=true"))
+    shuffled, perm = user_tables(shuffled_cfg, ids, *paths)
+    assert perm is not None and not np.allclose(shuffled["spe"], plain["spe"])
+    for kind in ("spe", "cross"):
+        np.testing.assert_allclose(shuffled[f"{kind}_holdout"], plain[kind][perm] + 1000.0, rtol=1e-6)
+    off, _ = user_tables(load_config(RecConfig, REC_YAML, _over(tmp_path)), ids, *paths)
+    assert set(off) == {"spe", "cross"}  # default off: the holdout files are not read
 
 
 def test_adversarial_training_drives_the_discriminator_to_chance_on_common_vectors(tmp_path):

@@ -67,12 +67,19 @@ class ExportConfig:
     spe_domain: str = ""  # SPE_DOMAIN: A or B, whose specific encoder is exported; "" = the target
     out_dir: str = ""  # default <home>/embeddings/user_representation_module/<domain>/
     batch_size: int = 1024
+    # > 0: also write training-time vectors (``<name>.holdout{m}.npy``) encoded from sequences cut
+    # before the last m target items of each user's stage-2 training part, for
+    # ``model.vector_holdout=m`` (stage 2 then never reads a training target out of the vectors)
+    holdout_last: int = 0
 
     def __post_init__(self) -> None:
         if self.spe_domain:
             object.__setattr__(self, "spe_domain", check_target(self.spe_domain, "SPE_DOMAIN"))
         if self.epoch < 0:
             raise ConfigError(f"EPOCH_TO_LOAD={self.epoch}: use a saved epoch number, or 0 for the latest")
+        if self.holdout_last < 0:
+            raise ConfigError(f"export.holdout_last={self.holdout_last}: use 0 (off) or the number of last target "
+                              "training items to hold out of the vectors, e.g. 1")
 
 
 @dataclass(frozen=True)

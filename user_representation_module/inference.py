@@ -10,7 +10,12 @@ Reads ``state_dict/rep/<domain>/{spe_<D>,cross}_ep{E}.pt`` and writes, under
 - ``cross_emb_ep{E}_{D}.npy`` + ``.ids.json``: cross-domain vectors;
 - the same as ``.pkl`` (a plain ``dict`` user id -> list of floats, for the seed's readers);
 - with ``data.c2dsr_dir`` set: ``<name>.c2dsr-valid`` / ``<name>.c2dsr-test`` vectors of the
-  C2DSR evaluation lines, computed from their histories (inductive; ids = line numbers).
+  C2DSR evaluation lines, computed from their histories (inductive; ids = line numbers);
+- with ``export.holdout_last=m`` (m > 0): ``<name>.holdout{m}.npy`` + ``.ids.json`` of every
+  user, encoded from the views cut before the last m target items of the stage-2 training part
+  (``data.holdout_views``): the training-time vectors of ``model.vector_holdout=m``.
+
+    python -m user_representation_module.inference --override "export.holdout_last=1"
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from core.data.sequences import SequenceData
 from core.errors import CheckpointError
 from core.models import build_model
 from user_representation_module.config import RepConfig, domain_folder_name, embeddings_dir, rep_dir, saved_epochs
-from user_representation_module.data import encode_users, load_views
+from user_representation_module.data import encode_users, holdout_views, load_views
 
 DEFAULT_CONFIG = "configs/trigrec/rep/synthetic.yaml"
 
@@ -86,9 +91,16 @@ def export(cfg: RepConfig, log=print) -> dict:
             written.append(write_vectors(out, f"{cross_name}.c2dsr-{which}",
                                          encode_users(cross, SequenceData.from_lists(ev.histories, **common), maxlen,
                                                       device, bs), line_ids))
+    m = cfg.export.holdout_last
+    if m:
+        cut = holdout_views(views, m)
+        for name, enc, data in ((spe_name, spe, cut[spe_domain]), (cross_name, cross, cut["cross"])):
+            written.append(store.save_embeddings(out, f"{name}.holdout{m}", encode_users(enc, data, maxlen, device, bs),
+                                                 ids))
     for p in written:
         log(f"wrote {p}")
-    return {"epoch": epoch, "spe_domain": spe_domain, "out_dir": str(out), "files": [str(p) for p in written]}
+    return {"epoch": epoch, "spe_domain": spe_domain, "out_dir": str(out), "files": [str(p) for p in written],
+            "holdout_last": m}
 
 
 def main(argv=None) -> int:
