@@ -4,6 +4,8 @@
 preparer's own options (``--out`` is added for every preparer), and ``run(args)`` parses the
 input and returns a list of ``common.Prepared`` without writing anything. This module then
 writes each one and prints ``prepared NAME: N users, M items, K interactions -> DIR``.
+A preparer with its own output format returns objects with ``write() -> that line`` instead
+(``universal-movielens``: one universal-format JSON document).
 Adding a preparer = one import + one entry in ``PREPARERS``.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Callable
 
 from core.cli import run as cli_run
 from core.data import synthetic
-from core.data.prepare import amazon2023, food_kitchen, movielens, recbole, sasrec_txt, seq_lines
+from core.data.prepare import amazon2023, food_kitchen, movielens, recbole, sasrec_txt, seq_lines, universal_movielens
 from core.data.prepare.common import Prepared, summary, write_prepared
 
 PREPARERS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], list[Prepared]]]] = {
@@ -25,6 +27,7 @@ PREPARERS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[
     "recbole": (recbole.add_args, recbole.run),
     "amazon-2023": (amazon2023.add_args, amazon2023.run),
     "synthetic": (synthetic.add_args, synthetic.run),
+    "universal-movielens": (universal_movielens.add_args, universal_movielens.run),
 }
 
 
@@ -50,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     _, run = PREPARERS[args.preparer]
     prepared = run(args)  # everything parsed before anything is written
     for p in prepared:
-        out = write_prepared(p)
-        print(summary(p, out), flush=True)
+        if isinstance(p, Prepared):
+            out = write_prepared(p)
+            print(summary(p, out), flush=True)
+        else:  # a preparer with its own output format (universal-movielens: one JSON document)
+            print(p.write(), flush=True)
     return 0
 
 
