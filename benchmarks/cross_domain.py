@@ -44,7 +44,7 @@ DATASETS = {  # benchmark name -> (config, row label, folder under state_dict/cr
 }
 KINDS = ("baseline", "transfer", "ptupcdr")
 METRICS = ("NDCG@10", "HR@10", "MRR", "NDCG@20", "HR@20")
-SUBSETS = ("all", "cold", "warm")
+SUBSETS = ("all", "cold", "warm", "cold-none")
 KEY = ("dataset", "model", "protocol", "subset", "metric", "seeds")
 
 
@@ -94,7 +94,7 @@ def cmd_run(args) -> None:
         extra = {"best_epoch": stage["best_epoch"], "epochs_run": stage["epochs_run"],
                  "train_command": commands[kind], "run_dir": str((home / stage_folder(args.dataset, kind)).relative_to(REPO))}
         for proto, by_subset in comp["test"][kind].items():
-            for subset in SUBSETS:
+            for subset in ("all", "cold", "warm"):
                 users = comp["users"][subset]
                 for metric in METRICS:
                     if metric in by_subset.get(subset, {}):
@@ -113,16 +113,70 @@ def cmd_run(args) -> None:
                     command=commands["source"], subset="all", unit="s", best_epoch=src["best_epoch"],
                     epochs_run=src["epochs_run"]))
     for proto, by_subset in comp["test"]["popularity"].items():
-        for subset in SUBSETS:
+        for subset in ("all", "cold", "warm"):
             if "NDCG@10" in by_subset.get(subset, {}):
                 rows.append(row(label, "popularity", protocol_label(proto), "NDCG@10", by_subset[subset]["NDCG@10"],
                                 seeds=[args.seed], command=compare_cmd, subset=subset, users=comp["users"][subset]))
     rows.append(row(label, "protocol", "full", "users", None, seeds=[args.seed], command=compare_cmd, subset="all",
                     counts=comp["protocol"]))
+    rows += no_history_rows(args, home, label, compare_cmd)
     merge_rows(RUNS_FILE, rows, key=KEY)
     t = comp["test"]
     print(f"{label} seed {args.seed}, full NDCG@10 (cold / warm): " + "; ".join(
         f"{k} {t[k]['full']['cold']['NDCG@10']:.4f} / {t[k]['full']['warm']['NDCG@10']:.4f}" for k in KINDS))
+
+
+def kept_none(cfg) -> np.ndarray:
+    """[n_users + 1] bool by 1-based user index: cut by the cold-start protocol of ``cfg`` to no
+    target item at all."""
+    from cross_domain.data import cold_protocol, load_domains
+
+    return cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed).kept == 0
+
+
+_KEPT_NONE: dict[str, np.ndarray] = {}
+
+
+def _kept_none(label: str) -> np.ndarray:
+    """``kept_none`` of a row label's config (cached; the cold split does not depend on the seed)."""
+    if label not in _KEPT_NONE:
+        from core.config import load_config
+        from cross_domain.config import CrossDomainConfig
+
+        name = next(k for k, v in DATASETS.items() if v[1] == label)
+        _KEPT_NONE[label] = kept_none(load_config(CrossDomainConfig, str(REPO / DATASETS[name][0]), ""))
+    return _KEPT_NONE[label]
+
+
+def no_history_rows(args, home: Path, label: str, command: str) -> list[dict]:
+    """Rows of subset ``cold-none``: the cold users cut to no target history at all, where only
+    the source can say anything about the user (a finer cut of ``cold``, from the runs'
+    ``test_ranks.npz`` and the protocol's ``kept``)."""
+    from core.config import load_config
+    from cross_domain.config import CrossDomainConfig
+    from cross_domain.evaluate import paired_test, subset_metrics
+
+    config, _, _, source, target = DATASETS[args.dataset]
+    over = ",".join(x for x in (args.override, f"data.source={source},data.target={target}") if x)
+    cfg = load_config(CrossDomainConfig, str(REPO / config), over)
+    ranks = {k: np.load(home / stage_folder(args.dataset, k) / "test_ranks.npz") for k in KINDS}
+    mask = kept_none(cfg)[ranks["baseline"]["users"]]
+    if not mask.any():
+        return []
+    rows = []
+    for kind, z in ranks.items():
+        for proto_name in (k for k in z.files if k not in ("users", "cold")):
+            m = subset_metrics(z[proto_name], mask, cfg.eval.ks)
+            for metric in METRICS:
+                if metric in m:
+                    rows.append(row(label, kind, protocol_label(proto_name), metric, m[metric], seeds=[args.seed],
+                                    command=command, subset="cold-none", users=int(mask.sum())))
+            if kind != "baseline":
+                t = paired_test(ranks["baseline"][proto_name][mask], z[proto_name][mask])
+                rows.append(row(label, kind, protocol_label(proto_name), "p_wilcoxon_vs_baseline", t["p_wilcoxon"],
+                                seeds=[args.seed], command=command, subset="cold-none", users=int(mask.sum()),
+                                mean_ndcg10_diff=t["mean_diff"], better=t["better"], worse=t["worse"]))
+    return rows
 
 
 # --------------------------------------------------------------------------- summary
@@ -144,7 +198,10 @@ def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subs
         per_seed = []
         for s in seeds:
             z = np.load(dirs[m][s])
-            mask = {"all": np.ones(len(z["users"]), bool), "cold": z["cold"], "warm": ~z["cold"]}[subset]
+            if subset == "cold-none":
+                mask = _kept_none(label)[z["users"]]
+            else:
+                mask = {"all": np.ones(len(z["users"]), bool), "cold": z["cold"], "warm": ~z["cold"]}[subset]
             ranks = z[key][mask]
             per_seed.append((np.argsort(z["users"][mask]), np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)))
         gains[m] = np.mean([g[o] for o, g in per_seed], axis=0)
