@@ -228,6 +228,30 @@ def test_held_out_items_never_reach_the_user_item_lists(tmp_path):
     assert "temporal.recent_items" not in [s["name"] for s in dropped["user"]] and any("dropped" in n for n in notes)
 
 
+
+def test_drop_feature_types_leaves_a_type_out_of_both_towers(tmp_path):
+    from universal.config import MODEL_KEYS
+
+    _, _, full, _ = _tiny(tmp_path)
+    names = lambda schema: {t: [s["name"] for s in schema[t]] for t in ("user", "item")}  # noqa: E731
+    assert "categorical" in names(full)["user"] and "categorical" in names(full)["item"]
+    notes: list[str] = []
+    data, part, _, _ = _tiny(tmp_path)
+    cfg = _cfg(tmp_path, "drop_feature_types=[categorical,temporal]")
+    schema = fit_schema(data, part == TRAIN, cfg, {}, log=notes.append)
+    assert names(schema) == {"user": [], "item": ["continuous"]}
+    assert any("categorical, temporal" in n and "drop_feature_types" in n for n in notes)
+    # the user tower is left without inputs unless it has an id embedding: the model says so
+    with pytest.raises(ConfigError, match="user tower has no inputs"):
+        UniversalModel(schema, cfg, data.n_users, data.n_items, 8)
+    UniversalModel(schema, _cfg(tmp_path, "drop_feature_types=[categorical,temporal],user_use_id_embedding=true"),
+                   data.n_users, data.n_items, 8)
+    with pytest.raises(ConfigError, match="unknown feature type 'audio'"):
+        fit_schema(data, part == TRAIN, _cfg(tmp_path, "drop_feature_types=[audio]"), {}, log=QUIET)
+    assert fit_schema(data, part == TRAIN, _cfg(tmp_path, "drop_feature_types=[audio]"), {"audio": "linear"},
+                      log=QUIET)["user"]  # a custom type can be dropped too
+    assert "drop_feature_types" in MODEL_KEYS  # inference refuses a config that drops other types
+
 # =========================================================================== training and inference
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -251,6 +275,28 @@ def test_planted_generated_data_beats_popularity(trained):
     assert len(lines) == 8 and "AUC" in json.loads(lines[0])["valid"]
     assert json.loads((run_dir / "results.json").read_text())["best_epoch"] == report["best_epoch"]
 
+
+
+def test_baselines_share_the_pipeline_split_and_evaluator(trained):
+    from universal.baselines import MFSettings, holdout, popularity, train_mf
+
+    pipe, report, path, root = trained
+    split = holdout(pipe.cfg, path)
+    assert popularity(split) == report["popularity"]  # same split, evaluator and AUC negatives as Pipeline.fit
+    assert len(split.evals["test"]) == report["counts"]["test_users"]
+    mf = train_mf(split, MFSettings(dim=16, epochs=3, batch_size=256, learning_rate=0.02, patience=0),
+                  root / "mf", seed=3, log=QUIET)
+    assert mf["epochs_run"] == 3 and 1 <= mf["best_epoch"] <= 3
+    assert set(mf["test"]) >= {"NDCG@10", "HR@10", "Recall@10", "AUC"} and 0 <= mf["test"]["NDCG@10"] <= 1
+    assert len((root / "mf" / "metrics.jsonl").read_text().splitlines()) == 3 and (root / "mf" / "best.pt").is_file()
+    # negatives are never training items of the row's user
+    from universal.baselines import MFRows
+
+    train = split.part == TRAIN
+    rows = MFRows(split.data.user_idx[train], split.data.item_idx[train], split.data.n_items, 4, "cpu")
+    batch = rows.get_batch(torch.arange(len(rows)), torch.Generator().manual_seed(0))
+    seen = pairs_by_user(split.data.user_idx[train], split.data.item_idx[train])
+    assert all(not set(n) & seen[u] for u, n in zip(batch["user"].tolist(), batch["neg"].tolist()))
 
 def test_round_trip_train_save_inference_gives_identical_scores(trained, capsys):
     from universal.inference import main

@@ -157,6 +157,8 @@ class UniversalConfig:
     negative_sampling_ratio: float = 1.0  # sampled negatives per positive (fractions drawn per row)
     optimizer_type: Literal["adam", "adamw"] = "adam"  # both run core.train's AdamW (weight_decay 0 = Adam)
     custom_encoders: dict = field(default_factory=dict)  # feature type -> registered name or "pkg.module:Class"
+    # feature types left out of both towers (ablations), e.g. [text] or [categorical, continuous]
+    drop_feature_types: list[str] = field(default_factory=list)
     user: TowerConfig = field(default_factory=TowerConfig)
     item: TowerConfig = field(default_factory=lambda: TowerConfig(use_id_embedding=True))
     interaction: InteractionConfig = field(default_factory=InteractionConfig)
@@ -185,6 +187,9 @@ class UniversalConfig:
         if self.training.metric not in names:
             raise ConfigError(f"training.metric {self.training.metric!r} is not computed; use one of "
                               f"{', '.join(sorted(names))} (eval.ks sets the K values)")
+        for name in self.drop_feature_types:
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"drop_feature_types: expected feature type names (text, categorical, ...), got {name!r}")
         for name, value in self.custom_encoders.items():
             if not isinstance(value, str):
                 raise ConfigError(f"custom_encoders.{name}: expected a registered encoder name or 'pkg.module:Class'")
@@ -194,8 +199,8 @@ class UniversalConfig:
 
 
 # sections and keys that shape the model: inference refuses a --config that changes them
-MODEL_KEYS = ("embedding_dim", "scorer", "custom_encoders", "user", "item", "interaction", "classifier",
-              "text_encoder_config", "categorical_encoder_config", "continuous_encoder_config",
+MODEL_KEYS = ("embedding_dim", "scorer", "custom_encoders", "drop_feature_types", "user", "item", "interaction",
+              "classifier", "text_encoder_config", "categorical_encoder_config", "continuous_encoder_config",
               "image_encoder_config", "temporal_encoder_config")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from universal.config import GLOVE_PREFIXES
 from universal.data import BUILTIN_TYPES, Dataset, Entities, id_key
 
@@ -75,15 +75,26 @@ def resolve_path(value: str, root: Path) -> Path:
 def fit_schema(data: Dataset, train_rows: np.ndarray, cfg, custom_types: dict[str, str], log=print) -> dict:
     """``{"user": [spec, ...], "item": [spec, ...], "notes": [...]}``; values from training entities only."""
     schema: dict = {"notes": []}
+    off = set(cfg.drop_feature_types)
+    unknown = sorted(off - set(feature_types(custom_types)))
+    if unknown:
+        raise ConfigError(f"drop_feature_types: unknown feature type {unknown[0]!r}; use one of "
+                          f"{', '.join(feature_types(custom_types))}")
+    if off:
+        schema["notes"].append(f"notice: feature types {', '.join(sorted(off))} are left out of both towers "
+                               "(drop_feature_types)")
     for tower, ents, idx in (("user", data.users, data.user_idx), ("item", data.items, data.item_idx)):
         train_entities = np.unique(idx[train_rows]) - 1  # 0-based rows of entities seen in training
         specs = []
-        specs += _fit_text(ents, cfg)
-        specs += _fit_categorical(ents, train_entities, cfg)
-        specs += _fit_continuous(ents, train_entities, cfg)
-        specs += _fit_temporal(tower, ents, data.items, train_entities, cfg, schema["notes"], data.source)
-        specs += _fit_image(ents, cfg, data.source)
+        specs += _fit_text(ents, cfg) if "text" not in off else []
+        specs += _fit_categorical(ents, train_entities, cfg) if "categorical" not in off else []
+        specs += _fit_continuous(ents, train_entities, cfg) if "continuous" not in off else []
+        if "temporal" not in off:
+            specs += _fit_temporal(tower, ents, data.items, train_entities, cfg, schema["notes"], data.source)
+        specs += _fit_image(ents, cfg, data.source) if "image" not in off else []
         for ftype, encoder in custom_types.items():
+            if ftype in off:
+                continue
             for name in _fields(ents, ftype):
                 dims = {1 if not isinstance(v, list) else len(v) for _, v in _values(ents, ftype, name) if v is not None}
                 if len(dims) != 1:

@@ -1,0 +1,582 @@
+"""Universal two-tower recommender (issue 9): baselines, fusion, feature ablations, scale.
+
+Runs in pieces (one dataset / model / seed per call); each merges its rows into
+``benchmarks/results/universal_runs.json``; ``summarize`` writes ``universal.json`` / ``.md``:
+
+    python -m core.data.prepare universal-movielens --path ../shared/data/ml-100k   # once (run does it if missing)
+    python benchmarks/universal.py run --dataset correlated --model popularity --seed 1
+    python benchmarks/universal.py run --dataset correlated --model mf --seed 1
+    python benchmarks/universal.py run --dataset correlated --model universal-simple --seed 1
+    python benchmarks/universal.py run --dataset correlated --model universal-attention --seed 1
+    python benchmarks/universal.py run --dataset correlated --model universal-simple-no-text --seed 1
+    python benchmarks/universal.py run --dataset ml-100k --model universal-simple --seed 1   # likewise
+    python benchmarks/universal.py scale [--interactions 1000000 --users 100000 --items 20000]
+    python benchmarks/universal.py summarize
+
+Every model of a dataset is scored on the same per-user temporal hold-out by the same
+``universal.evaluate.HoldoutEvaluator`` (``universal.baselines.holdout`` builds them as
+``Pipeline.fit`` does): full ranking over every item with the user's known items excluded
+(protocol ``full``), and AUC of the held-out items against never-interacted items drawn once
+per user with a fixed seed: protocol ``sampled-100`` when every user got 100 of them,
+``all-unseen`` when no user had 100 (then each user's AUC negatives are all items they never
+touched). The epoch is chosen on validation NDCG@10; test is scored once.
+
+- ``popularity``: training counts; ``mf``: BPR matrix factorization (``universal.baselines``);
+- ``universal-simple`` / ``universal-attention``: ``python -m universal.train`` with the
+  dataset's simple / attention config (``DATASETS``), run name ``bench-<model>-seed<N>``;
+- ``universal-simple-no-<type>``: the simple config with ``drop_feature_types=[<type>]``;
+  only types present in the data are accepted. ``universal-simple-ids-only``: every present type
+  dropped, only the id embeddings left (a control; needs ``user_use_id_embedding``, i.e. ML-100K).
+- ``scale``: generates a universal-format file (``data/universal-scale-<N>/data.json``, every
+  feature type; image = one 32-float ``.npy`` vector per item) in a child process, then, in a
+  fresh child, times loading (read + validate + split + schema + feature tables) and a timed
+  slice of training, and reads that child's peak RSS (``ru_maxrss``).
+
+``--device cuda`` runs the model pieces on a GPU (the ``device`` field records it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sequential import aggregate, machine, merge_rows, row  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+RUNS_FILE = RESULTS / "universal_runs.json"
+SHARED = REPO.parent / "shared" / "data"
+TYPES = ("text", "categorical", "continuous", "temporal", "image")
+# attention fusion on ML-100K: both towers, 2 layers, 4 heads, a CLS token, as the upstream attention config
+ML_ATTENTION = ("user_use_simple_fusion=false,item_use_simple_fusion=false,user_num_attention_layers=2,"
+                "item_num_attention_layers=2,user_num_heads=4,item_num_heads=4,user_dropout=0.1,item_dropout=0.1,"
+                "user_use_cls_token=true,item_use_cls_token=true,user_use_layer_norm=true,item_use_layer_norm=true")
+DATASETS = {
+    # name -> data file, simple config, attention config, attention overrides, MF settings, how to prepare
+    "correlated": {
+        "data": SHARED / "universal" / "correlated_dataset.json",
+        "simple": SHARED / "universal" / "sample_config_simple_fusion.json",
+        "attention": SHARED / "universal" / "sample_config_attention_fusion.json",
+        "attention_overrides": "",
+        "mf": {"dim": 64, "epochs": 100, "batch_size": 256, "learning_rate": 0.01, "negatives": 4, "reg": 1e-4,
+               "patience": 10},
+        "prepare": None,
+    },
+    "ml-100k": {
+        "data": REPO / "data" / "universal-ml-100k" / "data.json",
+        "simple": REPO / "configs" / "universal" / "ml-100k.yaml",
+        "attention": REPO / "configs" / "universal" / "ml-100k.yaml",
+        "attention_overrides": ML_ATTENTION,
+        "mf": {"dim": 64, "epochs": 100, "batch_size": 256, "learning_rate": 0.002, "negatives": 4, "reg": 1e-4,
+               "patience": 5},
+        "prepare": ["-m", "core.data.prepare", "universal-movielens", "--path", str(SHARED / "ml-100k")],
+    },
+}
+QUALITY = ("NDCG@10", "HR@10", "Recall@10")
+MODELS = ("popularity", "mf", "universal-simple", "universal-attention", *(f"universal-simple-no-{t}" for t in TYPES),
+          "universal-simple-ids-only")  # control: every feature type dropped, only the id embeddings remain
+
+
+def rel(path: Path) -> str:
+    try:
+        return os.path.relpath(path, REPO)
+    except ValueError:
+        return str(path)
+
+
+def device_label(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return f"cuda:{torch.cuda.get_device_name()}"
+    return machine()
+
+
+def load_cfg(path: Path, overrides: str = ""):
+    from core.config import load_config
+    from universal.config import UniversalConfig
+
+    return load_config(UniversalConfig, path, overrides)
+
+
+def present_types(data) -> set[str]:
+    return {t for side in (data.users, data.items) for feats in side.features for t in feats}
+
+
+def auc_protocol(split) -> tuple[str, dict]:
+    ev = split.evals["test"]
+    counts = (ev.negatives > 0).sum(1).numpy()
+    want = ev.negatives.shape[1]
+    info = {"auc_negatives_min": int(counts.min()), "auc_negatives_mean": round(float(counts.mean()), 2),
+            "auc_negatives_max": int(counts.max())}
+    if counts.min() == want:
+        return f"sampled-{want}", info
+    if counts.max() < want:
+        return "all-unseen", info
+    return f"sampled-upto-{want}", info
+
+
+def epoch_seconds(run_dir: Path) -> float | None:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    secs = [r["epoch_seconds"] for r in lines if "epoch_seconds" in r]
+    return float(np.mean(secs)) if secs else None
+
+
+def quality_rows(dataset, model, seed, command, test, protocol_auc, auc_info, **extra) -> list[dict]:
+    rows = [row(dataset, model, "full", m, float(test[m]), seeds=[seed], command=command, **extra) for m in QUALITY]
+    rows.append(row(dataset, model, protocol_auc, "AUC", float(test["AUC"]), seeds=[seed], command=command,
+                    **auc_info, **extra))
+    return rows
+
+
+# --------------------------------------------------------------------------- run
+def cmd_run(args) -> None:
+    import torch
+
+    from core.store import state_root
+    from universal.baselines import MFSettings, holdout, popularity, train_mf
+    from universal.config import dataset_name
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    spec = DATASETS[args.dataset]
+    data_path = spec["data"]
+    if not data_path.is_file():
+        if spec["prepare"] is None:
+            raise SystemExit(f"{data_path} not found")
+        subprocess.run([sys.executable, *spec["prepare"]], cwd=REPO, check=True)
+    command = f"python benchmarks/universal.py run --dataset {args.dataset} --model {args.model} --seed {args.seed}" \
+              + (f" --device {args.device}" if args.device != "cpu" else "")
+    label = device_label(args.device)
+    base = load_cfg(spec["simple"], f"device={args.device}")
+    split = holdout(base, data_path, args.device)
+    proto, auc_info = auc_protocol(split)
+    common = {"users_test": len(split.evals["test"]), "config": rel(spec["simple"])}
+
+    if args.model == "popularity":
+        res = popularity(split)
+        rows = quality_rows(args.dataset, "popularity", args.seed, command, res["test"], proto, auc_info,
+                            valid_ndcg10=res["valid"]["NDCG@10"], **common)
+    elif args.model == "mf":
+        settings = MFSettings(**spec["mf"])
+        out = state_root() / "universal" / dataset_name(base, data_path) / f"bench-mf-seed{args.seed}"
+        res = train_mf(split, settings, out, seed=args.seed, metric="NDCG@10", device=args.device)
+        extra = {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"], "train_seconds": res["train_seconds"],
+                 "valid_ndcg10": res["valid"]["NDCG@10"], "mf": res["settings"], "run_dir": rel(out), **common}
+        rows = quality_rows(args.dataset, "mf", args.seed, command, res["test"], proto, auc_info, **extra)
+        rows.append(row(args.dataset, "mf", "full", "sec_per_epoch", epoch_seconds(out), seeds=[args.seed],
+                        command=command, unit="s", **extra))
+    else:
+        config = spec["attention"] if args.model == "universal-attention" else spec["simple"]
+        over = [f"seed={args.seed}", f"run_name=bench-{args.model}-seed{args.seed}", f"device={args.device}"]
+        if args.model == "universal-attention" and spec["attention_overrides"]:
+            over.append(spec["attention_overrides"])
+        if args.model.startswith("universal-simple-no-"):
+            ftype = args.model.removeprefix("universal-simple-no-")
+            have = present_types(split.data)
+            if ftype not in have:
+                raise SystemExit(f"{args.dataset} has no {ftype} features (it has {', '.join(sorted(have))}): "
+                                 f"universal-simple-no-{ftype} would be universal-simple")
+            over.append(f"drop_feature_types=[{ftype}]")
+        if args.model == "universal-simple-ids-only":
+            if not base.user.use_id_embedding:
+                raise SystemExit(f"{args.dataset}: the simple config has no user id embedding, so without features "
+                                 "the user tower has no input; universal-simple-ids-only needs user_use_id_embedding")
+            over.append(f"drop_feature_types=[{','.join(sorted(present_types(split.data)))}]")
+        over = ",".join(over)
+        argv = [sys.executable, "-m", "universal.train", "--config", rel(config), "--data", rel(data_path),
+                "--override", over]
+        train_command = f"python -m universal.train --config {rel(config)} --data {rel(data_path)} --override \"{over}\""
+        print(f"== {train_command}", flush=True)
+        subprocess.run(argv, cwd=REPO, check=True)
+        cfg = load_cfg(config, over)
+        run_dir = state_root() / "universal" / dataset_name(cfg, data_path) / cfg.run_name
+        res = json.loads((run_dir / "results.json").read_text())
+        if res["popularity"]["test"] != popularity(split)["test"]:
+            raise SystemExit(f"{run_dir}: the run's split differs from the benchmark's (popularity does not match)")
+        extra = {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"], "train_seconds": res["train_seconds"],
+                 "valid_ndcg10": res["valid"]["NDCG@10"], "train_command": train_command, "run_dir": rel(run_dir),
+                 **common, "config": rel(config)}
+        rows = quality_rows(args.dataset, args.model, args.seed, command, res["test"], proto, auc_info, **extra)
+        rows.append(row(args.dataset, args.model, "full", "sec_per_epoch", epoch_seconds(run_dir), seeds=[args.seed],
+                        command=command, unit="s", **extra))
+    for r in rows:
+        r["device"] = label
+    merge_rows(RUNS_FILE, rows)
+    q = {r["metric"]: r["value"] for r in rows}
+    print(f"{args.dataset} {args.model} seed {args.seed}: test NDCG@10 {q['NDCG@10']:.4f} HR@10 {q['HR@10']:.4f} "
+          f"Recall@10 {q['Recall@10']:.4f} AUC ({proto}) {q['AUC']:.4f}"
+          + (f", {q['sec_per_epoch']:.1f} s/epoch, best epoch {rows[0]['best_epoch']}" if "sec_per_epoch" in q else ""))
+
+
+# --------------------------------------------------------------------------- scale
+ADJ = ["classic", "compact", "deluxe", "handmade", "modern", "portable", "rugged", "vintage", "smart", "eco"]
+NOUN = ["lamp", "kettle", "chair", "backpack", "speaker", "jacket", "drill", "blender", "tent", "watch", "novel",
+        "puzzle", "racket", "guitar", "camera", "mug", "scarf", "helmet", "board", "clock"]
+
+
+def generate_scale(out_dir: Path, n_inter: int, n_users: int, n_items: int, seed: int = 0, img_dim: int = 32) -> dict:
+    """Write ``out_dir/data.json`` (streamed, never one object in memory) and ``out_dir/images/<item>.npy``.
+
+    Users: categorical occupation/country, continuous age/income, temporal recent_items (their
+    items in time order: the leak guard restricts it). Items: text title (unique), categorical
+    category + tags (a list), continuous price, temporal weekly_views (a numeric series), image
+    (a 32-float vector). Each user draws from their occupation's preferred categories with
+    probability 0.7, else by popularity; ``n_inter`` is exact."""
+    rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "images").mkdir(exist_ok=True)
+    n_cat, n_occ = 50, 20
+    item_cat = rng.integers(n_cat, size=n_items)
+    pop = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    pop = pop[rng.permutation(n_items)]
+    pop /= pop.sum()
+    by_cat = [np.flatnonzero(item_cat == c) for c in range(n_cat)]
+    occ = rng.integers(n_occ, size=n_users)
+    prefers = [rng.choice(n_cat, 3, replace=False) for _ in range(n_occ)]
+    lengths = np.full(n_users, n_inter // n_users)
+    lengths[: n_inter - lengths.sum()] += 1
+    lengths = np.maximum(lengths + rng.integers(-4, 5, size=n_users), 3)
+    diff = n_inter - int(lengths.sum())  # restore the exact total
+    while diff:
+        idx = rng.integers(n_users, size=abs(diff))
+        step = 1 if diff > 0 else -1
+        lengths = lengths.copy()
+        np.add.at(lengths, idx, step)
+        lengths = np.maximum(lengths, 3)
+        diff = n_inter - int(lengths.sum())
+    titles = []
+    for i in range(n_items):
+        np.save(out_dir / "images" / f"{i + 1}.npy", (rng.standard_normal(img_dim) + item_cat[i] % 7).astype(np.float32))
+        titles.append(f"{ADJ[i % len(ADJ)]} {NOUN[(i // len(ADJ)) % len(NOUN)]} {i + 1} for category {item_cat[i]}")
+    t0 = 1_700_000_000
+    with open(out_dir / "data.json.tmp", "w") as fh:
+        fh.write('{"item_data": [')
+        for i in range(n_items):
+            rec = {"item_id": i + 1, "text": {"title": titles[i]},
+                   "categorical": {"category": f"c{item_cat[i]}", "tags": [f"t{x}" for x in rng.choice(200, 1 + i % 3, replace=False)]},
+                   "continuous": {"price": round(float(rng.lognormal(3, 0.5)), 2)},
+                   "temporal": {"weekly_views": [int(x) for x in rng.poisson(5 + 50 * pop[i] * n_items / 10, 8)]},
+                   "image": {"thumb": f"images/{i + 1}.npy"}}
+            fh.write(("," if i else "") + json.dumps(rec, separators=(",", ":")))
+        fh.write('], "user_data": [')
+        inter_chunks = []
+        for u in range(n_users):
+            n = int(lengths[u])
+            own = np.concatenate([by_cat[c] for c in prefers[occ[u]]])
+            k_own = int(rng.binomial(n, 0.7))
+            picks = set(rng.choice(own, min(k_own, len(own)), replace=False).tolist()) if len(own) else set()
+            while len(picks) < n:
+                picks.update(rng.choice(n_items, n - len(picks), p=pop).tolist())
+            items = rng.permutation(np.fromiter(picks, np.int64))[:n] + 1
+            times = t0 + np.sort(rng.choice(365 * 86400, n, replace=False))
+            rec = {"user_id": u + 1, "categorical": {"occupation": f"o{occ[u]}", "country": f"k{rng.integers(50)}"},
+                   "continuous": {"age": float(rng.integers(18, 80)), "income": round(float(rng.lognormal(10, 0.6)), 0)},
+                   "temporal": {"recent_items": items.tolist()}}
+            fh.write(("," if u else "") + json.dumps(rec, separators=(",", ":")))
+            inter_chunks.append(",".join(f'{{"user_id":{u + 1},"item_id":{i},"timestamp":{t}}}'
+                                         for i, t in zip(items.tolist(), times.tolist())))
+        fh.write('], "interactions": [')
+        fh.write(",".join(inter_chunks))
+        fh.write("]}")
+    (out_dir / "data.json.tmp").replace(out_dir / "data.json")
+    return {"titles": titles, "interactions": int(lengths.sum())}
+
+
+def scale_dir(args) -> Path:
+    return REPO / "data" / f"universal-scale-{args.interactions}"
+
+
+def cmd_scale_generate(args) -> None:
+    """Child: write the data, then encode the item titles once into the text cache (timed apart)."""
+    from core.text import encode_texts
+
+    out = scale_dir(args)
+    t0 = time.perf_counter()
+    info = generate_scale(out, args.interactions, args.users, args.items, seed=args.seed)
+    gen_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    encode_texts(info["titles"], show_progress=False)
+    text_s = time.perf_counter() - t0
+    meta = {"generate_seconds": round(gen_s, 1), "text_encode_seconds": round(text_s, 1), "texts": len(info["titles"]),
+            "interactions": info["interactions"], "users": args.users, "items": args.items,
+            "bytes": (out / "data.json").stat().st_size}
+    (out / "generation.json").write_text(json.dumps(meta, indent=1))
+    print(json.dumps(meta))
+
+
+def cmd_scale_measure(args) -> None:
+    """Child: load (read + validate + split + schema + tables) and a timed training slice; peak RSS."""
+    import torch
+
+    from core.cli import resolve_device, seed_everything
+    from universal.data import load_dataset
+    from universal.evaluate import TRAIN, pairs_by_user, temporal_holdout
+    from universal.features import fit_schema
+    from universal.pipeline import Pipeline, TrainRows
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    cfg = load_cfg(REPO / "configs/universal/synthetic.yaml", f"device={args.device},seed={args.seed},"
+                   f"training.batch_size={args.batch_size}")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    path = scale_dir(args) / "data.json"
+    t = {"start": time.perf_counter()}
+    data = load_dataset(path)
+    t["read_validate"] = time.perf_counter()
+    part = temporal_holdout(data, cfg.data.train_split, cfg.data.min_interactions)
+    train = part == TRAIN
+    pipe = Pipeline(cfg, log=lambda *a: None)
+    schema = fit_schema(data, train, cfg, {}, log=lambda *a: None)
+    schema.pop("notes")
+    heldout = pairs_by_user(data.user_idx[~train], data.item_idx[~train])
+    t["split_schema"] = time.perf_counter()
+    pipe.meta = {"schema": schema, "n_users": data.n_users, "n_items": data.n_items}
+    tables = pipe._tables(data, data.items.lookup, data.users.lookup, data.items.lookup, drop_items=heldout)
+    pipe.meta["text_dim"] = int(tables["item"]["text/x"].shape[-1])
+    t["tables"] = time.perf_counter()
+    load_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model = pipe._new_model().to(device)
+    rows = TrainRows(data.user_idx[train], data.item_idx[train], tables, data.n_items, cfg, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))
+    batches = order.split(cfg.training.batch_size)
+    model.train()
+    done, timed_rows, t_train = 0, 0, None
+    for b, index in enumerate(batches):
+        if b == args.warmup_batches:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t_train = time.perf_counter()
+        loss = model.training_loss(rows.get_batch(index.to(device), gen), gen)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
+        opt.step()
+        done += 1
+        if t_train is not None:
+            timed_rows += len(index)
+            if time.perf_counter() - t_train >= args.train_seconds:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_s = time.perf_counter() - t_train
+    rate = timed_rows / train_s
+    out = {"read_validate_s": t["read_validate"] - t["start"], "split_schema_s": t["split_schema"] - t["read_validate"],
+           "tables_s": t["tables"] - t["split_schema"], "load_seconds": t["tables"] - t["start"],
+           "interactions": int(len(part)), "train_interactions": int(train.sum()), "users": data.n_users,
+           "items": data.n_items, "feature_specs": {s: [x["name"] for x in schema[s]] for s in ("user", "item")},
+           "batches_timed": done - args.warmup_batches, "rows_timed": timed_rows, "train_seconds_timed": train_s,
+           "interactions_per_s": rate, "sec_per_epoch": int(train.sum()) / rate, "batch_size": cfg.training.batch_size,
+           "negatives_per_row": cfg.negative_sampling_ratio, "final_loss": float(loss.detach()),
+           "peak_rss_after_load_mb": load_rss, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps(out))
+
+
+def cmd_scale(args) -> None:
+    folder = scale_dir(args)
+    flags = ["--interactions", str(args.interactions), "--users", str(args.users), "--items", str(args.items),
+             "--seed", str(args.seed)]
+    if not (folder / "generation.json").is_file():
+        subprocess.run([sys.executable, __file__, "scale-generate", *flags], cwd=REPO, check=True)
+    gen = json.loads((folder / "generation.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "measure.json"
+        subprocess.run([sys.executable, __file__, "scale-measure", *flags, "--device", args.device, "--out", str(out),
+                        "--train-seconds", str(args.train_seconds), "--batch-size", str(args.batch_size),
+                        "--warmup-batches", str(args.warmup_batches)], cwd=REPO, check=True)
+        res = json.loads(out.read_text())
+    command = (f"python benchmarks/universal.py scale --interactions {args.interactions} --users {args.users} "
+               f"--items {args.items} --train-seconds {args.train_seconds} --batch-size {args.batch_size}"
+               + (f" --device {args.device}" if args.device != "cpu" else ""))
+    extra = {"data": rel(folder / "data.json"), "interactions": res["interactions"], "users": res["users"],
+             "items": res["items"], "file_mb": round(gen["bytes"] / 2**20, 1),
+             "image": "one .npy file of 32 float32 per item (image_vector encoder)",
+             "text_cache": f"warm: the {gen['texts']} item titles were encoded once at generation "
+                           f"({gen['text_encode_seconds']} s, not in load_seconds)"}
+    m = "universal-simple"
+    rows = [
+        row("scale", m, "full", "load_seconds", res["load_seconds"], command=command, unit="s",
+            read_validate_s=res["read_validate_s"], split_schema_s=res["split_schema_s"], tables_s=res["tables_s"],
+            peak_rss_after_load_mb=res["peak_rss_after_load_mb"], **extra),
+        row("scale", m, "full", "interactions_per_s", res["interactions_per_s"], command=command, unit="1/s",
+            batch_size=res["batch_size"], negatives_per_row=res["negatives_per_row"], batches_timed=res["batches_timed"],
+            train_seconds_timed=res["train_seconds_timed"], threads=res["threads"], **extra),
+        row("scale", m, "full", "sec_per_epoch", res["sec_per_epoch"], command=command, unit="s",
+            note="extrapolated: training interactions / interactions_per_s (no validation)", **extra),
+        row("scale", m, "full", "peak_rss_mb", res["peak_rss_mb"], command=command, unit="MB",
+            note="ru_maxrss of the measuring process (load + training slice)", **extra),
+        row("scale", m, "full", "text_encode_seconds", gen["text_encode_seconds"], command=command, unit="s",
+            texts=gen["texts"], note="MiniLM, cold cache, at generation", **extra),
+    ]
+    if "peak_gpu_mb" in res:
+        rows.append(row("scale", m, "full", "peak_gpu_mb", res["peak_gpu_mb"], command=command, unit="MB", **extra))
+    for r in rows:
+        r["device"] = device_label(args.device)
+    merge_rows(RUNS_FILE, rows)
+    for r in rows:
+        print(f"scale {r['metric']:22s} {r['value']:.1f}")
+
+
+# --------------------------------------------------------------------------- summary
+def cmd_summarize(args) -> None:
+    from core.store import atomic_write_json, atomic_write_text
+
+    runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
+    _, out = aggregate([r for r in runs if r["seeds"]])  # model rows: mean and std over seeds
+    scale = [r for r in runs if not r["seeds"]]  # scale rows: one measurement each, as they are
+    for r in out:  # keep the AUC negative counts (and what the row was run with) with the aggregated row
+        src = next(x for x in runs if (x["dataset"], x["model"], x["protocol"], x["metric"]) ==
+                   (r["dataset"], r["model"], r["protocol"], r["metric"]))
+        for k in ("auc_negatives_min", "auc_negatives_mean", "auc_negatives_max", "users_test", "config", "note",
+                  "train_command", "interactions", "users", "items", "text_cache", "image", "batch_size", "threads"):
+            if k in src:
+                r[k] = src[k]
+        r["command"] = r["command"].replace(f"--seed {src['seeds'][0]}", "--seed <N>")
+        if "train_command" in r:
+            from sequential import generic_command
+
+            r["train_command"] = generic_command(r["train_command"], src["seeds"][0])
+    out += scale
+    atomic_write_json(RESULTS / "universal.json", out)
+    by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
+    fmt = lambda r, d=4: (f"{r['value']:.{d}f}" + (f" ± {r['std']:.{d}f}" if len(r["seeds"]) > 1 else "")) if r else ""  # noqa: E731
+    lines = ["# Universal two-tower: baselines, fusion, feature ablations (test, mean ± std over seeds)", "",
+             "Same per-user temporal hold-out and evaluator for every model of a dataset; NDCG/HR/Recall@10 under "
+             "full ranking with the user's known items excluded; AUC of held-out items against never-interacted "
+             "items (protocol in the column). Epoch chosen on validation NDCG@10, test scored once.", ""]
+    for ds in [d for d in DATASETS if any(r["dataset"] == d for r in out)]:
+        auc_proto = next((r["protocol"] for r in out if r["dataset"] == ds and r["metric"] == "AUC"), "")
+        lines += [f"## {ds}", "", f"| model | seeds | NDCG@10 | HR@10 | Recall@10 | AUC ({auc_proto}) | valid NDCG@10 | "
+                  "s/epoch | best epoch |", "|---|---|---|---|---|---|---|---|---|"]
+        for m in MODELS:
+            g = lambda metric: by.get((ds, m, metric))  # noqa: E731
+            if not g("NDCG@10"):
+                continue
+            best = sorted({str(x.get("best_epoch")) for x in runs if x["dataset"] == ds and x["model"] == m
+                           and x["metric"] == "NDCG@10" and "best_epoch" in x})
+            valid = [x["valid_ndcg10"] for x in runs if x["dataset"] == ds and x["model"] == m
+                     and x["metric"] == "NDCG@10" and "valid_ndcg10" in x]
+            vcell = f"{np.mean(valid):.4f}" + (f" ± {np.std(valid, ddof=1):.4f}" if len(valid) > 1 else "") if valid else ""
+            lines.append(f"| {m} | {len(g('NDCG@10')['seeds'])} | {fmt(g('NDCG@10'))} | {fmt(g('HR@10'))} | "
+                         f"{fmt(g('Recall@10'))} | {fmt(g('AUC'))} | {vcell} | {fmt(g('sec_per_epoch'), 1)} | "
+                         f"{', '.join(best)} |")
+        lines += ["", _verdict(ds, by, runs), ""]
+    sc = [r for r in out if r["dataset"] == "scale"]
+    if sc:
+        s = {r["metric"]: r for r in sc}
+        r0 = sc[0]
+        lines += ["## scale", "",
+                  f"Generated file: {r0.get('interactions')} interactions, {r0.get('users')} users, {r0.get('items')} items, "
+                  f"every feature type ({r0.get('image', '')}); text cache {r0.get('text_cache', '')}.", "",
+                  "| metric | value |", "|---|---|"]
+        notes = {"load_seconds": lambda r: f"read + validate {r['read_validate_s']:.1f} s, split + schema "
+                                           f"{r['split_schema_s']:.1f} s, feature tables {r['tables_s']:.1f} s",
+                 "interactions_per_s": lambda r: f"training interactions (each with {r['negatives_per_row']:g} sampled "
+                                                 f"negatives), batch {r['batch_size']}, {r['batches_timed']} batches in "
+                                                 f"{r['train_seconds_timed']:.0f} s, {r['threads']} torch thread(s)",
+                 "sec_per_epoch": lambda r: r.get("note", ""), "peak_rss_mb": lambda r: r.get("note", ""),
+                 "text_encode_seconds": lambda r: f"{r.get('texts')} titles, {r.get('note', '')}"}
+        lines[-2:] = ["| metric | value | how |", "|---|---|---|"]
+        for k in ("load_seconds", "interactions_per_s", "sec_per_epoch", "peak_rss_mb", "text_encode_seconds", "peak_gpu_mb"):
+            if k in s:
+                lines.append(f"| {k} | {s[k]['value']:.1f} | {notes.get(k, lambda r: '')(s[k])} |")
+        lines += ["", f"Device: {s['load_seconds']['device'] if 'load_seconds' in s else ''}; batch "
+                      f"{s.get('interactions_per_s', {}).get('batch_size', '')}. Goal: loads in under 60 s: "
+                      + ("met" if s.get("load_seconds") and s["load_seconds"]["value"] < 60 else "MISSED")
+                      + (" (at 1,000,000 interactions)" if r0.get("interactions") == 1_000_000
+                         else f" (at {r0.get('interactions')} interactions, not the 1,000,000 of the goal)"), ""]
+    devices = sorted({r["device"] for r in runs})
+    lines += [f"Device: {'; '.join(devices) or machine()}. Commands: the `command` (and `train_command`) fields "
+              "of `universal.json` / `universal_runs.json`."]
+    atomic_write_text(RESULTS / "universal.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _compare(full: dict, pop: dict | None, mf: dict | None) -> tuple[list[str], str]:
+    parts = []
+    for name, base in (("popularity", pop), ("mf", mf)):
+        if base:
+            word = "beats" if full["value"] > base["value"] else "ties" if full["value"] == base["value"] else "does NOT beat"
+            ceiling = ", at the ceiling" if base["value"] >= 0.9995 else ""
+            parts.append(f"{word} {name} ({full['value']:.4f} vs {base['value']:.4f}{ceiling})")
+        else:
+            parts.append(f"{name} not run")
+    goal = "met" if pop and mf and full["value"] > max(pop["value"], mf["value"]) else "NOT met" if pop and mf else "open"
+    return parts, goal
+
+
+def _verdict(ds: str, by: dict, runs: list[dict]) -> str:
+    full, pop, mf = (by.get((ds, m, "NDCG@10")) for m in ("universal-simple", "popularity", "mf"))
+    if not full:
+        return f"Verdict ({ds}): universal-simple not run yet."
+    parts, goal = _compare(full, pop, mf)
+    attn = by.get((ds, "universal-attention", "NDCG@10"))
+    attn_txt = ""
+    if attn:
+        a_parts, a_goal = _compare(attn, pop, mf)
+        attn_txt = " universal-attention " + "; ".join(a_parts) + f" -> {a_goal}."
+    per_seed = {}  # model -> {seed: test NDCG@10}
+    for r in runs:
+        if r["dataset"] == ds and r["metric"] == "NDCG@10" and r["seeds"]:
+            per_seed.setdefault(r["model"], {})[r["seeds"][0]] = r["value"]
+    abl = []
+    for t in (*TYPES, "ids-only"):
+        m = f"universal-simple-no-{t}" if t != "ids-only" else "universal-simple-ids-only"
+        shared = sorted(set(per_seed.get(m, {})) & set(per_seed.get("universal-simple", {})))
+        if not shared:
+            continue
+        d = [per_seed[m][x] - per_seed["universal-simple"][x] for x in shared]
+        spread = f" ± {np.std(d, ddof=1):.4f}" if len(d) > 1 else ""
+        name = "all features (ids-only control)" if t == "ids-only" else t
+        abl.append(f"{name} {np.mean(d):+.4f}{spread} ({len(d)} seed{'s' if len(d) > 1 else ''})")
+    n = len(full["seeds"])
+    return (f"Verdict ({ds}, {n} seed{'s' if n > 1 else ''}): full-feature universal-simple NDCG@10 "
+            + "; ".join(parts) + f" -> goal {goal}." + attn_txt + " "
+            + ("Test NDCG@10 change vs universal-simple when a feature type is removed (mean ± std of the per-seed differences over the seeds both ran): " + ", ".join(abl) + "." if abl else "No ablations run yet."))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="one dataset / model / seed")
+    r.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    r.add_argument("--model", choices=MODELS, required=True)
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--device", default="cpu", help="cpu or cuda")
+    for name in ("scale", "scale-generate", "scale-measure"):
+        s = sub.add_parser(name)
+        s.add_argument("--interactions", type=int, default=1_000_000)
+        s.add_argument("--users", type=int, default=100_000)
+        s.add_argument("--items", type=int, default=20_000)
+        s.add_argument("--seed", type=int, default=0)
+        if name != "scale-generate":
+            s.add_argument("--device", default="cpu")
+            s.add_argument("--train-seconds", type=float, default=60.0, help="length of the timed training slice")
+            s.add_argument("--batch-size", type=int, default=1024)
+            s.add_argument("--warmup-batches", type=int, default=3)
+        if name == "scale-measure":
+            s.add_argument("--out", required=True)
+    sub.add_parser("summarize")
+    args = p.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    {"run": cmd_run, "scale": cmd_scale, "scale-generate": cmd_scale_generate, "scale-measure": cmd_scale_measure,
+     "summarize": cmd_summarize}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
