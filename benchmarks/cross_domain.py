@@ -82,10 +82,9 @@ def cmd_run(args) -> None:
         if args.retrain or not (home / stage_folder(args.dataset, stage) / "results.json").is_file():
             print(f"== {commands[stage]}", flush=True)
             subprocess.run(argv, cwd=REPO, check=True)
-    compare_argv = [sys.executable, "-m", "cross_domain", "eval-compare", *base, "--override", over]
-    print(f"== python -m cross_domain eval-compare {' '.join(base)} --override \"{over}\"", flush=True)
-    subprocess.run(compare_argv, cwd=REPO, check=True)
     compare_cmd = f"python -m cross_domain eval-compare {' '.join(base)} --override \"{over}\""
+    print(f"== {compare_cmd}", flush=True)
+    subprocess.run([sys.executable, "-m", "cross_domain", "eval-compare", *base, "--override", over], cwd=REPO, check=True)
 
     comp = json.loads((home / stage_folder(args.dataset, "compare") / "compare.json").read_text())
     rows = []
