@@ -322,6 +322,16 @@ def _text_dim(cfg) -> int:
                         show_progress=False).shape[1]
 
 
+def _pillow(key: str):
+    """Pillow decodes image files; without it every image would silently count as unreadable."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ConfigError(f"image feature {key!r} needs Pillow to read image files: pip install pillow "
+                          f"(or give precomputed .npy vectors instead)") from None
+    return Image
+
+
 def _image_table(spec: dict, ents: Entities, cfg, source: Path, log) -> dict:
     ic = cfg.image_encoder_config
     root = image_root(ic, source)
@@ -332,6 +342,7 @@ def _image_table(spec: dict, ents: Entities, cfg, source: Path, log) -> dict:
     else:
         size = spec["size"]
         x = np.zeros((n, 3, size, size), np.uint8)
+    Image = _pillow(key) if spec["kind"] == "image" else None
     missing, unreadable, total, first = 0, 0, 0, None
     for r, v in _values(ents, "image", name):
         if not v:
@@ -349,8 +360,6 @@ def _image_table(spec: dict, ents: Entities, cfg, source: Path, log) -> dict:
                     raise ValueError(f"{vec.size} values, expected {spec['dim']}")
                 x[r + 1] = vec
             else:
-                from PIL import Image
-
                 with Image.open(path) as img:
                     thumb = img.convert("RGB").resize((size, size))
                 x[r + 1] = np.asarray(thumb, np.uint8).transpose(2, 0, 1)
