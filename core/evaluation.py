@@ -4,21 +4,86 @@
 inputs, targets, the fixed-seed sampled negatives) and then scores users in batches:
 full ranking over all items with the user's history masked, plus the sampled protocols.
 Under torchrun each rank scores a disjoint shard of users and the sums are all-reduced.
+
+Catalog scale (``item_chunk`` > 0): a scorer with ``encode`` / ``score_chunk`` /
+``score_items`` (a ``ChunkScorer``, e.g. ``core.seqrec.ModelScorer``) is scored one item chunk
+at a time; each chunk adds its count of items ranked above the target, so peak memory is
+batch x chunk instead of batch x catalog, with the same ranks (``chunked_ranks``).
+``topk_items`` gives top-K recommendations the same way with a running top-K.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from core.data.batches import trim_padding
-from core.data.splits import EvalSplit, Split, history_mask, padded_prefixes
+from core.data.splits import EvalSplit, Split, history_mask, padded_prefixes, prefix_positions
 from core.dist import dist_info
 from core.metrics import MetricAccumulator, rank_metrics, ranks_from_scores, sample_negatives
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(padded history [B, W], user indexes [B]) -> scores [B, n_items + 1]."""
+
+
+class ChunkScorer(Protocol):
+    """A ScoreFn that can also score the catalog in pieces (used when ``item_chunk`` > 0)."""
+
+    def __call__(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor: ...
+    def score_chunk(self, h: torch.Tensor, start: int, end: int) -> torch.Tensor: ...  # items start..end-1
+    def score_items(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...  # [B, C] ids -> [B, C]
+
+
+def chunked_ranks(score_chunk: Callable[[int, int], torch.Tensor], target_scores: torch.Tensor, targets: torch.Tensor,
+                  hist_rows: torch.Tensor, hist_items: torch.Tensor, n_items: int, chunk: int) -> torch.Tensor:
+    """0-based ranks as ``ranks_from_scores`` with the history excluded, one item chunk at a time.
+
+    ``score_chunk(start, end)`` -> [B, end - start] scores of items start..end-1 (column 0 of
+    the catalog is padding); ``hist_rows`` / ``hist_items`` list the (row, item) pairs to
+    exclude. Ties count against the target, and the target never counts itself, as unchunked.
+    """
+    ranks = torch.zeros(len(targets), dtype=torch.int32, device=targets.device)
+    t = target_scores.view(-1, 1)
+    rows_all = torch.arange(len(targets), device=targets.device)
+    for start in range(0, n_items + 1, chunk):
+        end = min(n_items + 1, start + chunk)
+        ahead = score_chunk(start, end).float() >= t
+        sel = (hist_items >= start) & (hist_items < end)
+        ahead[hist_rows[sel], hist_items[sel] - start] = False
+        hit = (targets >= start) & (targets < end)
+        ahead[rows_all[hit], targets[hit] - start] = False
+        if start == 0:
+            ahead[:, 0] = False  # padding
+        ranks += ahead.sum(dim=1, dtype=torch.int32)
+    return ranks
+
+
+def topk_items(score_chunk: Callable[[int, int], torch.Tensor], batch: int, n_items: int, k: int, chunk: int,
+               exclude_rows: torch.Tensor | None = None, exclude_items: torch.Tensor | None = None,
+               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` (scores, item indexes) per row over items 1..n_items with a running top-K over
+    item chunks: memory batch x (chunk + k). Excluded (row, item) pairs never appear; ties keep
+    the lower item index first (as one ``topk`` over the stable full row would not promise)."""
+    k = min(k, n_items)
+    best_v = torch.full((batch, k), -float("inf"), device=device)
+    best_i = torch.zeros((batch, k), dtype=torch.long, device=device)
+    for start in range(0, n_items + 1, chunk):
+        end = min(n_items + 1, start + chunk)
+        s = score_chunk(start, end).float().clone()
+        if start == 0:
+            s[:, 0] = -float("inf")
+        if exclude_rows is not None:
+            sel = (exclude_items >= start) & (exclude_items < end)
+            s[exclude_rows[sel], exclude_items[sel] - start] = -float("inf")
+        v, i = s.topk(min(k, end - start), dim=1)
+        v = torch.cat([best_v, v], 1)
+        i = torch.cat([best_i, i + start], 1)
+        # stable sort on score keeps earlier (lower-index) items first among equal scores
+        order = torch.sort(v, dim=1, descending=True, stable=True).indices[:, :k]
+        best_v, best_i = v.gather(1, order), i.gather(1, order)
+    return best_v, best_i
 
 
 def sampled_key(n: int, metric: str) -> str:
@@ -38,6 +103,7 @@ class Evaluator:
         device: torch.device | str = "cpu",
         max_users: int = 0,
         token_budget: int = 1 << 16,
+        item_chunk: int = 0,
     ) -> None:
         part: EvalSplit = split.valid if which == "valid" else split.test
         if max_users and len(part) > max_users:
@@ -55,6 +121,7 @@ class Evaluator:
         # 200) then come in smaller batches, which bounds the attention buffers of a batch
         self.token_budget = token_budget
         self.width = width
+        self.item_chunk = item_chunk  # >0: rank a ChunkScorer's items in chunks of this many
         self.device = torch.device(device)
         self.inputs = torch.as_tensor(padded_prefixes(self.data, part.users, part.hist_len, width))
         self.targets = torch.as_tensor(part.targets, dtype=torch.long)
@@ -88,7 +155,12 @@ class Evaluator:
         """Negatives per user, fixed by ``seed`` alone (not by batching or rank)."""
         gen = torch.Generator().manual_seed(seed + n)
         out = torch.empty(len(self.part), n, dtype=torch.long)
-        for b in self._batches():
+        batches = self._batches()
+        if self.item_chunk:
+            # bound the [users x catalog] draw to batch x chunk values (other draws than unchunked)
+            rows = max(1, self.batch_size * self.item_chunk // (self.data.n_items + 1))
+            batches = (b[i:i + rows] for b in self._batches() for i in range(0, len(b), rows))
+        for b in batches:
             exclude = history_mask(self.data, self.part.users[b], self.part.hist_len[b])
             exclude[torch.arange(len(b)), self.targets[b]] = True
             out[b] = sample_negatives(exclude, self.data.n_items, n, gen)
@@ -105,15 +177,19 @@ class Evaluator:
             inputs = trim_padding(self.inputs[b]).to(self.device)
             users = self.users[b].to(self.device)
             targets = self.targets[b].to(self.device)
-            scores = score_fn(inputs, users).float()
-            exclude = history_mask(self.data, self.part.users[b], self.part.hist_len[b], device=self.device)
-            ranks = ranks_from_scores(scores, targets, exclude)
+            if self.item_chunk:
+                ranks, cand_score = self._chunked(score_fn, inputs, users, targets, b)
+            else:
+                scores = score_fn(inputs, users).float()
+                exclude = history_mask(self.data, self.part.users[b], self.part.hist_len[b], device=self.device)
+                ranks = ranks_from_scores(scores, targets, exclude)
+                cand_score = lambda cand: scores.gather(1, cand)  # noqa: E731
             full.add(rank_metrics(ranks.cpu(), self.ks))
             users_seen.append(self.users[b])
             ranks_seen.append(ranks.cpu())
             for n, acc in sampled.items():
                 cand = torch.cat([targets.view(-1, 1), self.negatives[n][b].to(self.device)], dim=1)
-                cand_scores = scores.gather(1, cand)
+                cand_scores = cand_score(cand).float()
                 cand_ranks = ranks_from_scores(cand_scores, torch.zeros_like(targets)).cpu()
                 acc.add(rank_metrics(cand_ranks, self.ks))
                 sampled_seen[n].append(cand_ranks)
@@ -127,6 +203,54 @@ class Evaluator:
             acc.all_reduce()
             out.update({sampled_key(n, k): v for k, v in acc.result().items()})
         return out
+
+
+    def _chunked(self, score_fn, inputs, users, targets, b):
+        """Ranks of a batch with the catalog scored ``item_chunk`` items at a time, and a
+        function giving scores of candidate items (for the sampled protocols)."""
+        rows, pos = prefix_positions(self.data, self.part.users[b], self.part.hist_len[b])
+        hist_rows = torch.as_tensor(rows, device=self.device)
+        hist_items = torch.as_tensor(np.asarray(self.data.items[pos], dtype=np.int64), device=self.device)
+        n = self.data.n_items
+        if hasattr(score_fn, "encode"):
+            h = score_fn.encode(inputs, users)
+            target_scores = score_fn.score_items(h, targets.view(-1, 1)).float().view(-1)
+            ranks = chunked_ranks(lambda s, e: score_fn.score_chunk(h, s, e), target_scores, targets,
+                                  hist_rows, hist_items, n, self.item_chunk)
+            return ranks, lambda cand: score_fn.score_items(h, cand)
+        # a plain ScoreFn (e.g. the popularity baseline, a broadcast view): chunk the comparisons only
+        scores = score_fn(inputs, users)
+        target_scores = scores.gather(1, targets.view(-1, 1)).float().view(-1)
+        ranks = chunked_ranks(lambda s, e: scores[:, s:e], target_scores, targets, hist_rows, hist_items, n,
+                              self.item_chunk)
+        return ranks, lambda cand: scores.gather(1, cand)
+
+    @torch.no_grad()
+    def recommend(self, score_fn, k: int, exclude_history: bool = True, rank: int = 0,
+                  world: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``k`` items of every evaluated user (this rank's share): (users, items [U, k],
+        scores [U, k]), history left out; chunked when ``item_chunk`` > 0."""
+        chunk = self.item_chunk or self.data.n_items + 1
+        out_u, out_i, out_s = [], [], []
+        for b in self._scoring_batches(rank, world):
+            inputs = trim_padding(self.inputs[b]).to(self.device)
+            users = self.users[b].to(self.device)
+            if hasattr(score_fn, "encode"):
+                h = score_fn.encode(inputs, users)
+                score_chunk = lambda s, e, h=h: score_fn.score_chunk(h, s, e)  # noqa: E731
+            else:
+                scores = score_fn(inputs, users)
+                score_chunk = lambda s, e, scores=scores: scores[:, s:e]  # noqa: E731
+            er = ei = None
+            if exclude_history:
+                rows, pos = prefix_positions(self.data, self.part.users[b], self.part.hist_len[b])
+                er = torch.as_tensor(rows, device=self.device)
+                ei = torch.as_tensor(np.asarray(self.data.items[pos], dtype=np.int64), device=self.device)
+            v, i = topk_items(score_chunk, len(b), self.data.n_items, k, chunk, er, ei, self.device)
+            out_u.append(self.users[b].numpy())
+            out_i.append(i.cpu().numpy())
+            out_s.append(v.cpu().numpy())
+        return np.concatenate(out_u), np.concatenate(out_i), np.concatenate(out_s)
 
 
 def popularity_scores(split: Split) -> torch.Tensor:

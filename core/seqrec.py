@@ -43,8 +43,10 @@ class ModelConfig:
     dropout_rate: float = 0.2
     maxlen: int = 50
     initializer_range: float = 0.02
-    loss: Literal["ce", "sampled_softmax", "bce"] = "ce"
+    loss: Literal["ce", "sampled_softmax", "bce", "full", "sampled"] = "ce"  # full = ce, sampled = sampled_softmax
     num_negatives: int = 256  # sampled_softmax negatives per batch
+    negative_sampler: Literal["uniform", "popularity", "in_batch"] = "uniform"  # non-uniform ones are log-Q corrected
+    full_softmax_guard: bool = True  # refuse loss=ce when a batch's logits would not fit in memory
     mask_prob: float = 0.2  # cloze masking rate (bidirectional models)
     last_mask_prob: float = 0.0  # share of cloze rows masked at the last item only (as at scoring time)
     output_bias: bool = True  # BERT4Rec's per-item output bias (the original has one)
@@ -74,6 +76,7 @@ class EvalConfig:
     sample_seed: int = 0
     batch_size: int = 1024
     valid_max_users: int = 0  # 0 = validate on every user
+    item_chunk: int = 0  # >0: score items in chunks of this size (peak memory batch x chunk, not batch x catalog)
 
 
 # the seeds' flat names of model/training keys, shared by every config with those sections
@@ -84,6 +87,10 @@ TRAINING_ALIASES = {
     "l2_emb": "training.weight_decay",
     "num_epochs": "training.epochs",
     "batch_size": "training.batch_size",
+    # the catalog-scale loss keys also read naturally under training.
+    "training.loss": "model.loss",
+    "training.num_negatives": "model.num_negatives",
+    "training.negative_sampler": "model.negative_sampler",
 }
 
 
@@ -137,7 +144,7 @@ def encoder_args(cfg: ModelConfig) -> dict:
     """Constructor keywords of the ``cfg.model_type`` encoder (SASRec has no output bias)."""
     args = dict(maxlen=cfg.maxlen, hidden_units=cfg.hidden_units, num_blocks=cfg.num_blocks, num_heads=cfg.num_heads,
                 dropout_rate=cfg.dropout_rate, initializer_range=cfg.initializer_range, loss=cfg.loss,
-                num_negatives=cfg.num_negatives)
+                num_negatives=cfg.num_negatives, negative_sampler=cfg.negative_sampler)
     return args if cfg.model_type == "sasrec" else {**args, "output_bias": cfg.output_bias}
 
 
@@ -146,7 +153,35 @@ def make_model(cfg: ModelConfig, n_items: int):
 
 
 def model_score_fn(model):
-    return lambda inputs, users: model.full_scores(inputs)
+    """Scores of all items for the evaluator; also scores item chunks (``eval.item_chunk``)."""
+    return ModelScorer(model)
+
+
+class ModelScorer:
+    """A sequential model as the evaluator's ``ChunkScorer``: called, it returns full scores;
+    ``encode`` + ``score_chunk`` / ``score_items`` score the catalog a chunk at a time."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, inputs, users):
+        return self.model.full_scores(inputs)
+
+    def encode(self, inputs, users):
+        return self.model.last_hidden(inputs)
+
+    def score_chunk(self, h, start: int, end: int):
+        w = self.model.item_weights()[start:end]
+        logits = h @ w.T
+        bias = self.model.output_bias()
+        if bias is not None:
+            logits = logits + bias[start:end]
+        if start == 0:
+            logits[:, 0] = float("-inf")
+        return logits
+
+    def score_items(self, h, items):
+        return self.model.logits_of(h, items)
 
 
 def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_train=None) -> dict:
@@ -177,13 +212,22 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_tra
         f"split {split.kind}: {len(split.valid)} valid / {len(split.test)} test users -> {out_dir}")
 
     model = make_model(cfg.model, data.n_items).to(device)
+    if cfg.model.full_softmax_guard:
+        from core.models.sampled_softmax import check_full_softmax
+
+        check_full_softmax(cfg.model.loss, cfg.training.batch_size, cfg.model.maxlen, data.n_items, device)
+    if cfg.model.loss in ("sampled_softmax", "sampled") and cfg.model.negative_sampler == "popularity":
+        from core.data.splits import item_popularity
+
+        model.set_item_counts(item_popularity(data, split.train_len))
     if make_train is None:
         train_data, loss_fn, info = build_train_data(cfg.model, split, model, device), None, {}
     else:
         train_data, loss_fn, info = make_train(cfg, model, data, split, device)
     width = cfg.model.maxlen
     valid_eval = Evaluator(split, "valid", width, cfg.eval.ks, sampled=(), sample_seed=cfg.eval.sample_seed,
-                           batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users)
+                           batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users,
+                           item_chunk=cfg.eval.item_chunk)
     meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg),
             "data_fingerprint": data.fingerprint()}
     result = fit(model, train_data, lambda m: valid_eval.run(model_score_fn(m)), cfg.training, out_dir,
@@ -192,7 +236,7 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_tra
 
     model.eval()
     test_eval = Evaluator(split, "test", width, cfg.eval.ks, sampled=cfg.eval.sampled, sample_seed=cfg.eval.sample_seed,
-                          batch_size=cfg.eval.batch_size, device=device)
+                          batch_size=cfg.eval.batch_size, device=device, item_chunk=cfg.eval.item_chunk)
     test = test_eval.run(model_score_fn(model))
     test_ranks = test_eval.last_ranks
     popularity = test_eval.run(popularity_score_fn(split))
@@ -227,6 +271,7 @@ def evaluate_checkpoint(path: str | Path, cfg: SeqRecConfig, log=print, *, load_
     out = {}
     for which in ("valid", "test"):
         ev = Evaluator(split, which, args["maxlen"], cfg.eval.ks, sampled=cfg.eval.sampled,
-                       sample_seed=cfg.eval.sample_seed, batch_size=cfg.eval.batch_size, device=device)
+                       sample_seed=cfg.eval.sample_seed, batch_size=cfg.eval.batch_size, device=device,
+                       item_chunk=cfg.eval.item_chunk)
         out[which] = ev.run(model_score_fn(model))
     return out

@@ -14,26 +14,55 @@ from torch.utils.data import Dataset
 from core.data.splits import Split, padded_prefixes
 
 
-class CausalDataset(Dataset):
-    """Next-item training: input = items[:-1], target = items[1:] at every real input position (0 = none)."""
+def is_memory_mapped(array: np.ndarray) -> bool:
+    """True when ``array`` is (a view of) a ``np.memmap`` (the npy layout of a prepared dataset)."""
+    while array is not None:
+        if isinstance(array, np.memmap):
+            return True
+        array = array.base if isinstance(array.base, np.ndarray) else None
+    return False
 
-    def __init__(self, split: Split, maxlen: int, device=None) -> None:
+
+class CausalDataset(Dataset):
+    """Next-item training: input = items[:-1], target = items[1:] at every real input position (0 = none).
+
+    ``materialize``: build the ``[U, maxlen + 1]`` row matrix once (fast batches; the default
+    for in-memory data) or gather each batch's rows from the CSR arrays on the fly (memory
+    O(batch); the default when the dataset is memory-mapped, i.e. catalog scale).
+    """
+
+    def __init__(self, split: Split, maxlen: int, device=None, materialize: bool | None = None) -> None:
         users = split.train_users
-        rows = padded_prefixes(split.data, users, split.train_len[users - 1], maxlen + 1)
+        if materialize is None:
+            materialize = not is_memory_mapped(split.data.items)
+        self.data, self.maxlen, self.device = split.data, maxlen, device
+        self.train_len = split.train_len
         self.users = torch.as_tensor(users, device=device)
-        self.rows = torch.as_tensor(rows, device=device)
-        self.lengths = (self.rows > 0).sum(1)
+        if materialize:
+            rows = padded_prefixes(split.data, users, split.train_len[users - 1], maxlen + 1)
+            self.rows = torch.as_tensor(rows, device=device)
+            self.lengths = (self.rows > 0).sum(1)
+        else:
+            self.rows = None
+            self.lengths = torch.as_tensor(np.minimum(split.train_len[users - 1], maxlen + 1), device=device)
         self.n_items = split.data.n_items
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.users)
+
+    def _rows(self, index: torch.Tensor) -> torch.Tensor:
+        if self.rows is not None:
+            return self.rows[index]
+        users = self.users[index].cpu().numpy()
+        rows = padded_prefixes(self.data, users, self.train_len[users - 1], self.maxlen + 1)
+        return torch.as_tensor(rows, device=index.device)
 
     def __getitem__(self, i: int):
-        row = self.rows[i]
+        row = self._rows(torch.as_tensor([i]))[0]
         return row[:-1], row[1:].masked_fill(row[:-1] == 0, 0)
 
     def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        rows = trim_padding(self.rows[index], keep=2)
+        rows = trim_padding(self._rows(index), keep=2)
         inputs = rows[:, :-1]
         # a padded input position predicts nothing (its hidden state is zero): no target there
         return {"input": inputs, "target": rows[:, 1:].masked_fill(inputs == 0, 0), "users": self.users[index]}

@@ -10,12 +10,19 @@ A prepared dataset is a folder ``data/<name>/`` with
 - ``meta.json``: name, counts, source, notes (e.g. an id shift), domain names, fingerprint.
 - optional ``item_side.json`` / ``user_side.json``: side information keyed by raw id.
 
-Index 0 is padding for both users and items. Only npz (``allow_pickle=False``) and JSON are
-read, so a prepared folder cannot execute code when loaded.
+Index 0 is padding for both users and items. Only npz / npy (``allow_pickle=False``) and JSON
+are read, so a prepared folder cannot execute code when loaded.
+
+Large datasets use the memory-mappable layout instead of ``sequences.npz``: ``offsets.npy``
+and ``items.npy`` (same dtypes and meaning; ``timestamps.npy`` / ``ratings.npy`` optional).
+``load`` then maps them with ``np.load(mmap_mode="r")``: nothing is read until used, the OS
+pages the items in and out, and no per-user Python object is ever built
+(``core.data.synthetic_large`` writes this layout; ``save(layout="npy")`` too).
 """
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,9 +30,10 @@ from typing import Sequence
 import numpy as np
 
 from core.errors import DataError
-from core.store import atomic_save_npz, atomic_write_json, fingerprint_arrays
+from core.store import atomic_save_npy, atomic_save_npz, atomic_write_json, fingerprint_arrays
 
 FORMAT_VERSION = 1
+NPY_ARRAYS = ("offsets", "items", "timestamps", "item_domain", "ratings")  # the memory-mappable layout
 
 
 @dataclass
@@ -115,8 +123,14 @@ class SequenceData:
             raise DataError(f"{source}: ratings length does not match items")
 
     # ------------------------------------------------------------------ disk
-    def save(self, directory: str | Path, extra_meta: dict | None = None) -> Path:
-        """Write the dataset folder; each file is replaced atomically."""
+    def save(self, directory: str | Path, extra_meta: dict | None = None, layout: str = "npz") -> Path:
+        """Write the dataset folder; each file is replaced atomically.
+
+        ``layout="npy"`` writes one ``.npy`` per array (memory-mapped on load) instead of
+        ``sequences.npz``.
+        """
+        if layout not in ("npz", "npy"):
+            raise ValueError(f"layout must be npz or npy, got {layout!r}")
         self.validate(str(directory))
         directory = Path(directory)
         arrays = {"offsets": self.offsets, "items": self.items}
@@ -138,7 +152,19 @@ class SequenceData:
         self.meta = meta
         atomic_write_json(directory / "user_ids.json", self.user_ids, indent=None)
         atomic_write_json(directory / "item_ids.json", self.item_ids, indent=None)
-        atomic_save_npz(directory / "sequences.npz", **arrays)
+        (directory / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until meta.json is back
+        if layout == "npz":
+            for name in NPY_ARRAYS:
+                (directory / f"{name}.npy").unlink(missing_ok=True)  # a stale npy layout would win on load
+            atomic_save_npz(directory / "sequences.npz", **arrays)
+        else:
+            (directory / "sequences.npz").unlink(missing_ok=True)
+            for name in NPY_ARRAYS:
+                if name in arrays:
+                    atomic_save_npy(directory / f"{name}.npy", arrays[name])
+                else:
+                    (directory / f"{name}.npy").unlink(missing_ok=True)
+            meta["layout"] = "npy"
         # meta.json last: its presence marks a complete folder
         atomic_write_json(directory / "meta.json", meta)
         return directory
@@ -154,12 +180,17 @@ class SequenceData:
             )
         meta = _read_json(meta_path)
         try:
-            with np.load(directory / "sequences.npz", allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
+            if (directory / "items.npy").is_file():
+                # memory-mapped: pages are read on use, the arrays never sit in RAM as a whole
+                arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                          for name in NPY_ARRAYS if (directory / f"{name}.npy").is_file()}
+            else:
+                with np.load(directory / "sequences.npz", allow_pickle=False) as npz:
+                    arrays = {k: npz[k] for k in npz.files}
         except FileNotFoundError:
             raise DataError(f"{directory / 'sequences.npz'}: missing; prepare the dataset again") from None
-        except ValueError as exc:
-            raise DataError(f"{directory / 'sequences.npz'}: unreadable ({exc})") from None
+        except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:  # empty, truncated or not an archive
+            raise DataError(f"{directory / 'sequences.npz'}: unreadable ({exc or type(exc).__name__})") from None
         for key in ("offsets", "items"):
             if key not in arrays:
                 raise DataError(f"{directory / 'sequences.npz'}: missing array {key!r}; prepare the dataset again")

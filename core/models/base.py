@@ -6,10 +6,12 @@
 - ``candidate_scores(input_ids, candidates)``: [B, C] scores of given items;
 - ``model_args``: constructor kwargs, stored in checkpoints so a model rebuilds from its file.
 
-Losses (``loss``): ``ce`` = softmax cross-entropy over the whole catalog; ``sampled_softmax``
-= softmax over the positive and ``num_negatives`` uniformly sampled items shared by the batch
-(for catalogs too large for ``ce``); ``bce`` = the original SASRec binary loss with one
-sampled negative per position.
+Losses (``loss``): ``ce`` (alias ``full``) = softmax cross-entropy over the whole catalog;
+``sampled_softmax`` (alias ``sampled``) = softmax over the positive and ``num_negatives``
+items shared by the batch, drawn by ``negative_sampler`` (``uniform``, ``popularity`` or
+``in_batch``, the last two log-Q corrected; see ``core.models.sampled_softmax``), for
+catalogs too large for ``ce``; ``bce`` = the original SASRec binary loss with one sampled
+negative per position.
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from core.data.batches import sample_train_negatives
+from core.models.sampled_softmax import SAMPLERS, draw_negatives, popularity_tables, sampled_softmax_loss
 from core.models.transformer import TransformerBlock, attention_mask
 
 LOSSES = ("ce", "sampled_softmax", "bce")
+LOSS_ALIASES = {"full": "ce", "sampled": "sampled_softmax"}
 
 
 class SequentialRecommender(nn.Module):
@@ -45,17 +49,25 @@ class SequentialRecommender(nn.Module):
         loss: str = "ce",
         num_negatives: int = 256,
         extra_tokens: int = 0,
+        negative_sampler: str = "uniform",
     ) -> None:
         super().__init__()
+        loss = LOSS_ALIASES.get(loss, loss)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if negative_sampler not in SAMPLERS:
+            raise ValueError(f"negative_sampler must be one of {SAMPLERS}, got {negative_sampler!r}")
         self._args = dict(n_items=n_items, maxlen=maxlen, hidden_units=hidden_units, num_blocks=num_blocks,
                           num_heads=num_heads, dropout_rate=dropout_rate, initializer_range=initializer_range,
                           loss=loss, num_negatives=num_negatives)
+        if negative_sampler != "uniform":  # only then: checkpoints of existing configs keep their exact args
+            self._args["negative_sampler"] = negative_sampler
         self.n_items = n_items
         self.maxlen = maxlen
         self.loss_name = loss
         self.num_negatives = num_negatives
+        self.negative_sampler = negative_sampler
+        self._popularity: tuple[torch.Tensor, torch.Tensor] | None = None
         self.item_emb = nn.Embedding(n_items + 1 + extra_tokens, hidden_units, padding_idx=0)
         self.pos_emb = nn.Embedding(maxlen, hidden_units)
         self.emb_drop = nn.Dropout(dropout_rate)
@@ -67,6 +79,13 @@ class SequentialRecommender(nn.Module):
     @property
     def model_args(self) -> dict:
         return dict(self._args)
+
+    def set_item_counts(self, counts) -> None:
+        """Training frequency of items 0..n_items, for ``negative_sampler=popularity`` (not saved
+        in checkpoints: it is a property of the training data, not of the model)."""
+        cdf, logp = popularity_tables(counts)
+        device = self.item_emb.weight.device
+        self._popularity = (cdf.to(device), logp.to(device))
 
     def _init(self, std: float) -> None:
         for module in self.modules():
@@ -148,14 +167,15 @@ class SequentialRecommender(nn.Module):
             return self.chunked_cross_entropy(h, pos)
         if self.loss_name == "sampled_softmax":
             # negatives shared by the whole batch: one [N, num_negatives] matmul
-            negs = torch.randint(1, self.n_items + 1, (self.num_negatives,), device=h.device, generator=generator)
+            pop = self._popularity
+            if pop is not None and pop[0].device != h.device:
+                pop = self._popularity = (pop[0].to(h.device), pop[1].to(h.device))
+            negs, logq = draw_negatives(self.negative_sampler, self.num_negatives, self.n_items, pos, generator, pop)
             neg_logits = h @ self.item_emb(negs).T
             bias = self.output_bias()
             if bias is not None:
                 neg_logits = neg_logits + bias[negs]
-            neg_logits = neg_logits.masked_fill(negs.view(1, -1) == pos.view(-1, 1), -math.inf)  # accidental hits
-            logits = torch.cat([self.logits_of(h, pos.view(-1, 1)), neg_logits], dim=1).float()
-            return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=h.device))
+            return sampled_softmax_loss(self.logits_of(h, pos.view(-1, 1)), neg_logits, pos, negs, logq)
         # bce: one negative per position, outside the user's sequence
         negs = sample_train_negatives(seqs, self.n_items, (targets.shape[1],), generator)[sel]
         pair = self.logits_of(h, torch.stack([pos, negs], dim=1)).float()

@@ -9,6 +9,8 @@ Usage: ``python -m core.data.prepare <preparer> [args] [--out DIR]``; ``--out`` 
 - ``food-kitchen --path DIR``                             the six TriGRec pickles
 - ``recbole --path FILE.inter [--name NAME]``             RecBole atomic file
 - ``amazon-2023 --path A.jsonl B.jsonl [--max_items N]``  Amazon Reviews 2023, two categories
+- ``synthetic-large --interactions N --items M --users U --alpha A``  catalog-scale workload,
+  streamed to disk in chunks (``core.data.synthetic_large``)
 
 Each module parses everything first (``load``) and only then is anything written
 (``common.write_prepared``), so bad input raises a ``DataError`` and leaves no folder behind.

@@ -15,7 +15,7 @@ import sys
 from typing import Callable
 
 from core.cli import run as cli_run
-from core.data import synthetic
+from core.data import synthetic, synthetic_large
 from core.data.prepare import amazon2023, food_kitchen, movielens, recbole, sasrec_txt, seq_lines, universal_movielens
 from core.data.prepare.common import Prepared, summary, write_prepared
 
@@ -27,6 +27,7 @@ PREPARERS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[
     "recbole": (recbole.add_args, recbole.run),
     "amazon-2023": (amazon2023.add_args, amazon2023.run),
     "synthetic": (synthetic.add_args, synthetic.run),
+    "synthetic-large": (synthetic_large.add_args, synthetic_large.run),
     "universal-movielens": (universal_movielens.add_args, universal_movielens.run),
 }
 
