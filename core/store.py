@@ -217,7 +217,14 @@ def load_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list]:
         vectors = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise DataError(f"{path}: not a plain .npy array ({exc})") from None
-    ids = json.loads(ids_path.read_text(encoding="utf-8"))
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: unreadable .npy array ({exc or type(exc).__name__})") from None
+    try:
+        ids = json.loads(ids_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{ids_path}: not a JSON list of ids ({exc})") from None
+    if not isinstance(ids, list):
+        raise DataError(f"{ids_path}: expected a JSON list of ids, got {type(ids).__name__}")
     if vectors.ndim != 2 or len(ids) != vectors.shape[0]:
         raise DataError(f"{path}: {vectors.shape} rows do not match {len(ids)} ids in {ids_path.name}")
     return vectors, ids

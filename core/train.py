@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
@@ -65,17 +67,32 @@ class TrainConfig:
             raise ConfigError(f"training.lr_schedule {self.lr_schedule!r} is not constant or cosine")
 
 
-def prepare_out_dir(out_dir: Path, cfg, resume: bool) -> None:
-    """Create a run folder with the resolved ``config.yaml``; a fresh run drops an old
-    ``metrics.jsonl`` (a resumed one appends to it). Rank 0 only."""
-    from core.config import save_config
+KILL_ENV = "RECSYS_TEST_SIGKILL_AFTER_STEPS"
 
-    if not is_main():
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
+
+def kill_hook() -> Callable[[], None]:
+    """For the kill-and-resume tests: with ``$RECSYS_TEST_SIGKILL_AFTER_STEPS=N`` the returned
+    callable SIGKILLs this process at its N-th call (one call per optimizer step), a real crash
+    in the middle of an epoch with no chance to clean up. A no-op when the variable is unset."""
+    limit = int(os.environ.get(KILL_ENV, "0") or 0)
+    count = [0]
+
+    def step() -> None:
+        count[0] += 1
+        if limit and count[0] >= limit:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return step
+
+
+def prepare_out_dir(out_dir: Path, cfg, resume: bool) -> None:
+    """Create a run folder (rank 0). Nothing in it changes yet: ``fit`` writes the resolved
+    ``config.yaml`` and drops an old ``metrics.jsonl`` (a resumed run appends to it) only once
+    the data, the model and any ``last.pt`` to resume from have been accepted, so a run that
+    stops on bad input leaves an earlier run's files as they were."""
+    if is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
 
 
 class TrainData(Protocol):
@@ -223,6 +240,15 @@ def fit(
     elif cfg.resume:
         log(f"resume requested but {last_path} does not exist; starting fresh")
 
+    if is_main():  # the run starts here (see prepare_out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if "config" in checkpoint_meta:  # to_dict(cfg): the same text as core.config.save_config
+            store.atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(
+                checkpoint_meta["config"], sort_keys=False, default_flow_style=None))
+
+    after_step = kill_hook()
     t_start = time.perf_counter()
     stopped = "epochs"
     epoch = start_epoch
@@ -264,6 +290,7 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            after_step()
             total += loss.item()
             count += 1
             if count % 10 == 0:

@@ -116,9 +116,10 @@ def build_caches(cfg, dataset: str, log: Log = print, data: PersonaData | None =
 def run_rerank(cfg, dataset: str, log: Log = print) -> dict:
     r = cfg.rerank
     data = load_stage_data(cfg, dataset, ("persona", "loo_history", "candidates", "gt"), log=log)
-    inter, pers, cache_info = build_caches(cfg, dataset, log=log, data=data)
+    # the rerank inputs are checked before the (slow) caches are built or written
     candidates = read_scored_candidates(data.files["candidates"])
     truth = read_ground_truth(data.files["gt"])
+    inter, pers, cache_info = build_caches(cfg, dataset, log=log, data=data)
     reranked, counts = rerank_lists(candidates, lambda u: user_vector(inter.rows(u), r.max_history), pers.rows,
                                     agg=r.persona_agg, fusion_weight=r.fusion_weight, pad=r.pad)
     upstream = {u: [item for item, _s in rows] for u, rows in candidates.items()}

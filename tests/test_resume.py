@@ -1,0 +1,146 @@
+"""Kill and resume, for real: each trainer runs as a subprocess that SIGKILLs itself in the middle
+of epoch 2 (``$RECSYS_TEST_SIGKILL_AFTER_STEPS``, see ``core.train.kill_hook``), and a second
+process with ``training.resume=true`` finishes the run. Its results must equal those of an
+uninterrupted run (CPU, fixed seed), and after the kill only complete files may be visible:
+every checkpoint loads, no results of the killed run exist, and temporary files are hidden
+(``.<name>.*.tmp``) until they are renamed into place.
+
+The uninterrupted run calls the same ``main(argv)`` in this process (one thread, like the
+subprocesses), which saves an interpreter start per trainer.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.cli import run
+from core.data.synthetic import SyntheticSpec, prepare_synthetic
+from core.store import atomic_write_json, load_checkpoint, save_embeddings
+from core.train import KILL_ENV
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 3  # batches per epoch; the kill comes after STEPS + 2, i.e. inside epoch 2
+SEQ = ("device=cpu,model.hidden_units=16,model.maxlen=12,training.batch_size=8,training.epochs=3,"
+       f"training.max_steps_per_epoch={STEPS},training.patience=0,training.eval_every=1,eval.sampled=[]")
+TRI = ("device=cpu,hidden_units=16,maxlen=12,batch_size=8,num_epochs=3,"
+       f"max_steps_per_epoch={STEPS},patience=0,eval_every=1")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume_data")
+    prepare_synthetic(root / "syn", SyntheticSpec(n_users=60, n_items_per_domain=40, n_clusters=2))
+    from core.data.sequences import SequenceData
+
+    ids = SequenceData.load(root / "syn").user_ids
+    rng = np.random.default_rng(0)
+    for name in ("spe", "cross"):  # stand-ins for the stage-1 export
+        save_embeddings(root / "emb", name, rng.normal(size=(len(ids), 8)), ids)
+    src_ids = SequenceData.load(root / "syn").user_ids
+    save_embeddings(root / "emb", "source", rng.normal(size=(len(src_ids), 8)), src_ids)
+    uni = {"user_data": [{"user_id": f"u{u}", "categorical": {"job": f"j{u % 3}"}} for u in range(30)],
+           "item_data": [{"item_id": i, "categorical": {"genre": f"g{i % 4}"}, "continuous": {"year": 1990 + i}}
+                         for i in range(20)],
+           "interactions": [{"user_id": f"u{u}", "item_id": (3 * u + k * (1 + u % 3)) % 20, "timestamp": 100 * k + u}
+                            for u in range(30) for k in range(6)]}
+    atomic_write_json(root / "uni.json", uni)
+    return root
+
+
+# trainer -> (module, argv for a home folder and the data root)
+TRAINERS = {
+    "seqrec (distillation / core.demo)": ("distillation.training", lambda h, d: [
+        "--override", f"{SEQ},home={h},data.data_root={d},data.dataset=syn-a"]),
+    "trigrec stage 1": ("user_representation_module.train", lambda h, d: [
+        "--config", str(REPO / "configs/trigrec/rep/synthetic.yaml"),
+        "--override", f"{TRI},save_every=1,home={h},data.data_root={d},data.dataset=syn,eval.valid_max_users=100"]),
+    "trigrec stage 2": ("recommendation_model.train_eval", lambda h, d: [
+        "--config", str(REPO / "configs/trigrec/rec/synthetic.yaml"),
+        "--override", f"{TRI},home={h},data.data_root={d},data.dataset=syn,eval.sampled=[],"
+                      f"spe_emb_path={d / 'emb/spe.npy'},cross_emb_path={d / 'emb/cross.npy'}"]),
+    "cross_domain source": ("cross_domain.__main__", lambda h, d: [
+        "train-source", "--override", f"{TRI},home={h},data.data_root={d},data.dataset=syn,eval.sampled=[]"]),
+    "cross_domain transfer": ("cross_domain.__main__", lambda h, d: [
+        "train-target-transfer", "--override",
+        f"{TRI},home={h},data.data_root={d},data.dataset=syn,eval.sampled=[],transfer.source_vectors={d / 'emb/source.npy'}"]),
+    "universal": ("universal.train", lambda h, d: [
+        "--data", str(d / "uni.json"), "--override",
+        f"home={h},device=cpu,embedding_dim=16,batch_size=16,num_epochs=3,training.max_steps_per_epoch={STEPS},"
+        "training.patience=0,print_every=1"]),
+}
+VOLATILE = re.compile(r"sec|time|per_s|_dir$|path|checkpoint|run_dir|^data$|source$")
+
+
+def _numbers(obj, prefix=""):
+    """Flatten the numeric leaves of a results.json, leaving out timings and paths."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not VOLATILE.search(str(k)):
+                yield from _numbers(v, f"{prefix}{k}.")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield prefix.rstrip("."), float(obj)
+
+
+def _results(home: Path) -> dict:
+    found = [p for p in home.rglob("results.json")]
+    assert len(found) == 1, found
+    return dict(_numbers(json.loads(found[0].read_text())))
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
+
+
+@pytest.mark.parametrize("trainer", list(TRAINERS))
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(trainer, data, tmp_path, monkeypatch, capsys):
+    module, argv = TRAINERS[trainer]
+    # the uninterrupted run, in this process on one thread like the subprocesses
+    monkeypatch.chdir(REPO)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            run(importlib.import_module(module).main, argv(tmp_path / "full", data))
+    finally:
+        torch.set_num_threads(threads)
+    assert exc.value.code == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
+    full = _results(tmp_path / "full")
+
+    cut = tmp_path / "cut"
+    cli = [sys.executable, "-m", module.removesuffix(".__main__")]
+    killed = subprocess.run(cli + argv(cut, data), cwd=REPO, env=_env(**{KILL_ENV: str(STEPS + 2)}),
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL, not a clean exit
+    assert not list(cut.rglob("results.json"))
+    lasts = list(cut.rglob("last.pt"))
+    assert len(lasts) == 1
+    assert load_checkpoint(lasts[0])["loop"]["epoch"] == 1  # killed inside epoch 2
+    for p in cut.rglob("*"):  # whatever is visible under its final name is complete
+        if p.is_file() and not p.name.startswith("."):
+            if p.suffix == ".pt":
+                load_checkpoint(p)
+            elif p.suffix == ".json":
+                json.loads(p.read_text())
+            elif p.suffix == ".jsonl":
+                [json.loads(line) for line in p.read_text().splitlines()]
+
+    resumed = subprocess.run(cli + argv(cut, data) + ["--override", "training.resume=true"], cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    again = _results(cut)
+    assert set(again) == set(full) and full
+    for key, value in full.items():
+        assert math.isclose(again[key], value, rel_tol=1e-6, abs_tol=1e-6), (key, again[key], value)
+    assert not [p for p in cut.rglob("*.tmp")]
