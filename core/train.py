@@ -342,12 +342,29 @@ def fit(
             stopped = f"time budget {cfg.time_budget_s:.0f}s reached"
             break
     seconds = time.perf_counter() - t_start
-    if best_path.is_file():
+    # rank 0 wrote best.pt; on a multi-node run other nodes may not see that file, so every rank
+    # follows rank 0's decision and, when distributed, takes the weights by broadcast
+    has_best = _from_rank0(best_path.is_file()) if world > 1 else best_path.is_file()
+    if has_best:
         barrier()
-        ckpt = store.load_checkpoint(best_path, kind=checkpoint_meta["kind"], map_location=device)
-        model.load_state_dict(ckpt["model_state"])
+        if is_main():
+            ckpt = store.load_checkpoint(best_path, kind=checkpoint_meta["kind"], map_location=device)
+            model.load_state_dict(ckpt["model_state"])
+        if world > 1:
+            import torch.distributed as dist
+
+            for t in model.state_dict().values():
+                dist.broadcast(t, 0)
     log(f"best {cfg.metric} {best_metric:.4f} at epoch {best_epoch} ({stopped}; {seconds:.1f}s)")
     return FitResult(best_epoch, best_metric, best_valid, epoch + 1, seconds, stopped)
+
+
+def _from_rank0(value):
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, 0)
+    return box[0]
 
 
 def _gather_rng(state: dict) -> list:
