@@ -66,6 +66,8 @@ class TrainSection:
     device: str = "auto"
     seed: int = 42
     log_every: int = 10  # steps between metrics.jsonl lines
+    save_every: int = 0  # > 0: write <out>/train/last.pt (trained weights, optimizer, RNG) every N steps
+    resume: bool = False  # continue from last.pt exactly (same data and settings)
 
     ALIASES: ClassVar[dict] = {"lr": "learning_rate", "component": "mode", "tau": "temperature",
                                "num_epochs": "epochs", "model_dir": "model", "model_name": "model",
@@ -81,9 +83,9 @@ class TrainSection:
         if self.temperature <= 0 or self.learning_rate <= 0:
             raise ConfigError("train.temperature and train.learning_rate must be > 0")
         if min(self.epochs, self.log_every) < 1 or min(self.max_steps, self.max_history, self.train_layers,
-                                                        self.max_seq_length, self.warmup_steps) < 0:
+                                                        self.max_seq_length, self.warmup_steps, self.save_every) < 0:
             raise ConfigError("train: epochs and log_every must be >= 1; max_steps, max_history, train_layers, "
-                              "max_seq_length and warmup_steps >= 0")
+                              "max_seq_length, warmup_steps and save_every >= 0")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ their target item and away from the other personas of the batch (in-batch InfoNC
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,10 +29,11 @@ from tqdm.auto import tqdm
 
 from core.cli import resolve_device, seed_everything
 from core.dist import all_reduce_mean, barrier, init_distributed, is_main
-from core.errors import ConfigError, DataError
+from core.errors import CheckpointError, ConfigError, DataError
+from core import store
 from core.store import append_jsonl, atomic_write_json
 from core.text import load_text_encoder
-from core.train import amp_dtype
+from core.train import _gather_rng, _rng_state, _set_rng_state, amp_dtype, kill_hook
 
 META_FILE = "persona_training.json"  # written beside a trained model: how it was trained
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
@@ -227,23 +229,54 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
     steps_per_epoch = per_rank // batch  # full batches only: every step has the same number of negatives
     total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
     log_path = Path(out_dir) / "metrics.jsonl" if out_dir is not None else None
-    if log_path is not None and is_main():
+    last_path = Path(out_dir) / "last.pt" if out_dir is not None else None
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    # what last.pt must agree with to be resumed: the pairs and every setting that shapes the steps
+    fingerprint = _pairs_fingerprint(items, cfg, world)
+    generator = torch.Generator().manual_seed(cfg.seed)  # same permutation on every rank
+    step, epoch, skip, first_loss, window, window_n = 0, 0, 0, None, 0.0, 0
+    last_loss = float("nan")
+    epoch_gen = generator.get_state()
+    if cfg.resume and last_path is not None and last_path.is_file():
+        ckpt = store.load_checkpoint(last_path, kind="persona_encoder", data_fingerprint=fingerprint)
+        state = dict(model.named_parameters())
+        if sorted(ckpt["model_state"]) != sorted(trained):
+            raise CheckpointError(f"{last_path}: trains other layers than this run (train_layers, freeze_embeddings); "
+                                  "start a fresh run or use the same settings")
+        with torch.no_grad():
+            for name, value in ckpt["model_state"].items():
+                state[name].copy_(value)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        loop = ckpt["loop"]
+        step, epoch, skip, first_loss = loop["step"], loop["epoch"] - 1, loop["batch"], loop["first_loss"]
+        window, window_n, last_loss = loop["window"], loop["window_n"], loop["last_loss"]
+        _set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0], generator)
+        generator.set_state(loop["epoch_generator"])  # the epoch's permutation is drawn again below
+        if log_path is not None and is_main() and log_path.is_file():  # rows written after last.pt go
+            rows = [r for r in log_path.read_text(encoding="utf-8").splitlines() if r.strip()]
+            store.atomic_write_text(log_path, "".join(r + "\n" for r in rows if json.loads(r)["step"] <= step))
+        log(f"resumed from {last_path} at step {step}")
+    elif log_path is not None and is_main():
+        if cfg.resume:
+            log(f"resume requested but {last_path} does not exist; starting fresh")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)  # one log per run
     log(f"training on {len(items)} pairs: {total} steps of {batch} pairs x {world} process(es), "
         f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters, device {device}"
         + (f", AMP {str(dtype).removeprefix('torch.')}" if dtype else ""))
 
-    generator = torch.Generator().manual_seed(cfg.seed)  # same permutation on every rank
     model.train()
-    step, epoch, first_loss, window, window_n = 0, 0, None, 0.0, 0
-    last_loss = float("nan")
+    after_step = kill_hook()
     t0 = t_window = time.perf_counter()
-    bar = _bar(total=total, desc="train", unit="step", disable=not (show_progress and is_main()), leave=False)
+    bar = _bar(total=total, initial=step, desc="train", unit="step", disable=not (show_progress and is_main()),
+               leave=False)
     while step < total:
+        epoch_gen = generator.get_state()
         perm = torch.randperm(len(items), generator=generator)[: per_rank * world][rank::world]
         epoch += 1
-        for b in range(steps_per_epoch):
+        for b in range(skip, steps_per_epoch):
             if step >= total:
                 break
             chunk = [items[i] for i in perm[b * batch:(b + 1) * batch].tolist()]
@@ -284,6 +317,19 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
                     append_jsonl(log_path, row)
                 log(f"step {step:5d}/{total} loss {last_loss:.4f} | {row['pairs_per_s']:.1f} pairs/s")
                 window, window_n, t_window = 0.0, 0, now
+            if cfg.save_every and last_path is not None and step % cfg.save_every == 0 and step < total:
+                rng = _gather_rng(_rng_state(generator))  # every rank's, so a resumed DDP run draws the same
+                if is_main():
+                    store.save_checkpoint(
+                        last_path, kind="persona_encoder", data_fingerprint=fingerprint,
+                        model_state={n: p.detach().cpu() for n, p in model.named_parameters() if n in set(trained)},
+                        model_args={"base_model": str(cfg.model)}, config={}, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng,
+                        loop={"step": step, "epoch": epoch, "batch": b + 1, "first_loss": first_loss, "window": window,
+                              "window_n": window_n, "last_loss": last_loss, "epoch_generator": epoch_gen})
+                barrier()
+            after_step()
+        skip = 0
     bar.close()
     seconds = time.perf_counter() - t0
     seen = step * batch * world
@@ -299,6 +345,16 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
             save_encoder(model, result.model_dir, info)
         barrier()
     return result
+
+
+def _pairs_fingerprint(items: list, cfg, world: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([[list(h), t, g] for h, t, g in items], ensure_ascii=False, default=str).encode())
+    h.update(json.dumps([str(cfg.model), cfg.batch_size, cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps,
+                         cfg.temperature, cfg.symmetric, cfg.seed, cfg.max_steps, cfg.epochs, cfg.train_layers,
+                         cfg.max_seq_length, world]).encode())
+    return h.hexdigest()[:16]
 
 
 def save_encoder(model, path: str | Path, meta: dict | None = None) -> Path:

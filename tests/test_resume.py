@@ -144,3 +144,48 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(trainer, dat
     for key, value in full.items():
         assert math.isclose(again[key], value, rel_tol=1e-6, abs_tol=1e-6), (key, again[key], value)
     assert not [p for p in cut.rglob("*.tmp")]
+
+
+def test_persona_encoder_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    """The persona encoder has its own step loop (sentence-transformers); it checkpoints the
+    trained layers, optimizer and RNG every ``save_every`` steps into last.pt."""
+    from persona_training import train_encoder
+    from persona_training.synthetic import generate
+
+    files = generate(tmp_path / "p", n_users=40)
+    over = "device=cpu,max_steps=6,batch_size=4,train_layers=1,max_seq_length=32,log_every=1,save_every=2"
+
+    def argv(out):
+        cfg = tmp_path / f"{out}.yaml"
+        cfg.write_text("".join(f"{k}: {v}\n" for k, v in files.items() if k in ("selected", "persona", "loo_history"))
+                       + f"out_root: {tmp_path / out}\n")
+        return ["--data_cfg", str(cfg), "--override", over]
+
+    monkeypatch.chdir(REPO)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            run(train_encoder.main, argv("full"))
+    finally:
+        torch.set_num_threads(threads)
+    assert exc.value.code == 0, capsys.readouterr().err[-2000:]
+    cli = [sys.executable, "-m", "persona_training.train_encoder"]
+    killed = subprocess.run(cli + argv("cut"), cwd=REPO, env=_env(**{KILL_ENV: "5"}), capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    train = tmp_path / "cut" / "train"
+    assert load_checkpoint(train / "last.pt")["loop"]["step"] == 4 and not (train / "summary.json").exists()
+    assert not (train / "model").exists()  # the model folder appears complete or not at all
+    resumed = subprocess.run(cli + argv("cut") + ["--override", "resume=true"], cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-2000:]
+    full = tmp_path / "full" / "train"
+    rows = [[json.loads(r)["loss"] for r in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, train)]
+    assert len(rows[0]) == 6 and rows[0] == pytest.approx(rows[1], abs=1e-6)
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (full, train))
+    assert b["steps"] == a["steps"] == 6 and b["last_loss"] == pytest.approx(a["last_loss"], abs=1e-6)
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(str(d / "model" / "model.safetensors")) for d in (full, train))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
