@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from core.config import load_config
+from core.data.safe_pickle import load_plain_pickle
 from core.data.synthetic import SyntheticSpec, prepare_synthetic
 from recommendation_model.config import RecConfig
 from user_representation_module.config import RepConfig
@@ -68,8 +69,7 @@ def test_export_writes_the_chosen_epoch_and_refuses_a_missing_one(tmp_path):
         vec = np.load(folder / f"{name}.npy")
         ids = json.loads((folder / f"{name}.ids.json").read_text())
         assert vec.shape == (200, 16) and len(ids) == 200 and np.isfinite(vec).all()
-        with open(folder / f"{name}.pkl", "rb") as fh:
-            table = pickle.load(fh)
+        table = load_plain_pickle(folder / f"{name}.pkl")  # the seed's readers get plain data only
         assert type(table) is dict and np.allclose(table[ids[3]], vec[3], atol=1e-6)
     # specific vectors of domain B differ from cross vectors; epoch 2 was not exported
     assert not np.allclose(np.load(folder / "spe_emb_ep1_B.npy"), np.load(folder / "cross_emb_ep1_B.npy"))
