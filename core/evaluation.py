@@ -64,8 +64,8 @@ def topk_items(score_chunk: Callable[[int, int], torch.Tensor], batch: int, n_it
                exclude_rows: torch.Tensor | None = None, exclude_items: torch.Tensor | None = None,
                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` (scores, item indexes) per row over items 1..n_items with a running top-K over
-    item chunks: memory batch x (chunk + k). Excluded (row, item) pairs never appear; ties keep
-    the lower item index first (as one ``topk`` over the stable full row would not promise)."""
+    item chunks: memory batch x (chunk + k). Excluded (row, item) pairs never appear; among
+    equal scores the choice is unspecified, as with ``torch.topk``."""
     k = min(k, n_items)
     best_v = torch.full((batch, k), -float("inf"), device=device)
     best_i = torch.zeros((batch, k), dtype=torch.long, device=device)
@@ -80,7 +80,6 @@ def topk_items(score_chunk: Callable[[int, int], torch.Tensor], batch: int, n_it
         v, i = s.topk(min(k, end - start), dim=1)
         v = torch.cat([best_v, v], 1)
         i = torch.cat([best_i, i + start], 1)
-        # stable sort on score keeps earlier (lower-index) items first among equal scores
         order = torch.sort(v, dim=1, descending=True, stable=True).indices[:, :k]
         best_v, best_i = v.gather(1, order), i.gather(1, order)
     return best_v, best_i

@@ -11,10 +11,13 @@ items shared by the batch, instead of the whole catalog. The negatives come from
   lookups beyond the batch; popular items are over-represented, as in two-tower practice).
 
 Non-uniform samplers over-sample popular items, which would teach the model to push
-popular items down; the log-Q correction (Jean et al. 2015; Yi et al. 2019) subtracts
-``log(expected count of the item among the draws)`` from every logit, positive included,
-which makes the sampled softmax a consistent estimate of the full one. Draws equal to a
-row's positive ("accidental hits") are masked out.
+popular items down; the log-Q correction (Bengio & Senecal 2008; Blanc & Rendle 2018; Yi
+et al. 2019 for in-batch) subtracts ``log(expected count of the item among the draws)`` from
+each sampled negative's logit, so that the negatives' sum of exp(logit) is an unbiased
+estimate of the catalog's and the loss estimates full-softmax cross-entropy (tested). The
+positive keeps its plain logit. Draws equal to a row's positive ("accidental hits") are
+masked out. ``uniform`` keeps the uncorrected loss this repo always had (its correction is
+one constant for all negatives).
 """
 from __future__ import annotations
 
@@ -31,12 +34,13 @@ SAMPLERS = ("uniform", "popularity", "in_batch")
 
 def draw_negatives(sampler: str, num: int, n_items: int, positives: torch.Tensor, generator: torch.Generator | None,
                    popularity: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-    """``num`` negatives shared by the batch and, for non-uniform samplers, log Q (the log of
-    the expected number of draws) of the negatives and of the ``positives``.
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``num`` negatives shared by the batch and, for non-uniform samplers, their log Q (the
+    log of each one's expected number of draws).
 
     ``popularity`` = (cdf [n_items] float64 over items 1..n, log p [n_items + 1]) from
-    ``popularity_tables``. Returns (negs [num], (logq_negs [num], logq_pos [N]) or None).
+    ``popularity_tables``; ``positives`` [N] are the batch's targets. Returns (negs [num],
+    logq [num] or None).
     """
     device = positives.device
     if sampler == "uniform":
@@ -48,16 +52,14 @@ def draw_negatives(sampler: str, num: int, n_items: int, positives: torch.Tensor
         cdf, logp = popularity
         u = torch.rand(num, device=cdf.device, dtype=cdf.dtype, generator=generator)
         negs = torch.searchsorted(cdf, u, right=True).clamp(max=n_items - 1) + 1
-        log_num = math.log(num)
-        return negs, (logp[negs] + log_num, logp[positives] + log_num)
+        return negs, logp[negs] + math.log(num)
     if sampler == "in_batch":
         pick = torch.randint(0, len(positives), (num,), device=device, generator=generator)
         negs = positives[pick]
         # the exact sampling law given the batch: an item's share of the batch's target positions
         uniq, inverse, counts = torch.unique(positives, return_inverse=True, return_counts=True)
         share = counts.to(torch.float32) / len(positives)
-        logq_pos = torch.log(num * share[inverse])
-        return negs, (logq_pos[pick], logq_pos)
+        return negs, torch.log(num * share[inverse])[pick]
     raise ConfigError(f"model.negative_sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
 
 
@@ -73,11 +75,11 @@ def popularity_tables(counts, smoothing: float = 1.0) -> tuple[torch.Tensor, tor
 
 
 def sampled_softmax_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, positives: torch.Tensor,
-                         negs: torch.Tensor, logq: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """Cross-entropy of the positive (column 0) against shared negatives, log-Q corrected."""
+                         negs: torch.Tensor, logq: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of the positive ([N, 1]) against shared negatives ([N, num]), whose logits
+    are log-Q corrected when ``logq`` is given."""
     if logq is not None:
-        neg_logits = neg_logits - logq[0].view(1, -1)
-        pos_logits = pos_logits - logq[1].view(-1, 1)
+        neg_logits = neg_logits - logq.view(1, -1)
     neg_logits = neg_logits.masked_fill(negs.view(1, -1) == positives.view(-1, 1), -math.inf)  # accidental hits
     logits = torch.cat([pos_logits, neg_logits], dim=1).float()
     return F.cross_entropy(logits, torch.zeros(len(positives), dtype=torch.long, device=logits.device))

@@ -1,0 +1,284 @@
+"""Catalog scale: streamed generator, memory-mapped data, sampled softmax, chunked evaluation,
+the full-softmax guard, and a 2-process torchrun run (c10d rendezvous, gloo)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.data.batches import CausalDataset, is_memory_mapped
+from core.data.sequences import SequenceData
+from core.data.splits import item_popularity, leave_one_out
+from core.data.synthetic_large import LargeSpec, fit_popularity_exponent, generate_large
+from core.errors import ConfigError, DataError
+from core.evaluation import Evaluator, popularity_score_fn, topk_items
+from core.models import build_model
+from core.models.sampled_softmax import check_full_softmax, draw_negatives, popularity_tables, sampled_softmax_loss
+from core.seqrec import model_score_fn
+from core.store import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scale") / "synthetic-200k"
+    # small chunks so that the streamed path writes many pieces
+    generate_large(out, LargeSpec(interactions=200_000, items=20_000, users=8_000, alpha=1.0, chunk=30_000, seed=3),
+                   progress=False)
+    return out
+
+
+# --------------------------------------------------------------------------- generator
+def test_generator_counts_and_layout(large):
+    data = SequenceData.load(large)
+    assert (data.n_users, data.n_items, data.n_interactions) == (8_000, 20_000, 200_000)
+    assert data.lengths.min() >= 5
+    assert is_memory_mapped(data.items) and is_memory_mapped(data.offsets)  # mapped, not read
+    assert not (large / "sequences.npz").exists()
+    assert data.meta["fingerprint"] == data.fingerprint()  # the streamed hash equals the whole-array one
+    assert 1 <= int(data.items.min()) and int(data.items.max()) <= 20_000
+
+
+@pytest.mark.parametrize("alpha", [0.8, 1.2])
+def test_generator_popularity_exponent(tmp_path, alpha):
+    out = tmp_path / f"a{alpha}"
+    generate_large(out, LargeSpec(interactions=300_000, items=20_000, users=10_000, alpha=alpha, seed=1), progress=False)
+    data = SequenceData.load(out)
+    fitted = fit_popularity_exponent(data.items, data.n_items)
+    assert abs(fitted - alpha) < 0.1, fitted
+
+
+def test_generator_planted_successor(large):
+    """The planted structure: the next item is the previous one's block successor far more
+    often than chance (so a sequence model has something popularity cannot explain)."""
+    data = SequenceData.load(large)
+    spec = LargeSpec(**{k: v for k, v in data.meta["spec"].items()})
+    rng = np.random.default_rng(spec.seed)
+    rank_of = np.empty(spec.items + 1, dtype=np.int64)
+    rank_of[rng.permutation(spec.items) + 1] = np.arange(spec.items)  # the generator's first draw
+    items = np.asarray(data.items)
+    same_user = np.ones(len(items) - 1, dtype=bool)
+    same_user[data.offsets[1:-1] - 1] = False
+    r0, r1 = rank_of[items[:-1]][same_user], rank_of[items[1:]][same_user]
+    start = (r0 // spec.block) * spec.block
+    succ = start + (r0 - start + 1) % np.minimum(spec.block, spec.items - start)
+    share = float((r1 == succ).mean())
+    assert share > spec.p_successor * 0.9, share
+
+
+def test_generator_deterministic_and_streamed_chunks(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    spec = LargeSpec(interactions=50_000, items=5_000, users=2_000, chunk=7_000, seed=9)
+    generate_large(a, spec, progress=False)
+    generate_large(b, spec, progress=False)
+    assert (a / "items.npy").read_bytes() == (b / "items.npy").read_bytes()
+
+
+def test_generator_rejects_impossible_spec(tmp_path):
+    with pytest.raises(DataError, match="--min-len"):
+        generate_large(tmp_path / "x", LargeSpec(interactions=100, items=50, users=100, min_len=5), progress=False)
+
+
+def test_prepare_cli_and_npy_roundtrip(tmp_path):
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "core.data.prepare", "synthetic-large", "--interactions", "20000",
+                        "--items", "3000", "--users", "1000", "--out", str(out)],
+                       capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "1000 users, 3000 items, 20000 interactions" in r.stdout
+    data = SequenceData.load(out)
+    # save() in the npy layout reads back identically and is memory-mapped
+    data2 = SequenceData(np.array(data.offsets), np.array(data.items), data.n_items, data.user_ids, data.item_ids)
+    data2.save(tmp_path / "copy", layout="npy")
+    back = SequenceData.load(tmp_path / "copy")
+    assert is_memory_mapped(back.items) and back.fingerprint() == data.fingerprint()
+
+
+def test_lazy_rows_equal_materialized(large):
+    split = leave_one_out(SequenceData.load(large))
+    lazy, full = CausalDataset(split, 20), CausalDataset(split, 20, materialize=True)
+    assert lazy.rows is None and full.rows is not None  # memory-mapped data -> gathered per batch
+    idx = torch.tensor([0, 17, 999, 4242, len(lazy) - 1])
+    a, b = lazy.get_batch(idx), full.get_batch(idx)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(lazy.lengths, full.lengths)
+
+
+# --------------------------------------------------------------------------- chunked evaluation
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])
+def test_chunked_metrics_equal_unchunked(large, kind):
+    split = leave_one_out(SequenceData.load(large))
+    torch.manual_seed(0)
+    model = build_model(kind, n_items=split.data.n_items, maxlen=20, hidden_units=16, num_blocks=1, num_heads=1).eval()
+    ref = Evaluator(split, "test", 20, sampled=(), max_users=600, batch_size=256).run(model_score_fn(model))
+    for chunk in (997, 8192):
+        got = Evaluator(split, "test", 20, sampled=(), max_users=600, batch_size=256, item_chunk=chunk).run(
+            model_score_fn(model))
+        assert got.keys() == ref.keys()
+        for k in ref:
+            assert got[k] == pytest.approx(ref[k], abs=1e-12), (chunk, k)
+
+
+def test_chunked_metrics_with_ties_and_history(large):
+    """The popularity baseline (integer scores, a plain ScoreFn) and a constant scorer (all
+    ties, which must rank the target last among the non-history items)."""
+    split = leave_one_out(SequenceData.load(large))
+    for fn in (popularity_score_fn(split), lambda inputs, users: torch.zeros(len(inputs), split.data.n_items + 1)):
+        ref = Evaluator(split, "test", 20, sampled=(), max_users=500).run(fn)
+        got = Evaluator(split, "test", 20, sampled=(), max_users=500, item_chunk=3001).run(fn)
+        assert got == pytest.approx(ref, abs=1e-12)
+    ev = Evaluator(split, "test", 20, sampled=(), max_users=50, item_chunk=3001)
+    ev.run(lambda inputs, users: torch.zeros(len(inputs), split.data.n_items + 1))
+    users, ranks = ev.last_ranks
+    data = split.data
+    hist = [set(data.sequence(int(u))[:-1].tolist()) - {int(data.sequence(int(u))[-1])} for u in users]
+    assert ranks.tolist() == [data.n_items - 1 - len(h) for h in hist]
+
+
+def test_topk_chunked_equals_full():
+    torch.manual_seed(1)
+    n, b, k = 5000, 7, 25
+    scores = torch.randn(b, n + 1)
+    scores[:, 100:110] = 3.0  # ties across a chunk border (105): any of them may be chosen
+    rows = torch.tensor([0, 0, 3, 6])
+    items = torch.tensor([100, 4999, 105, 1])
+    full = scores.clone()
+    full[:, 0] = -math.inf
+    full[rows, items] = -math.inf
+    ref_v, ref_i = torch.sort(full, dim=1, descending=True, stable=True)
+    for chunk in (105, 1024, n + 1):
+        v, i = topk_items(lambda s, e: scores[:, s:e], b, n, k, chunk, rows, items)
+        assert torch.equal(v, ref_v[:, :k]), chunk
+        assert torch.equal(full.gather(1, i), v)  # each index carries its score: none excluded, none padding
+        untied = v != 3.0
+        assert torch.equal(i[untied], ref_i[:, :k][untied]), chunk
+
+
+def test_evaluator_recommend_excludes_history(large):
+    split = leave_one_out(SequenceData.load(large))
+    torch.manual_seed(0)
+    model = build_model("sasrec", n_items=split.data.n_items, maxlen=20, hidden_units=16, num_blocks=1, num_heads=1).eval()
+    ev = Evaluator(split, "test", 20, sampled=(), max_users=40, item_chunk=4096)
+    users, items, scores = ev.recommend(model_score_fn(model), k=10)
+    full_ev = Evaluator(split, "test", 20, sampled=(), max_users=40)
+    users2, items2, _ = full_ev.recommend(model_score_fn(model), k=10)
+    assert np.array_equal(users, users2) and np.array_equal(items, items2)
+    for u, row, hl in zip(users, items, ev.part.hist_len):
+        assert not set(row.tolist()) & set(split.data.sequence(int(u))[:hl].tolist())
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+# --------------------------------------------------------------------------- sampled softmax
+def test_logq_corrected_sampled_softmax_estimates_full_softmax():
+    """With log-Q correction, popularity- or batch-drawn negatives give a loss close to full
+    softmax; without it the same draws are biased (the test can tell them apart)."""
+    torch.manual_seed(0)
+    n_items, d, n = 2000, 16, 64
+    emb = torch.randn(n_items + 1, d) * 0.5
+    h = torch.randn(n, d)
+    counts = np.zeros(n_items + 1)
+    counts[1:] = 1000.0 / np.arange(1, n_items + 1) ** 1.1
+    pos = torch.as_tensor(np.random.default_rng(0).choice(np.arange(1, n_items + 1), n, p=counts[1:] / counts[1:].sum()))
+    logits = h @ emb[1:].T
+    full = torch.nn.functional.cross_entropy(logits, pos - 1).item()
+    gen = torch.Generator().manual_seed(0)
+    tables = popularity_tables(counts, smoothing=0.0)
+    est, raw = [], []
+    for _ in range(20):
+        negs, logq = draw_negatives("popularity", 4000, n_items, pos, gen, tables)
+        pl, nl = (h * emb[pos]).sum(-1, keepdim=True), h @ emb[negs].T
+        est.append(sampled_softmax_loss(pl, nl, pos, negs, logq).item())
+        raw.append(sampled_softmax_loss(pl, nl, pos, negs, None).item())
+    # the corrected estimate omits the positive's own term from the negatives: close, not exact
+    assert abs(np.mean(est) - full) < 0.1 * full, (np.mean(est), full)
+    assert abs(np.mean(raw) - full) > 2 * abs(np.mean(est) - full)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "popularity", "in_batch"])
+def test_sasrec_sampled_softmax_trains(large, sampler):
+    split = leave_one_out(SequenceData.load(large))
+    torch.manual_seed(0)
+    model = build_model("sasrec", n_items=split.data.n_items, maxlen=20, hidden_units=16, num_blocks=1, num_heads=1,
+                        loss="sampled", num_negatives=128, negative_sampler=sampler)
+    assert model.loss_name == "sampled_softmax"
+    if sampler == "popularity":
+        model.set_item_counts(item_popularity(split.data, split.train_len))
+    ds = CausalDataset(split, 20)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(30):
+        batch = ds.get_batch(torch.arange(step * 64, step * 64 + 64) % len(ds), gen)
+        loss = model.training_loss(batch, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert ("negative_sampler" in model.model_args) == (sampler != "uniform")
+
+
+def test_popularity_sampler_without_counts_is_a_clear_error():
+    model = build_model("sasrec", n_items=50, maxlen=5, hidden_units=8, num_blocks=1, num_heads=1,
+                        loss="sampled_softmax", num_negatives=8, negative_sampler="popularity")
+    batch = {"input": torch.tensor([[1, 2, 3]]), "target": torch.tensor([[2, 3, 4]])}
+    with pytest.raises(ConfigError, match="set_item_counts"):
+        model.training_loss(batch)
+
+
+# --------------------------------------------------------------------------- full-softmax guard
+def test_full_softmax_guard_message():
+    with pytest.raises(ConfigError) as info:
+        check_full_softmax("ce", 256, 50, 1_000_000, available=8 * 2**30)
+    msg = str(info.value)
+    assert "\n" not in msg and "model.loss=sampled_softmax" in msg and "GiB" in msg and "1000000 items" in msg
+    check_full_softmax("ce", 256, 50, 12_000, available=8 * 2**30)  # Beauty-sized: fine
+    check_full_softmax("sampled_softmax", 256, 50, 10**9, available=1)  # sampled never refused
+
+
+def test_full_softmax_guard_stops_a_run_before_training(tmp_path):
+    """A 1M-item catalog with the default loss=ce: one error line, exit 2, no training."""
+    data_dir = tmp_path / "big-catalog"
+    generate_large(data_dir, LargeSpec(interactions=30_000, items=1_000_000, users=3_000, seed=0), progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RECSYS_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, "-m", "distillation.training", "--config", "configs/distillation/sasrec.yaml",
+                        "--override", f"data.dataset={data_dir},training.batch_size=4096,epochs=1"],
+                       capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "model.loss=sampled_softmax" in last and "full softmax" in last
+    assert "epoch   1/" not in r.stdout  # refused before the first batch
+
+
+# --------------------------------------------------------------------------- torchrun
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_c10d_gloo(tmp_path):
+    """2 ranks through torchrun's c10d rendezvous: disjoint shards, identical parameters."""
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{_free_port()}",
+           "-m", "core.dist_check", "--out", str(out), "--users", "201", "--epochs", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=240,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world"] == 2 and summary["backend"] == "gloo"
+    assert summary["disjoint"] and summary["covered"] and summary["identical_params"] and summary["params_changed"]
+    ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+    for epoch in ("1", "2"):
+        a, b = set(ranks[0]["rows"][epoch]), set(ranks[1]["rows"][epoch])
+        assert len(a & b) <= summary["padding"] and len(a | b) == summary["rows"]
+    assert ranks[0]["epoch_params"] == ranks[1]["epoch_params"]
