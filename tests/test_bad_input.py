@@ -128,34 +128,35 @@ def demo_absolute_run_name(ctx):
     return "core.demo", ["--override", seq_over(ctx, f"run_name={ctx.tmp / 'elsewhere'}")], "run name"
 
 
-# core.data.prepare -------------------------------------------------------------------
-def prepare_missing_file(ctx):
-    return "core.data.prepare", ["seq-lines", "--path", str(ctx.tmp / "Beauty.txt"), "--out", str(ctx.home / "p")], \
-        "Beauty.txt"
+# core.data.prepare: each writes over an existing prepared dataset, which must survive ------
+def prepare_ml100k_wrong_field_count(ctx):
+    out = ctx.copy_dataset()
+    p = ctx.write("ml/u.data", "1\t10\t5\t881250949\n2\t10\t4\n")
+    return "core.data.prepare", ["movielens", "--path", str(p.parent), "--out", str(out)], "u.data:2"
 
 
-def prepare_empty_file(ctx):
-    p = ctx.write("raw/Empty.txt", "")
-    return "core.data.prepare", ["seq-lines", "--path", str(p), "--out", str(ctx.home / "p")], "Empty.txt"
+def prepare_universal_movielens_missing_folder(ctx):
+    out = ctx.copy_dataset()
+    return "core.data.prepare", ["universal-movielens", "--path", str(ctx.tmp / "ml-none"), "--out", str(out)], \
+        "ml-none"
 
 
-def prepare_malformed_json_line(ctx):
-    p = ctx.write("raw/Video_Games.jsonl", json.dumps({"user_id": "U1", "parent_asin": "G1", "timestamp": 1,
-                                                       "rating": 5.0}) + "\n{not json\n")
-    q = ctx.write("raw/Electronics.jsonl", json.dumps({"user_id": "U1", "parent_asin": "E1", "timestamp": 2,
-                                                      "rating": 5.0}) + "\n")
-    return "core.data.prepare", ["amazon-2023", "--path", str(p.parent), "--categories", "Electronics,Video_Games",
-                                 "--out", str(ctx.home / "p")], "Video_Games.jsonl:2"
+def prepare_recbole_empty_file(ctx):
+    out = ctx.copy_dataset()
+    p = ctx.write("raw/x.inter", "")
+    return "core.data.prepare", ["recbole", "--path", str(p), "--out", str(out)], "x.inter"
 
 
-def prepare_synthetic_name_escapes(ctx):
-    return "core.data.prepare", ["synthetic", "--users", "5", "--name", "../escape"], "escape"
+def prepare_synthetic_bad_counts(ctx):
+    out = ctx.copy_dataset()
+    return "core.data.prepare", ["synthetic", "--users", "0", "--out", str(out)], "users >= 1"
 
 
 # user_representation_module ------------------------------------------------------------
-def rep_train_unknown_dataset_name_with_dotdot(ctx):
+def rep_train_single_domain_dataset(ctx):
     return "user_representation_module.train", ["--config", str(REP_YAML), "--override",
-                                                tri_over(ctx, "data.dataset=..")], "dataset"
+                                                tri_over(ctx, f"data.dataset={ctx.data_root / 'syn-a'}")], \
+        "syn-a: has no item_domain array"
 
 
 def rep_train_wrong_value_type(ctx):
@@ -323,7 +324,8 @@ def cd_source_vectors_wrong_rows(ctx):
 # universal -----------------------------------------------------------------------------
 def uni_empty_data_file(ctx):
     p = ctx.write("u/data.json", "")
-    return "universal.train", ["--data", str(p), "--override", f"home={ctx.home},num_epochs=1"], "data.json"
+    return "universal.train", ["--data", str(p), "--override", f"home={ctx.home},num_epochs=1"], \
+        "data.json: file is empty"
 
 
 def uni_malformed_jsonl_line(ctx):
@@ -366,8 +368,9 @@ def uni_inference_top_k_zero(ctx):
 
 CASES = [demo_missing_config, demo_empty_sequences_file, demo_resume_from_another_models_checkpoint,
          demo_absolute_run_name,
-         prepare_missing_file, prepare_empty_file, prepare_malformed_json_line, prepare_synthetic_name_escapes,
-         rep_train_unknown_dataset_name_with_dotdot, rep_train_wrong_value_type,
+         prepare_ml100k_wrong_field_count, prepare_universal_movielens_missing_folder, prepare_recbole_empty_file,
+         prepare_synthetic_bad_counts,
+         rep_train_single_domain_dataset, rep_train_wrong_value_type,
          rep_train_resume_from_another_models_checkpoint, rep_inference_corrupt_checkpoint,
          rec_missing_embeddings, rec_malformed_ids_json, rec_embeddings_not_one_row_per_user, rec_run_name_with_dotdot,
          persona_missing_data_cfg, persona_malformed_json_line, persona_wrong_value_type, persona_bad_ks,
@@ -379,7 +382,7 @@ CASES = [demo_missing_config, demo_empty_sequences_file, demo_resume_from_anothe
          uni_empty_data_file, uni_malformed_jsonl_line, uni_wrong_schema, uni_wrong_value_type, uni_run_name_absolute,
          uni_inference_checkpoint_of_another_model, uni_inference_top_k_zero]
 # the real command line (interpreter start, `python -m`, exit code) for a spread of pipelines
-SUBPROCESS = {"demo_empty_sequences_file", "prepare_malformed_json_line", "rec_malformed_ids_json",
+SUBPROCESS = {"demo_empty_sequences_file", "prepare_ml100k_wrong_field_count", "rec_malformed_ids_json",
               "persona_malformed_json_line", "distill_eval_checkpoint_of_another_model", "cd_rl_demo_checkpoint_of_another_model",
               "uni_malformed_jsonl_line"}
 

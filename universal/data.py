@@ -87,7 +87,10 @@ def read_raw(path: str | Path) -> tuple[dict[str, list[dict]], Path]:
     if path.suffix == ".jsonl":
         return _read_jsonl(path), path
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise DataError(f"{path}: file is empty; expected a JSON object with user_data, item_data and interactions")
+        raw = json.loads(text)
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; the data must be a JSON document") from None
     except json.JSONDecodeError as exc:
