@@ -282,3 +282,30 @@ def test_torchrun_two_processes_c10d_gloo(tmp_path):
         a, b = set(ranks[0]["rows"][epoch]), set(ranks[1]["rows"][epoch])
         assert len(a & b) <= summary["padding"] and len(a | b) == summary["rows"]
     assert ranks[0]["epoch_params"] == ranks[1]["epoch_params"]
+
+
+# --------------------------------------------------------------------------- universal two-tower
+def test_universal_inbatch_softmax_logq_correction():
+    """The correction subtracts log(training share) per column: equal to a hand-built softmax."""
+    from core.config import load_config
+    from universal.config import UniversalConfig
+    from universal.model import UniversalModel
+
+    cfg = load_config(UniversalConfig, overrides="loss_type=softmax,logq_correction=true,"
+                                                 "user.use_id_embedding=true,item.use_id_embedding=true")
+    torch.manual_seed(0)
+    model = UniversalModel({"user": [], "item": []}, cfg, 20, 30, 0)
+    assert "item_logq" not in model.state_dict()  # checkpoints stay as they were
+    counts = np.arange(31, dtype=np.float64) * 3
+    model.set_item_counts(counts)
+    pos = torch.tensor([1, 7, 29, 29])
+    seen = torch.zeros(4, 4, dtype=torch.bool)
+    seen[2, 3] = seen[3, 2] = True  # the same item twice: not a negative of each other
+    batch = {"user": {"_id": torch.tensor([1, 2, 3, 4])}, "pos": {"_id": pos}, "inbatch_seen": seen}
+    loss = model.training_loss(batch)["loss"]
+    u, i = model.user_vectors(batch["user"], exclude_items=pos), model.item_vectors(batch["pos"])
+    logq = torch.log(torch.as_tensor(counts + 1.0) / (counts + 1.0).sum()).float()
+    logits = (u @ i.T - logq[pos].view(1, -1)).masked_fill(seen, -math.inf)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.arange(4)).item(), rel=1e-5)
+    plain = (u @ i.T).masked_fill(seen, -math.inf)
+    assert abs(loss.item() - torch.nn.functional.cross_entropy(plain, torch.arange(4)).item()) > 1e-4

@@ -155,6 +155,9 @@ class UniversalConfig:
     scorer: Literal["dot", "classifier"] = "dot"  # dot product (retrieval) or the upstream's classifier head
     loss_type: Literal["bce", "softmax", "bce+softmax"] = "bce"  # sampled-negative BCE, in-batch softmax, or both
     negative_sampling_ratio: float = 1.0  # sampled negatives per positive (fractions drawn per row)
+    # in-batch softmax: subtract log(training frequency) of each column's item (Yi et al. 2019), so that
+    # popular items, over-represented as in-batch negatives, are not pushed down
+    logq_correction: bool = False
     optimizer_type: Literal["adam", "adamw"] = "adam"  # both run core.train's AdamW (weight_decay 0 = Adam)
     custom_encoders: dict = field(default_factory=dict)  # feature type -> registered name or "pkg.module:Class"
     # feature types left out of both towers (ablations), e.g. [text] or [categorical, continuous]

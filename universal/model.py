@@ -7,7 +7,9 @@
   (a token when ``item.use_id_embedding``, and the vectors that temporal item-id lists read),
   users optionally. Scorer ``dot`` (retrieval: u . i) or ``classifier`` (the upstream's MLP head
   over the fused pair); ``score_matrix`` ranks every item for a batch of users either way.
-- Loss: BCE on positives and sampled negatives, an in-batch softmax, or both.
+- Loss: BCE on positives and sampled negatives, an in-batch softmax, or both. With
+  ``logq_correction`` the in-batch logits of item j lose log(training frequency of j), the
+  sampling-bias correction of Yi et al. (2019): in-batch negatives are drawn by popularity.
 """
 from __future__ import annotations
 
@@ -154,6 +156,15 @@ class UniversalModel(nn.Module):
         self.scorer = cfg.scorer
         self.classifier = PairClassifier(cfg) if cfg.scorer == "classifier" else None
         self.loss_type = cfg.loss_type
+        self.logq_correction = getattr(cfg, "logq_correction", False)
+        # log of each item's training share, for the log-Q correction; not a parameter and not
+        # saved (it belongs to the training data), set by ``set_item_counts``
+        self.register_buffer("item_logq", torch.zeros(n_items + 1), persistent=False)
+
+    def set_item_counts(self, counts) -> None:
+        """Training interactions per item row (0..n_items) for the in-batch log-Q correction."""
+        c = torch.as_tensor(counts, dtype=torch.float64) + 1.0  # +1: an unseen item is rare, not impossible
+        self.item_logq.copy_(torch.log(c / c.sum()).to(self.item_logq))
 
     # ------------------------------------------------------------------ vectors and scores
     def user_vectors(self, feats: dict, exclude_items: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,7 +206,10 @@ class UniversalModel(nn.Module):
             out["bce"] = bce.detach()
             total = total + bce
         if self.loss_type in ("softmax", "bce+softmax"):
-            logits = self.score_matrix(u, i).masked_fill(batch["inbatch_seen"], float("-inf"))
+            logits = self.score_matrix(u, i)
+            if self.logq_correction:
+                logits = logits - self.item_logq[pos_id].view(1, -1)  # column j is item pos_id[j]
+            logits = logits.masked_fill(batch["inbatch_seen"], float("-inf"))
             soft = F.cross_entropy(logits, torch.arange(len(u), device=u.device))
             out["softmax"] = soft.detach()
             total = total + soft

@@ -180,6 +180,8 @@ class Pipeline:
         tables = self._tables(data, data.items.lookup, data.users.lookup, data.items.lookup, drop_items=heldout)
         self.meta["text_dim"] = int(tables["user"].get("text/x", tables["item"].get("text/x", torch.zeros(1, 1, 0))).shape[-1])
         self.model = self._new_model().to(device)
+        if cfg.logq_correction:
+            self.model.set_item_counts(np.bincount(data.item_idx[train], minlength=data.n_items + 1))
         rows = TrainRows(data.user_idx[train], data.item_idx[train], tables, data.n_items, cfg, device)
         e = cfg.eval
         evals = {which: HoldoutEvaluator(data, part, code, e.ks, e.auc_negatives, e.sample_seed, e.batch_size, device)

@@ -1,0 +1,289 @@
+"""Catalog scale on this machine: generation, SASRec sampled-softmax training, chunked full ranking.
+
+Runs in pieces; each piece runs in a fresh subprocess (so its peak RAM is its own) and merges
+its rows into benchmarks/results/scale.json:
+
+    python benchmarks/scale.py run --size 100k --piece prep     # synthetic-large -> data/synthetic-100k
+    python benchmarks/scale.py run --size 1m --piece train      # 200 batches of SASRec, sampled softmax
+    python benchmarks/scale.py run --size 10m --piece eval      # 10,000 users x every item, item chunks
+    python benchmarks/scale.py run --size 1m --piece eval-unchunked   # the same without chunks (reference)
+    python benchmarks/scale.py summarize                        # scale.md table + scale.png (log-log)
+
+Sizes keep the 10M / 1M / 500k proportions: ``100k`` = 100,000 interactions, 10,000 items,
+5,000 users; ``1m`` = 1M / 100k / 50k; ``10m`` = 10M / 1M / 500k. Peak RAM is the piece
+process's VmHWM (resident high-water mark, memory-mapped pages it touched included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "benchmarks" / "results"
+RESULTS_FILE = RESULTS / "scale.json"
+SIZES = {  # interactions, items, users
+    "100k": (100_000, 10_000, 5_000),
+    "1m": (1_000_000, 100_000, 50_000),
+    "10m": (10_000_000, 1_000_000, 500_000),
+}
+PIECES = ("prep", "train", "eval", "eval-unchunked")
+TRAIN_STEPS, TRAIN_BATCH, NEGATIVES, SAMPLER = 50, 256, 256, "popularity"  # 50: the CPU is shared
+EVAL_USERS, ITEM_CHUNK, EVAL_BATCH = 10_000, 65_536, 1024
+MODEL = dict(maxlen=50, hidden_units=64, num_blocks=2, num_heads=2, dropout_rate=0.2)
+
+
+def machine(threads: int) -> str:
+    return f"cpu:{platform.machine()} {os.cpu_count()} cores, {threads} torch threads"
+
+
+def data_dir(size: str) -> Path:
+    return REPO / "data" / f"synthetic-{size}"
+
+
+def peak_rss_gb() -> float:
+    """VmHWM of this process in GB (falls back to ru_maxrss, KiB on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+# --------------------------------------------------------------------------- pieces (in a child process)
+def piece_prep(size: str) -> list[dict]:
+    from core.data.synthetic_large import LargeSpec, fit_popularity_exponent, generate_large
+
+    n, items, users = SIZES[size]
+    t = time.perf_counter()
+    meta = generate_large(data_dir(size), LargeSpec(interactions=n, items=items, users=users, alpha=1.0, seed=0))
+    prep = time.perf_counter() - t
+    ram = peak_rss_gb()  # before the check below reads the items
+    from core.data.sequences import SequenceData
+
+    t = time.perf_counter()
+    data = SequenceData.load(data_dir(size))
+    load = time.perf_counter() - t
+    alpha = fit_popularity_exponent(data.items, data.n_items)
+    return [("generator", "prep_sec", prep, {"fingerprint": meta["fingerprint"]}),
+            ("generator", "peak_ram_gb", ram, {}),
+            ("generator", "load_sec", load, {"note": "SequenceData.load: memory-mapped, validated"}),
+            ("generator", "fitted_alpha", alpha, {"note": "rank-frequency slope; parameter alpha = 1.0"})]
+
+
+def _load(size: str):
+    from core.data.sequences import SequenceData
+    from core.data.splits import leave_one_out
+
+    if not (data_dir(size) / "meta.json").is_file():
+        raise SystemExit(f"error: {data_dir(size)} missing; run `python benchmarks/scale.py run --size {size} --piece prep`")
+    data = SequenceData.load(data_dir(size))
+    return data, leave_one_out(data)
+
+
+def piece_train(size: str) -> list[dict]:
+    import tempfile
+
+    import torch
+
+    from core.data.batches import CausalDataset
+    from core.data.splits import item_popularity
+    from core.models import build_model
+    from core.models.sampled_softmax import full_softmax_bytes
+    from core.train import TrainConfig, fit
+
+    data, split = _load(size)
+    torch.manual_seed(0)
+    model = build_model("sasrec", n_items=data.n_items, loss="sampled_softmax", num_negatives=NEGATIVES,
+                        negative_sampler=SAMPLER, **MODEL)
+    model.set_item_counts(item_popularity(data, split.train_len))
+    train = CausalDataset(split, MODEL["maxlen"])  # memory-mapped data: rows gathered per batch
+    cfg = TrainConfig(epochs=1, batch_size=TRAIN_BATCH, max_steps_per_epoch=TRAIN_STEPS, patience=0,
+                      save_checkpoints=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(model, train, lambda m: {"NDCG@10": 0.0}, cfg, Path(tmp), device=torch.device("cpu"), seed=0,
+            checkpoint_meta={"kind": "sasrec", "model_args": model.model_args, "config": {}}, log=lambda *a: None)
+        row = json.loads((Path(tmp) / "metrics.jsonl").read_text().splitlines()[-1])
+    steps = min(TRAIN_STEPS, math.ceil(len(train) / TRAIN_BATCH))
+    seqs = min(len(train), steps * TRAIN_BATCH)
+    extra = {"steps": steps, "batch_size": TRAIN_BATCH, "num_negatives": NEGATIVES, "negative_sampler": SAMPLER,
+             "train_loss": row["train_loss"], "train_seconds": row["epoch_seconds"],
+             "full_softmax_logits_gb": round(full_softmax_bytes(TRAIN_BATCH, MODEL["maxlen"], data.n_items) / 1e9, 2)}
+    return [("sasrec-sampled", "train_seq_per_sec", seqs / row["epoch_seconds"], extra),
+            ("sasrec-sampled", "peak_ram_gb", peak_rss_gb(), {})]
+
+
+def piece_eval(size: str, chunked: bool = True) -> list[dict]:
+    import torch
+
+    from core.evaluation import Evaluator
+    from core.models import build_model
+    from core.seqrec import model_score_fn
+
+    data, split = _load(size)
+    torch.manual_seed(0)
+    model = build_model("sasrec", n_items=data.n_items, **MODEL).eval()  # untrained: the cost does not depend on weights
+    t = time.perf_counter()
+    ev = Evaluator(split, "test", MODEL["maxlen"], sampled=(), max_users=EVAL_USERS, batch_size=EVAL_BATCH,
+                   item_chunk=ITEM_CHUNK if chunked else 0)
+    res = ev.run(model_score_fn(model))
+    sec = time.perf_counter() - t
+    name = "sasrec-chunked" if chunked else "sasrec-unchunked"
+    extra = {"users": len(ev), "items": data.n_items, "item_chunk": ITEM_CHUNK if chunked else 0,
+             "eval_batch": EVAL_BATCH, "NDCG@10": res.get("NDCG@10")}
+    return [(name, "eval_sec", sec, extra), (name, "eval_peak_ram_gb", peak_rss_gb(), {})]
+
+
+def child(size: str, piece: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    fn = {"prep": piece_prep, "train": piece_train, "eval": piece_eval,
+          "eval-unchunked": lambda s: piece_eval(s, chunked=False)}[piece]
+    out = [{"model": m, "metric": k, "value": round(float(v), 4), **e} for m, k, v, e in fn(size)]
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+# --------------------------------------------------------------------------- parent
+def merge_rows(new_rows: list[dict], key=("dataset", "model", "metric")) -> None:
+    from core.store import atomic_write_json
+
+    rows = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else []
+    ident = lambda r: tuple(r.get(k) for k in key)  # noqa: E731
+    fresh = {ident(r) for r in new_rows}
+    rows = [r for r in rows if ident(r) not in fresh] + new_rows
+    atomic_write_json(RESULTS_FILE, sorted(rows, key=lambda r: (SIZE_ORDER.get(r["dataset"], 9), r["model"], r["metric"])))
+
+
+SIZE_ORDER = {f"synthetic-{s}": i for i, s in enumerate(SIZES)}
+
+
+def run_piece(size: str, piece: str, threads: int) -> list[dict]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", "--size", size, "--piece", piece,
+           "--threads", str(threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"error: piece {piece} --size {size} failed (exit {proc.returncode})")
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    # the OS's view of the peak (max over this invocation's children so far), a check on VmHWM
+    child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
+    command = f"python benchmarks/scale.py run --size {size} --piece {piece}"
+    rows = [{"dataset": f"synthetic-{size}", **r, "device": machine(threads), "command": command,
+             "interactions": SIZES[size][0], "n_items": SIZES[size][1], "n_users": SIZES[size][2],
+             "piece_wall_sec": round(wall, 2), "rusage_maxrss_gb": round(child_peak, 4),
+             # the 2 cores are shared with other jobs: the load says how much of them this piece had
+             "load_avg_1m": round(os.getloadavg()[0], 2)} for r in json.loads(line[7:])]
+    merge_rows(rows)
+    for r in rows:
+        print(f"{r['dataset']:16s} {r['model']:18s} {r['metric']:18s} {r['value']}")
+    return rows
+
+
+# --------------------------------------------------------------------------- summary
+SUMMARY = [  # (model, metric, label)
+    ("generator", "prep_sec", "generation time (s)"),
+    ("generator", "peak_ram_gb", "generation peak RAM (GB)"),
+    ("generator", "load_sec", "load (mmap + validate) (s)"),
+    ("generator", "fitted_alpha", "fitted popularity exponent (alpha 1.0)"),
+    ("sasrec-sampled", "train_seq_per_sec", "SASRec sampled-softmax training (sequences/s)"),
+    ("sasrec-sampled", "peak_ram_gb", "training peak RAM (GB)"),
+    ("sasrec-chunked", "eval_sec", "full ranking, <=10k users, chunked (s)"),
+    ("sasrec-chunked", "eval_peak_ram_gb", "full ranking peak RAM, chunked (GB)"),
+    ("sasrec-unchunked", "eval_sec", "full ranking, unchunked (s)"),
+    ("sasrec-unchunked", "eval_peak_ram_gb", "full ranking peak RAM, unchunked (GB)"),
+]
+
+
+def summarize() -> None:
+    from core.store import atomic_path, atomic_write_text
+
+    rows = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else []
+    if not rows:
+        raise SystemExit("error: no rows in benchmarks/results/scale.json; run some pieces first")
+    sizes = [s for s in SIZES if any(r["dataset"] == f"synthetic-{s}" for r in rows)]
+    get = {(r["dataset"], r["model"], r["metric"]): r for r in rows}
+    lines = ["# Scale benchmark (synthetic-large workloads)", "",
+             "Written by `python benchmarks/scale.py summarize` from `scale.json`. "
+             f"Machine: {rows[0]['device']}. Each piece runs in its own process; peak RAM is its VmHWM.", "",
+             "| figure | " + " | ".join(f"{s} ({SIZES[s][0]:,} inter., {SIZES[s][1]:,} items)" for s in sizes)
+             + " | growth exponent |",
+             "| --- | " + " | ".join("---:" for _ in sizes) + " | ---: |"]
+    series = {}
+    for model, metric, label in SUMMARY:
+        vals = [get.get((f"synthetic-{s}", model, metric), {}).get("value") for s in sizes]
+        if all(v is None for v in vals):
+            continue
+        pts = [(SIZES[s][0], v) for s, v in zip(sizes, vals) if v]
+        slope = ""
+        if len(pts) >= 2 and metric != "fitted_alpha":
+            x, y = zip(*pts)
+            slope = f"{(math.log(y[-1]) - math.log(y[0])) / (math.log(x[-1]) - math.log(x[0])):.2f}"
+            series[label] = pts
+        lines.append(f"| {label} | " + " | ".join("—" if v is None else f"{v:,.3g}" if v < 1000 else f"{v:,.0f}"
+                                                 for v in vals) + f" | {slope} |")
+    lines += ["", "Growth exponent: slope of log(figure) against log(interactions) between the smallest and the "
+              "largest size measured (1 = linear). Catalog and users grow with the interactions (10 : 1 : 0.5).",
+              "", "Settings: " + f"SASRec {MODEL}, batch {TRAIN_BATCH}, {TRAIN_STEPS} batches timed through "
+              f"core.train.fit, {NEGATIVES} {SAMPLER} negatives (log-Q corrected); evaluation of "
+              f"min({EVAL_USERS:,}, users) test users over every item, batch {EVAL_BATCH}, item chunk {ITEM_CHUNK:,} "
+              "(an untrained model: the cost does not depend on the weights).", "", "Commands:", ""]
+    lines += sorted({f"    {r['command']}" for r in rows})
+    atomic_write_text(RESULTS / "scale.md", "\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for label, pts in series.items():
+        x, y = zip(*pts)
+        ax.plot(x, y, marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("interactions (items = 10%, users = 5%)")
+    ax.set_ylabel("value (units in legend)")
+    ax.set_title("Scale on 2 CPU cores (log-log)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(RESULTS / "scale.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    print(f"wrote {RESULTS / 'scale.md'} and {RESULTS / 'scale.png'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "_child"):
+        p = sub.add_parser(name)
+        p.add_argument("--size", choices=list(SIZES), required=True)
+        p.add_argument("--piece", choices=PIECES, required=True, action="append" if name == "run" else "store")
+        p.add_argument("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
+    sub.add_parser("summarize")
+    args = parser.parse_args(argv)
+    if args.cmd == "_child":
+        child(args.size, args.piece, args.threads)
+    elif args.cmd == "run":
+        for piece in args.piece:
+            run_piece(args.size, piece, args.threads)
+    else:
+        summarize()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
