@@ -17,8 +17,9 @@ $(STAMP): requirements.txt
 
 setup: $(STAMP)
 
+# every pipeline on the generated data, chained through state_dict/demo/ (see demo/__main__.py)
 demo: $(STAMP)
-	$(BIN)/python -m core.demo
+	$(BIN)/python -m demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -43,4 +44,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/sequential.py summarize
 
 clean:
-	rm -rf state_dict/demo data/synthetic data/synthetic-a data/synthetic-b
+	rm -rf state_dict/demo data/synthetic data/synthetic-a data/synthetic-b data/synthetic-a-persona
