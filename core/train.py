@@ -242,8 +242,15 @@ def fit(
 
     if is_main():  # the run starts here (see prepare_out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".*.tmp"):  # temp files of a writer that was killed (see store.atomic_path)
+            stale.unlink(missing_ok=True)
+        metrics = out_dir / "metrics.jsonl"
         if not cfg.resume:
-            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+            metrics.unlink(missing_ok=True)
+        elif metrics.is_file():
+            # a kill between an epoch's row and its last.pt (or in the middle of a row) would
+            # leave rows the resumed run writes again: keep those last.pt accounts for
+            store.atomic_write_text(metrics, "".join(r + "\n" for r in _rows_up_to(metrics, start_epoch)))
         if "config" in checkpoint_meta:  # to_dict(cfg): the same text as core.config.save_config
             store.atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(
                 checkpoint_meta["config"], sort_keys=False, default_flow_style=None))
@@ -365,6 +372,20 @@ def _from_rank0(value):
     box = [value]
     dist.broadcast_object_list(box, 0)
     return box[0]
+
+
+def _rows_up_to(path: Path, epoch: int) -> list[str]:
+    import json
+
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a row cut short by the kill
+            continue
+        if isinstance(row, dict) and row.get("epoch", 0) <= epoch:
+            keep.append(line)
+    return keep
 
 
 def _gather_rng(state: dict) -> list:

@@ -135,6 +135,11 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(trainer, dat
             elif p.suffix == ".jsonl":
                 [json.loads(line) for line in p.read_text().splitlines()]
 
+    # what a kill at a worse moment leaves: epoch 2's row written but not its last.pt, a row cut
+    # short, a checkpoint's temp file; the resumed run must drop all three
+    with open(next(cut.rglob("metrics.jsonl")), "a") as fh:
+        fh.write('{"epoch": 2, "train_loss": 9.9}\n{"epoch": 3, "tra')
+    (lasts[0].parent / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
     resumed = subprocess.run(cli + argv(cut, data) + ["--override", "training.resume=true"], cwd=REPO, env=_env(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -144,6 +149,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(trainer, dat
     for key, value in full.items():
         assert math.isclose(again[key], value, rel_tol=1e-6, abs_tol=1e-6), (key, again[key], value)
     assert not [p for p in cut.rglob("*.tmp")]
+    rows = [json.loads(line) for line in next(cut.rglob("metrics.jsonl")).read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # epoch 2 once, though it ran twice
 
 
 def test_persona_encoder_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
