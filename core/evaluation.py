@@ -154,15 +154,44 @@ class Evaluator:
         """Negatives per user, fixed by ``seed`` alone (not by batching or rank)."""
         gen = torch.Generator().manual_seed(seed + n)
         out = torch.empty(len(self.part), n, dtype=torch.long)
-        batches = self._batches()
-        if self.item_chunk:
-            # bound the [users x catalog] draw to batch x chunk values (other draws than unchunked)
-            rows = max(1, self.batch_size * self.item_chunk // (self.data.n_items + 1))
-            batches = (b[i:i + rows] for b in self._batches() for i in range(0, len(b), rows))
-        for b in batches:
+        if self.item_chunk and self.item_chunk <= self.data.n_items:
+            return self._draw_negatives_sparse(n, gen)
+        for b in self._batches():
             exclude = history_mask(self.data, self.part.users[b], self.part.hist_len[b])
             exclude[torch.arange(len(b)), self.targets[b]] = True
             out[b] = sample_negatives(exclude, self.data.n_items, n, gen)
+        return out
+
+    def _draw_negatives_sparse(self, n: int, gen: torch.Generator, max_rounds: int = 100) -> torch.Tensor:
+        """Catalog-scale draws (``item_chunk`` mode): distinct uniform negatives outside each user's
+        history and target by rejection, O(users x (history + n)) instead of O(users x catalog).
+        Same law as ``sample_negatives`` (uniform without replacement), other random numbers."""
+        out = torch.empty(len(self.part), n, dtype=torch.long)
+        for b in self._batches():
+            rows, pos = prefix_positions(self.data, self.part.users[b], self.part.hist_len[b])
+            width = int(self.part.hist_len[b].max()) + 1
+            banned = torch.zeros(len(b), width, dtype=torch.long)  # 0 (padding) is never drawn anyway
+            col = torch.as_tensor(np.arange(len(rows)) - np.repeat(np.cumsum(self.part.hist_len[b]) - self.part.hist_len[b],
+                                                                     self.part.hist_len[b]))
+            banned[torch.as_tensor(rows), col] = torch.as_tensor(np.asarray(self.data.items[pos], dtype=np.int64))
+            banned[:, -1] = self.targets[b]
+            banned = banned.sort(dim=1).values
+            if int((self.data.n_items - (banned > 0).sum(1)).min()) < n:
+                raise ValueError(f"a user has fewer than {n} items left to sample negatives from")
+            draws = torch.randint(1, self.data.n_items + 1, (len(b), n), generator=gen)
+            for _ in range(max_rounds):
+                at = torch.searchsorted(banned, draws).clamp(max=width - 1)
+                bad = banned.gather(1, at) == draws
+                srt, order = draws.sort(dim=1)
+                dup = torch.zeros_like(bad)
+                dup.scatter_(1, order[:, 1:], srt[:, 1:] == srt[:, :-1])  # a repeat: all but its first copy
+                bad |= dup
+                if not bad.any():
+                    break
+                draws[bad] = torch.randint(1, self.data.n_items + 1, (int(bad.sum()),), generator=gen)
+            else:
+                raise RuntimeError("could not draw distinct negatives; the catalog is nearly exhausted")
+            out[b] = draws
         return out
 
     @torch.no_grad()

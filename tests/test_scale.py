@@ -309,3 +309,17 @@ def test_universal_inbatch_softmax_logq_correction():
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.arange(4)).item(), rel=1e-5)
     plain = (u @ i.T).masked_fill(seen, -math.inf)
     assert abs(loss.item() - torch.nn.functional.cross_entropy(plain, torch.arange(4)).item()) > 1e-4
+
+
+def test_chunked_mode_sampled_negatives_are_valid(large):
+    """At catalog scale the sampled protocol's negatives are drawn by rejection: distinct,
+    never the target or a history item, and fixed by the seed."""
+    split = leave_one_out(SequenceData.load(large))
+    ev = Evaluator(split, "test", 20, sampled=(100,), max_users=300, item_chunk=4096)
+    again = Evaluator(split, "test", 20, sampled=(100,), max_users=300, item_chunk=4096)
+    negs = ev.negatives[100]
+    assert torch.equal(negs, again.negatives[100])
+    assert negs.min() >= 1 and negs.max() <= split.data.n_items
+    for row, u, hl, t in zip(negs.tolist(), ev.part.users, ev.part.hist_len, ev.part.targets):
+        assert len(set(row)) == 100
+        assert not set(row) & (set(split.data.sequence(int(u))[:hl].tolist()) | {int(t)})
