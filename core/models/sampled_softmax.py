@@ -87,18 +87,22 @@ def sampled_softmax_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, pos
 
 # --------------------------------------------------------------------------- memory guard
 def available_memory_bytes(device: torch.device | str = "cpu") -> int:
-    """Free memory on ``device``: CUDA's free bytes, else MemAvailable (or physical RAM)."""
+    """Memory of ``device``: the GPU's total (``torch.cuda.mem_get_info``), else physical RAM.
+
+    Totals rather than what is free right now, so that whether a config may run does not
+    depend on what else happens to run on the machine (the guard is about the method, not
+    about the moment)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        return int(torch.cuda.mem_get_info(device)[1])
     try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # no sysconf names (non-Linux): read MemTotal
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith("MemTotal:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        raise
 
 
 def full_softmax_bytes(batch_size: int, seq_len: int, n_items: int, bytes_per_value: int = 4) -> int:
@@ -122,5 +126,5 @@ def check_full_softmax(loss: str, batch_size: int, seq_len: int, n_items: int, d
         raise ConfigError(
             f"full softmax over {n_items} items would need {need / 2**30:.1f} GiB of logits per batch "
             f"(batch {batch_size} x length {seq_len} x {n_items + 1} items x 4 B x 2 for the gradient) but "
-            f"{torch.device(device).type} has {have / 2**30:.1f} GiB available; set {where}.loss=sampled_softmax "
+            f"{torch.device(device).type} has {have / 2**30:.1f} GiB; set {where}.loss=sampled_softmax "
             f"(with {where}.num_negatives and {where}.negative_sampler) or lower training.batch_size")
