@@ -382,8 +382,7 @@ CASES = [demo_missing_config, demo_empty_sequences_file, demo_resume_from_anothe
          uni_empty_data_file, uni_malformed_jsonl_line, uni_wrong_schema, uni_wrong_value_type, uni_run_name_absolute,
          uni_inference_checkpoint_of_another_model, uni_inference_top_k_zero]
 # the real command line (interpreter start, `python -m`, exit code) for a spread of pipelines
-SUBPROCESS = {"demo_empty_sequences_file", "prepare_ml100k_wrong_field_count", "rec_malformed_ids_json",
-              "persona_malformed_json_line", "distill_eval_checkpoint_of_another_model", "cd_rl_demo_checkpoint_of_another_model",
+SUBPROCESS = {"demo_empty_sequences_file", "rec_malformed_ids_json", "persona_malformed_json_line",
               "uni_malformed_jsonl_line"}
 
 
