@@ -110,14 +110,17 @@ def piece_train(size: str) -> list[dict]:
     train = CausalDataset(split, MODEL["maxlen"])  # memory-mapped data: rows gathered per batch
     cfg = TrainConfig(epochs=1, batch_size=TRAIN_BATCH, max_steps_per_epoch=TRAIN_STEPS, patience=0,
                       save_checkpoints=False)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         fit(model, train, lambda m: {"NDCG@10": 0.0}, cfg, Path(tmp), device=torch.device("cpu"), seed=0,
             checkpoint_meta={"kind": "sasrec", "model_args": model.model_args, "config": {}}, log=lambda *a: None)
         row = json.loads((Path(tmp) / "metrics.jsonl").read_text().splitlines()[-1])
+    # CPU seconds per wall second (2.0 = both cores all the time): how much of the shared machine it had
+    cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     steps = min(TRAIN_STEPS, math.ceil(len(train) / TRAIN_BATCH))
     seqs = min(len(train), steps * TRAIN_BATCH)
     extra = {"steps": steps, "batch_size": TRAIN_BATCH, "num_negatives": NEGATIVES, "negative_sampler": SAMPLER,
-             "train_loss": row["train_loss"], "train_seconds": row["epoch_seconds"],
+             "train_loss": row["train_loss"], "train_seconds": row["epoch_seconds"], "cpu_share": round(cpu_share, 2),
              "full_softmax_logits_gb": round(full_softmax_bytes(TRAIN_BATCH, MODEL["maxlen"], data.n_items) / 1e9, 2)}
     return [("sasrec-sampled", "train_seq_per_sec", seqs / row["epoch_seconds"], extra),
             ("sasrec-sampled", "peak_ram_gb", peak_rss_gb(), {})]
@@ -133,14 +136,15 @@ def piece_eval(size: str, chunked: bool = True) -> list[dict]:
     data, split = _load(size)
     torch.manual_seed(0)
     model = build_model("sasrec", n_items=data.n_items, **MODEL).eval()  # untrained: the cost does not depend on weights
-    t = time.perf_counter()
+    t, cpu0 = time.perf_counter(), time.process_time()
     ev = Evaluator(split, "test", MODEL["maxlen"], sampled=(), max_users=EVAL_USERS, batch_size=EVAL_BATCH,
                    item_chunk=ITEM_CHUNK if chunked else 0)
     res = ev.run(model_score_fn(model))
     sec = time.perf_counter() - t
+    cpu_share = (time.process_time() - cpu0) / sec
     name = "sasrec-chunked" if chunked else "sasrec-unchunked"
     extra = {"users": len(ev), "items": data.n_items, "item_chunk": ITEM_CHUNK if chunked else 0,
-             "eval_batch": EVAL_BATCH, "NDCG@10": res.get("NDCG@10")}
+             "eval_batch": EVAL_BATCH, "NDCG@10": res.get("NDCG@10"), "cpu_share": round(cpu_share, 2)}
     return [(name, "eval_sec", sec, extra), (name, "eval_peak_ram_gb", peak_rss_gb(), {})]
 
 
@@ -234,6 +238,14 @@ def summarize() -> None:
             series[label] = pts
         lines.append(f"| {label} | " + " | ".join("—" if v is None else f"{v:,.3g}" if v < 1000 else f"{v:,.0f}"
                                                  for v in vals) + f" | {slope} |")
+    loads = [r["load_avg_1m"] for r in rows if "load_avg_1m" in r]
+    if loads:
+        lines += ["", f"The 2 cores were shared with other jobs: 1-minute load average {min(loads):.1f}-{max(loads):.1f} "
+                  "at the end of the pieces, so the times are those of a fraction of the machine "
+                  "(`cpu_share` in scale.json: CPU seconds per wall second of the timed part, 2.0 = both cores)."]
+        shares = [f"{r['dataset'].split('-')[1]} {r['model']} {r['cpu_share']}" for r in rows if "cpu_share" in r]
+        if shares:
+            lines += ["", "cpu_share: " + "; ".join(shares) + "."]
     lines += ["", "Growth exponent: slope of log(figure) against log(interactions) between the smallest and the "
               "largest size measured (1 = linear). Catalog and users grow with the interactions (10 : 1 : 0.5).",
               "", "Settings: " + f"SASRec {MODEL}, batch {TRAIN_BATCH}, {TRAIN_STEPS} batches timed through "
