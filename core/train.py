@@ -122,7 +122,7 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _rng_state(generator: torch.Generator) -> dict:
+def rng_state(generator: torch.Generator) -> dict:
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -134,7 +134,7 @@ def _rng_state(generator: torch.Generator) -> dict:
     }
 
 
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -235,7 +235,7 @@ def fit(
         loop = ckpt["loop"]
         start_epoch, best_metric, best_epoch, bad_evals = loop["epoch"], loop["best_metric"], loop["best_epoch"], loop["bad_evals"]
         best_valid = loop["best_valid"]
-        _set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0], generator)
+        set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0], generator)
         log(f"resumed from {last_path} at epoch {start_epoch} (best {cfg.metric} {best_metric:.4f} at epoch {best_epoch})")
     elif cfg.resume:
         log(f"resume requested but {last_path} does not exist; starting fresh")
@@ -247,10 +247,8 @@ def fit(
         metrics = out_dir / "metrics.jsonl"
         if not cfg.resume:
             metrics.unlink(missing_ok=True)
-        elif metrics.is_file():
-            # a kill between an epoch's row and its last.pt (or in the middle of a row) would
-            # leave rows the resumed run writes again: keep those last.pt accounts for
-            store.atomic_write_text(metrics, "".join(r + "\n" for r in _rows_up_to(metrics, start_epoch)))
+        else:
+            truncate_log(metrics, start_epoch)
         if "config" in checkpoint_meta:  # to_dict(cfg): the same text as core.config.save_config
             store.atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(
                 checkpoint_meta["config"], sort_keys=False, default_flow_style=None))
@@ -332,7 +330,7 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model)
         # every rank saves its RNG state so a resumed DDP run draws the same numbers
-        rng_states = _gather_rng(_rng_state(generator))
+        rng_states = gather_rng_states(rng_state(generator))
         if is_main() and cfg.save_checkpoints:
             store.save_checkpoint(
                 last_path, model_state=model.state_dict(), optimizer=optimizer.state_dict(),
@@ -374,21 +372,25 @@ def _from_rank0(value):
     return box[0]
 
 
-def _rows_up_to(path: Path, epoch: int) -> list[str]:
+def truncate_log(path: Path, last: int, key: str = "epoch") -> None:
+    """Keep the JSON rows of ``path`` with ``row[key] <= last`` (rank 0, on resume): rows that a
+    killed run wrote after its last checkpoint, or cut short, would otherwise appear twice."""
     import json
 
+    if not path.is_file():
+        return
     keep = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             row = json.loads(line)
         except ValueError:  # a row cut short by the kill
             continue
-        if isinstance(row, dict) and row.get("epoch", 0) <= epoch:
-            keep.append(line)
-    return keep
+        if isinstance(row, dict) and row.get(key, 0) <= last:
+            keep.append(line + "\n")
+    store.atomic_write_text(path, "".join(keep))
 
 
-def _gather_rng(state: dict) -> list:
+def gather_rng_states(state: dict) -> list:
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from core import store
 from core.cli import resolve_device, seed_everything
 from core.dist import all_reduce_mean, barrier, init_distributed, is_main
 from core.errors import CheckpointError, ConfigError, DataError
-from core import store
 from core.store import append_jsonl, atomic_write_json
 from core.text import load_text_encoder
-from core.train import _gather_rng, _rng_state, _set_rng_state, amp_dtype, kill_hook
+from core.train import amp_dtype, gather_rng_states, kill_hook, rng_state, set_rng_state, truncate_log
 
 META_FILE = "persona_training.json"  # written beside a trained model: how it was trained
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
@@ -230,7 +230,7 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
     total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
     log_path = Path(out_dir) / "metrics.jsonl" if out_dir is not None else None
     last_path = Path(out_dir) / "last.pt" if out_dir is not None else None
-    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}  # all last.pt holds of the model
     # what last.pt must agree with to be resumed: the pairs and every setting that shapes the steps
     fingerprint = _pairs_fingerprint(items, cfg, world)
     generator = torch.Generator().manual_seed(cfg.seed)  # same permutation on every rank
@@ -240,7 +240,7 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
     if cfg.resume and last_path is not None and last_path.is_file():
         ckpt = store.load_checkpoint(last_path, kind="persona_encoder", data_fingerprint=fingerprint)
         state = dict(model.named_parameters())
-        if sorted(ckpt["model_state"]) != sorted(trained):
+        if set(ckpt["model_state"]) != trained:
             raise CheckpointError(f"{last_path}: trains other layers than this run (train_layers, freeze_embeddings); "
                                   "start a fresh run or use the same settings")
         with torch.no_grad():
@@ -252,11 +252,10 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
         loop = ckpt["loop"]
         step, epoch, skip, first_loss = loop["step"], loop["epoch"] - 1, loop["batch"], loop["first_loss"]
         window, window_n, last_loss = loop["window"], loop["window_n"], loop["last_loss"]
-        _set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0], generator)
+        set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0], generator)
         generator.set_state(loop["epoch_generator"])  # the epoch's permutation is drawn again below
-        if log_path is not None and is_main() and log_path.is_file():  # rows written after last.pt go
-            rows = [r for r in log_path.read_text(encoding="utf-8").splitlines() if r.strip()]
-            store.atomic_write_text(log_path, "".join(r + "\n" for r in rows if json.loads(r)["step"] <= step))
+        if log_path is not None and is_main():
+            truncate_log(log_path, step, key="step")
         log(f"resumed from {last_path} at step {step}")
     elif log_path is not None and is_main():
         if cfg.resume:
@@ -318,11 +317,11 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
                 log(f"step {step:5d}/{total} loss {last_loss:.4f} | {row['pairs_per_s']:.1f} pairs/s")
                 window, window_n, t_window = 0.0, 0, now
             if cfg.save_every and last_path is not None and step % cfg.save_every == 0 and step < total:
-                rng = _gather_rng(_rng_state(generator))  # every rank's, so a resumed DDP run draws the same
+                rng = gather_rng_states(rng_state(generator))  # every rank's, so a resumed DDP run draws the same
                 if is_main():
                     store.save_checkpoint(
                         last_path, kind="persona_encoder", data_fingerprint=fingerprint,
-                        model_state={n: p.detach().cpu() for n, p in model.named_parameters() if n in set(trained)},
+                        model_state={n: p.detach().cpu() for n, p in model.named_parameters() if n in trained},
                         model_args={"base_model": str(cfg.model)}, config={}, optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng,
                         loop={"step": step, "epoch": epoch, "batch": b + 1, "first_loss": first_loss, "window": window,
