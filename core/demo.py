@@ -1,6 +1,8 @@
-"""`make demo`: generate the default dataset, train SASRec, print test metrics next to popularity.
+"""One model alone: generate the default dataset, train SASRec, print test metrics next to popularity.
 
     python -m core.demo [--config configs/demo/sasrec.yaml] [--override "training.epochs=5"]
+
+`make demo` runs every pipeline instead (``python -m demo``, outside core since it imports them).
 """
 from __future__ import annotations
 
