@@ -83,14 +83,13 @@ def banner(text: str) -> None:
 
 # --------------------------------------------------------------------------- stages
 def stage_sequential(d: Demo) -> None:
-    import torch
-
     from core.candidates import candidate_metrics, read_candidates, read_ground_truth
     from core.data.splits import make_split
     from core.evaluation import popularity_score_fn
     from core.models import build_model
     from core.seqrec import load_dataset, model_score_fn
     from distillation.config import DistillConfig
+    from demo.bridges import write_candidates
     from distillation.pipeline import run_distillation
 
     cfg = load_config(DistillConfig, CONFIGS / "sequential.yaml", d.over("seq"))
@@ -100,18 +99,15 @@ def stage_sequential(d: Demo) -> None:
 
     # top-20 lists of every test user -> the shared evaluator and the persona reranker
     data, folder = load_dataset(cfg.data)
-    split = make_split(data, cfg.data.split)
+    split = make_split(data, cfg.data.split, cfg.data.valid_quantile, cfg.data.test_quantile)
     ckpt = store.load_checkpoint(Path(res["run_dir"]) / "best.pt", kind="sasrec", data_fingerprint=data.fingerprint())
     model = build_model("sasrec", **ckpt["model_args"])
     model.load_state_dict(ckpt["model_state"])
     model.eval()
-    from demo.bridges import write_candidates
-
     out = Path(res["run_dir"])
     users = np.arange(len(split.test))
-    with torch.no_grad():
-        lists = {name: write_candidates(out, name, fn, split, users, cfg.model.maxlen)
-                 for name, fn in (("sasrec", model_score_fn(model)), ("popularity", popularity_score_fn(split)))}
+    lists = {name: write_candidates(out, name, fn, split, users, cfg.model.maxlen)
+             for name, fn in (("sasrec", model_score_fn(model)), ("popularity", popularity_score_fn(split)))}
     truth = read_ground_truth(out / "gt.jsonl")
     scored = {name: candidate_metrics(read_candidates(p), truth, [10, 20]) for name, p in lists.items()}
     print(f"candidate lists (top 20, {len(users)} users) -> {out}; shared evaluator NDCG@10: "
@@ -167,21 +163,19 @@ def stage_persona(d: Demo) -> None:
     # training pairs from 30% of the users; the reranker scores the others
     rng = np.random.default_rng(0)
     pair_users = np.sort(rng.choice(len(split.valid), max(8, len(split.valid) * 3 // 10), replace=False))
-    rerank_users = np.setdiff1d(np.arange(len(split.test)), pair_users)
-    lists = d.state["candidates"]
-    keep = {str(split.data.user_ids[u - 1]) for u in split.test.users[rerank_users]}
-    sub = lists.with_name("sasrec-rerank-users.jsonl")
-    store.atomic_write_text(sub, "".join(line + "\n" for line in lists.read_text(encoding="utf-8").splitlines()
-                                         if line.split('"user_id": "', 1)[1].split('"', 1)[0] in keep))
-    files = write_persona_files(d.data_root / "synthetic-a-persona", split, folder, sub, pair_users, history=5)
+    files = write_persona_files(d.data_root / "synthetic-a-persona", split, folder, d.state["candidates"], pair_users,
+                                history=5)
     out_root = d.home / "persona_training" / "synthetic-a"
-    paths = ",".join(f"data.{k}={files[k]}" for k in ("persona", "selected", "candidates", "gt")) + f",data.out_root={out_root}"
-    dev = f"train.device={d.device}"
+    paths = ",".join(f"data.{k}={files[k]}" for k in ("persona", "selected", "candidates", "gt"))
+    paths += f",data.out_root={out_root}"
+    train_over = [paths, f"data.loo_history={files['loo_history_train']}", f"train.device={d.device}"]
+    if d.quick:
+        train_over.append(QUICK["persona_train"])
     train_cfg = load_stage(TrainStage, {"data": CONFIGS / "persona_data.yaml", "train": CONFIGS / "persona_train.yaml"},
-                           ",".join(x for x in (paths, f"data.loo_history={files['loo_history_train']}", dev,
-                                                QUICK["persona_train"] if d.quick else "") if x))
+                           ",".join(train_over))
     summary = run_training(train_cfg, "synthetic")
-    rerank_cfg = load_stage(RerankStage, {"data": CONFIGS / "persona_data.yaml", "rerank": CONFIGS / "persona_rerank.yaml"},
+    rerank_cfg = load_stage(RerankStage,
+                            {"data": CONFIGS / "persona_data.yaml", "rerank": CONFIGS / "persona_rerank.yaml"},
                             f"{paths},data.loo_history={files['loo_history']},rerank.device={d.device}")
     res = run_rerank(rerank_cfg, "synthetic")
     print(format_rerank(res))

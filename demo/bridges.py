@@ -30,7 +30,8 @@ def _jsonl(path: Path, rows) -> None:
 
 
 @torch.no_grad()
-def top_lists(score_fn, split: Split, users: np.ndarray, width: int, n: int, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+def top_lists(score_fn, split: Split, users: np.ndarray, width: int, n: int,
+              device="cpu") -> tuple[np.ndarray, np.ndarray]:
     """Top-``n`` item indexes and scores of test ``users`` (positions in ``split.test``), history masked."""
     part = split.test.subset(users)
     inputs = torch.as_tensor(padded_prefixes(split.data, part.users, part.hist_len, width), device=device)
@@ -69,15 +70,17 @@ def item_texts(data: SequenceData, folder: Path) -> tuple[dict[str, str], dict[s
 
 
 def _reviews(uid: str, items: np.ndarray, stamps, data: SequenceData, texts: dict) -> list[dict]:
-    return [{"user_id": uid, "item_id": str(data.item_ids[i - 1]), "review_title": "", "summary": texts[str(data.item_ids[i - 1])],
-             "extracted": {}, "rating": 5.0, "timestamp": int(t)} for i, t in zip(items, stamps)]
+    raws = [str(data.item_ids[i - 1]) for i in items]
+    return [{"user_id": uid, "item_id": raw, "review_title": "", "summary": texts[raw], "extracted": {}, "rating": 5.0,
+             "timestamp": int(t)} for raw, t in zip(raws, stamps)]
 
 
 def write_persona_files(out: Path, split: Split, folder: Path, candidates: Path, pair_users: np.ndarray,
                         history: int) -> dict[str, Path]:
-    """Persona4Rec-layout files of the users in ``candidates`` (rerank) and ``pair_users`` (training).
+    """Persona4Rec-layout files: training pairs of ``pair_users`` (positions in ``split.valid``)
+    and, for the rerank, the lists in ``candidates`` of every other user.
 
-    Rerank users' histories end before their test item; training pairs join a pair user's
+    Rerank users' histories end before their test item; a training pair joins a pair user's
     history before their *validation* item with the persona of that item, so the encoder never
     sees a test item. Returns the paths by data.yaml key (``loo_history_train`` for training).
     """
@@ -93,14 +96,16 @@ def write_persona_files(out: Path, split: Split, folder: Path, candidates: Path,
         rows = []
         for u, end in zip(users, ends):
             start = int(data.offsets[u - 1])
-            lo = max(start, start + int(end) - history)
-            rows.append({"user_id": str(data.user_ids[u - 1]),
-                         "reviews": _reviews(str(data.user_ids[u - 1]), data.items[lo:start + int(end)],
-                                             stamps[lo:start + int(end)], data, texts)})
+            lo, hi = max(start, start + int(end) - history), start + int(end)
+            uid = str(data.user_ids[u - 1])
+            rows.append({"user_id": uid, "reviews": _reviews(uid, data.items[lo:hi], stamps[lo:hi], data, texts)})
         return rows
 
-    index = {str(data.user_ids[u - 1]): k for k, u in enumerate(split.test.users)}
-    rerank = [index[json.loads(line)["user_id"]] for line in candidates.read_text(encoding="utf-8").splitlines()]
+    pair_ids = {str(data.user_ids[u - 1]) for u in split.valid.users[pair_users]}
+    lists = [json.loads(line) for line in candidates.read_text(encoding="utf-8").splitlines()]
+    lists = [row for row in lists if row["user_id"] not in pair_ids]
+    position = {str(data.user_ids[u - 1]): k for k, u in enumerate(split.test.users)}
+    rerank = np.array([position[row["user_id"]] for row in lists], dtype=np.int64)
     paths = {"persona": out / "3.5_persona_with_summary.jsonl", "loo_history": out / "3.5_history_loo.jsonl",
              "loo_history_train": out / "3.5_history_train.jsonl", "selected": out / "4_selected_personas.jsonl",
              "candidates": out / "candidate.jsonl", "gt": out / "gt.jsonl"}
@@ -110,7 +115,7 @@ def write_persona_files(out: Path, split: Split, folder: Path, candidates: Path,
     _jsonl(paths["selected"], ({"user_id": str(data.user_ids[u - 1]), "target_item_id": str(data.item_ids[t - 1]),
                                 "selected_persona_id": "P1"}
                                for u, t in zip(split.valid.users[pair_users], split.valid.targets[pair_users])))
-    store.atomic_write_bytes(paths["candidates"], candidates.read_bytes())
+    _jsonl(paths["candidates"], lists)
     _jsonl(paths["gt"], ({"user_id": str(data.user_ids[split.test.users[k] - 1]),
                           "item_id": str(data.item_ids[split.test.targets[k] - 1])} for k in rerank))
     return paths
