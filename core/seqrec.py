@@ -211,11 +211,11 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_tra
     log(f"data {dataset_name}: {data.n_users} users, {data.n_items} items, {data.n_interactions} interactions; "
         f"split {split.kind}: {len(split.valid)} valid / {len(split.test)} test users -> {out_dir}")
 
-    model = make_model(cfg.model, data.n_items).to(device)
-    if cfg.model.full_softmax_guard:
+    if cfg.model.full_softmax_guard:  # before the model exists: a refused run allocates nothing
         from core.models.sampled_softmax import check_full_softmax
 
         check_full_softmax(cfg.model.loss, cfg.training.batch_size, cfg.model.maxlen, data.n_items, device)
+    model = make_model(cfg.model, data.n_items).to(device)
     if cfg.model.loss in ("sampled_softmax", "sampled") and cfg.model.negative_sampler == "popularity":
         from core.data.splits import item_popularity
 
