@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     from core.data.batches import CausalDataset
     from core.data.splits import leave_one_out
     from core.data.synthetic import SyntheticSpec, generate
-    from core.dist import barrier, dist_info, init_distributed, is_main
+    from core.dist import barrier, init_distributed, is_main
     from core.models import SASRec
     from core.train import TrainConfig, fit
 
