@@ -153,7 +153,9 @@ class UniversalConfig:
     run_name: str = "default"  # state_dict/universal/<dataset>/<run_name>/
     embedding_dim: int = 64  # the towers' output size (and the default size of every feature token)
     scorer: Literal["dot", "classifier"] = "dot"  # dot product (retrieval) or the upstream's classifier head
-    loss_type: Literal["bce", "softmax", "bce+softmax"] = "bce"  # sampled-negative BCE, in-batch softmax, or both
+    # sampled-negative BCE, in-batch softmax, both, or sampled_softmax: one softmax over the in-batch items and
+    # each row's negative_sampling_ratio uniform negatives (mixed negatives; log-Q corrected with logq_correction)
+    loss_type: Literal["bce", "softmax", "bce+softmax", "sampled_softmax"] = "bce"
     negative_sampling_ratio: float = 1.0  # sampled negatives per positive (fractions drawn per row)
     # in-batch softmax: subtract log(training frequency) of each column's item (Yi et al. 2019), so that
     # popular items, over-represented as in-batch negatives, are not pushed down

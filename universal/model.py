@@ -7,11 +7,16 @@
   (a token when ``item.use_id_embedding``, and the vectors that temporal item-id lists read),
   users optionally. Scorer ``dot`` (retrieval: u . i) or ``classifier`` (the upstream's MLP head
   over the fused pair); ``score_matrix`` ranks every item for a batch of users either way.
-- Loss: BCE on positives and sampled negatives, an in-batch softmax, or both. With
-  ``logq_correction`` the in-batch logits of item j lose log(training frequency of j), the
-  sampling-bias correction of Yi et al. (2019): in-batch negatives are drawn by popularity.
+- Loss: BCE on positives and sampled negatives, an in-batch softmax, both, or
+  ``sampled_softmax``: one softmax per row over the in-batch items and the row's own uniform
+  negatives (mixed negative sampling, Yang et al. 2020). With ``logq_correction`` every
+  sampled logit loses log(its expected count among the draws): B x training share for an
+  in-batch item (Yi et al. 2019: in-batch negatives are drawn by popularity), k / n_items for
+  a uniform one, so both kinds estimate the same full softmax.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -197,6 +202,8 @@ class UniversalModel(nn.Module):
         i = self.item_vectors(batch["pos"])
         out: dict = {}
         total = torch.zeros((), device=u.device)
+        if self.loss_type == "sampled_softmax":
+            return self._mixed_softmax(batch, u, i, pos_id)
         if self.loss_type in ("bce", "bce+softmax"):
             k = batch["neg_weight"].shape[1]
             n = self.item_vectors(batch["neg"]).view(len(u), k, -1)
@@ -206,12 +213,28 @@ class UniversalModel(nn.Module):
             out["bce"] = bce.detach()
             total = total + bce
         if self.loss_type in ("softmax", "bce+softmax"):
-            logits = self.score_matrix(u, i)
-            if self.logq_correction:
-                logits = logits - self.item_logq[pos_id].view(1, -1)  # column j is item pos_id[j]
-            logits = logits.masked_fill(batch["inbatch_seen"], float("-inf"))
+            logits = self._inbatch_logits(batch, u, i, pos_id)
             soft = F.cross_entropy(logits, torch.arange(len(u), device=u.device))
             out["softmax"] = soft.detach()
             total = total + soft
         out["loss"] = total
         return out
+
+    def _inbatch_logits(self, batch: dict, u: torch.Tensor, i: torch.Tensor, pos_id: torch.Tensor) -> torch.Tensor:
+        logits = self.score_matrix(u, i)
+        if self.logq_correction:  # column j is item pos_id[j]; expected count among B draws = B x its share
+            logits = logits - (self.item_logq[pos_id] + math.log(len(pos_id))).view(1, -1)
+        return logits.masked_fill(batch["inbatch_seen"], float("-inf"))
+
+    def _mixed_softmax(self, batch: dict, u: torch.Tensor, i: torch.Tensor, pos_id: torch.Tensor) -> dict:
+        """Softmax over [in-batch items | this row's k uniform negatives], target on the diagonal."""
+        k = batch["neg_weight"].shape[1]
+        n = self.item_vectors(batch["neg"]).view(len(u), k, -1)
+        neg = self.score_pairs(u.unsqueeze(1).expand(-1, k, -1).reshape(len(u) * k, -1),
+                               n.reshape(len(u) * k, -1)).view(len(u), k)
+        if self.logq_correction:
+            neg = neg - math.log(k / (len(self.item_logq) - 1))
+        neg = neg.masked_fill(batch["neg_weight"] == 0, float("-inf"))  # a fractional ratio's undrawn slot
+        logits = torch.cat([self._inbatch_logits(batch, u, i, pos_id), neg], 1)
+        loss = F.cross_entropy(logits, torch.arange(len(u), device=u.device))
+        return {"loss": loss, "softmax": loss.detach()}

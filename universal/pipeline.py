@@ -81,8 +81,8 @@ class TrainRows:
         self.n_items = n_items
         self.seen = PairKeys(self.users, self.items, n_items)
         self.ratio = cfg.negative_sampling_ratio
-        self.bce = cfg.loss_type in ("bce", "bce+softmax")
-        self.softmax = cfg.loss_type in ("softmax", "bce+softmax")
+        self.bce = cfg.loss_type in ("bce", "bce+softmax", "sampled_softmax")  # rows with sampled negatives
+        self.softmax = cfg.loss_type in ("softmax", "bce+softmax", "sampled_softmax")
         full = np.bincount(users, minlength=int(users.max()) + 1) >= n_items
         if self.bce and full.any():
             raise DataError(f"user row {int(np.flatnonzero(full)[0])} has interacted with every item in training: "
