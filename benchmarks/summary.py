@@ -1,0 +1,351 @@
+"""One page over every benchmark: benchmarks/results/SUMMARY.md.
+
+    python benchmarks/summary.py                    # reads benchmarks/results/*.json, writes SUMMARY.md there
+    python benchmarks/summary.py --results DIR      # another results folder (tests, smoke runs)
+
+Per pipeline it shows the headline rows only (the main model against its baseline(s)), each with
+the published anchor where one exists, our mean ± std over seeds, the protocol, the dataset, the
+command and the machine recorded in the row, then the goals stated in benchmarks/README.md with
+met / not met computed from the rows. Every measured figure is read from the aggregated JSON
+files that each script's `summarize` writes; only the published anchors and the goal thresholds,
+which no run produces, are written here (ANCHORS, and the Goals in PIPELINES), each with its source. Ablations and
+per-seed rows stay in each pipeline's <name>.md, which the page links.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# aggregated-looking files that are inputs of a script's own summarize, not result tables
+AUXILIARY = {"distillation_user_ranks"}   # per-user test ranks for distillation.py's paired tests
+
+# Published figures no run of ours produces: (pipeline, dataset, model, protocol, metric) ->
+# (value, short tag for the table, full source). The value is in the unit of our row (trigrec
+# rows are in %), and only rows under the same protocol as the published figure get it.
+TIGER = "Rajput et al. 2023 (TIGER paper), its baseline table on S3-Rec's Amazon files; also quoted in benchmarks/sequential.py ANCHORS"
+C2DSR = "Cao et al. 2022 (C2DSR paper, CIKM), its Food-Kitchen table, NDCG@10 in %; PUBLISHED in benchmarks/trigrec.py"
+ANCHORS: dict[tuple[str, str, str, str, str], tuple[float, str, str]] = {
+    ("sequential", "beauty", "sasrec", "full", "NDCG@10"): (0.0318, "SASRec, TIGER table", TIGER),
+    ("sequential", "sports", "sasrec", "full", "NDCG@10"): (0.0192, "SASRec, TIGER table", TIGER),
+    ("sequential", "toys", "sasrec", "full", "NDCG@10"): (0.0374, "SASRec, TIGER table", TIGER),
+    ("sequential", "beauty", "bert4rec", "full", "NDCG@10"): (0.0170, "BERT4Rec, TIGER table", TIGER),
+    ("trigrec", "Food-Kitchen/Food", "trigrec", "sampled-999", "NDCG@10"): (9.71, "C2DSR paper", C2DSR),
+    ("trigrec", "Food-Kitchen/Kitchen", "trigrec", "sampled-999", "NDCG@10"): (4.94, "C2DSR paper", C2DSR),
+    ("persona", "amazon", "upstream", "candidates", "HR@10"): (
+        21 / 46, "21/46, upstream", "Persona4Rec example candidate files: HR@10 = 21/46 (benchmarks/README.md, `known`)"),
+    ("persona", "yelp", "upstream", "candidates", "HR@10"): (
+        14 / 77, "14/77, upstream", "Persona4Rec example candidate files: HR@10 = 14/77 (benchmarks/README.md, `known`)"),
+}
+
+
+@dataclass(frozen=True)
+class Sel:
+    """Selects one aggregated row; `subset` only matters for files that have it (cross_domain)."""
+    dataset: str
+    model: str
+    metric: str
+    protocol: str | None = None
+    subset: str | None = None
+
+    def match(self, row: dict) -> bool:
+        return (row.get("dataset") == self.dataset and row.get("model") == self.model
+                and row.get("metric") == self.metric
+                and (self.protocol is None or row.get("protocol") == self.protocol)
+                and (self.subset is None or row.get("subset") == self.subset))
+
+
+@dataclass
+class Goal:
+    text: str    # the goal as benchmarks/README.md or the script states it
+    source: str
+    check: Callable[["Rows"], tuple[str, bool | None]]   # -> (measured, met?); None: rows missing
+
+
+@dataclass
+class Pipeline:
+    title: str
+    headline: list[Sel]
+    goals: list[Goal] = field(default_factory=list)
+    note: str = ""
+
+
+class Rows:
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def get(self, sel: Sel) -> dict | None:
+        # a file may hold the same key twice (e.g. per-thread-count reruns): the last one wins,
+        # as in the scripts' own merge order
+        found = [r for r in self.rows if sel.match(r)]
+        return found[-1] if found else None
+
+    def value(self, sel: Sel) -> float | None:
+        r = self.get(sel)
+        return None if r is None or r.get("value") is None else float(r["value"])
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    a = abs(v)
+    return f"{v:.4f}" if a < 1 else f"{v:.3g}" if a < 100 else f"{v:,.0f}"
+
+
+def spread(r: dict) -> str:
+    seeds = r.get("seeds") or []
+    n = len(seeds) if isinstance(seeds, list) else seeds
+    txt = fmt(r["value"])
+    # a p-value is one test over the pooled seeds: its `std` field is a placeholder, not a spread
+    is_test = "wilcoxon" in r.get("metric", "") or r.get("metric", "").startswith("p_")
+    if n and n > 1 and r.get("std") is not None and not is_test:
+        txt += f" ± {fmt(float(r['std']))}"
+    return txt + (f" (n={n})" if n else " (single run)")
+
+
+# --- goal checks: thresholds are the stated goals, values always come from the rows ---------
+
+def at_least(sel: Sel, bar: float, label: str = "") -> Callable[[Rows], tuple[str, bool | None]]:
+    def check(rows: Rows):
+        v = rows.value(sel)
+        return (f"{label}{fmt(v)} vs ≥ {fmt(bar)}", None if v is None else v >= bar)
+    return check
+
+
+def at_most(sel: Sel, bar: float, label: str = "") -> Callable[[Rows], tuple[str, bool | None]]:
+    def check(rows: Rows):
+        v = rows.value(sel)
+        return (f"{label}{fmt(v)} vs ≤ {fmt(bar)}", None if v is None else v <= bar)
+    return check
+
+
+def beats(main: Sel, others: list[Sel]) -> Callable[[Rows], tuple[str, bool | None]]:
+    """main > every other, and each listed other > the next (an ordering like trained > zero-shot > random)."""
+    def check(rows: Rows):
+        chain = [main, *others]
+        vals = [rows.value(s) for s in chain]
+        txt = " > ".join(f"{s.model} {fmt(v)}" for s, v in zip(chain, vals))
+        if any(v is None for v in vals):
+            return txt, None
+        return txt, all(a > b for a, b in zip(vals, vals[1:]))
+    return check
+
+
+def beats_all(main: Sel, others: list[Sel]) -> Callable[[Rows], tuple[str, bool | None]]:
+    def check(rows: Rows):
+        m = rows.value(main)
+        vals = [rows.value(s) for s in others]
+        txt = f"{main.model} {fmt(m)} vs " + ", ".join(f"{s.model} {fmt(v)}" for s, v in zip(others, vals))
+        if m is None or any(v is None for v in vals):
+            return txt, None
+        return txt, all(m > v for v in vals)
+    return check
+
+
+def cold_gain(dataset: str, model: str, protocol: str, gain: float = 0.05, alpha: float = 0.05):
+    """cross_domain.py's verdict: cold gain > +5% with p < 0.05, warm not significantly worse."""
+    def check(rows: Rows):
+        def v(m, subset, metric="NDCG@10"):
+            return rows.value(Sel(dataset, m, metric, protocol, subset))
+        b, m, p = v("baseline", "cold"), v(model, "cold"), v(model, "cold", "p_wilcoxon_vs_baseline")
+        bw, mw, pw = v("baseline", "warm"), v(model, "warm"), v(model, "warm", "p_wilcoxon_vs_baseline")
+        if None in (b, m, p, bw, mw, pw) or not b or not bw:
+            return "rows missing", None
+        g, w = m / b - 1, mw / bw - 1
+        ok = g > gain and p < alpha and (w >= 0 or pw >= alpha)
+        return f"cold {100 * g:+.1f}% (p={p:.2g}), warm {100 * w:+.1f}% (p={pw:.2g})", ok
+    return check
+
+
+SEQ_MUST = {("beauty", "sasrec"): 0.050, ("sports", "sasrec"): 0.030, ("toys", "sasrec"): 0.054,
+            ("beauty", "bert4rec"): 0.040}   # "must reach" of ANCHORS in benchmarks/sequential.py
+SEQ_SRC = "issue's bar (benchmarks/sequential.py ANCHORS, 'must reach')"
+FK = {"food": "Food-Kitchen/Food", "kitchen": "Food-Kitchen/Kitchen"}
+
+PIPELINES: dict[str, Pipeline] = {
+    "sequential": Pipeline(
+        "Sequential models (SASRec, BERT4Rec)",
+        [Sel(d, m, "NDCG@10", "full") for d in ("beauty", "sports", "toys") for m in ("sasrec", "popularity")]
+        + [Sel("beauty", "bert4rec", "NDCG@10", "full"), Sel("ml-100k", "sasrec", "NDCG@10", "full"),
+           Sel("beauty", "sasrec", "NDCG@10", "sampled-100"),
+           Sel("beauty", "sasrec", "NDCG@10_at_budget", "full"), Sel("beauty", "recbole-sasrec", "NDCG@10_at_budget", "full"),
+           Sel("beauty", "sasrec", "speedup_vs_recbole_epoch", "full"),
+           Sel("beauty", "sasrec", "ram_ratio_recbole_over_ours", "full")],
+        [Goal(f"{d} {m} test NDCG@10 (full) ≥ {bar}", SEQ_SRC, at_least(Sel(d, m, "NDCG@10", "full"), bar))
+         for (d, m), bar in SEQ_MUST.items()]
+        + [Goal(f"peak RAM 4x below RecBole ({d})", "benchmarks/README.md, Memory",
+                at_least(Sel(d, "sasrec", "ram_ratio_recbole_over_ours", "full"), 4.0, "ratio "))
+           for d in ("beauty", "ml-100k")]),
+    "distillation": Pipeline(
+        "Profile distillation (ML-100K)",
+        [Sel("ml-100k", m, "NDCG@10", "full") for m in ("sasrec", "sasrec+distill", "sasrec+distill-shuffled",
+                                                         "bert4rec", "bert4rec+distill", "bert4rec+distill-shuffled")]
+        + [Sel("ml-100k", m, k, "full") for m in ("sasrec+distill", "bert4rec+distill")
+           for k in ("gain_pct_NDCG@10", "paired_wilcoxon_p_NDCG@10")],
+        note="benchmarks/README.md states no numeric goal for distillation; the gain (%) and the paired "
+             "Wilcoxon p over users against the same model without distillation are the figures to read."),
+    "trigrec": Pipeline(
+        "TriGRec (Food-Kitchen, C2DSR protocol = sampled-999, %)",
+        [Sel(FK[t], m, "NDCG@10", "sampled-999") for t in FK for m in ("trigrec", "trigrec-leakfree", "bert4rec")]
+        + [Sel(FK[t], "trigrec-leakfree", "NDCG@10", "full") for t in FK],
+        [Goal(f"{t}: NDCG@10 ≥ {bar} (C2DSR protocol)", "benchmarks/trigrec.py GOALS",
+              at_least(Sel(FK[t], "trigrec", "NDCG@10", "sampled-999"), bar, "trigrec "))
+         for t, bar in (("food", 10.7), ("kitchen", 5.4))]),
+    "persona": Pipeline(
+        "Persona training (reranker)",
+        [Sel(d, "upstream", "HR@10", "candidates") for d in ("amazon", "yelp")]
+        + [Sel(d, m, "NDCG@10", p) for d, p in (("amazon", "sampled-100"), ("yelp", "sampled-100"), ("synthetic", "full"))
+           for m in ("trained", "zero-shot", "random", "popularity")],
+        [Goal(f"{d}: known answer HR@10 = {txt} reproduced", "benchmarks/README.md, persona `known`",
+              at_least(Sel(d, "upstream", "HR@10", "candidates"), ANCHORS[("persona", d, "upstream", "candidates", "HR@10")][0] - 5e-4))
+         for d, txt in (("amazon", "21/46"), ("yelp", "14/77"))]
+        + [Goal(f"{d}: trained > zero-shot > random (NDCG@10)", "benchmarks/persona.py summarize goal",
+                beats(Sel(d, "trained", "NDCG@10", p), [Sel(d, "zero-shot", "NDCG@10", p), Sel(d, "random", "NDCG@10", p)]))
+           for d, p in (("amazon", "sampled-100"), ("yelp", "sampled-100"), ("synthetic", "full"))],
+        note="Persona rows use 5 folds over ~50 users (one seed; `std` 0): read the bootstrap intervals in persona.md."),
+    "cross_domain": Pipeline(
+        "Cross-domain transfer (cold-start users)",
+        [Sel(d, m, "NDCG@10", p, "cold") for d in FK.values() for p in ("full", "sampled-100")
+         for m in ("transfer", "ptupcdr", "baseline")],
+        [Goal(f"{t} {p}: cold gain > +5% (p < 0.05), warm not hurt", "benchmarks/README.md / cross_domain.py verdict",
+              cold_gain(FK[t], "transfer", p)) for t in FK for p in ("full", "sampled-100")]),
+    "universal": Pipeline(
+        "Universal two-tower",
+        [Sel(d, m, "NDCG@10", "full") for d in ("ml-100k", "correlated")
+         for m in ("universal-simple", "universal-attention", "mf", "popularity")]
+        + [Sel("scale", "universal-simple", "load_seconds", "full")],
+        [Goal(f"{d}: universal-simple NDCG@10 beats popularity and MF", "benchmarks/universal.py summarize goal",
+              beats_all(Sel(d, "universal-simple", "NDCG@10", "full"),
+                        [Sel(d, "popularity", "NDCG@10", "full"), Sel(d, "mf", "NDCG@10", "full")]))
+         for d in ("ml-100k", "correlated")]
+        + [Goal("1M-interaction data loads in under 60 s", "benchmarks/README.md, universal scale",
+                at_most(Sel("scale", "universal-simple", "load_seconds", "full"), 60.0, "load s "))]),
+    "scale": Pipeline(
+        "Catalog scale (synthetic-large)",
+        [Sel(f"synthetic-{s}", m, k) for s in ("1m", "10m") for m, k in (
+            ("sasrec-chunked", "eval_peak_ram_gb"), ("sasrec-unchunked", "eval_peak_ram_gb"),
+            ("sasrec-chunked", "eval_sec"), ("sasrec-sampled", "train_seq_per_sec"))],
+        [Goal("full ranking at 1M items under 4 GB peak RAM", "benchmarks/README.md, Catalog scale",
+              at_most(Sel("synthetic-10m", "sasrec-chunked", "eval_peak_ram_gb"), 4.0, "GB "))]),
+}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    # Same temp + rename as core.store.atomic_write_text, kept here because core.store imports
+    # torch and this page is regenerated (and tested) without it.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def cell(text) -> str:
+    # commands hold quotes and commas but no pipes; keep the table intact anyway
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_pipeline(name: str, spec: Pipeline, rows: Rows, results: Path) -> list[str]:
+    out = [f"## {spec.title}", "",
+           f"Source: `{name}.json`; every other row, ablation and per-seed figure: [{name}.md]({name}.md).", ""]
+    out += ["| dataset | model | metric | protocol | published anchor | ours (mean ± std, n seeds) | machine | command |",
+            "|---|---|---|---|---|---|---|---|"]
+    missing = []
+    for sel in spec.headline:
+        r = rows.get(sel)
+        if r is None:
+            missing.append(sel)
+            continue
+        anchor = ANCHORS.get((name, sel.dataset, sel.model, r.get("protocol", ""), sel.metric))
+        anchor_txt = f"{fmt(anchor[0])} ({anchor[1]})" if anchor else ""
+        proto = r.get("protocol", "") + (f", {r['subset']} users" if r.get("subset") else "")
+        unit = f" {r['unit']}" if r.get("unit") and r["unit"] not in ("", None) else ""
+        out.append("| " + " | ".join(cell(c) for c in (
+            r.get("dataset", ""), r.get("model", ""), sel.metric + unit, proto, anchor_txt, spread(r),
+            r.get("device", "not recorded"), f"`{r['command']}`" if r.get("command") else "not recorded")) + " |")
+    if missing:
+        out += ["", "Not in the results yet: " + "; ".join(
+            f"{s.dataset} / {s.model} / {s.metric}" + (f" / {s.protocol}" if s.protocol else "")
+            + (f" / {s.subset}" if s.subset else "") for s in missing) + "."]
+    if spec.goals:
+        out += ["", "| goal | source | measured | verdict |", "|---|---|---|---|"]
+        for g in spec.goals:
+            measured, ok = g.check(rows)
+            verdict = "open (rows missing)" if ok is None else "**met**" if ok else "**not met**"
+            out.append(f"| {cell(g.text)} | {cell(g.source)} | {cell(measured)} | {verdict} |")
+    if spec.note:
+        out += ["", spec.note]
+    plots = sorted(p.name for p in results.glob(f"{name}*.png"))
+    if plots:
+        out += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in plots)]
+    return out + [""]
+
+
+def build(results: Path) -> tuple[str, list[str]]:
+    notes, sections = [], []
+    files = sorted(p for p in results.glob("*.json") if not p.name.endswith("_runs.json"))
+    known = {p.stem for p in files if p.stem in PIPELINES}
+    for p in files:
+        if p.stem not in PIPELINES and p.stem not in AUXILIARY:
+            notes.append(f"`{p.name}`: not a known aggregated benchmark file, skipped")
+    for name, spec in PIPELINES.items():
+        if name not in known:
+            notes.append(f"`{name}.json`: missing (run `python benchmarks/{name}.py summarize`)")
+            continue
+        try:
+            data = json.loads((results / f"{name}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            notes.append(f"`{name}.json`: unreadable ({exc.__class__.__name__}: {exc}), skipped")
+            continue
+        if not isinstance(data, list):
+            notes.append(f"`{name}.json`: not a list of rows, skipped")
+            continue
+        sections += render_pipeline(name, spec, Rows([r for r in data if isinstance(r, dict)]), results)
+    head = ["# Benchmark summary", "",
+            "Written by `python benchmarks/summary.py` from the aggregated `benchmarks/results/<name>.json` files "
+            "(regenerate: `make bench-summary`). Headline rows only: the main model against its baseline(s); "
+            "ablations, per-seed rows and all metrics are in each `<name>.md`, methods and caveats in "
+            "[benchmarks/README.md](../README.md). `±` is the std over seeds; n = number of seeds. "
+            "Published anchors and goal thresholds are the only figures not read from the results; "
+            "their source is named beside them (`ANCHORS` and the `Goal`s of `PIPELINES` in summary.py).", ""]
+    pngs = sorted(p.name for p in results.glob("*.png"))
+    if pngs:
+        head += ["All plots: " + ", ".join(f"[{p}]({p})" for p in pngs), ""]
+    if notes:
+        head += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    sources = sorted({(tag, src) for _, tag, src in ANCHORS.values()})
+    tail = ["## Sources of the published anchors", ""] + [f"- {tag}: {src}" for tag, src in sources]
+    return "\n".join(head + sections + tail).rstrip() + "\n", notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default=str(RESULTS), help="folder with the <name>.json files (default: %(default)s)")
+    args = ap.parse_args(argv)
+    results = Path(args.results)
+    if not results.is_dir():
+        print(f"error: no results folder {results}", file=sys.stderr)
+        return 2
+    text, notes = build(results)
+    atomic_write_text(results / "SUMMARY.md", text)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    print(f"wrote {results / 'SUMMARY.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

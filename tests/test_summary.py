@@ -1,0 +1,89 @@
+"""benchmarks/summary.py on a fake results folder: headline rows, spread, goal verdicts, and
+files it does not know (noted, not fatal)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from core.store import REPO_ROOT
+
+
+def _load_summary():
+    # benchmarks/ is a folder of scripts, not a package: load the file itself
+    spec = importlib.util.spec_from_file_location("bench_summary", REPO_ROOT / "benchmarks" / "summary.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod   # dataclasses look their module up while the file executes
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(dataset, model, metric, value, std=0.0, seeds=(1, 2, 3), protocol="full", **extra):
+    return {"dataset": dataset, "model": model, "protocol": protocol, "metric": metric, "value": value, "std": std,
+            "seeds": list(seeds), "device": "cpu:test 2 cores", "command": f"python train.py --model {model} --seed <N>",
+            **extra}
+
+
+def _fake_results(tmp_path: Path) -> Path:
+    res = tmp_path / "results"
+    res.mkdir()
+    seq = [
+        _row("beauty", "sasrec", "NDCG@10", 0.0519, 0.0013),       # above its 0.050 bar -> met
+        _row("beauty", "bert4rec", "NDCG@10", 0.0303, 0.0010),     # below its 0.040 bar -> not met
+        _row("beauty", "popularity", "NDCG@10", 0.0055),
+        _row("beauty", "sasrec", "HR@10", 0.08),                   # not a headline row: must not appear
+    ]
+    uni = [
+        _row("ml-100k", "universal-simple", "NDCG@10", 0.1344, 0.0022),
+        _row("ml-100k", "mf", "NDCG@10", 0.1142, 0.0020),
+        _row("ml-100k", "popularity", "NDCG@10", 0.0825),
+        _row("correlated", "universal-simple", "NDCG@10", 0.9665, 0.0018),
+        _row("correlated", "mf", "NDCG@10", 1.0, 0.0),
+        _row("correlated", "popularity", "NDCG@10", 0.1915),
+    ]
+    (res / "sequential.json").write_text(json.dumps(seq))
+    (res / "universal.json").write_text(json.dumps(uni))
+    (res / "sequential_runs.json").write_text("[]")               # per-seed file: ignored silently
+    (res / "mystery.json").write_text('{"not": "rows"}')          # unknown: noted
+    (res / "sequential_curves.png").write_bytes(b"\x89PNG")
+    return res
+
+
+def test_summary_rows_spread_goals_and_unknown(tmp_path):
+    summary = _load_summary()
+    res = _fake_results(tmp_path)
+    assert summary.main(["--results", str(res)]) == 0
+    text = (res / "SUMMARY.md").read_text()
+    lines = text.splitlines()
+
+    # headline row: dataset, anchor from ANCHORS, mean ± std with the seed count, command and machine from the row
+    sas = next(ln for ln in lines if ln.startswith("| beauty | sasrec | NDCG@10 | full |"))
+    assert "0.0318" in sas and "0.0519 ± 0.0013 (n=3)" in sas
+    assert "`python train.py --model sasrec --seed <N>`" in sas and "cpu:test 2 cores" in sas
+    assert not any(ln.startswith("| beauty | sasrec | HR@10") for ln in lines)
+
+    # goals computed from the numbers
+    goal = {ln.split(" | ")[0].lstrip("| "): ln for ln in lines if " vs " in ln and ln.startswith("| ")}
+    assert goal["beauty sasrec test NDCG@10 (full) ≥ 0.05"].endswith("**met** |")
+    assert goal["beauty bert4rec test NDCG@10 (full) ≥ 0.04"].endswith("**not met** |")
+    assert goal["ml-100k: universal-simple NDCG@10 beats popularity and MF"].endswith("**met** |")
+    assert goal["correlated: universal-simple NDCG@10 beats popularity and MF"].endswith("**not met** |")
+    # a goal whose rows are absent is open, not met
+    assert "open (rows missing)" in goal["peak RAM 4x below RecBole (beauty)"]
+
+    # unknown and missing files are noted; links to the per-pipeline tables and the plots
+    assert "`mystery.json`: not a known aggregated benchmark file, skipped" in text
+    assert "`trigrec.json`: missing" in text and "sequential_runs.json" not in text
+    assert "[sequential.md](sequential.md)" in text and "[sequential_curves.png](sequential_curves.png)" in text
+    # written atomically: no temp file left beside it
+    assert sorted(p.name for p in res.iterdir() if p.name.startswith(".")) == []
+
+
+def test_summary_survives_a_broken_file(tmp_path):
+    summary = _load_summary()
+    res = _fake_results(tmp_path)
+    (res / "universal.json").write_text("{broken")
+    assert summary.main(["--results", str(res)]) == 0
+    text = (res / "SUMMARY.md").read_text()
+    assert "`universal.json`: unreadable" in text and "## Sequential models" in text
