@@ -14,14 +14,14 @@ per-seed rows stay in each pipeline's <name>.md, which the page links.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.store import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # aggregated-looking files that are inputs of a script's own summarize, not result tables
@@ -235,22 +235,6 @@ PIPELINES: dict[str, Pipeline] = {
         [Goal("full ranking at 1M items under 4 GB peak RAM", "benchmarks/README.md, Catalog scale",
               at_most(Sel("synthetic-10m", "sasrec-chunked", "eval_peak_ram_gb"), 4.0, "GB "))]),
 }
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    # Same temp + rename as core.store.atomic_write_text, kept here because core.store imports
-    # torch and this page is regenerated (and tested) without it.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def cell(text) -> str:

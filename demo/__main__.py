@@ -105,12 +105,11 @@ def stage_sequential(d: Demo) -> None:
     model.load_state_dict(ckpt["model_state"])
     model.eval()
     out = Path(res["run_dir"])
-    users = np.arange(len(split.test))
-    lists = {name: write_candidates(out, name, fn, split, users, cfg.model.maxlen)
+    lists = {name: write_candidates(out, name, fn, split, cfg.model.maxlen)
              for name, fn in (("sasrec", model_score_fn(model)), ("popularity", popularity_score_fn(split)))}
     truth = read_ground_truth(out / "gt.jsonl")
     scored = {name: candidate_metrics(read_candidates(p), truth, [10, 20]) for name, p in lists.items()}
-    print(f"candidate lists (top 20, {len(users)} users) -> {out}; shared evaluator NDCG@10: "
+    print(f"candidate lists (top 20, {len(split.test)} users) -> {out}; shared evaluator NDCG@10: "
           + ", ".join(f"{n} {m['NDCG@10']:.4f}" for n, m in scored.items()))
     d.row("candidates (core.candidates)", "SASRec top-20 lists", "popularity lists", "HR@20",
           scored["sasrec"]["HR@20"], scored["popularity"]["HR@20"])

@@ -18,7 +18,8 @@ import torch
 
 from core import store
 from core.data.sequences import SequenceData
-from core.data.splits import Split, history_mask, padded_prefixes
+from core.data.splits import Split
+from core.evaluation import Evaluator
 
 # readable names for the synthetic clusters, so a text encoder can tell them apart
 TOPICS = ["jazz", "gardening", "astronomy", "baking", "football", "poetry", "chess", "sailing", "photography",
@@ -30,29 +31,21 @@ def _jsonl(path: Path, rows) -> None:
 
 
 @torch.no_grad()
-def top_lists(score_fn, split: Split, users: np.ndarray, width: int, n: int,
-              device="cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Top-``n`` item indexes and scores of test ``users`` (positions in ``split.test``), history masked."""
-    part = split.test.subset(users)
-    inputs = torch.as_tensor(padded_prefixes(split.data, part.users, part.hist_len, width), device=device)
-    scores = score_fn(inputs, torch.as_tensor(part.users, device=device)).float()
-    scores = scores.masked_fill(history_mask(split.data, part.users, part.hist_len, device=device), float("-inf"))
-    top = scores.topk(n, dim=1)
-    return top.indices.cpu().numpy(), top.values.cpu().numpy()
-
-
-def write_candidates(folder: Path, name: str, score_fn, split: Split, users: np.ndarray, width: int, n: int = 20,
+def write_candidates(folder: Path, name: str, score_fn, split: Split, width: int, n: int = 20,
                      device="cpu") -> Path:
-    """``<folder>/<name>.jsonl`` ({user_id, results: [{item_id, score}]}) plus ``gt.jsonl``."""
+    """``<folder>/<name>.jsonl`` ({user_id, results: [{item_id, score}]}) of every test user's
+    top-``n`` (the shared evaluator's ``recommend``: history excluded) plus ``gt.jsonl``."""
     data = split.data
-    items, scores = top_lists(score_fn, split, users, width, n, device)
-    uids = [str(data.user_ids[u - 1]) for u in split.test.users[users]]
+    evaluator = Evaluator(split, "test", width, sampled=(), device=device)
+    users, items, scores = evaluator.recommend(score_fn, n)
+    target = dict(zip(evaluator.users.tolist(), evaluator.targets.tolist()))
+    uids = [str(data.user_ids[u - 1]) for u in users]
     path = folder / f"{name}.jsonl"
     _jsonl(path, ({"user_id": uid, "results": [{"item_id": str(data.item_ids[i - 1]), "score": round(float(s), 5)}
                                                for i, s in zip(row, srow)]}
                   for uid, row, srow in zip(uids, items, scores)))
-    _jsonl(folder / "gt.jsonl", ({"user_id": uid, "item_id": str(data.item_ids[t - 1])}
-                                 for uid, t in zip(uids, split.test.targets[users])))
+    _jsonl(folder / "gt.jsonl", ({"user_id": uid, "item_id": str(data.item_ids[target[u] - 1])}
+                                 for uid, u in zip(uids, users)))
     return path
 
 

@@ -16,3 +16,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def write_tiny_universal(path: Path, n_users: int, n_items: int, per_user: int, *, n_jobs: int = 2,
+                         n_genres: int = 3, with_year: bool = False) -> Path:
+    """A small universal-format JSON file: users with a categorical job, items with a
+    categorical genre (and optionally a continuous year), ``per_user`` timestamped
+    interactions per user whose items depend on the user (some structure to learn)."""
+    from core.store import atomic_write_json
+
+    items = [{"item_id": i, "categorical": {"genre": f"g{i % n_genres}"},
+              **({"continuous": {"year": 1990 + i}} if with_year else {})} for i in range(n_items)]
+    atomic_write_json(path, {
+        "user_data": [{"user_id": f"u{u}", "categorical": {"job": f"j{u % n_jobs}"}} for u in range(n_users)],
+        "item_data": items,
+        "interactions": [{"user_id": f"u{u}", "item_id": (3 * u + k * (1 + u % 3)) % n_items,
+                          "timestamp": 100 * k + u} for u in range(n_users) for k in range(per_user)]})
+    return path

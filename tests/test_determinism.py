@@ -12,7 +12,7 @@ import torch
 
 from core.config import load_config
 from core.data.synthetic import SyntheticSpec, prepare_synthetic
-from core.store import atomic_write_json
+from conftest import write_tiny_universal
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -22,12 +22,7 @@ QUIET = lambda *a, **k: None  # noqa: E731
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("det_data")
     prepare_synthetic(root / "syn", SyntheticSpec(n_users=80, n_items_per_domain=40, n_clusters=2))
-    atomic_write_json(root / "uni.json", {
-        "user_data": [{"user_id": f"u{u}", "categorical": {"job": f"j{u % 3}"}} for u in range(30)],
-        "item_data": [{"item_id": i, "categorical": {"genre": f"g{i % 4}"}, "continuous": {"year": 1990 + i}}
-                      for i in range(20)],
-        "interactions": [{"user_id": f"u{u}", "item_id": (3 * u + k * (1 + u % 3)) % 20, "timestamp": 100 * k + u}
-                         for u in range(30) for k in range(6)]})
+    write_tiny_universal(root / "uni.json", n_users=30, n_items=20, per_user=6, n_jobs=3, n_genres=4, with_year=True)
     return root
 
 

@@ -15,6 +15,7 @@ import torch
 
 from core.cli import run
 from core.data.synthetic import SyntheticSpec, prepare_synthetic
+from conftest import write_tiny_universal
 
 REPO = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {".venv", ".git", "__pycache__", "state_dict", "data", "node_modules"}
@@ -201,13 +202,7 @@ def test_object_arrays_are_refused_as_embeddings(tmp_path, marker, capsys, monke
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("sec_data")
     prepare_synthetic(root / "syn", SyntheticSpec(n_users=40, n_items_per_domain=40, n_clusters=2))
-    from core.store import atomic_write_json
-
-    atomic_write_json(root / "uni.json", {
-        "user_data": [{"user_id": f"u{u}", "categorical": {"job": f"j{u % 2}"}} for u in range(6)],
-        "item_data": [{"item_id": i, "categorical": {"genre": f"g{i % 3}"}} for i in range(8)],
-        "interactions": [{"user_id": f"u{u}", "item_id": (u + k) % 8, "timestamp": 10 * k + u}
-                         for u in range(6) for k in range(4)]})
+    write_tiny_universal(root / "uni.json", n_users=6, n_items=8, per_user=4)
     return root
 
 
