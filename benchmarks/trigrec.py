@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sequential import aggregate, merge_rows, row  # noqa: E402
+from core.train import mean_epoch_seconds  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "trigrec_runs.json"
@@ -86,16 +87,16 @@ def cmd_stage1(args) -> None:
     if not (args.collect_only and (h / "rep" / args.target / "results.json").is_file()):
         _run("user_representation_module.train", config, over)
         _run("user_representation_module.inference", config, over)
-    res = json.loads((h / "rep" / args.target / "results.json").read_text())
     metrics = [json.loads(x) for x in (h / "rep" / args.target / "metrics.jsonl").read_text().splitlines()]
     command = f"python -m user_representation_module.train --config {config} --override \"{over}\""
     name = "trigrec-stage1" + suffix
-    rows = [row(TARGETS[args.target], name, "full", "sec_per_epoch", res["sec_per_epoch"], seeds=[args.seed],
-                command=command),
+    # from metrics.jsonl, not results.json: the same definition (training only) for every run, resumed or not
+    sec = mean_epoch_seconds(h / "rep" / args.target)
+    rows = [row(TARGETS[args.target], name, "full", "sec_per_epoch", sec, seeds=[args.seed], command=command),
             row(TARGETS[args.target], name, "full", "disc_acc_last_epoch", metrics[-1].get("disc_acc"),
                 seeds=[args.seed], command=command, disc_acc_curve=[m.get("disc_acc") for m in metrics])]
     merge_rows(RUNS_FILE, rows)
-    print(f"stage 1 {args.target} seed {args.seed}{suffix}: {res['sec_per_epoch']:.1f}s/epoch, "
+    print(f"stage 1 {args.target} seed {args.seed}{suffix}: {sec:.1f}s/epoch, "
           f"discriminator accuracy {metrics[-1].get('disc_acc'):.3f} at the last epoch")
 
 
@@ -145,7 +146,7 @@ def cmd_stage2(args) -> None:
              for m in ("MRR", "NDCG@10", "HR@10") if "seen" in by_target]
     rows += [row(ds, name, "full", m, 100 * res["test_full"][m], seeds=[args.seed], command=command, unit="%", **extra)
              for m in FULL_METRICS]
-    rows.append(row(ds, name, "full", "sec_per_epoch", res["sec_per_epoch"], seeds=[args.seed], command=command))
+    rows.append(row(ds, name, "full", "sec_per_epoch", mean_epoch_seconds(out), seeds=[args.seed], command=command))
     merge_rows(RUNS_FILE, rows)
     c2 = res.get("test_c2dsr", {})
     print(f"{ds} {name} seed {args.seed}: C2DSR NDCG@10 {100 * c2.get('NDCG@10', float('nan')):.2f}% "

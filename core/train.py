@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -93,6 +94,15 @@ def prepare_out_dir(out_dir: Path, cfg, resume: bool) -> None:
     stops on bad input leaves an earlier run's files as they were."""
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def mean_epoch_seconds(out_dir: Path) -> float:
+    """Mean training seconds per epoch (validation excluded) over every epoch in ``metrics.jsonl``,
+    so that a resumed run counts the epochs of its earlier processes too."""
+    path = Path(out_dir) / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    seconds = [r["epoch_seconds"] for r in rows if "epoch_seconds" in r]
+    return round(sum(seconds) / len(seconds), 3) if seconds else 0.0
 
 
 class TrainData(Protocol):
@@ -375,8 +385,6 @@ def _from_rank0(value):
 def truncate_log(path: Path, last: int, key: str = "epoch") -> None:
     """Keep the JSON rows of ``path`` with ``row[key] <= last`` (rank 0, on resume): rows that a
     killed run wrote after its last checkpoint, or cut short, would otherwise appear twice."""
-    import json
-
     if not path.is_file():
         return
     keep = []

@@ -30,7 +30,7 @@ from core.dist import init_distributed, is_main
 from core.errors import CheckpointError, ConfigError
 from core.evaluation import Evaluator
 from core.seqrec import encoder_args
-from core.train import fit, prepare_out_dir
+from core.train import fit, mean_epoch_seconds, prepare_out_dir
 from cross_domain.data import (BosRows, Domains, SourceInputs, aligned_vectors, cold_protocol, load_domains,
                                source_histories)
 from cross_domain.evaluate import protocol_report, score_fn
@@ -58,13 +58,6 @@ def vectors_path(cfg, dom: Domains) -> Path:
             / store.check_name(cfg.run_name, "run name") / f"source-{dom.source_name}.npy")
 
 
-def sec_per_epoch(out_dir: Path) -> float:
-    """Mean training seconds of the epochs logged in ``metrics.jsonl`` (validation excluded)."""
-    path = out_dir / "metrics.jsonl"
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-    return round(float(np.mean([r["epoch_seconds"] for r in rows])), 3) if rows else 0.0
-
-
 def new_model(cfg, n_items: int, **extra) -> CrossDomainSASRec:
     return CrossDomainSASRec(n_items, bce_negatives=cfg.model.bce_negatives, **extra, **encoder_args(cfg.model))
 
@@ -83,7 +76,7 @@ def _fit(cfg, model, rows, validate, out: Path, device, log, meta: dict, loss_fn
                  loss_fn=loss_fn, log=log)
     model.eval()
     return {"run_dir": str(out), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "train_seconds": round(result.seconds, 2), "sec_per_epoch": sec_per_epoch(out), "stopped": result.stopped,
+            "train_seconds": round(result.seconds, 2), "sec_per_epoch": mean_epoch_seconds(out), "stopped": result.stopped,
             "valid": result.best_valid}
 
 

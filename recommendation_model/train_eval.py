@@ -33,7 +33,7 @@ from core.dist import cleanup, init_distributed, is_main
 from core.evaluation import Evaluator, popularity_score_fn
 from core.seqrec import encoder_args
 from core.report import format_table
-from core.train import fit, prepare_out_dir
+from core.train import fit, mean_epoch_seconds, prepare_out_dir
 from recommendation_model.config import RecConfig
 from recommendation_model.data import (C2DSRProtocol, HoldoutClozeDataset, aligned_vectors, c2dsr_companion,
                                        holdout_companion, latest_export)
@@ -153,7 +153,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
     results = {
         "domain": domain, "target": cfg.data.target, "run_dir": str(out), "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
-        "sec_per_epoch": round(result.seconds / max(1, result.epochs_run), 3), "valid": result.best_valid,
+        "sec_per_epoch": mean_epoch_seconds(out), "valid": result.best_valid,
         "test_full": test_full.run(full_score_fn(model)), "popularity_full": test_full.run(popularity_score_fn(split)),
         "spe_emb_path": spe_path, "cross_emb_path": cross_path, "shuffled": perm is not None,
         "vector_holdout": m.vector_holdout,

@@ -260,7 +260,7 @@ def test_chunked_cross_entropy_matches_plain_loss_and_gradients():
     grad_h, grad_w = h.grad.clone(), model.item_emb.weight.grad.clone()
     h.grad = None
     model.zero_grad()
-    model.ce_chunk_elements = 501 * 64  # 64 rows per chunk -> 5 chunks
+    model.ce_chunk_elements, model.ce_min_rows = 501 * 64, 1  # 64 rows per chunk -> 5 chunks
     chunked = model.chunked_cross_entropy(h, targets)
     chunked.backward()
     assert torch.allclose(plain, chunked, atol=1e-6)

@@ -151,6 +151,10 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(trainer, dat
     assert not [p for p in cut.rglob("*.tmp")]
     rows = [json.loads(line) for line in next(cut.rglob("metrics.jsonl")).read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]  # epoch 2 once, though it ran twice
+    # time per epoch counts the epochs of the killed process too (not its seconds over all epochs)
+    res = json.loads(next(cut.rglob("results.json")).read_text())
+    if "sec_per_epoch" in res:
+        assert res["sec_per_epoch"] == pytest.approx(np.mean([r["epoch_seconds"] for r in rows]), abs=1e-3)
 
 
 def test_persona_encoder_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):

@@ -21,7 +21,7 @@ from core.data.splits import leave_one_out
 from core.dist import cleanup, init_distributed, is_main
 from core.evaluation import Evaluator
 from core.seqrec import encoder_args
-from core.train import fit, prepare_out_dir
+from core.train import fit, mean_epoch_seconds, prepare_out_dir
 from user_representation_module.config import PARTS, RepConfig, domain_folder_name, rep_dir, saved_epochs
 from user_representation_module.data import TriViewCloze, load_views
 from user_representation_module.model import TriGRecLoss, TriGRecRep
@@ -84,7 +84,7 @@ def train_representations(cfg: RepConfig, log=print) -> dict:
     saved = saved_epochs(out, "cross")
     results = {"domain": domain, "target": cfg.data.target, "rep_dir": str(out), "epochs_run": result.epochs_run,
                "train_seconds": round(result.seconds, 2),
-               "sec_per_epoch": round(result.seconds / max(1, result.epochs_run), 3),
+               "sec_per_epoch": mean_epoch_seconds(out),
                "best_epoch": result.best_epoch, "valid": result.best_valid, "saved_epochs": saved,
                "users": len(train_data)}
     if is_main():

@@ -182,16 +182,21 @@ class SequentialRecommender(nn.Module):
         return F.binary_cross_entropy_with_logits(pair[:, 0], torch.ones_like(pair[:, 0])) + \
             F.binary_cross_entropy_with_logits(pair[:, 1], torch.zeros_like(pair[:, 1]))
 
-    # at most this many logits (rows x catalog) exist at once in the full-softmax loss
-    ce_chunk_elements: int = 1 << 23
+    # at most this many logits (rows x catalog) exist at once in the full-softmax loss; 2M (8 MB)
+    # rather than 8M: same step time on Beauty, but glibc's heap then fragments far less (peak
+    # RSS ~560 MB instead of ~900 MB over 40 steps; benchmarks/README.md, "Memory")
+    ce_chunk_elements: int = 1 << 21
+    # ...but never fewer rows than this: on 64k-item catalogs (TriGRec) tiny chunks would add
+    # per-chunk overhead, so those keep about the chunks they had under the 8M budget
+    ce_min_rows: int = 128
 
     def chunked_cross_entropy(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Full-catalog softmax cross-entropy, in row chunks that are recomputed in backward.
 
-        Peak memory is one chunk's logits (~32 MB) instead of [positions x catalog] three times
+        Peak memory is one chunk's logits (~8 MB) instead of [positions x catalog] three times
         over (logits, log-softmax, gradient), which on Amazon-sized data was ~2 GB per batch.
         """
-        rows = max(1, self.ce_chunk_elements // (self.n_items + 1))
+        rows = max(self.ce_min_rows, self.ce_chunk_elements // (self.n_items + 1))
         if len(h) <= rows:
             return F.cross_entropy(self.logits_all(h).float(), targets)
         total = h.new_zeros((), dtype=torch.float32)
