@@ -1,7 +1,8 @@
 """TriGRec on Amazon Food-Kitchen: the full method, its ablations and the shuffled control.
 
 Runs in pieces (one target / seed / variant per call); each merges its rows into
-``benchmarks/results/trigrec_runs.json``; ``summarize`` writes ``trigrec.json`` / ``.md``:
+``benchmarks/results/trigrec_runs.json``; ``summarize`` writes ``trigrec.json`` / ``.md`` / ``.png``;
+an interrupted ``stage1`` resumes with ``--override training.resume=true``:
 
     python -m core.data.prepare food-kitchen --path ../shared/data/food-kitchen       # once
     python benchmarks/trigrec.py stage1 --target food --seed 1                 # encoders + export
@@ -33,6 +34,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -182,6 +185,39 @@ def cmd_summarize(args) -> None:
               f"Device: {'; '.join(sorted({r['device'] for r in runs}))}. Commands: the `command` field in trigrec.json."]
     atomic_write_text(RESULTS / "trigrec.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+    _plot(runs)
+
+
+def _plot(runs: list[dict]) -> None:
+    """trigrec.png: C2DSR-protocol test NDCG@10 per model, one dot per seed, bar = mean."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: skipping trigrec.png (pip install -r benchmarks/requirements.txt)")
+        return
+    fig, axes = plt.subplots(1, len(TARGETS), figsize=(6 * len(TARGETS), 4.2), squeeze=False)
+    for ax, (t, ds) in zip(axes[0], TARGETS.items()):
+        per_model: dict[str, list[float]] = {}
+        for r in runs:
+            if r["dataset"] == ds and r["protocol"] == "sampled-999" and r["metric"] == "NDCG@10":
+                per_model.setdefault(r["model"], []).append(r["value"])
+        models = sorted(per_model, key=lambda m: (m != "bert4rec", m != "trigrec", m))
+        for x, m in enumerate(models):
+            ax.bar(x, np.mean(per_model[m]), color="#9ecae1" if m != "bert4rec" else "#bdbdbd")
+            ax.plot([x] * len(per_model[m]), per_model[m], "k.", ms=5)
+        ax.axhline(PUBLISHED[t]["NDCG@10"], color="tab:red", ls="--", lw=1, label="C2DSR (published)")
+        ax.axhline(GOALS[t], color="tab:green", ls=":", lw=1, label="goal")
+        ax.set_xticks(range(len(models)), [m.replace("trigrec-", "") for m in models], rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel("test NDCG@10 (%), target vs 999 negatives")
+        ax.set_title(f"{ds} (dots: seeds)")
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "trigrec.png", dpi=110)
+    print(f"wrote {RESULTS / 'trigrec.png'}")
 
 
 def main() -> None:
