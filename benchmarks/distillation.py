@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from sequential import aggregate, merge_rows, row  # noqa: E402
+from sequential import aggregate, merge_rows, pyplot, row  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "distillation_runs.json"
@@ -204,16 +204,9 @@ def cmd_summarize(args) -> None:
 
 
 def _plot(runs) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -r benchmarks/requirements.txt)")
-        return
+    plt = pyplot("distillation_curves.png")
     curves = [r for r in runs if r["metric"] == "valid_curve"]
-    if not curves:
+    if plt is None or not curves:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors: dict[str, str] = {}

@@ -323,16 +323,22 @@ def _verdict(rows, dataset, model, must, aim) -> str:
     return verdict + ("" if n >= 3 else f" ({n} of 3 seeds)")
 
 
-def _plot_curves(curves: list[dict]) -> None:
+def pyplot(what: str):
+    """matplotlib.pyplot on the file-only Agg backend, or None (with a hint) when not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: skipping the learning-curve plot (pip install -r benchmarks/requirements.txt)")
-        return
-    if not curves:
+        print(f"matplotlib not installed: skipping {what} (pip install -r benchmarks/requirements.txt)")
+        return None
+    return plt
+
+
+def _plot_curves(curves: list[dict]) -> None:
+    plt = pyplot("the learning-curve plot")
+    if plt is None or not curves:
         return
     datasets = sorted({c["dataset"] for c in curves})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)

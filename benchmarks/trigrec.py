@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sequential import aggregate, merge_rows, row  # noqa: E402
+from sequential import aggregate, merge_rows, pyplot, row  # noqa: E402
 from core.train import mean_epoch_seconds  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -190,13 +190,8 @@ def cmd_summarize(args) -> None:
 
 def _plot(runs: list[dict]) -> None:
     """trigrec.png: C2DSR-protocol test NDCG@10 per model, one dot per seed, bar = mean."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: skipping trigrec.png (pip install -r benchmarks/requirements.txt)")
+    plt = pyplot("trigrec.png")
+    if plt is None:
         return
     fig, axes = plt.subplots(1, len(TARGETS), figsize=(6 * len(TARGETS), 4.2), squeeze=False)
     for ax, (t, ds) in zip(axes[0], TARGETS.items()):
