@@ -145,7 +145,7 @@ class CrossDomainSASRec(SASRec):
         return ((input_ids > 0).long().cumsum(1) - 1).clamp(min=0)
 
     def last_hidden(self, input_ids: torch.Tensor, source=None, source_history=None) -> torch.Tensor:
-        return self.fuse(self(input_ids)[:, -1], source, source_history, self.known_items(input_ids)[:, -1])
+        return self.fuse(self(input_ids, last_only=True)[:, -1], source, source_history, self.known_items(input_ids)[:, -1])
 
     def full_scores(self, input_ids, source=None, source_history=None) -> torch.Tensor:
         return self.logits_all(self.last_hidden(input_ids, source, source_history))

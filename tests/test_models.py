@@ -86,6 +86,26 @@ def test_inputs_longer_than_maxlen_are_cut_to_the_last_maxlen():
         assert torch.allclose(model(x), model(x[:, -5:]))
 
 
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_last_position_only_forward_equals_the_full_forward(name):
+    """Scoring runs the final block for the last position alone; it must read what the full pass gives."""
+    torch.manual_seed(0)
+    model = build_model(name, n_items=N_ITEMS, maxlen=8, hidden_units=16, num_blocks=2, num_heads=2,
+                        dropout_rate=0.0, initializer_range=0.2).eval()
+    x = torch.tensor([[0, 0, 0, 4, 8, 15, 16, 23], [1, 2, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 0, 0, 9]])
+    with torch.no_grad():
+        full = model(x)
+        last = model(x, last_only=True)
+        assert last.shape == (3, 1, 16)
+        assert torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
+        if name == "bert4rec":
+            masked = torch.cat([x, torch.full_like(x[:, :1], model.mask_token)], dim=1)
+            expected = model.project(model(masked)[:, -1])
+        else:
+            expected = full[:, -1]
+        assert torch.allclose(model.last_hidden(x), expected, atol=1e-6)
+
+
 def test_full_and_candidate_scores():
     model = make().eval()
     x = torch.tensor([[0, 0, 0, 4, 8, 15, 16, 23], [1, 2, 3, 4, 5, 6, 7, 8]])

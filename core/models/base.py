@@ -97,8 +97,9 @@ class SequentialRecommender(nn.Module):
             self.item_emb.weight[0].zero_()
 
     # ------------------------------------------------------------------ encoder
-    def forward(self, input_ids: torch.Tensor, return_layers: bool = False):
-        """Hidden states [B, L, D]; with ``return_layers`` also a list of each block's output."""
+    def forward(self, input_ids: torch.Tensor, return_layers: bool = False, last_only: bool = False):
+        """Hidden states [B, L, D]; with ``return_layers`` also a list of each block's output;
+        with ``last_only`` the last position's state alone, [B, 1, D] (what scoring reads)."""
         input_ids = input_ids[:, -self.maxlen :]
         length = input_ids.shape[1]
         positions = torch.arange(self.maxlen - length, self.maxlen, device=input_ids.device)
@@ -110,8 +111,11 @@ class SequentialRecommender(nn.Module):
         real = (input_ids > 0).unsqueeze(-1)
         mask = attention_mask(input_ids, self.causal)
         layers = []
-        for block in self.blocks:
-            x = block(x, mask) * real
+        for i, block in enumerate(self.blocks):
+            last = last_only and i == len(self.blocks) - 1
+            if last:
+                real = real[:, -1:]
+            x = block(x, mask, last) * real
             layers.append(x)
         h = self.final_ln(x) * real
         return (h, layers) if return_layers else h
@@ -130,7 +134,7 @@ class SequentialRecommender(nn.Module):
 
     def last_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The representation that scores the next item, [B, D]."""
-        return self.project(self(input_ids)[:, -1])
+        return self.project(self(input_ids, last_only=True)[:, -1])
 
     def logits_all(self, h: torch.Tensor) -> torch.Tensor:
         """Scores of items 0..n_items for rows of ``h`` [N, D]; padding column set to -inf."""

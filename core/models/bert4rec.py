@@ -39,4 +39,4 @@ class BERT4Rec(SequentialRecommender):
     def last_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         # append the mask token; forward keeps the last maxlen positions (drops the oldest if full)
         masked = torch.cat([input_ids, torch.full_like(input_ids[:, :1], self.mask_token)], dim=1)
-        return self.project(self(masked)[:, -1])
+        return self.project(self(masked, last_only=True)[:, -1])

@@ -16,11 +16,14 @@ class MultiHeadSelfAttention(nn.Module):
         self.out = nn.Linear(hidden, hidden)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[B, L, D] -> [B, L, D]; with ``last_only`` only the last position queries: [B, 1, D]."""
         b, length, d = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if last_only:
+            q, attn_mask = q[:, :, -1:], attn_mask[:, :, -1:]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(b, length, d))
+        return self.out(y.transpose(1, 2).reshape(b, q.shape[2], d))
 
 
 class TransformerBlock(nn.Module):
@@ -35,8 +38,11 @@ class TransformerBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(hidden, ffn_mult * hidden), act, nn.Dropout(dropout), nn.Linear(ffn_mult * hidden, hidden))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), attn_mask))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """With ``last_only`` the output is the last position's alone ([B, 1, D]): scoring needs
+        no other, and the final block then skips L - 1 queries and FFN rows."""
+        a = self.attn(self.ln1(x), attn_mask, last_only)
+        x = (x[:, -1:] if last_only else x) + self.drop(a)
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
