@@ -83,7 +83,7 @@ def test_gate_mixes_and_a_zero_source_vector_falls_back_to_the_sequence():
     torch.nn.init.normal_(model.bridge.net[-1].weight)  # a trained-looking bridge (it starts at b = 0)
     inputs = model.with_bos(torch.tensor([[0, 3, 4], [5, 6, 7]]))
     source = torch.tensor([[0.0] * 6, [0.5, -1.0, 2.0, 0.1, 0.0, 0.3]])
-    h = model(inputs)[:, -1]
+    h = model(inputs, last_only=True)[:, -1]  # the sequence-only state, computed as scoring does
     fused = model.last_hidden(inputs, source)
     assert torch.equal(fused[0], h[0])  # no source vector: exactly the sequence-only state
     assert not torch.allclose(fused[1], h[1])
