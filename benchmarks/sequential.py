@@ -226,14 +226,6 @@ def cmd_speed(args) -> None:
         row(args.dataset, args.model, "full", "speedup_vs_recbole_epoch_lean_memory",
             theirs["sec_per_epoch"] / lean["sec_per_epoch"], command=command, setting=lean_note),
     ]
-    # rows of the removed ``ours-speed --mmap-threshold`` probe: the lean-memory rows replace them
-    stale = ("_default_malloc", "_mmap_threshold_64k")
-    path = RESULTS / "sequential.json"
-    if path.is_file():
-        kept = [r for r in json.loads(path.read_text()) if not (r["dataset"] == args.dataset and r["metric"].endswith(stale))]
-        from core.store import atomic_write_json
-
-        atomic_write_json(path, kept)
     merge_rows(RESULTS / "sequential.json", rows, key=("dataset", "model", "protocol", "metric"))
     for r in rows:
         print(f"{r['model']:16s} {r['metric']:30s} {r['value']:.3f}")
