@@ -76,6 +76,11 @@ def home(target: str, seed: int, suffix: str = "") -> Path:
     return REPO / "state_dict" / "bench" / "trigrec" / target / f"seed{seed}{suffix}"
 
 
+def rel(path: Path) -> str:
+    """``path`` relative to the repo root, as the commands (run from there) and rows name it."""
+    return path.relative_to(REPO).as_posix()
+
+
 def _run(module: str, config: str, over: str) -> None:
     cmd = [sys.executable, "-m", module, "--config", config, "--override", over]
     print("+", " ".join(cmd), flush=True)
@@ -86,7 +91,7 @@ def cmd_stage1(args) -> None:
     suffix = "-nogrl" if args.no_grl else ""
     h = home(args.target, args.seed, suffix)
     config = f"configs/trigrec/rep/{args.target}.yaml"
-    over = ",".join(x for x in (f"seed={args.seed},home={h}", "use_grl=false" if args.no_grl else "", args.override) if x)
+    over = ",".join(x for x in (f"seed={args.seed},home={rel(h)}", "use_grl=false" if args.no_grl else "", args.override) if x)
     if not (args.collect_only and (h / "rep" / args.target / "results.json").is_file()):
         _run("user_representation_module.train", config, over)
         _run("user_representation_module.inference", config, over)
@@ -115,7 +120,7 @@ def ensure_export(h: Path, args, code: str, holdout: int = 0) -> None:
     have = epoch in exported and all((folder / f"{k}_emb_ep{epoch}_{code}.holdout{holdout}.npy").is_file()
                                      for k in ("spe", "cross") if holdout)
     if not have:
-        over = f"seed={args.seed},home={h},SPE_DOMAIN={code}" + (f",EPOCH_TO_LOAD={epoch}" if epoch else "")
+        over = f"seed={args.seed},home={rel(h)},SPE_DOMAIN={code}" + (f",EPOCH_TO_LOAD={epoch}" if epoch else "")
         _run("user_representation_module.inference", f"configs/trigrec/rep/{args.target}.yaml",
              over + (f",export.holdout_last={holdout}" if holdout else ""))
 
@@ -127,7 +132,7 @@ def cmd_stage2(args) -> None:
     if args.tag:
         name = f"{name}-{args.tag}"
     run_name = f"bench-{args.variant}" + (f"-{args.tag}" if args.tag else "")
-    over = ",".join(x for x in (f"seed={args.seed},home={h},run_name={run_name}", over_v, args.override) if x)
+    over = ",".join(x for x in (f"seed={args.seed},home={rel(h)},run_name={run_name}", over_v, args.override) if x)
     out = h / "rec" / args.target / run_name
     code = "A" if args.target == "food" else "B"
     if args.variant in OTHER_SPE:
