@@ -103,6 +103,10 @@ def cmd_stage1(args) -> None:
     rows = [row(TARGETS[args.target], name, "full", "sec_per_epoch", sec, seeds=[args.seed], command=command),
             row(TARGETS[args.target], name, "full", "disc_acc_last_epoch", metrics[-1].get("disc_acc"),
                 seeds=[args.seed], command=command, disc_acc_curve=[m.get("disc_acc") for m in metrics])]
+    # validation only (the target's specific encoder, full ranking): shows what the reversal costs the encoders
+    if "valid" in metrics[-1]:
+        rows.append(row(TARGETS[args.target], name, "full", "valid NDCG@10 (last epoch)", 100 * metrics[-1]["valid"]["NDCG@10"],
+                        seeds=[args.seed], command=command, unit="%", epoch=metrics[-1]["epoch"]))
     merge_rows(RUNS_FILE, rows)
     print(f"stage 1 {args.target} seed {args.seed}{suffix}: {sec:.1f}s/epoch, "
           f"discriminator accuracy {metrics[-1].get('disc_acc'):.3f} at the last epoch")
@@ -183,9 +187,19 @@ def cmd_summarize(args) -> None:
             sec = g("full", "sec_per_epoch")
             lines.append(f"| {t} | {model} | {len(n['seeds'])} | " + " | ".join(fmt(g("sampled-999", m)) for m in C2DSR_METRICS)
                          + f" | {fmt(g('full', 'NDCG@10'))} | {format(sec['value'], '.1f') if sec else ''} |")
-        s1 = by.get((ds, "trigrec-stage1", "full", "sec_per_epoch"))
-        if s1:
-            lines.append(f"| {t} | stage 1 (encoders) | {len(s1['seeds'])} | | | | | | | | {s1['value']:.1f} |")
+        for stage1, label in (("trigrec-stage1", "stage 1 (encoders)"), ("trigrec-stage1-nogrl", "stage 1, no GRL")):
+            s1 = by.get((ds, stage1, "full", "sec_per_epoch"))
+            if s1:
+                lines.append(f"| {t} | {label} | {len(s1['seeds'])} | | | | | | | | {s1['value']:.1f} |")
+    lines += ["", "Stage 1 at its last epoch (validation; discriminator accuracy over 3 classes, chance 0.33):", "",
+              "| target | encoders | seeds | discriminator accuracy | specific encoder valid NDCG@10 (full, %) |",
+              "|---|---|---|---|---|"]
+    for t, ds in TARGETS.items():
+        for stage1, label in (("trigrec-stage1", "with GRL"), ("trigrec-stage1-nogrl", "no GRL")):
+            acc = by.get((ds, stage1, "full", "disc_acc_last_epoch"))
+            if acc:
+                val = by.get((ds, stage1, "full", "valid NDCG@10 (last epoch)"))
+                lines.append(f"| {t} | {label} | {len(acc['seeds'])} | {acc['value']:.3f} ± {acc['std']:.3f} | {fmt(val)} |")
     lines += ["", "Goals: NDCG@10 >= " + ", ".join(f"{GOALS[t]} ({t})" for t in TARGETS) + " under the C2DSR protocol.",
               f"Device: {'; '.join(sorted({r['device'] for r in runs}))}. Commands: the `command` field in trigrec.json."]
     atomic_write_text(RESULTS / "trigrec.md", "\n".join(lines) + "\n")
