@@ -142,6 +142,10 @@ def cmd_stage2(args) -> None:
     if args.variant in OTHER_SPE:
         code = "B" if code == "A" else "A"
         over += f",SPE_DOMAIN={code}"
+    if args.ranks_only:  # an older run without per-line ranks: evaluate its checkpoint again
+        if not (out / "test_c2dsr_ranks.npz").is_file():
+            _run("recommendation_model.train_eval", config, over + ",eval_only=true")
+        return
     if not (args.collect_only and (out / "results.json").is_file()):
         if args.variant in OTHER_SPE or args.variant in HOLDOUT:
             ensure_export(h, args, code, HOLDOUT.get(args.variant, 0))
@@ -170,7 +174,8 @@ def cmd_summarize(args) -> None:
 
     runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
     _, out = aggregate(runs, skip=())
-    atomic_write_json(RESULTS / "trigrec.json", out)
+    tests = paired_tests()
+    atomic_write_json(RESULTS / "trigrec.json", out + tests)
     by = {(r["dataset"], r["model"], r["protocol"], r["metric"]): r for r in out}
     fmt = lambda r: f"{r['value']:.2f} ± {r['std']:.2f}" if r else ""  # noqa: E731
     lines = ["# TriGRec on Food-Kitchen (test; C2DSR protocol = target vs 999 sampled items of its domain, %)", "",
@@ -202,9 +207,59 @@ def cmd_summarize(args) -> None:
                 lines.append(f"| {t} | {label} | {len(acc['seeds'])} | {acc['value']:.3f} ± {acc['std']:.3f} | {fmt(val)} |")
     lines += ["", "Goals: NDCG@10 >= " + ", ".join(f"{GOALS[t]} ({t})" for t in TARGETS) + " under the C2DSR protocol.",
               f"Device: {'; '.join(sorted({r['device'] for r in runs}))}. Commands: the `command` field in trigrec.json."]
+    if tests:
+        lines += ["", "Paired tests on the C2DSR test lines (NDCG@10 per line, %): each line's mean over the seeds both "
+                  "runs have, Wilcoxon signed-rank; per seed: the difference of the means.", "",
+                  "| target | model | vs | seeds | lines | difference | per seed | p |", "|---|---|---|---|---|---|---|---|"]
+        for r in tests:
+            lines.append(f"| {r['dataset'].split('/')[1].lower()} | {r['model']} | {r['vs']} | {len(r['seeds'])} | "
+                         f"{r['lines']} | {r['mean_diff']:+.2f} | {' / '.join(f'{d:+.2f}' for d in r['per_seed_diff'])} | "
+                         f"{r['value']:.2g} |")
     atomic_write_text(RESULTS / "trigrec.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(runs)
+
+
+PAIRED = {  # model -> the runs it is tested against (rows "paired_wilcoxon_p_NDCG@10")
+    "trigrec": ("bert4rec", "shuffled"), "spe": ("bert4rec", "shuffled"), "cross": ("bert4rec", "shuffled"),
+    "spe_other": ("bert4rec", "shuffled"), "nogrl": ("bert4rec", "trigrec"), "leakfree": ("bert4rec", "trigrec"),
+    "shuffled": ("bert4rec",),
+}
+
+
+def line_ndcg(target: str, seed: int, variant: str) -> dict[int, float] | None:
+    """NDCG@10 (%) of each C2DSR test line of one run, from its ``test_c2dsr_ranks.npz``."""
+    path = home(target, seed, VARIANTS[variant][2]) / "rec" / target / f"bench-{variant}" / "test_c2dsr_ranks.npz"
+    if not path.is_file():
+        return None
+    z = np.load(path)
+    gain = np.where(z["ranks"] < 10, 100.0 / np.log2(z["ranks"] + 2.0), 0.0)
+    return dict(zip(z["lines"].tolist(), gain.tolist()))
+
+
+def paired_tests() -> list[dict]:
+    from scipy import stats
+
+    rows = []
+    for t, ds in TARGETS.items():
+        for variant, baselines in PAIRED.items():
+            for base in baselines:
+                pairs = {s: (line_ndcg(t, s, variant), line_ndcg(t, s, base)) for s in (1, 2, 3)}
+                pairs = {s: ab for s, ab in pairs.items() if ab[0] is not None and ab[1] is not None}
+                if not pairs:
+                    continue
+                lines_ = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs.values())))
+                a = np.array([np.mean([pairs[s][0][x] for s in pairs]) for x in lines_])
+                b = np.array([np.mean([pairs[s][1][x] for s in pairs]) for x in lines_])
+                diff = a - b
+                p = float(stats.wilcoxon(a, b).pvalue) if np.count_nonzero(diff) else 1.0
+                per_seed = [float(np.mean(list(pairs[s][0].values())) - np.mean(list(pairs[s][1].values())))
+                            for s in sorted(pairs)]
+                rows.append(row(ds, VARIANTS[variant][0], "sampled-999", "paired_wilcoxon_p_NDCG@10", p,
+                                seeds=sorted(pairs), vs=VARIANTS[base][0], lines=len(lines_),
+                                mean_diff=float(diff.mean()), per_seed_diff=per_seed,
+                                command="python benchmarks/trigrec.py summarize"))
+    return rows
 
 
 def _plot(runs: list[dict]) -> None:
@@ -248,6 +303,8 @@ def main() -> None:
         else:
             s.add_argument("--variant", choices=sorted(VARIANTS), default="trigrec")
             s.add_argument("--tag", default="", help="suffix of the row and run name for a variant with --override")
+            s.add_argument("--ranks-only", action="store_true",
+                           help="write the per-line C2DSR test ranks of a finished run (eval_only), no rows")
     sub.add_parser("summarize")
     args = p.parse_args()
     {"stage1": cmd_stage1, "stage2": cmd_stage2, "summarize": cmd_summarize}[args.cmd](args)

@@ -59,6 +59,9 @@ class RecConfig:
     cross_emb_path: str = ""
     epoch_to_load: int = 0  # which exported stage-1 epoch the default paths name; 0 = the latest exported
     spe_domain: str = ""  # whose specific vectors the default path names; "" = the target
+    # evaluate this run's saved maxlen{L}.pt without training (writes eval_results.json beside it,
+    # never results.json): e.g. to regenerate per-line rank files of an older run
+    eval_only: bool = False
     data: DomainDataConfig = field(default_factory=DomainDataConfig)
     model: RecModelConfig = field(default_factory=RecModelConfig)
     training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60, batch_size=256, eval_every=2,

@@ -131,6 +131,7 @@ class C2DSRProtocol:
         self.spe = torch.as_tensor(spe, dtype=torch.float32) if spe is not None else None
         self.cross = torch.as_tensor(cross, dtype=torch.float32) if cross is not None else None
         self.targets = torch.as_tensor(targets, dtype=torch.long)  # local ids
+        self.lines = np.asarray(ev.lines)  # 0-based line numbers in the C2DSR file, for per-line ranks
         self.last_ranks: torch.Tensor | None = None  # 0-based rank of each line's target, last run
 
     def __len__(self) -> int:

@@ -14,7 +14,9 @@ trains on the target domain's leave-two-out split and picks the epoch on validat
 validation file when ``data.c2dsr_dir`` is set, else full ranking). Test is read once, at the
 end: full ranking over the target domain's items with the history excluded, plus the C2DSR
 protocol (target vs 999 sampled target-domain items). Writes ``state_dict/rec/<domain>/
-[<run_name>/]maxlen{L}.pt`` and, beside it, ``results.json`` and ``metrics.jsonl``.
+[<run_name>/]maxlen{L}.pt`` and, beside it, ``results.json``, ``metrics.jsonl`` and the C2DSR
+test rank of every line (``test_c2dsr_ranks.npz``). ``--override eval_only=true`` (with the run's
+own overrides) evaluates that saved checkpoint again without training, into ``eval_results.json``.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from core.dist import cleanup, init_distributed, is_main
 from core.evaluation import Evaluator, popularity_score_fn
 from core.seqrec import encoder_args
 from core.report import format_table
-from core.train import fit, mean_epoch_seconds, prepare_out_dir
+from core.errors import CheckpointError
+from core.train import FitResult, fit, mean_epoch_seconds, prepare_out_dir
 from recommendation_model.config import RecConfig
 from recommendation_model.data import (C2DSRProtocol, HoldoutClozeDataset, aligned_vectors, c2dsr_companion,
                                        holdout_companion, latest_export)
@@ -137,7 +140,8 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
     # model selection: the C2DSR validation lines when given (the protocol reported), else full ranking
     validate = (lambda mod: c2dsr["valid"].run(mod)) if c2dsr else (lambda mod: valid_full.run(full_score_fn(mod)))
 
-    prepare_out_dir(out, cfg, cfg.training.resume)
+    if not cfg.eval_only:
+        prepare_out_dir(out, cfg, cfg.training.resume)
     log(f"data {folder.name} target {cfg.data.target} ({views.target_name}): {data.n_users} users, {data.n_items} "
         f"items; fusion spe={spe_path or '-'} cross={cross_path or '-'} gate={m.gate}"
         f"{' SHUFFLED' if perm is not None else ''}"
@@ -145,8 +149,11 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
         f"{', '.join(f'{k} {len(v)}' for k, v in c2dsr.items()) or 'not used'} -> {out}")
     meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg),
             "data_fingerprint": data.fingerprint()}
-    result = fit(model, train_data, validate, cfg.training, out, device=device, seed=cfg.seed, checkpoint_meta=meta,
-                 loss_fn=loss_fn, log=log)
+    if cfg.eval_only:
+        result = load_saved(model, out / f"maxlen{m.maxlen}.pt", meta, device)
+    else:
+        result = fit(model, train_data, validate, cfg.training, out, device=device, seed=cfg.seed,
+                     checkpoint_meta=meta, loss_fn=loss_fn, log=log)
     model.eval()
     test_full = Evaluator(split, "test", m.maxlen, cfg.eval.ks, sampled=cfg.eval.sampled,
                           sample_seed=cfg.eval.sample_seed, batch_size=cfg.eval.batch_size, device=device)
@@ -165,7 +172,13 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
         counts = np.bincount(np.concatenate([data.sequence(u)[:n] for u, n in enumerate(split.train_len, 1)]),
                              minlength=data.n_items + 1)
         results["test_c2dsr_by_target"] = c2dsr["test"].split_by_training_count(counts)
-    if is_main():
+        if is_main():  # per-line ranks: paired significance tests between runs need them
+            store.atomic_save_npz(out / "test_c2dsr_ranks.npz", lines=c2dsr["test"].lines,
+                                  ranks=c2dsr["test"].last_ranks.numpy())
+    if is_main() and cfg.eval_only:
+        results["checkpoint"] = str(out / f"maxlen{m.maxlen}.pt")
+        store.atomic_write_json(out / "eval_results.json", results)
+    elif is_main():
         final = out / f"maxlen{m.maxlen}.pt"
         if (out / "best.pt").is_file():
             with store.atomic_path(final) as tmp:
@@ -173,6 +186,19 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
         results["checkpoint"] = str(final)
         store.atomic_write_json(out / "results.json", results)
     return results
+
+
+def load_saved(model: TriGRecRecommender, path, meta: dict, device) -> FitResult:
+    """``eval_only``: the run's saved weights (same kind, data and model shape, else one clear error)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no saved checkpoint to evaluate; train this run first (eval_only reads the "
+                              "checkpoint of the same home, run_name and model.maxlen)")
+    ckpt = store.load_checkpoint(path, kind=meta["kind"], data_fingerprint=meta["data_fingerprint"], map_location=device)
+    if ckpt.get("model_args") != meta["model_args"]:
+        raise CheckpointError(f"{path}: saved with model settings {ckpt.get('model_args')}, not these "
+                              f"{meta['model_args']}; pass the run's own overrides (its config.yaml)")
+    model.load_state_dict(ckpt["model_state"])
+    return FitResult(ckpt.get("epoch", -1), float("nan"), ckpt.get("valid", {}), 0, 0.0, "eval_only")
 
 
 def main(argv=None) -> int:
@@ -189,7 +215,8 @@ def main(argv=None) -> int:
                          **{c: res["test_c2dsr"][c] for c in cols}})
         print(f"\nTest, target {res['target']} (best validation epoch {res['best_epoch']}):")
         print(format_table(rows, ["protocol", *cols]))
-        print(f"checkpoint: {res['checkpoint']}\nresults: {res['run_dir']}/results.json")
+        print(f"checkpoint: {res['checkpoint']}\nresults: {res['run_dir']}/"
+              f"{'eval_results' if cfg.eval_only else 'results'}.json")
     return 0
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from core.config import load_config
+from core.errors import CheckpointError
 from core.data.safe_pickle import load_plain_pickle
 from core.data.synthetic import SyntheticSpec, prepare_synthetic
 from recommendation_model.config import RecConfig
@@ -166,6 +167,21 @@ def test_stage2_trains_on_exported_vectors_and_writes_the_seed_checkpoint(tmp_pa
     ckpt = torch.load(res["checkpoint"], weights_only=True)
     assert ckpt["kind"] == "trigrec-rec" and ckpt["model_args"]["spe_dim"] == 8
     assert res["spe_emb_path"].endswith("spe_emb_ep3_A.npy") and 0 <= res["test_full"]["NDCG@10"] <= 1
+
+    # eval_only: the saved checkpoint scores the same, results.json is left as training wrote it
+    run_dir = Path(res["run_dir"])
+    written = (run_dir / "results.json").read_text()
+    again = train_eval(load_config(RecConfig, REC_YAML, _over(tmp_path, "eval_only=true,hidden_units=16,maxlen=12")),
+                       log=lambda *a: None)
+    assert again["test_full"] == res["test_full"] and again["best_epoch"] == res["best_epoch"]
+    assert json.loads((run_dir / "eval_results.json").read_text())["test_full"] == res["test_full"]
+    assert (run_dir / "results.json").read_text() == written
+    with pytest.raises(CheckpointError, match="model settings"):
+        train_eval(load_config(RecConfig, REC_YAML, _over(tmp_path, "eval_only=true,hidden_units=8,maxlen=12")),
+                   log=lambda *a: None)
+    with pytest.raises(CheckpointError, match="no saved checkpoint to evaluate"):
+        train_eval(load_config(RecConfig, REC_YAML, _over(tmp_path, "eval_only=true,hidden_units=16,maxlen=7")),
+                   log=lambda *a: None)
 
 
 def test_holdout_views_cut_before_the_last_target_training_items():
@@ -430,6 +446,9 @@ def test_food_kitchen_end_to_end_smoke(tmp_path, shared_data):
     t = res["test_c2dsr"]
     assert set(t) == {"MRR", "NDCG@1", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10"} and 0 < t["NDCG@10"] <= t["HR@10"]
     assert Path(res["checkpoint"]).name == "maxlen10.pt" and 0 < res["test_full"]["NDCG@10"] < 1
+    ranks = np.load(Path(res["run_dir"]) / "test_c2dsr_ranks.npz")
+    assert len(ranks["lines"]) == len(ranks["ranks"]) == 2747 and len(set(ranks["lines"].tolist())) == 2747
+    assert np.mean(1.0 / (ranks["ranks"] + 1)) == pytest.approx(t["MRR"], rel=1e-5)
 
 
 @pytest.mark.parametrize("payload, message", [

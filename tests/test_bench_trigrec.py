@@ -1,0 +1,53 @@
+"""benchmarks/trigrec.py paired tests on fake per-line rank files: the lines both runs share, the
+seed-averaged difference, the per-seed differences and a p-value that tells a real gap from none."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+from core.store import REPO_ROOT
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_trigrec", REPO_ROOT / "benchmarks" / "trigrec.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _ranks(mod, target, seed, variant, lines, ranks):
+    folder = mod.home(target, seed, mod.VARIANTS[variant][2]) / "rec" / target / f"bench-{variant}"
+    folder.mkdir(parents=True)
+    np.savez(folder / "test_c2dsr_ranks.npz", lines=np.asarray(lines), ranks=np.asarray(ranks))
+
+
+def test_paired_tests_on_rank_files(tmp_path, monkeypatch):
+    pytest.importorskip("scipy")
+    mod = _load_bench()
+    monkeypatch.setattr(mod, "home", lambda target, seed, suffix="": tmp_path / target / f"seed{seed}{suffix}")
+    lines = np.arange(30)
+    # kitchen, seeds 1 and 2: cross ranks every target first (NDCG 100%), the control at rank 21 (0%);
+    # seed 2's cross file lacks line 29, so 29 lines are shared; seed 3 has only the control
+    _ranks(mod, "kitchen", 1, "cross", lines, np.zeros(30, int))
+    _ranks(mod, "kitchen", 1, "shuffled", lines, np.full(30, 20))
+    _ranks(mod, "kitchen", 2, "cross", lines[:29], np.zeros(29, int))
+    _ranks(mod, "kitchen", 2, "shuffled", lines, np.full(30, 20))
+    _ranks(mod, "kitchen", 3, "shuffled", lines, np.full(30, 20))
+    # food, seed 1: spe_other equal to bert4rec on every line -> no difference, p = 1
+    same = np.arange(30) % 12  # ranks 0..11: some inside the top 10, some outside
+    _ranks(mod, "food", 1, "spe_other", lines, same)
+    _ranks(mod, "food", 1, "bert4rec", lines, same)
+
+    rows = {(r["dataset"], r["model"], r["vs"]): r for r in mod.paired_tests()}
+    assert set(rows) == {("Food-Kitchen/Kitchen", "trigrec-cross_only", "trigrec-shuffled"),
+                         ("Food-Kitchen/Food", "trigrec-spe_other_only", "bert4rec")}
+    gap = rows[("Food-Kitchen/Kitchen", "trigrec-cross_only", "trigrec-shuffled")]
+    assert gap["seeds"] == [1, 2] and gap["lines"] == 29
+    assert gap["mean_diff"] == pytest.approx(100.0) and gap["per_seed_diff"] == pytest.approx([100.0, 100.0])
+    assert gap["metric"] == "paired_wilcoxon_p_NDCG@10" and gap["value"] < 1e-5
+    none = rows[("Food-Kitchen/Food", "trigrec-spe_other_only", "bert4rec")]
+    assert none["mean_diff"] == 0.0 and none["value"] == 1.0 and none["seeds"] == [1]
