@@ -194,10 +194,18 @@ def load_saved(model: TriGRecRecommender, path, meta: dict, device) -> FitResult
         raise CheckpointError(f"{path}: no saved checkpoint to evaluate; train this run first (eval_only reads the "
                               "checkpoint of the same home, run_name and model.maxlen)")
     ckpt = store.load_checkpoint(path, kind=meta["kind"], data_fingerprint=meta["data_fingerprint"], map_location=device)
-    if ckpt.get("model_args") != meta["model_args"]:
-        raise CheckpointError(f"{path}: saved with model settings {ckpt.get('model_args')}, not these "
-                              f"{meta['model_args']}; pass the run's own overrides (its config.yaml)")
-    model.load_state_dict(ckpt["model_state"])
+    # keys both know (an older checkpoint may lack a newer, training-only setting)
+    saved, asked = ckpt.get("model_args") or {}, meta["model_args"]
+    differ = {k: (saved[k], asked[k]) for k in sorted(saved.keys() & asked.keys()) if saved[k] != asked[k]}
+    if differ:
+        raise CheckpointError(f"{path}: saved with other model settings ("
+                              + ", ".join(f"{k} {a} here {b}" for k, (a, b) in differ.items())
+                              + "); pass the run's own overrides (its config.yaml)")
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: does not fit this model ({str(exc).splitlines()[0]}); pass the run's own "
+                              "overrides (its config.yaml)") from None
     return FitResult(ckpt.get("epoch", -1), float("nan"), ckpt.get("valid", {}), 0, 0.0, "eval_only")
 
 

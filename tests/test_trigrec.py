@@ -176,7 +176,7 @@ def test_stage2_trains_on_exported_vectors_and_writes_the_seed_checkpoint(tmp_pa
     assert again["test_full"] == res["test_full"] and again["best_epoch"] == res["best_epoch"]
     assert json.loads((run_dir / "eval_results.json").read_text())["test_full"] == res["test_full"]
     assert (run_dir / "results.json").read_text() == written
-    with pytest.raises(CheckpointError, match="model settings"):
+    with pytest.raises(CheckpointError, match="other model settings .hidden_units 16 here 8"):
         train_eval(load_config(RecConfig, REC_YAML, _over(tmp_path, "eval_only=true,hidden_units=8,maxlen=12")),
                    log=lambda *a: None)
     with pytest.raises(CheckpointError, match="no saved checkpoint to evaluate"):
