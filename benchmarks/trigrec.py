@@ -17,7 +17,8 @@ an interrupted ``stage1`` resumes with ``--override training.resume=true``:
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant leakfree   # vector holdout (1 item)
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant leakfree_spe_other
     python benchmarks/trigrec.py stage2 --target food --seed 1 --override EPOCH_TO_LOAD=10 --tag ep10
-    python benchmarks/trigrec.py summarize
+    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant cross --ranks-only  # older runs
+    python benchmarks/trigrec.py summarize                                     # + paired Wilcoxon tests
 
 Each seed's stage-1 tree lives in ``state_dict/bench/trigrec/<target>/seed<N>[-nogrl]/`` (the
 usual ``rep/``, ``embeddings/`` and ``rec/`` folders under that home). The C2DSR protocol
