@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from sequential import aggregate, merge_rows, pyplot, row  # noqa: E402
+from sequential import aggregate, merge_rows, ndcg_by_id, pyplot, row, seed_averaged_paired  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "distillation_runs.json"
@@ -105,28 +105,18 @@ def store_user_ranks(run_dirs) -> dict:
 
 def per_user_ndcg(ranks_table: dict, run_dir: str, k: int = 10) -> dict[int, float]:
     entry = ranks_table[str(run_dir)]  # KeyError: ranks of that run were never stored
-    ranks = np.asarray(entry["ranks"])
-    gain = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
-    return dict(zip(entry["users"], gain.tolist()))
+    return ndcg_by_id(entry["users"], entry["ranks"], k)
 
 
 def paired_test(ranks_table: dict, base_dirs: dict[int, str], other_dirs: dict[int, str]) -> dict:
-    from scipy import stats
-
     seeds = sorted(s for s in set(base_dirs) & set(other_dirs)
                    if str(base_dirs[s]) in ranks_table and str(other_dirs[s]) in ranks_table)
     if not seeds:
         return {}
-    a = [per_user_ndcg(ranks_table, base_dirs[s]) for s in seeds]
-    b = [per_user_ndcg(ranks_table, other_dirs[s]) for s in seeds]
-    users = sorted(set.intersection(*(set(x) for x in a + b)))
-    x = np.array([np.mean([r[u] for r in a]) for u in users])
-    y = np.array([np.mean([r[u] for r in b]) for u in users])
-    diff = y - x
-    out = {"users": len(users), "seeds": seeds, "mean_diff": float(diff.mean())}
-    out["t_p"] = float(stats.ttest_rel(y, x).pvalue) if diff.any() else 1.0
-    out["wilcoxon_p"] = float(stats.wilcoxon(y, x, zero_method="wilcox").pvalue) if np.count_nonzero(diff) else 1.0
-    return out
+    test = seed_averaged_paired([per_user_ndcg(ranks_table, base_dirs[s]) for s in seeds],
+                                [per_user_ndcg(ranks_table, other_dirs[s]) for s in seeds])
+    return {"users": test["users"], "seeds": seeds, "mean_diff": test["mean_diff"], "t_p": test["t_p"],
+            "wilcoxon_p": test["wilcoxon_p"]}
 
 
 def cmd_summarize(args) -> None:

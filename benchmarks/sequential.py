@@ -61,6 +61,28 @@ def merge_rows(path: Path, new_rows: list[dict], key=("dataset", "model", "proto
     atomic_write_json(path, rows)
 
 
+def ndcg_by_id(ids, ranks, k: int = 10) -> dict:
+    """{id: NDCG@k} from 0-based ranks of one target each (core.metrics does the maths)."""
+    from core.metrics import rank_metrics
+
+    return dict(zip(np.asarray(ids).tolist(), rank_metrics(np.asarray(ranks), [k])[f"NDCG@{k}"].tolist()))
+
+
+def seed_averaged_paired(base_runs: list[dict], other_runs: list[dict]) -> dict:
+    """Paired comparison of two models, one {id: value} per seed and model: over the ids every
+    run scored, each id's value averaged over the seeds, then Wilcoxon signed-rank and paired t
+    (``other`` minus ``base``)."""
+    from scipy import stats
+
+    ids = sorted(set.intersection(*(set(r) for r in base_runs + other_runs)))
+    x = np.mean([[r[i] for i in ids] for r in base_runs], axis=0)
+    y = np.mean([[r[i] for i in ids] for r in other_runs], axis=0)
+    diff = y - x
+    return {"users": len(ids), "mean_diff": float(diff.mean()),
+            "t_p": float(stats.ttest_rel(y, x).pvalue) if diff.any() else 1.0,
+            "wilcoxon_p": float(stats.wilcoxon(y, x, zero_method="wilcox").pvalue) if np.count_nonzero(diff) else 1.0}
+
+
 def row(dataset, model, protocol, metric, value, std=0.0, seeds=None, command="", **extra) -> dict:
     return {"dataset": dataset, "model": model, "protocol": protocol, "metric": metric, "value": value, "std": std,
             "seeds": seeds or [], "device": machine(), "command": command, **extra}

@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sequential import aggregate, merge_rows, pyplot, row  # noqa: E402
+from sequential import aggregate, merge_rows, ndcg_by_id, pyplot, row, seed_averaged_paired  # noqa: E402
 from core.train import mean_epoch_seconds  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -234,31 +234,24 @@ def line_ndcg(target: str, seed: int, variant: str) -> dict[int, float] | None:
     if not path.is_file():
         return None
     z = np.load(path)
-    gain = np.where(z["ranks"] < 10, 100.0 / np.log2(z["ranks"] + 2.0), 0.0)
-    return dict(zip(z["lines"].tolist(), gain.tolist()))
+    return {line: 100 * v for line, v in ndcg_by_id(z["lines"], z["ranks"]).items()}
 
 
 def paired_tests() -> list[dict]:
-    from scipy import stats
-
     rows = []
     for t, ds in TARGETS.items():
         for variant, baselines in PAIRED.items():
             for base in baselines:
                 pairs = {s: (line_ndcg(t, s, variant), line_ndcg(t, s, base)) for s in (1, 2, 3)}
-                pairs = {s: ab for s, ab in pairs.items() if ab[0] is not None and ab[1] is not None}
-                if not pairs:
+                seeds = sorted(s for s, (a, b) in pairs.items() if a is not None and b is not None)
+                if not seeds:
                     continue
-                lines_ = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs.values())))
-                a = np.array([np.mean([pairs[s][0][x] for s in pairs]) for x in lines_])
-                b = np.array([np.mean([pairs[s][1][x] for s in pairs]) for x in lines_])
-                diff = a - b
-                p = float(stats.wilcoxon(a, b).pvalue) if np.count_nonzero(diff) else 1.0
+                test = seed_averaged_paired([pairs[s][1] for s in seeds], [pairs[s][0] for s in seeds])
                 per_seed = [float(np.mean(list(pairs[s][0].values())) - np.mean(list(pairs[s][1].values())))
-                            for s in sorted(pairs)]
-                rows.append(row(ds, VARIANTS[variant][0], "sampled-999", "paired_wilcoxon_p_NDCG@10", p,
-                                seeds=sorted(pairs), vs=VARIANTS[base][0], lines=len(lines_),
-                                mean_diff=float(diff.mean()), per_seed_diff=per_seed,
+                            for s in seeds]
+                rows.append(row(ds, VARIANTS[variant][0], "sampled-999", "paired_wilcoxon_p_NDCG@10",
+                                test["wilcoxon_p"], seeds=seeds, vs=VARIANTS[base][0], lines=test["users"],
+                                mean_diff=test["mean_diff"], per_seed_diff=per_seed,
                                 command="python benchmarks/trigrec.py summarize"))
     return rows
 
