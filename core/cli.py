@@ -1,6 +1,6 @@
 """The common command-line front of every entry point.
 
-``add_common_args`` gives ``--config``, ``--override``, ``--device`` and ``--seed``;
+``add_common_args`` gives ``--config``, ``--override``, ``--device``, ``--seed`` and ``--threads``;
 ``run(main)`` turns a ``UserError`` into one ``error: ...`` line and exit code 2, so users
 never see a traceback for a problem they can fix.
 """
@@ -30,6 +30,8 @@ def add_common_args(parser: argparse.ArgumentParser, config_required: bool = Fal
                              "(lists in brackets keep their commas); may be repeated")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (overrides the config)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (training.threads; default: all cores)")
 
 
 def cli_overrides(args: argparse.Namespace) -> str:
@@ -39,6 +41,8 @@ def cli_overrides(args: argparse.Namespace) -> str:
         parts.append(f"device={args.device}")
     if getattr(args, "seed", None) is not None:
         parts.append(f"seed={args.seed}")
+    if getattr(args, "threads", None) is not None:
+        parts.append(f"training.threads={args.threads}")
     return ",".join(parts)
 
 

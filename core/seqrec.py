@@ -22,7 +22,7 @@ from core.dist import dist_info, init_distributed, is_main
 from core.errors import ConfigError, DataError
 from core.evaluation import Evaluator, popularity_score_fn
 from core.models import build_model
-from core.train import TrainConfig, fit, prepare_out_dir
+from core.train import TrainConfig, fit, prepare_out_dir, set_threads
 
 SYNTHETIC_NAMES = ("synthetic", "synthetic-a", "synthetic-b")
 PREPARE_HINTS = {
@@ -194,6 +194,7 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_tra
     """
     device = resolve_device(cfg.device)
     init_distributed(device)
+    set_threads(cfg.training.threads)  # before data and evaluation, not only the fit loop
     if not is_main():
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for all ranks
     seed_everything(cfg.seed)
@@ -242,7 +243,7 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_tra
     popularity = test_eval.run(popularity_score_fn(split))
     results = {
         "dataset": dataset_name, "model": cfg.model.model_type, "run_dir": str(out_dir),
-        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2), "threads": result.threads,
         "stopped": result.stopped, "valid": result.best_valid, "test": test, "popularity_test": popularity,
         **info,
     }

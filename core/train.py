@@ -1,7 +1,8 @@
 """The one fit loop every pipeline uses.
 
 - AMP on CUDA by default (bf16 where supported, else fp16 with a grad scaler); ``USE_AMP=0``
-  or ``amp: false`` turns it off. CPU runs in fp32.
+  or ``amp: false`` turns it off. CPU runs in fp32 (bf16 autocast with ``cpu_bf16: true``).
+- ``threads``: torch's CPU thread count, set here and recorded in every run's results.
 - torchrun: detected from the environment; the loss module is wrapped in DDP, each rank
   takes a ``DistributedSampler`` shard of the training rows, rank 0 writes every file, and
   losses/metrics are reduced across ranks.
@@ -51,11 +52,13 @@ class TrainConfig:
     patience: int = 10  # evaluations without improvement before stopping; 0 = never stop early
     metric: str = "NDCG@10"  # validation metric that picks the best checkpoint
     amp: bool = True  # CUDA only; USE_AMP=0 in the environment also disables it
+    cpu_bf16: bool = False  # bf16 autocast of training steps on CPU (evaluation stays fp32); see benchmarks/README.md
     resume: bool = False
     max_steps_per_epoch: int = 0  # 0 = a full pass; >0 caps batches per epoch (smoke runs)
     time_budget_s: float = 0.0  # 0 = none; else stop after the epoch that crosses it
     length_buckets: bool = True  # batch users of similar length together (less padding)
     save_checkpoints: bool = True  # last.pt after every epoch (needed for resume); best.pt is always kept
+    threads: int = 0  # CPU threads of torch's intra-op pool; 0 = torch's default (all cores); --threads N sets it
 
     def __post_init__(self) -> None:
         from core.errors import ConfigError
@@ -64,6 +67,8 @@ class TrainConfig:
             raise ConfigError("training.epochs, batch_size and eval_every must be >= 1")
         if self.learning_rate <= 0:
             raise ConfigError("training.learning_rate must be > 0")
+        if self.threads < 0:
+            raise ConfigError(f"training.threads must be >= 0 (0 = all cores), got {self.threads}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"training.lr_schedule {self.lr_schedule!r} is not constant or cosine")
 
@@ -126,8 +131,14 @@ def _default_loss(model, batch, generator):
     return model.training_loss(batch, generator)
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    if not enabled or device.type != "cuda" or os.environ.get("USE_AMP", "1") == "0":
+def amp_dtype(device: torch.device, enabled: bool, cpu_bf16: bool = False) -> torch.dtype | None:
+    """The autocast dtype of training steps, or None for fp32. On CPU only with ``cpu_bf16``:
+    bf16 matmuls pay off on CPUs with bf16 instructions (AVX512-BF16, AMX) and cost elsewhere."""
+    if os.environ.get("USE_AMP", "1") == "0":
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_bf16 else None
+    if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
@@ -163,6 +174,15 @@ class FitResult:
     epochs_run: int
     seconds: float
     stopped: str
+    threads: int = 1  # torch CPU threads the run trained with
+
+
+def set_threads(threads: int) -> int:
+    """Obey ``training.threads`` (0 = leave torch's default) and return the count in force, which
+    every run records: a time figure means little without it."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def fit(
@@ -187,6 +207,7 @@ def fit(
     written (so a resumed run never skips it), e.g. to save periodic snapshots.
     """
     rank, world, _ = dist_info()
+    set_threads(cfg.threads)
     out_dir = Path(out_dir)
     model.to(device)
     generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
@@ -220,7 +241,7 @@ def fit(
         return 1.0
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    dtype = amp_dtype(device, cfg.amp)
+    dtype = amp_dtype(device, cfg.amp, cfg.cpu_bf16)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     if world > 1:
@@ -371,7 +392,7 @@ def fit(
             for t in model.state_dict().values():
                 dist.broadcast(t, 0)
     log(f"best {cfg.metric} {best_metric:.4f} at epoch {best_epoch} ({stopped}; {seconds:.1f}s)")
-    return FitResult(best_epoch, best_metric, best_valid, epoch + 1, seconds, stopped)
+    return FitResult(best_epoch, best_metric, best_valid, epoch + 1, seconds, stopped, torch.get_num_threads())
 
 
 def _from_rank0(value):

@@ -76,7 +76,7 @@ def _fit(cfg, model, rows, validate, out: Path, device, log, meta: dict, loss_fn
                  loss_fn=loss_fn, log=log)
     model.eval()
     return {"run_dir": str(out), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "train_seconds": round(result.seconds, 2), "sec_per_epoch": mean_epoch_seconds(out), "stopped": result.stopped,
+            "train_seconds": round(result.seconds, 2), "threads": result.threads, "sec_per_epoch": mean_epoch_seconds(out), "stopped": result.stopped,
             "valid": result.best_valid}
 
 

@@ -65,6 +65,7 @@ class TrainSection:
     amp: bool = True  # CUDA only; USE_AMP=0 also turns it off
     device: str = "auto"
     seed: int = 42
+    threads: int = 0  # CPU threads for torch; 0 = all cores (the same key as training.threads elsewhere)
     log_every: int = 10  # steps between metrics.jsonl lines
     save_every: int = 0  # > 0: write <out>/train/last.pt (trained weights, optimizer, RNG) every N steps
     resume: bool = False  # continue from last.pt exactly (same data and settings)
@@ -132,7 +133,8 @@ class TrainStage:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     ALIASES: ClassVar[dict] = {**{a: f"data.{t}" for a, t in DataSection.ALIASES.items()},
-                               **{a: f"train.{t}" for a, t in TrainSection.ALIASES.items()}}
+                               **{a: f"train.{t}" for a, t in TrainSection.ALIASES.items()},
+                               "training.threads": "train.threads"}  # what --threads writes in every entry point
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ def parse_args(argv, stage: str, description: str):
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     if stage == "train":
         parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (train.threads)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

@@ -33,7 +33,7 @@ from core.dist import all_reduce_mean, barrier, init_distributed, is_main
 from core.errors import CheckpointError, ConfigError, DataError
 from core.store import append_jsonl, atomic_write_json
 from core.text import load_text_encoder
-from core.train import amp_dtype, gather_rng_states, kill_hook, rng_state, set_rng_state, truncate_log
+from core.train import amp_dtype, gather_rng_states, kill_hook, rng_state, set_rng_state, set_threads, truncate_log
 
 META_FILE = "persona_training.json"  # written beside a trained model: how it was trained
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
@@ -207,6 +207,7 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
     items = [_as_pair(p) for p in pairs]
     device = resolve_device(cfg.device)
     rank, world, _ = init_distributed(device)
+    set_threads(cfg.threads)
     per_rank = len(items) // world
     if per_rank < 2:
         raise DataError(f"{len(items)} training pairs for {world} process(es): in-batch negatives need at least 2 per process")

@@ -159,7 +159,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
                           sample_seed=cfg.eval.sample_seed, batch_size=cfg.eval.batch_size, device=device)
     results = {
         "domain": domain, "target": cfg.data.target, "run_dir": str(out), "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
+        "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2), "threads": result.threads,
         "sec_per_epoch": mean_epoch_seconds(out), "valid": result.best_valid,
         "test_full": test_full.run(full_score_fn(model)), "popularity_full": test_full.run(popularity_score_fn(split)),
         "spe_emb_path": spe_path, "cross_emb_path": cross_path, "shuffled": perm is not None,

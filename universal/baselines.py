@@ -141,5 +141,5 @@ def train_mf(split: Holdout, settings: MFSettings, out_dir: str | Path, *, seed:
     model.eval()
     test = split.evals["test"].run(model.score_fn())
     return {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped": result.stopped,
-            "train_seconds": round(result.seconds, 2), "valid": result.best_valid, "test": test,
+            "train_seconds": round(result.seconds, 2), "threads": result.threads, "valid": result.best_valid, "test": test,
             "settings": asdict(settings), "run_dir": str(out)}

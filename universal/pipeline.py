@@ -201,7 +201,7 @@ class Pipeline:
         report = {
             "dataset": name, "data": str(data.source), "run_dir": str(out), "checkpoint": str(out / "best.pt"),
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped": result.stopped,
-            "train_seconds": round(result.seconds, 2), "seconds": round(time.perf_counter() - t0, 2),
+            "train_seconds": round(result.seconds, 2), "threads": result.threads, "seconds": round(time.perf_counter() - t0, 2),
             "counts": {"users": data.n_users, "items": data.n_items, "interactions": int(len(part)),
                        "train": int(train.sum()), "valid": int((part == 1).sum()), "test": int((part == 2).sum()),
                        "valid_users": len(evals["valid"]), "test_users": len(evals["test"])},

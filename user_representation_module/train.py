@@ -83,7 +83,7 @@ def train_representations(cfg: RepConfig, log=print) -> dict:
                  loss_fn=loss_fn, on_epoch_end=save_parts)
     saved = saved_epochs(out, "cross")
     results = {"domain": domain, "target": cfg.data.target, "rep_dir": str(out), "epochs_run": result.epochs_run,
-               "train_seconds": round(result.seconds, 2),
+               "train_seconds": round(result.seconds, 2), "threads": result.threads,
                "sec_per_epoch": mean_epoch_seconds(out),
                "best_epoch": result.best_epoch, "valid": result.best_valid, "saved_epochs": saved,
                "users": len(train_data)}

@@ -1,0 +1,140 @@
+"""The training recipes of SASRec / BERT4Rec: loss identities, padding, the thread key, configs."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.config import load_config
+from core.models import build_model
+from core.models.sampled_softmax import draw_negatives, sampled_softmax_loss
+from core.store import REPO_ROOT
+from core.train import set_threads
+
+
+def test_sampled_softmax_with_every_item_as_negative_equals_full_softmax():
+    """Every item drawn once: the log-Q correction (log of one expected draw) is 0 and, with the
+    positive's own draw masked as an accidental hit, the loss is the catalog's softmax exactly."""
+    torch.manual_seed(0)
+    n_items, rows = 30, 7
+    h = torch.randn(rows, 8)
+    emb = torch.randn(n_items + 1, 8)
+    pos = torch.randint(1, n_items + 1, (rows,))
+    logits = h @ emb.T
+    full = F.cross_entropy(logits[:, 1:], pos - 1)
+    negs = torch.arange(1, n_items + 1)
+    # draws of items in proportion to p, num times: expected count num * p = 1 for each when p = 1/n, num = n
+    logq = torch.log(torch.full((n_items,), n_items * (1.0 / n_items)))
+    for q in (None, logq):
+        got = sampled_softmax_loss(logits.gather(1, pos.view(-1, 1)), logits[:, negs], pos, negs, q)
+        assert got.item() == pytest.approx(full.item(), rel=1e-6)
+    # the in-batch sampler's law is corrected by the same rule: shares of the batch's targets
+    batch_pos = torch.tensor([1, 1, 2, 3])
+    _, logq_ib = draw_negatives("in_batch", 4, n_items, batch_pos, torch.Generator().manual_seed(0))
+    expected = {1: math.log(4 * 0.5), 2: math.log(4 * 0.25), 3: math.log(4 * 0.25)}
+    negs_ib, logq_ib = draw_negatives("in_batch", 4, n_items, batch_pos, torch.Generator().manual_seed(0))
+    for item, lq in zip(negs_ib.tolist(), logq_ib.tolist()):
+        assert lq == pytest.approx(expected[item])
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax"])
+def test_padding_positions_add_no_loss(kind, loss):
+    """Left padding (id 0 in input and target) changes neither the loss nor its gradient."""
+    torch.manual_seed(1)
+    model = build_model(kind, n_items=40, maxlen=12, hidden_units=16, num_blocks=1, num_heads=2, dropout_rate=0.0,
+                        loss=loss, num_negatives=16)
+    model.eval()  # no dropout: two forward passes must agree exactly
+    inputs = torch.tensor([[0, 3, 5, 7, 9], [0, 0, 0, 2, 4]])
+    targets = torch.tensor([[0, 5, 7, 9, 11], [0, 0, 0, 4, 6]])
+    if kind == "bert4rec":  # cloze: targets only at masked positions
+        mask = model.mask_token
+        inputs = torch.tensor([[0, 3, mask, 7, mask], [0, 0, 0, mask, 4]])
+        targets = torch.tensor([[0, 0, 5, 0, 9], [0, 0, 0, 2, 0]])
+    pad = torch.zeros(2, 4, dtype=torch.long)
+    losses, grads = [], []
+    for extra in (0, 4):
+        model.zero_grad()
+        batch = {"input": torch.cat([pad[:, :extra], inputs], 1), "target": torch.cat([pad[:, :extra], targets], 1)}
+        loss_value = model.training_loss(batch, torch.Generator().manual_seed(3))
+        loss_value.backward()
+        losses.append(loss_value.item())
+        grads.append(model.item_emb.weight.grad.clone())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    # and the loss counts exactly the real target positions: a padding target would change it
+    model.zero_grad()
+    if loss == "ce":
+        h = model.project(model(inputs))
+        sel = targets > 0
+        hand = F.cross_entropy(model.logits_all(h[sel]), targets[sel])
+        assert losses[0] == pytest.approx(hand.item(), rel=1e-5)
+
+
+def test_set_threads_is_obeyed_in_process():
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_threads(0) == 1  # 0 leaves the count as it is
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_flag_is_obeyed_and_recorded(tmp_path):
+    """``--threads 1`` (= ``training.threads=1``) reaches torch and lands in results.json and config.yaml."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["RECSYS_HOME"] = str(tmp_path)
+    over = f"device=cpu,data.data_root={tmp_path / 'data'},training.epochs=1,run_name=threads,eval.sampled=[]"
+    proc = subprocess.run([sys.executable, "-m", "distillation.training", "--threads", "1", "--override", over],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "distillation" / "synthetic-a" / "threads"
+    assert json.loads((run / "results.json").read_text())["threads"] == 1
+    assert "threads: 1" in (run / "config.yaml").read_text()
+
+
+def test_negative_threads_is_one_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "distillation.training", "--threads", "-1"], cwd=REPO_ROOT,
+                          env={**os.environ, "RECSYS_HOME": str(tmp_path)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "training.threads" in proc.stderr
+
+
+RECIPES = sorted((REPO_ROOT / "configs" / "distillation").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_recipe_configs_load(path):
+    from core.seqrec import SeqRecConfig
+    from distillation.config import DistillConfig
+
+    cls = DistillConfig if path.parent.name.endswith("_llm") else SeqRecConfig
+    cfg = load_config(cls, path)
+    assert cfg.model.model_type in ("sasrec", "bert4rec")
+    assert path.read_text().startswith("#")  # every config opens with the command that runs it
+
+
+PIPELINE_CONFIGS = [
+    ("core.seqrec", "SeqRecConfig", "configs/distillation/sasrec/beauty.yaml"),
+    ("distillation.config", "DistillConfig", "configs/distillation/sasrec_llm/ml-100k.yaml"),
+    ("cross_domain.config", "CrossDomainConfig", "configs/cross_domain/food.yaml"),
+    ("user_representation_module.config", "RepConfig", "configs/trigrec/rep/food.yaml"),
+    ("recommendation_model.config", "RecConfig", "configs/trigrec/rec/food.yaml"),
+]
+
+
+@pytest.mark.parametrize("module,cls_name,path", PIPELINE_CONFIGS, ids=lambda v: str(v).split("/")[-1])
+def test_every_sequential_pipeline_takes_the_same_loss_keys(module, cls_name, path):
+    import importlib
+
+    cls = getattr(importlib.import_module(module), cls_name)
+    cfg = load_config(cls, REPO_ROOT / path, "model.loss=sampled_softmax,model.num_negatives=512,"
+                                             "model.negative_sampler=popularity,training.threads=1")
+    assert (cfg.model.loss, cfg.model.num_negatives, cfg.model.negative_sampler) == ("sampled_softmax", 512, "popularity")
+    assert cfg.training.threads == 1
