@@ -68,17 +68,66 @@ class Space:
     spec: dict  # the raw params, stored in the study to refuse a changed space on resume
 
 
+def _read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def _distribution(p, where: str, bad):
+    """One ``params:`` entry -> an Optuna distribution."""
+    if not isinstance(p, dict):
+        raise bad(where, f"expected {{type: float|int|categorical, ...}}, got {p!r}")
+    kind = p.get("type")
+    if kind not in ("float", "int", "categorical"):
+        raise bad(f"{where}.type", f"{kind!r} is not one of float, int, categorical")
+    allowed = ("type", "choices") if kind == "categorical" else ("type", "low", "high", "log", "step")
+    for k in p:
+        if k not in allowed:
+            raise bad(f"{where}.{k}", f"unknown key for type {kind} (use {', '.join(allowed)})")
+    if kind == "categorical":
+        choices = p.get("choices")
+        if not isinstance(choices, list) or not choices or \
+                not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+            raise bad(f"{where}.choices", "expected a non-empty list of numbers, strings or booleans")
+        return CategoricalDistribution(choices)
+    values = {}
+    for k in ("low", "high", "step"):
+        v = p.get(k)
+        if kind == "float" and isinstance(v, str):  # YAML 1.1 reads 1e-4 (no dot) as text
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        ok = isinstance(v, int) if kind == "int" else isinstance(v, (int, float)) and math.isfinite(v)
+        if not (ok and not isinstance(v, bool)) and (v is not None or k != "step"):
+            raise bad(f"{where}.{k}", f"expected {'an integer' if kind == 'int' else 'a number'}, got {v!r}")
+        values[k] = v
+    low, high, step, log = values["low"], values["high"], values["step"], p.get("log", False)
+    if not isinstance(log, bool):
+        raise bad(f"{where}.log", f"expected true or false, got {log!r}")
+    if low > high:
+        raise bad(f"{where}.low", f"low ({low}) > high ({high})")
+    if log and low <= 0:
+        raise bad(f"{where}.low", f"log scale needs low > 0, got {low}")
+    if step is not None and (step <= 0 or log):
+        raise bad(f"{where}.step", "must be > 0 and cannot be combined with log: true")
+    if kind == "int":
+        return IntDistribution(low, high, log=log, step=step or 1)
+    return FloatDistribution(float(low), float(high), log=log, step=step)
+
+
 def load_space(path: Path) -> Space:
     """Read and strictly validate a search-space file; every problem is one line naming file and key."""
     def bad(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{path}: {key}: {msg}")
 
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(raw, dict) or not raw.get("params"):
-        raise bad("params", "missing; a search space needs a params: mapping of key -> {type: ...}")
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict) or not raw["params"]:
+        raise bad("params", "needs a non-empty mapping {key: {type: float|int|categorical, ...}}")
     for key in raw:
         if key not in ("metric", "sampler", "pruner", "fixed", "params"):
             raise bad(str(key), "unknown top-level key (use metric, sampler, pruner, fixed, params)")
@@ -94,6 +143,13 @@ def load_space(path: Path) -> Space:
                 raise bad(f"{name}.{k}", f"expected an integer >= 0, got {v!r}")
         return {**defaults, **value}
 
+    def check_key(where: str, key) -> str:
+        if not isinstance(key, str) or not KEY.match(key):
+            raise bad(f"{where}.{key}", "not a config key (letters, digits, _ and dots)")
+        if key in RESERVED:
+            raise bad(f"{where}.{key}", "is set by the tuner for every trial")
+        return key
+
     metric = raw.get("metric", "NDCG@10")
     if not isinstance(metric, str) or not metric:
         raise bad("metric", f"expected a metric name such as NDCG@10, got {metric!r}")
@@ -103,62 +159,15 @@ def load_space(path: Path) -> Space:
         raise bad("pruner.type", f"{pr['type']!r} is not median or none")
     pruner = (optuna.pruners.NopPruner() if pr["type"] == "none" else
               optuna.pruners.MedianPruner(n_startup_trials=pr["startup_trials"], n_warmup_steps=pr["warmup_epochs"]))
-
-    def check_key(where: str, key) -> str:
-        if not isinstance(key, str) or not KEY.match(key):
-            raise bad(f"{where}.{key}", "not a config key (letters, digits, _ and dots)")
-        if key in RESERVED:
-            raise bad(f"{where}.{key}", "is set by the tuner for every trial")
-        return key
-
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise bad("fixed", f"expected a mapping of key: value, got {fixed!r}")
     fixed = {check_key("fixed", k): v for k, v in fixed.items()}
-    if not isinstance(raw["params"], dict):
-        raise bad("params", "expected a mapping of key -> {type: float|int|categorical, ...}")
     params = {}
     for name, p in raw["params"].items():
-        where = f"params.{check_key('params', name)}"
-        if name in fixed:
-            raise bad(where, "is also under fixed; give it in one place")
-        if not isinstance(p, dict):
-            raise bad(where, f"expected {{type: float|int|categorical, ...}}, got {p!r}")
-        kind = p.get("type")
-        allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log", "step"}
-        if kind not in ("float", "int", "categorical"):
-            raise bad(f"{where}.type", f"{kind!r} is not one of float, int, categorical")
-        for k in p:
-            if k not in allowed:
-                raise bad(f"{where}.{k}", f"unknown key for type {kind} (use {', '.join(sorted(allowed))})")
-        if kind == "categorical":
-            choices = p.get("choices")
-            if not isinstance(choices, list) or not choices or \
-                    not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
-                raise bad(f"{where}.choices", "expected a non-empty list of numbers, strings or booleans")
-            params[name] = CategoricalDistribution(choices)
-            continue
-        num = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else \
-            (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
-        for k in ("low", "high") + (("step",) if "step" in p else ()):
-            if isinstance(p.get(k), str) and kind == "float":  # YAML 1.1 reads 1e-4 (no dot) as text
-                try:
-                    p[k] = float(p[k])
-                except ValueError:
-                    pass
-            if not num(p.get(k)):
-                raise bad(f"{where}.{k}", f"expected {'an integer' if kind == 'int' else 'a number'}, got {p.get(k)!r}")
-        low, high, log, step = p["low"], p["high"], p.get("log", False), p.get("step")
-        if not isinstance(log, bool):
-            raise bad(f"{where}.log", f"expected true or false, got {log!r}")
-        if low > high:
-            raise bad(f"{where}.low", f"low ({low}) > high ({high})")
-        if log and low <= 0:
-            raise bad(f"{where}.low", f"log scale needs low > 0, got {low}")
-        if step is not None and (step <= 0 or log):
-            raise bad(f"{where}.step", "must be > 0 and cannot be combined with log: true")
-        params[name] = (IntDistribution(low, high, log=log, step=step or 1) if kind == "int"
-                        else FloatDistribution(float(low), float(high), log=log, step=step))
+        if check_key("params", name) in fixed:
+            raise bad(f"params.{name}", "is also under fixed; give it in one place")
+        params[name] = _distribution(p, f"params.{name}", bad)
     return Space(metric, sampler["startup_trials"], pruner, fixed, params, raw["params"])
 
 
@@ -207,11 +216,7 @@ def _user_home(config: Path, overrides: list[tuple[str, object]]) -> str:
             yield str(k), v
             yield from walk(v)
 
-    try:
-        pairs = list(walk(yaml.safe_load(config.read_text(encoding="utf-8"))))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    for key, value in pairs + list(overrides):
+    for key, value in list(walk(_read_yaml(config))) + list(overrides):
         if key.rsplit(".", 1)[-1] in ("home", "model_dir") and not isinstance(value, dict):
             home = str(value or "")
     return home
@@ -319,8 +324,9 @@ def write_outputs(study, space: Space, study_dir: Path, root: Path, entry: str, 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         value = "" if r["value"] is None else f"{r['value']:.4f}"
-        lines.append("| " + " | ".join([str(r["number"]), r["state"], value, *(_short(r["params"].get(p)) for p in space.params),
-                                        _short(r["minutes"]), r["run_dir"]]) + " |")
+        cells = [str(r["number"]), r["state"], value, *(_short(r["params"].get(p)) for p in space.params),
+                 _short(r["minutes"]), r["run_dir"]]
+        lines.append("| " + " | ".join(cells) + " |")
     store.atomic_write_text(study_dir / "trials.md", "\n".join(lines) + "\n")
     done = [r for r in rows if r["state"] == "COMPLETE" and (root / r["run_dir"] / "config.yaml").is_file()]
     if done:
