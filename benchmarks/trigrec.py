@@ -18,6 +18,7 @@ an interrupted ``stage1`` resumes with ``--override training.resume=true``:
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant leakfree_spe_other
     python benchmarks/trigrec.py stage2 --target food --seed 1 --override EPOCH_TO_LOAD=10 --tag ep10
     python benchmarks/trigrec.py stage2 --target food --seed 1 --variant cross --ranks-only  # older runs
+    python benchmarks/trigrec.py stage1-loss --target food --epochs 2          # full vs sampled softmax
     python benchmarks/trigrec.py summarize                                     # + paired Wilcoxon tests
 
 Each seed's stage-1 tree lives in ``state_dict/bench/trigrec/<target>/seed<N>[-nogrl]/`` (the
@@ -111,6 +112,30 @@ def cmd_stage1(args) -> None:
     merge_rows(RUNS_FILE, rows)
     print(f"stage 1 {args.target} seed {args.seed}{suffix}: {sec:.1f}s/epoch, "
           f"discriminator accuracy {metrics[-1].get('disc_acc'):.3f} at the last epoch")
+
+
+def cmd_stage1_loss(args) -> None:
+    """Stage 1 trained with the full softmax over the catalog (``model.loss=ce``) and with the
+    shipped sampled softmax, one after the other in this call (same machine, same load): seconds
+    per epoch and the target's validation NDCG@10 after ``--epochs`` epochs, for both."""
+    config = f"configs/trigrec/rep/{args.target}.yaml"
+    rows = []
+    for loss in ("ce", "sampled_softmax"):
+        h = home(args.target, args.seed, f"-loss-{loss}-{args.epochs}ep")
+        over = (f"seed={args.seed},home={rel(h)},model.loss={loss},training.epochs={args.epochs},"
+                f"training.eval_every={args.epochs},save_every={args.epochs}" + (f",{args.override}" if args.override else ""))
+        _run("user_representation_module.train", config, over)
+        metrics = [json.loads(x) for x in (h / "rep" / args.target / "metrics.jsonl").read_text().splitlines()]
+        command = f"python benchmarks/trigrec.py stage1-loss --target {args.target} --seed {args.seed} --epochs {args.epochs}"
+        name = f"trigrec-stage1-{loss}"
+        threads = json.loads((h / "rep" / args.target / "results.json").read_text()).get("threads")
+        rows += [row(TARGETS[args.target], name, "full", "sec_per_epoch", mean_epoch_seconds(h / "rep" / args.target),
+                     seeds=[args.seed], command=command, threads=threads, epochs=args.epochs),
+                 row(TARGETS[args.target], name, "full", f"valid NDCG@10 (epoch {args.epochs})",
+                     100 * metrics[-1]["valid"]["NDCG@10"], seeds=[args.seed], command=command, unit="%")]
+    merge_rows(RUNS_FILE, rows)
+    for r in rows:
+        print(f"{r['model']:28s} {r['metric']:26s} {r['value']:.3f}")
 
 
 def ensure_export(h: Path, args, code: str, holdout: int = 0) -> None:
@@ -299,9 +324,14 @@ def main() -> None:
             s.add_argument("--tag", default="", help="suffix of the row and run name for a variant with --override")
             s.add_argument("--ranks-only", action="store_true",
                            help="write the per-line C2DSR test ranks of a finished run (eval_only), no rows")
+    s = sub.add_parser("stage1-loss", help="stage 1 with full vs sampled softmax: time per epoch, validation")
+    s.add_argument("--target", choices=sorted(TARGETS), required=True)
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--epochs", type=int, default=2)
+    s.add_argument("--override", default="")
     sub.add_parser("summarize")
     args = p.parse_args()
-    {"stage1": cmd_stage1, "stage2": cmd_stage2, "summarize": cmd_summarize}[args.cmd](args)
+    {"stage1": cmd_stage1, "stage2": cmd_stage2, "stage1-loss": cmd_stage1_loss, "summarize": cmd_summarize}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,22 @@ def test_chunked_metrics_equal_unchunked(large, kind):
             assert got[k] == pytest.approx(ref[k], abs=1e-12), (chunk, k)
 
 
+def test_score_budget_splits_batches_without_changing_metrics(large):
+    """The evaluator's score budget (users x catalog per scoring batch) changes batching only:
+    every metric, the sampled protocol's negatives included, stays what one big batch gives."""
+    split = leave_one_out(SequenceData.load(large))
+    torch.manual_seed(0)
+    model = build_model("sasrec", n_items=split.data.n_items, maxlen=20, hidden_units=16, num_blocks=1, num_heads=1).eval()
+    small = Evaluator(split, "test", 20, sampled=(50,), max_users=600, batch_size=256, score_budget=20_001 * 7)
+    assert small.score_users == 7 and max(len(b) for b in small._scoring_batches()) == 7  # 20,000 items + padding
+    ref = Evaluator(split, "test", 20, sampled=(50,), max_users=600, batch_size=256, score_budget=1 << 40).run(
+        model_score_fn(model))
+    got = small.run(model_score_fn(model))
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], abs=1e-12), k
+
+
 def test_chunked_metrics_with_ties_and_history(large):
     """The popularity baseline (integer scores, a plain ScoreFn) and a constant scorer (all
     ties, which must rank the target last among the non-history items)."""
