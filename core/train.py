@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -59,6 +60,7 @@ class TrainConfig:
     length_buckets: bool = True  # batch users of similar length together (less padding)
     save_checkpoints: bool = True  # last.pt after every epoch (needed for resume); best.pt is always kept
     threads: int = 0  # CPU threads of torch's intra-op pool; 0 = torch's default (all cores); --threads N sets it
+    micro_batch_size: int = 0  # > 0: each batch's forward/backward in pieces of this many rows (gradient accumulation: less memory, same steps)
 
     def __post_init__(self) -> None:
         from core.errors import ConfigError
@@ -67,6 +69,8 @@ class TrainConfig:
             raise ConfigError("training.epochs, batch_size and eval_every must be >= 1")
         if self.learning_rate <= 0:
             raise ConfigError("training.learning_rate must be > 0")
+        if self.micro_batch_size < 0:
+            raise ConfigError(f"training.micro_batch_size must be >= 0 (0 = whole batches), got {self.micro_batch_size}")
         if self.threads < 0:
             raise ConfigError(f"training.threads must be >= 0 (0 = all cores), got {self.threads}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -164,6 +168,53 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     generator.set_state(state["generator"])
+
+
+def split_batch(batch: dict, rows: int) -> list[tuple[dict, float]]:
+    """A batch dict cut into pieces of at most ``rows`` rows, each with its share of the batch's
+    loss: its share of the target positions (``target > 0``) when the batch has targets, since
+    the models' losses are means over those, else its share of the rows."""
+    if rows <= 0:
+        return [(batch, 1.0)]
+    n = next((len(v) for v in batch.values() if torch.is_tensor(v)), None)
+    if n is None:  # e.g. TriGRec stage 1: one batch per view, nested
+        from core.errors import ConfigError
+
+        raise ConfigError("training.micro_batch_size: this pipeline's batches cannot be split; set it to 0")
+    if n <= rows:
+        return [(batch, 1.0)]
+    target = batch.get("target")
+    counts = (target > 0).reshape(n, -1).sum(1).float() if torch.is_tensor(target) else torch.ones(n)
+    total = float(counts.sum()) or 1.0
+    pieces = []
+    for start in range(0, n, rows):
+        piece = {k: v[start:start + rows] if torch.is_tensor(v) and v.shape[:1] == (n,) else v for k, v in batch.items()}
+        pieces.append((piece, float(counts[start:start + rows].sum()) / total))
+    return pieces
+
+
+def forward_backward(loss_module: nn.Module, batch: dict, generator, scaler, dtype, device: torch.device,
+                     micro_batch_size: int = 0) -> tuple[float, dict]:
+    """Loss and gradients of one optimizer step, ``micro_batch_size`` rows at a time when > 0
+    (gradient accumulation: activations of one piece at a time; the same loss up to the
+    negatives a sampled loss draws per piece). Returns (loss, detached parts to log)."""
+    pieces = split_batch(batch, micro_batch_size)
+    total, parts = 0.0, {}
+    for i, (piece, weight) in enumerate(pieces):
+        last = i == len(pieces) - 1
+        # DDP averages gradients at every backward; only the last piece of a step needs it
+        sync = loss_module.no_sync() if not last and hasattr(loss_module, "no_sync") else contextlib.nullcontext()
+        with sync:
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = loss_module(piece, generator)
+            if isinstance(loss, dict):  # {"loss": tensor to optimise, other names: detached parts to log}
+                for name, value in loss.items():
+                    if name != "loss":
+                        parts[name] = parts.get(name, 0.0) + weight * float(value)
+                loss = loss["loss"]
+            scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+        total += weight * loss.item()
+    return total, parts
 
 
 @dataclass
@@ -309,17 +360,12 @@ def fit(
                    dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 60.0)  # quiet in log files
         for index in bar:
             batch = train_data.get_batch(index.to(device), generator)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = loss_module(batch, generator)
-            if isinstance(loss, dict):  # {"loss": tensor to optimise, other names: detached parts to log}
-                for name, value in loss.items():
-                    if name != "loss":
-                        parts[name] = parts.get(name, 0.0) + float(value)
-                loss = loss["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            loss, step_parts = forward_backward(loss_module, batch, generator, scaler, dtype, device, cfg.micro_batch_size)
+            for name, value in step_parts.items():
+                parts[name] = parts.get(name, 0.0) + value
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at epoch {epoch + 1}; lower the learning rate")
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -327,7 +373,7 @@ def fit(
             scaler.update()
             scheduler.step()
             after_step()
-            total += loss.item()
+            total += loss
             count += 1
             if count % 10 == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)

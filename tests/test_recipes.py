@@ -138,3 +138,39 @@ def test_every_sequential_pipeline_takes_the_same_loss_keys(module, cls_name, pa
                                              "model.negative_sampler=popularity,training.threads=1")
     assert (cfg.model.loss, cfg.model.num_negatives, cfg.model.negative_sampler) == ("sampled_softmax", 512, "popularity")
     assert cfg.training.threads == 1
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])
+def test_micro_batches_give_the_whole_batch_gradient(kind):
+    """``training.micro_batch_size``: pieces weighted by their share of the target positions
+    accumulate exactly the gradient (and loss) of the whole batch under the full softmax."""
+    from core.train import _default_loss, _LossModule, forward_backward
+
+    torch.manual_seed(2)
+    model = build_model(kind, n_items=30, maxlen=8, hidden_units=16, num_blocks=1, num_heads=2, dropout_rate=0.0)
+    model.train()
+    inputs = torch.randint(1, 31, (7, 6))
+    inputs[:3, :2] = 0  # padding: rows with fewer targets weigh less
+    targets = torch.randint(1, 31, (7, 6)).masked_fill(inputs == 0, 0)
+    targets[5] = 0  # a row without targets
+    batch = {"input": inputs, "target": targets, "users": torch.arange(7)}
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    module = _LossModule(model, _default_loss)
+    results = []
+    for micro in (0, 2, 3):
+        model.zero_grad()
+        loss, _ = forward_backward(module, batch, None, scaler, None, torch.device("cpu"), micro)
+        results.append((loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    for loss, grads in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-5)
+        for g, ref in zip(grads, results[0][1]):
+            assert torch.allclose(g, ref, atol=1e-6)
+
+
+def test_micro_batch_size_refused_where_batches_cannot_split():
+    from core.errors import ConfigError
+    from core.train import split_batch
+
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        split_batch({"A": {"input": torch.zeros(4, 3)}}, 2)
+    assert split_batch({"A": {"input": torch.zeros(4, 3)}}, 0)[0][1] == 1.0
