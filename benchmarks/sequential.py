@@ -354,11 +354,14 @@ def cmd_memory(args) -> None:
     env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     subprocess.run([sys.executable, __file__, "ours-speed", "--dataset", args.dataset, "--model", args.model,
                     "--epochs", "1000", "--max-batches", str(args.batches), "--out", str(ours_json)], check=True, env=env)
-    subprocess.run([str(_recbole_python()), str(REPO / "benchmarks" / "recbole_side.py"), *_recbole_args(args, cfg),
-                    "--mode", "speed", "--epochs", "1", "--max-batches", str(args.batches), "--out", str(theirs_json)],
-                   check=True, env=env)
+    if not (args.reuse_recbole and theirs_json.is_file()):  # RecBole's peak does not depend on our side
+        subprocess.run([str(_recbole_python()), str(REPO / "benchmarks" / "recbole_side.py"), *_recbole_args(args, cfg),
+                        "--mode", "speed", "--epochs", "1", "--max-batches", str(args.batches), "--out", str(theirs_json)],
+                       check=True, env=env)
     ours, theirs = json.loads(ours_json.read_text()), json.loads(theirs_json.read_text())
     command = f"python benchmarks/sequential.py memory --dataset {args.dataset} --model {args.model} --batches {args.batches}"
+    if theirs.get("args", {}).get("max_batches") not in (None, args.batches):
+        raise SystemExit(f"{theirs_json} was measured with another --batches; run without --reuse-recbole")
     setting = (f"{args.batches} training batches of {cfg.training.batch_size} + one full evaluation per side; maxlen "
                f"{cfg.model.maxlen}, d={cfg.model.hidden_units}, RecBole default SASRec settings")
     rows = [row(args.dataset, args.model, "full", "peak_rss_mb", ours["peak_rss_mb"], command=command, setting=setting),
@@ -514,6 +517,8 @@ def main() -> None:
             s.add_argument("--max-batches", type=int, default=0, help="stop after this many batches in all")
         if name == "memory":
             s.add_argument("--batches", type=int, default=30, help="training batches on each side")
+            s.add_argument("--reuse-recbole", action="store_true",
+                           help="keep RecBole's result of an earlier run with the same --batches")
         if name == "budget":
             s.add_argument("--minutes", type=float, default=20)
             s.add_argument("--collect-only", action="store_true", help="re-read finished budget runs")
