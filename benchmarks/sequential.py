@@ -122,12 +122,18 @@ def cmd_quality(args) -> None:
     run_name = f"bench-seed{args.seed}" if args.model == "sasrec" else f"bench-{args.model}-seed{args.seed}"
     over = f"seed={args.seed},run_name={run_name}" + (f",{args.override}" if args.override else "")
     command = f"python -m distillation.training --config {config} --override \"{over}\""
+    if args.from_run:  # a finished run started by hand: its folder and the command that ran it
+        if not args.command:
+            raise SystemExit("--from-run needs --command (the exact command that trained that run)")
+        run_name, command = args.from_run, args.command
     run_dir = REPO / "state_dict" / "distillation" / args.dataset / run_name
     results = run_dir / "results.json"
+    if args.from_run and not results.is_file():
+        raise SystemExit(f"{results}: not found")
     if results.is_file() and json.loads(results.read_text())["model"] != args.model:
         raise SystemExit(f"{results} holds another model's run; refusing to overwrite it")
     wall = None
-    if not (args.collect_only and results.is_file()):
+    if not ((args.collect_only or args.from_run) and results.is_file()):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "distillation.training", "--config", config, "--override", over],
                        cwd=REPO, check=True)
@@ -220,6 +226,9 @@ def cmd_limit(args) -> None:
     from core.evaluation import Evaluator
     from core.seqrec import make_model, model_score_fn
 
+    from core.cli import keep_freed_memory
+
+    keep_freed_memory()  # what every entry point does (core.cli.run): time the allocator users get
     cfg = _load_cfg(args)
     data = SequenceData.load(REPO / "data" / args.dataset)
     split = leave_one_out(data)
@@ -230,11 +239,13 @@ def cmd_limit(args) -> None:
     w = model.item_weights().detach().clone()
     targets = torch.randint(1, data.n_items + 1, (users,))
 
+    step = ev.score_users  # the evaluator's own scoring batch: the limit gets the same memory reuse
+
     @torch.no_grad()
     def limit() -> None:
-        for start in range(0, users, cfg.eval.batch_size):
-            scores = h[start:start + cfg.eval.batch_size] @ w.T
-            t = scores.gather(1, targets[start:start + cfg.eval.batch_size].view(-1, 1))
+        for start in range(0, users, step):
+            scores = h[start:start + step] @ w.T
+            t = scores.gather(1, targets[start:start + step].view(-1, 1))
             (scores >= t).sum(1, dtype=torch.int32)
 
     ours_s, limit_s = [], []
@@ -247,7 +258,7 @@ def cmd_limit(args) -> None:
         limit_s.append(time.perf_counter() - t0)
     ours, lim = min(ours_s), min(limit_s)
     command = f"python benchmarks/sequential.py limit --dataset {args.dataset} --model {args.model}"
-    note = f"{users} users x {data.n_items + 1} items, d={dim}, batch {cfg.eval.batch_size}, {torch.get_num_threads()} threads, best of 3"
+    note = f"{users} users x {data.n_items + 1} items, d={dim}, batches of {step} users, {torch.get_num_threads()} threads, best of 3"
     rows = [row(args.dataset, args.model, "full", "sec_per_full_eval_limit", lim, command=command, setting=note),
             row(args.dataset, args.model, "full", "sec_per_full_eval_same_process", ours, command=command, setting=note),
             row(args.dataset, args.model, "full", "eval_multiple_of_limit", ours / lim, command=command, setting=note)]
@@ -508,6 +519,8 @@ def main() -> None:
         s.add_argument("--override", default="")
         if name == "quality":
             s.add_argument("--collect-only", action="store_true", help="read a finished run instead of training")
+            s.add_argument("--from-run", default="", help="collect this finished run folder (with --command)")
+            s.add_argument("--command", default="", help="the command that trained --from-run")
         if name in ("speed", "ours-speed"):
             s.add_argument("--epochs", type=int, default=2)
         if name == "speed":

@@ -3,6 +3,8 @@
 - AMP on CUDA by default (bf16 where supported, else fp16 with a grad scaler); ``USE_AMP=0``
   or ``amp: false`` turns it off. CPU runs in fp32 (bf16 autocast with ``cpu_bf16: true``).
 - ``threads``: torch's CPU thread count, set here and recorded in every run's results.
+- ``micro_batch_size``: a batch's forward/backward in pieces (gradient accumulation), for
+  memory; the optimizer steps are the batches' own.
 - torchrun: detected from the environment; the loss module is wrapped in DDP, each rank
   takes a ``DistributedSampler`` shard of the training rows, rank 0 writes every file, and
   losses/metrics are reduced across ranks.
