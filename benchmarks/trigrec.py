@@ -93,7 +93,7 @@ def cmd_stage1(args) -> None:
     suffix = "-nogrl" if args.no_grl else ""
     h = home(args.target, args.seed, suffix)
     config = f"configs/trigrec/rep/{args.target}.yaml"
-    over = ",".join(x for x in (f"seed={args.seed},home={rel(h)}", "use_grl=false" if args.no_grl else "", args.override) if x)
+    over = ",".join(x for x in (f"seed={args.seed},home={rel(h)},overwrite=true", "use_grl=false" if args.no_grl else "", args.override) if x)
     if not (args.collect_only and (h / "rep" / args.target / "results.json").is_file()):
         _run("user_representation_module.train", config, over)
         _run("user_representation_module.inference", config, over)
@@ -122,7 +122,7 @@ def cmd_stage1_loss(args) -> None:
     rows = []
     for loss in ("ce", "sampled_softmax"):
         h = home(args.target, args.seed, f"-loss-{loss}-{args.epochs}ep")
-        over = (f"seed={args.seed},home={rel(h)},model.loss={loss},training.epochs={args.epochs},"
+        over = (f"seed={args.seed},home={rel(h)},overwrite=true,model.loss={loss},training.epochs={args.epochs},"
                 f"training.eval_every={args.epochs},save_every={args.epochs}" + (f",{args.override}" if args.override else ""))
         _run("user_representation_module.train", config, over)
         metrics = [json.loads(x) for x in (h / "rep" / args.target / "metrics.jsonl").read_text().splitlines()]
@@ -162,7 +162,7 @@ def cmd_stage2(args) -> None:
     if args.tag:
         name = f"{name}-{args.tag}"
     run_name = f"bench-{args.variant}" + (f"-{args.tag}" if args.tag else "")
-    over = ",".join(x for x in (f"seed={args.seed},home={rel(h)},run_name={run_name}", over_v, args.override) if x)
+    over = ",".join(x for x in (f"seed={args.seed},home={rel(h)},run_name={run_name},overwrite=true", over_v, args.override) if x)
     out = h / "rec" / args.target / run_name
     code = "A" if args.target == "food" else "B"
     if args.variant in OTHER_SPE:

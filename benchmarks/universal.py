@@ -177,7 +177,7 @@ def cmd_run(args) -> None:
                         command=command, unit="s", **extra))
     else:
         config = spec["attention"] if args.model == "universal-attention" else spec["simple"]
-        over = [f"seed={args.seed}", f"run_name=bench-{args.model}-seed{args.seed}", f"device={args.device}"]
+        over = [f"seed={args.seed}", f"run_name=bench-{args.model}-seed{args.seed}", "overwrite=true", f"device={args.device}"]
         if args.model == "universal-attention" and spec["attention_overrides"]:
             over.append(spec["attention_overrides"])
         if args.model.startswith("universal-simple-no-"):

@@ -7,6 +7,12 @@ Candidates: one JSON object per user, ``{"user_id": U, "results": [{"item_id": I
 ``{"user_id": U, "item_id": I}`` or ``{"user_id": U, "item_ids": [...]}``; several lines per
 user add up. A placeholder id ``[PAD]`` keeps its slot and counts as a miss. A user with ground truth but no list
 counts as all misses and is reported.
+
+Repeated items: a ranked list holds each item once. A file whose list names an item twice is
+refused with its file:line (``--repeats keep-first`` reads it anyway). Whatever the input,
+``candidate_metrics`` counts an item at its first position only; a later copy keeps its slot
+as a miss, like ``[PAD]``, so a repeat never raises a metric (Recall and NDCG stay <= 1) and
+later items keep their rank. Files are read as UTF-8, with or without a byte-order mark.
 """
 from __future__ import annotations
 
@@ -18,17 +24,24 @@ import torch
 from core.cli import run
 from core.data.jsonl import iter_jsonl, require
 from core.errors import DataError
-from core.metrics import MetricAccumulator, list_metrics
+from core.metrics import MetricAccumulator, first_hits, list_metrics
 
 PLACEHOLDERS = {"[PAD]", None, ""}
+REPEATS = ("error", "keep-first")
 
 
-def read_candidates(path: str | Path) -> dict[str, list[str | None]]:
-    return {user: [item for item, _score in rows] for user, rows in read_scored_candidates(path).items()}
+def read_candidates(path: str | Path, repeats: str = "error") -> dict[str, list[str | None]]:
+    return {user: [item for item, _score in rows] for user, rows in read_scored_candidates(path, repeats).items()}
 
 
-def read_scored_candidates(path: str | Path) -> dict[str, list[tuple[str | None, float | None]]]:
-    """Like ``read_candidates`` but keeps each entry's ``score`` (None when absent, e.g. ``items`` lists)."""
+def read_scored_candidates(path: str | Path, repeats: str = "error") -> dict[str, list[tuple[str | None, float | None]]]:
+    """Like ``read_candidates`` but keeps each entry's ``score`` (None when absent, e.g. ``items`` lists).
+
+    ``repeats``: ``error`` (default) refuses a list naming an item twice, with its file:line;
+    ``keep-first`` turns later copies into placeholders (misses that keep their slot).
+    """
+    if repeats not in REPEATS:
+        raise ValueError(f"repeats={repeats!r}: use one of {', '.join(REPEATS)}")
     out: dict[str, list[tuple[str | None, float | None]]] = {}
     for lineno, obj in iter_jsonl(path):
         user = str(require(obj, "user_id", (str, int), path, lineno))
@@ -49,7 +62,21 @@ def read_scored_candidates(path: str | Path) -> dict[str, list[tuple[str | None,
         if user in out:
             raise DataError(f"{path}:{lineno}: user {user!r} has a second candidate list")
         # a placeholder keeps its slot as a miss, so later items keep their rank
-        out[user] = [(None if i in PLACEHOLDERS else str(i), s) for i, s in rows]
+        ranked = [(None if i in PLACEHOLDERS else str(i), s) for i, s in rows]
+        first: dict[str, int] = {}
+        for j, (item, s) in enumerate(ranked):
+            if item is None:
+                continue
+            if item in first:
+                if repeats == "error":
+                    raise DataError(
+                        f"{path}:{lineno}: user {user!r} lists item {item!r} twice (positions {first[item] + 1} and "
+                        f"{j + 1}); a ranked list holds each item once: remove the repeat, or pass "
+                        f"--repeats keep-first to count only its first position")
+                ranked[j] = (None, s)  # keep-first: the copy is a miss in its slot
+            else:
+                first[item] = j
+        out[user] = ranked
     return out
 
 
@@ -66,7 +93,11 @@ def read_ground_truth(path: str | Path) -> dict[str, set[str]]:
 
 
 def candidate_metrics(candidates: dict[str, list[str]], truth: dict[str, set[str]], ks) -> dict:
-    """Mean metrics over the ground-truth users; lists are cut or padded to max(ks)."""
+    """Mean metrics over the ground-truth users; lists are cut or padded to max(ks).
+
+    An item counts at its first position only (a repeat is a miss in its slot), so no list,
+    however built, can score Recall or NDCG above 1.
+    """
     width = max(ks)
     users = sorted(truth)
     hits = torch.zeros(len(users), width)
@@ -79,8 +110,7 @@ def candidate_metrics(candidates: dict[str, list[str]], truth: dict[str, set[str
             ranked = []
         rel = truth[user]
         n_rel[row] = len(rel)
-        for j, item in enumerate(ranked[:width]):
-            hits[row, j] = item in rel
+        hits[row, : min(width, len(ranked))] = torch.as_tensor(first_hits(ranked[:width], rel))
     acc = MetricAccumulator()
     acc.add(list_metrics(hits, n_rel, ks))
     return {**acc.result(), "users": len(users), "users_without_list": missing}
@@ -92,12 +122,14 @@ def main(argv=None) -> int:
     parser.add_argument("--gt", required=True)
     parser.add_argument("--ks", default="5,10,20")
     parser.add_argument("--output", help="write the metrics as JSON here as well")
+    parser.add_argument("--repeats", choices=REPEATS, default="error",
+                        help="a list naming an item twice: error (default) or keep-first (later copies are misses)")
     args = parser.parse_args(argv)
     try:
         ks = [int(k) for k in args.ks.split(",") if k.strip()]
     except ValueError:
         raise DataError(f"--ks {args.ks!r}: expected comma-separated integers, e.g. 5,10,20") from None
-    res = candidate_metrics(read_candidates(args.candidates), read_ground_truth(args.gt), ks)
+    res = candidate_metrics(read_candidates(args.candidates, args.repeats), read_ground_truth(args.gt), ks)
     for k in ks:
         print(f"@{k:<3d} " + "  ".join(f"{m} {res[f'{m}@{k}']:.4f}" for m in ("HR", "Recall", "NDCG", "Precision")))
     print(f"MRR {res['MRR']:.4f}  users {res['users']} (without a list: {res['users_without_list']})")

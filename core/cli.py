@@ -1,6 +1,7 @@
 """The common command-line front of every entry point.
 
-``add_common_args`` gives ``--config``, ``--override``, ``--device``, ``--seed`` and ``--threads``;
+``add_common_args`` gives ``--config``, ``--override``, ``--device``, ``--seed``, ``--threads`` and
+``--verbose`` (debug logging and the whole resolved config on stdout, see ``is_verbose``);
 ``run(main)`` turns a ``UserError`` into one ``error: ...`` line and exit code 2, so users
 never see a traceback for a problem they can fix.
 """
@@ -20,9 +21,26 @@ import torch
 from core.errors import UserError
 
 EXIT_USER_ERROR = 2
+_VERBOSE = [False]  # set by --verbose (or setup_logging(True)); read by is_verbose()
+
+
+class _VerboseFlag(argparse.Action):
+    """``--verbose``: takes effect while parsing, so that an entry point that sets up logging
+    with its own arguments (or none) still honours it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)
+        _VERBOSE[0] = True
+
+
+def is_verbose() -> bool:
+    """Whether the user asked for ``--verbose``: e.g. the fit loop prints the whole resolved config
+    only then (it is always saved as ``config.yaml``)."""
+    return _VERBOSE[0]
 
 
 def add_common_args(parser: argparse.ArgumentParser, config_required: bool = False, default_config: str | None = None) -> None:
+    _VERBOSE[0] = False  # a new command line (several runs may share one process, as in tests)
     parser.add_argument("--config", required=config_required, default=default_config,
                         help="YAML config file" + (f" (default: {default_config})" if default_config else ""))
     parser.add_argument("--override", action="append", default=[], metavar='"a=1,b.c=x"',
@@ -32,6 +50,8 @@ def add_common_args(parser: argparse.ArgumentParser, config_required: bool = Fal
     parser.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (training.threads; default: all cores)")
+    parser.add_argument("--verbose", action=_VerboseFlag, nargs=0, default=False,
+                        help="debug-level logging; print the whole resolved config (always saved as config.yaml)")
 
 
 def cli_overrides(args: argparse.Namespace) -> str:
@@ -87,6 +107,8 @@ def seed_everything(seed: int) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    if verbose:
+        _VERBOSE[0] = True
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -3,13 +3,19 @@
 - A config schema is a frozen dataclass whose fields may be nested dataclasses (sections).
 - Values come from YAML (``yaml.safe_load``; never ``eval``) and are coerced to the field's
   annotated type; a value that does not fit is an error naming the key and the type.
-- An unknown key is an error listing the closest valid keys.
+- An unknown key is an error listing the closest valid keys (only keys that are really close).
+- A key given twice in one YAML mapping is an error naming both lines (PyYAML would keep the
+  last silently); a file that is not UTF-8 is an error naming the byte; a UTF-8 BOM is fine.
+- Metric cut-offs (every field named ``ks``) must be distinct positive integers, and a
+  ``training.metric`` such as ``NDCG@10`` must have its K among ``eval.ks``: checked at load,
+  not after an epoch of training.
 - A key may be given by its dotted path (``training.lr``), by its leaf name when that is
   unique (``lr``), or by an alias the schema declares in ``ALIASES`` (the seeds' spellings,
   e.g. ``EPOCH_TO_LOAD`` or ``embedding_dim``).
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import types
@@ -20,6 +26,84 @@ from typing import Any, Literal, Union
 import yaml
 
 from core.errors import ConfigError
+
+
+# --------------------------------------------------------------------------- YAML reading
+class _DuplicateKey(Exception):
+    """A mapping that names one key twice. Not a ``yaml.YAMLError``: callers that fall back to
+    plain text on a YAML error (``parse_overrides``) must not swallow it."""
+
+    def __init__(self, key: str, first: int, second: int) -> None:
+        super().__init__(key, first, second)
+        self.key, self.first, self.second = key, first, second
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated within one mapping, at any depth.
+
+    PyYAML keeps the last of two equal keys: a second ``training:`` block would silently replace
+    the first one's learning rate, batch size and patience. Keys merged in with ``<<: *anchor``
+    may still be overridden by keys written beside them (that is what merging is for)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(str(key_node.value), seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeLoader reports it itself
+                    continue
+        return super().construct_mapping(node, deep)
+
+
+def _strict_load(text: str):
+    """``yaml.safe_load`` with ``StrictLoader`` (what ``yaml.load(text, Loader=...)`` does)."""
+    loader = StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_yaml(text: str, source: str = "<text>"):
+    """Parse YAML text with ``StrictLoader`` (safe: plain data only). ``source`` names the text in
+    errors (a path, or ``--override key``)."""
+    try:
+        return _strict_load(text)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{source}:{exc.second}: key {exc.key!r} is given twice (first at {source}:{exc.first}); "
+                          "keep one of them (merge the two blocks into one)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}:{where} invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
+
+
+def read_yaml(path: str | Path):
+    """A user-written YAML file -> plain data, with one-line errors for a missing or unreadable
+    file, text that is not UTF-8 (a UTF-8 BOM is accepted), invalid YAML and repeated keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # editors on Windows add one
+    try:
+        text = data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = skip + exc.start
+        line = data[:offset].count(b"\n") + 1
+        utf16 = " (it looks like UTF-16)" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else ""
+        raise ConfigError(f"{path}: not UTF-8 text{utf16}: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}) "
+                          "cannot be decoded; save the file as UTF-8") from None
+    return load_yaml(text, str(path))
 
 
 # --------------------------------------------------------------------------- override parsing
@@ -62,7 +146,9 @@ def parse_overrides(text: str) -> list[tuple[str, Any]]:
         if not key:
             raise ConfigError(f"--override entry {part!r} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = _strict_load(raw) if raw.strip() else None
+        except _DuplicateKey as exc:
+            raise ConfigError(f"--override {key}: key {exc.key!r} is given twice in {raw.strip()!r}; keep one") from None
         except yaml.YAMLError:
             value = raw  # e.g. an unquoted string with a colon: keep it as text
         out.append((key, value))
@@ -112,12 +198,35 @@ def resolve_key(cls, key: str, source: str = "") -> str:
         return by_leaf[0]
     if len(by_leaf) > 1 and "." not in key:
         raise ConfigError(f"{source}key {key!r} is ambiguous: use one of {', '.join(sorted(by_leaf))}")
-    candidates = list(leaves) + list(aliases)
-    close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.5)
-    close += [c for c in difflib.get_close_matches(last, [p.rsplit(".", 1)[-1] for p in leaves], n=3, cutoff=0.6)
-              if c not in close]
-    hint = f"; did you mean {', '.join(close[:3])}?" if close else f"; valid keys: {', '.join(sorted(leaves))}"
+    close = suggest_keys(key, list(leaves) + list(aliases))
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(leaves))}"
     raise ConfigError(f"{source}unknown config key {key!r}{hint}")
+
+
+SUGGEST_CUTOFF = 0.75  # difflib ratio; at 0.5 'run_name' matched 'training.amp' and 'run_nme' 'resume'
+
+
+def suggest_keys(key: str, candidates: list[str], n: int = 3) -> list[str]:
+    """The valid keys close to a mistyped ``key``, best first; none rather than a far one.
+
+    A candidate is scored on its last part (so a right name under a wrong section,
+    ``model.learning_rate``, still finds ``training.learning_rate``) and, when those parts are
+    at least half alike, on the whole dotted path (``eval.k`` -> ``eval.ks``; a shared section
+    alone must not make ``training.epoch`` look like ``training.amp``). Only a score of
+    ``SUGGEST_CUTOFF`` or more is suggested; keys in the section the user named rank first."""
+    def ratio(a: str, b: str) -> float:
+        return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio()
+
+    section, _, last = key.rpartition(".")
+    ranked = {}
+    for cand in dict.fromkeys(candidates):
+        cand_section, _, cand_last = cand.rpartition(".")
+        score = ratio(last, cand_last)
+        if score >= 0.5:
+            score = max(score, ratio(key, cand))
+        if score >= SUGGEST_CUTOFF:
+            ranked[cand] = score + (0.1 if section and section == cand_section else 0.0)
+    return sorted(ranked, key=lambda c: (-ranked[c], c))[:n]
 
 
 def _flatten(cls, raw: dict, prefix: str = "", source: str = "") -> list[tuple[str, Any]]:
@@ -232,25 +341,59 @@ def load_config(cls, path: str | Path | None = None, overrides: str = "", base: 
         pairs += [("defaults: ", k, v) for k, v in _flatten(cls, base)]
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        raw = read_yaml(path)
         if raw is not None:
             src = f"{path}: "
             pairs += [(src, k, v) for k, v in _flatten(cls, raw, source=src)]
     pairs += [("--override: ", k, v) for k, v in parse_overrides(overrides)]
     values: dict[str, Any] = {}
+    given: dict[tuple[str, str], str] = {}
     for source, key, value in pairs:
-        values[resolve_key(cls, key, source)] = value
+        canonical = resolve_key(cls, key, source)
+        if source != "--override: ":  # within a file, two spellings of one key (lr and learning_rate,
+            # train: and training:) would let the later one win silently, like a repeated key
+            earlier = given.setdefault((source, canonical), key)
+            if earlier != key:
+                raise ConfigError(f"{source}{key!r} and {earlier!r} both set {canonical}; keep one of them")
+        values[canonical] = value
     leaves = leaf_paths(cls)
     for key, value in list(values.items()):
         values[key] = coerce(value, leaves[key], key)
-    return _build(cls, values)
+        if key.rsplit(".", 1)[-1] in CUTOFF_KEYS:
+            check_cutoffs(values[key], key)
+    cfg = _build(cls, values)
+    _check_metric_cutoff(cfg, leaves)
+    return cfg
+
+
+# --------------------------------------------------------------------------- shared checks
+CUTOFF_KEYS = ("ks",)  # every schema's metric cut-offs (HR@K, NDCG@K, ...) go by this name
+
+
+def check_cutoffs(ks, key: str = "eval.ks") -> None:
+    """Metric cut-offs must be a non-empty list of distinct positive integers. Checked for every
+    ``ks`` field at load (``load_config``), so ``ks=[]`` or ``ks=[0]`` fails before any data is read."""
+    example = f"{key}=[5,10,20]"
+    if not ks:
+        raise ConfigError(f"config key {key!r}: no cut-offs given; list positive integers, e.g. {example}")
+    bad = [k for k in ks if k < 1]
+    if bad:
+        raise ConfigError(f"config key {key!r}: cut-off {bad[0]} is not a positive integer; use K >= 1, e.g. {example}")
+    repeated = sorted({k for k in ks if list(ks).count(k) > 1})
+    if repeated:
+        raise ConfigError(f"config key {key!r}: cut-off {repeated[0]} is listed twice in {list(ks)}; list each K once")
+
+
+def _check_metric_cutoff(cfg, leaves: dict) -> None:
+    """``training.metric`` picks the best epoch from the validation metrics, computed at the K
+    values of ``eval.ks``: a metric at another K would stop the run after its first epoch."""
+    if "training.metric" not in leaves or "eval.ks" not in leaves:
+        return
+    metric, ks = cfg.training.metric, list(cfg.eval.ks)
+    name, at, k = str(metric).partition("@")
+    if at and k.isdigit() and int(k) not in ks:
+        raise ConfigError(f"training.metric {metric!r} needs K={k} in eval.ks {ks}; add {k} to eval.ks "
+                          f"or pick a metric at one of its K (e.g. {name}@{ks[0]})")
 
 
 def to_dict(cfg) -> dict:

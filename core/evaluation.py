@@ -10,17 +10,30 @@ Catalog scale (``item_chunk`` > 0): a scorer with ``encode`` / ``score_chunk`` /
 at a time; each chunk adds its count of items ranked above the target, so peak memory is
 batch x chunk instead of batch x catalog, with the same ranks (``chunked_ranks``).
 ``topk_items`` gives top-K recommendations the same way with a running top-K.
+
+Repeat consumption (``repeat_targets``): a target the user already has in the history.
+``keep`` (default) masks the history but leaves the target rankable, so re-consuming a
+known item can be predicted. ``exclude`` scores every such user as a miss (rank infinity,
+every metric 0), as evaluators that mask the whole history including the target do
+(S3-Rec / ICLRec / BSARec code sets history scores to 0 before the top-K). The share of such
+users is ``Evaluator.repeat_share``; the preparers print it per dataset.
+
+A progress bar with an ETA (tqdm over users) shows when stderr is a terminal and at least
+``PROGRESS_MIN_USERS`` users are scored.
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from core.data.batches import trim_padding
 from core.data.splits import EvalSplit, Split, history_mask, padded_prefixes, prefix_positions
 from core.dist import dist_info
+from core.errors import UserError
 from core.metrics import MetricAccumulator, rank_metrics, ranks_from_scores, sample_negatives
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -89,6 +102,33 @@ def sampled_key(n: int, metric: str) -> str:
     return f"sampled-{n}/{metric}"
 
 
+REPEAT_TARGETS = ("keep", "exclude")
+PROGRESS_MIN_USERS = 50_000  # below this an evaluation takes seconds: no bar
+
+
+def repeat_target_mask(data, part: EvalSplit, block: int = 1 << 16) -> np.ndarray:
+    """[len(part)] bool: the user's target already occurs in the user's history (prefix).
+
+    Blocks of users bound the memory of the (row, position) arrays on catalog-scale data."""
+    out = np.zeros(len(part), dtype=bool)
+    for start in range(0, len(part), block):
+        sl = slice(start, start + block)
+        rows, pos = prefix_positions(data, part.users[sl], part.hist_len[sl])
+        if len(rows):
+            same = np.asarray(data.items[pos], dtype=np.int64) == part.targets[sl][rows]
+            out[start + rows[same]] = True
+    return out
+
+
+def repeat_target_shares(data) -> dict[str, float]:
+    """Leave-one-out shares of test and validation users whose target repeats a history item."""
+    from core.data.splits import leave_one_out
+
+    split = leave_one_out(data)
+    return {which: float(repeat_target_mask(data, part).mean()) if len(part) else 0.0
+            for which, part in (("test", split.test), ("valid", split.valid))}
+
+
 class Evaluator:
     def __init__(
         self,
@@ -104,7 +144,11 @@ class Evaluator:
         token_budget: int = 1 << 16,
         item_chunk: int = 0,
         score_budget: int = 6 << 20,
+        repeat_targets: str = "keep",
     ) -> None:
+        if repeat_targets not in REPEAT_TARGETS:
+            raise UserError(f"eval.repeat_targets={repeat_targets!r}: use keep (a target already in the history stays "
+                            "rankable) or exclude (such a user counts as a miss)")
         part: EvalSplit = split.valid if which == "valid" else split.test
         if max_users and len(part) > max_users:
             # a fixed subset, the same at every evaluation, for quick validation on big data
@@ -131,6 +175,9 @@ class Evaluator:
         self.inputs = torch.as_tensor(padded_prefixes(self.data, part.users, part.hist_len, width))
         self.targets = torch.as_tensor(part.targets, dtype=torch.long)
         self.users = torch.as_tensor(part.users, dtype=torch.long)
+        self.repeat_targets = repeat_targets
+        self.repeat = torch.as_tensor(repeat_target_mask(self.data, part))  # [E] target already in the history
+        self.repeat_share = float(self.repeat.float().mean()) if len(part) else 0.0
         self.negatives = {n: self._draw_negatives(n, sample_seed) for n in sampled if n < self.data.n_items}
 
     def __len__(self) -> int:
@@ -208,6 +255,10 @@ class Evaluator:
         sampled = {n: MetricAccumulator() for n in self.negatives}
         users_seen, ranks_seen = [], []
         sampled_seen: dict[int, list] = {n: [] for n in sampled}
+        exclude_repeats = self.repeat_targets == "exclude" and bool(self.repeat.any())
+        share = len(range(rank, len(self.part), world))
+        bar = tqdm(total=share, desc=f"eval {self.which}", unit="user", leave=False, dynamic_ncols=True,
+                   disable=rank != 0 or share < PROGRESS_MIN_USERS or not sys.stderr.isatty())
         for b in self._scoring_batches(rank, world):
             inputs = trim_padding(self.inputs[b]).to(self.device)
             users = self.users[b].to(self.device)
@@ -219,17 +270,22 @@ class Evaluator:
                 exclude = history_mask(self.data, self.part.users[b], self.part.hist_len[b], device=self.device)
                 ranks = ranks_from_scores(scores, targets, exclude)
                 cand_score = lambda cand: scores.gather(1, cand)  # noqa: E731
-            full.add(rank_metrics(ranks.cpu(), self.ks))
+            repeat = self.repeat[b] if exclude_repeats else None
+            ranks = _miss_repeats(ranks.cpu(), repeat)
+            full.add(rank_metrics(ranks, self.ks))
             users_seen.append(self.users[b])
-            ranks_seen.append(ranks.cpu())
+            ranks_seen.append(ranks)
             for n, acc in sampled.items():
                 cand = torch.cat([targets.view(-1, 1), self.negatives[n][b].to(self.device)], dim=1)
                 cand_scores = cand_score(cand).float()
-                cand_ranks = ranks_from_scores(cand_scores, torch.zeros_like(targets)).cpu()
+                cand_ranks = _miss_repeats(ranks_from_scores(cand_scores, torch.zeros_like(targets)).cpu(), repeat)
                 acc.add(rank_metrics(cand_ranks, self.ks))
                 sampled_seen[n].append(cand_ranks)
+            bar.update(len(b))
+        bar.close()
         # 0-based rank of each user's target (this rank's share under torchrun): paired tests use it;
         # ``last_sampled_ranks[n]`` holds the ranks among the n sampled negatives, same user order
+        # (floats with inf for repeat targets under repeat_targets=exclude)
         self.last_ranks = (torch.cat(users_seen).numpy(), torch.cat(ranks_seen).numpy()) if users_seen else None
         self.last_sampled_ranks = {n: torch.cat(r).numpy() for n, r in sampled_seen.items() if r}
         full.all_reduce()
@@ -286,6 +342,15 @@ class Evaluator:
             out_i.append(i.cpu().numpy())
             out_s.append(v.cpu().numpy())
         return np.concatenate(out_u), np.concatenate(out_i), np.concatenate(out_s)
+
+
+def _miss_repeats(ranks: torch.Tensor, repeat: torch.Tensor | None) -> torch.Tensor:
+    """``repeat_targets=exclude``: rank infinity (every metric 0) where the target repeats the history."""
+    if repeat is None:
+        return ranks
+    ranks = ranks.to(torch.float64)  # every batch, so that the batches' ranks concatenate alike
+    ranks[repeat] = float("inf")
+    return ranks
 
 
 def popularity_scores(split: Split) -> torch.Tensor:

@@ -6,7 +6,8 @@ Three protocols share the same formulas:
   rank the target among all remaining items (``ranks_from_scores``);
 - sampled ranking: rank the target among N sampled negatives (``sample_negatives`` with a
   fixed seed; papers use N = 100 or 999);
-- candidate lists: a ranked list per user and a set of ground-truth items (``list_metrics``).
+- candidate lists: a ranked list per user and a set of ground-truth items (``list_metrics``);
+  an item counts at its first position only (``first_hits``), so Recall and NDCG stay <= 1.
 
 Ties are broken pessimistically (the target is ranked below every item with an equal
 score), so a model that scores everything equally gets the worst rank, not the best.
@@ -56,6 +57,22 @@ def rank_metrics(ranks: torch.Tensor | np.ndarray, ks: Sequence[int]) -> dict[st
     return out
 
 
+def first_hits(ranked: Sequence, relevant) -> list[float]:
+    """0/1 per position of ``ranked``: 1 where a relevant item appears for the first time.
+
+    A repeated item and a placeholder (None) are misses in their slot: counting a relevant
+    item once per copy would push Recall and NDCG above 1 (``[a, a, a]`` vs ``{a}``: Recall 3).
+    """
+    seen: set = set()
+    out = []
+    for item in ranked:
+        hit = item is not None and item in relevant and item not in seen
+        if hit:
+            seen.add(item)
+        out.append(1.0 if hit else 0.0)
+    return out
+
+
 def list_metrics(hits: torch.Tensor | np.ndarray, n_relevant: torch.Tensor | np.ndarray, ks: Sequence[int]) -> dict[str, torch.Tensor]:
     """Per-user metrics from a ranked list.
 
@@ -67,6 +84,12 @@ def list_metrics(hits: torch.Tensor | np.ndarray, n_relevant: torch.Tensor | np.
     n_rel = torch.as_tensor(n_relevant).to(torch.float64)
     if hits.ndim != 2 or n_rel.shape[0] != hits.shape[0]:
         raise ValueError("hits must be [B, L] and n_relevant [B]")
+    over = hits.sum(1) > n_rel
+    if bool(over.any()):
+        # more hits than relevant items can only come from a list that repeats an item
+        row = int(over.nonzero()[0])
+        raise ValueError(f"row {row}: {int(hits[row].sum())} hits but {int(n_rel[row])} relevant items; a ranked list "
+                         "repeats an item: count each item at its first position (core.metrics.first_hits)")
     length = hits.shape[1]
     discounts = 1.0 / torch.log2(torch.arange(2, length + 2, dtype=torch.float64))
     out: dict[str, torch.Tensor] = {}

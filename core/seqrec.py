@@ -77,6 +77,8 @@ class EvalConfig:
     batch_size: int = 1024
     valid_max_users: int = 0  # 0 = validate on every user
     item_chunk: int = 0  # >0: score items in chunks of this size (peak memory batch x chunk, not batch x catalog)
+    # a target already in the user's history: keep = rankable (history masked, target not); exclude = a miss
+    repeat_targets: Literal["keep", "exclude"] = "keep"
 
 
 # the seeds' flat names of model/training keys, shared by every config with those sections
@@ -99,13 +101,28 @@ class SeqRecConfig:
     ALIASES: ClassVar[dict] = {**TRAINING_ALIASES, "experiment_name": "run_name"}
     seed: int = 42
     device: str = "auto"
-    run_name: str = "default"
+    run_name: str = ""  # "" = the model's name (model.model_type): state_dict/<pipeline>/<dataset>/<run_name>/
+    overwrite: bool = False  # replace an earlier run with another config in that folder (else an error)
     pipeline: str = "seqrec"
     home: str = ""  # root of the output tree; default $RECSYS_HOME or <repo>/state_dict
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def run_name_of(cfg: SeqRecConfig) -> str:
+    """The run folder's name: ``run_name``, else the model's name, so that the default runs of
+    two models never share a folder."""
+    return cfg.run_name or cfg.model.model_type
+
+
+def item_map_hash(item_ids) -> str:
+    """Hash of the raw item id <-> index map: a checkpoint's item rows fit other data only when it matches."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([str(i) for i in item_ids]).encode()).hexdigest()[:16]
 
 
 def dataset_dir(cfg: DataConfig) -> Path:
@@ -199,16 +216,21 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_tra
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for all ranks
     seed_everything(cfg.seed)
     # names are validated before anything is read or written
-    out_dir = store.run_dir(cfg.pipeline, dataset_dir(cfg.data).name, cfg.run_name, cfg.home or None)
+    run_name = run_name_of(cfg)
+    out_dir = store.run_dir(cfg.pipeline, dataset_dir(cfg.data).name, run_name, cfg.home or None)
     data, data_path = (load_data or load_dataset)(cfg.data)
     split = make_split(data, cfg.data.split, cfg.data.valid_quantile, cfg.data.test_quantile)
     dataset_name = data_path.name
     if dataset_name != out_dir.parent.name:  # a loader hook read data from elsewhere (processed files)
-        out_dir = store.run_dir(cfg.pipeline, dataset_name, cfg.run_name, cfg.home or None)
-    prepare_out_dir(out_dir, cfg, cfg.training.resume)
-    from core.config import dump_yaml
+        out_dir = store.run_dir(cfg.pipeline, dataset_name, run_name, cfg.home or None)
+    # the folder is this run's from here to the end (results.json included), or nothing is written
+    with store.claim_run_dir(out_dir, to_dict(cfg), resume=cfg.training.resume, overwrite=cfg.overwrite, log=log):
+        prepare_out_dir(out_dir, cfg, cfg.training.resume)
+        return _train_and_test(cfg, log, out_dir, data, split, dataset_name, make_train, device)
 
-    log("resolved config:\n  " + dump_yaml(cfg).rstrip().replace("\n", "\n  "))
+
+def _train_and_test(cfg, log, out_dir, data, split, dataset_name, make_train, device) -> dict:
+    # the resolved config is reported by the fit loop: one line with the path of config.yaml
     log(f"data {dataset_name}: {data.n_users} users, {data.n_items} items, {data.n_interactions} interactions; "
         f"split {split.kind}: {len(split.valid)} valid / {len(split.test)} test users -> {out_dir}")
 
@@ -228,16 +250,17 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_tra
     width = cfg.model.maxlen
     valid_eval = Evaluator(split, "valid", width, cfg.eval.ks, sampled=(), sample_seed=cfg.eval.sample_seed,
                            batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users,
-                           item_chunk=cfg.eval.item_chunk)
+                           item_chunk=cfg.eval.item_chunk, repeat_targets=cfg.eval.repeat_targets)
     meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg),
-            "data_fingerprint": data.fingerprint()}
+            "data_fingerprint": data.fingerprint(), "item_map": item_map_hash(data.item_ids)}
     result = fit(model, train_data, lambda m: valid_eval.run(model_score_fn(m)), cfg.training, out_dir,
                  device=device, seed=cfg.seed, checkpoint_meta=meta, log=log,
                  **({"loss_fn": loss_fn} if loss_fn is not None else {}))
 
     model.eval()
     test_eval = Evaluator(split, "test", width, cfg.eval.ks, sampled=cfg.eval.sampled, sample_seed=cfg.eval.sample_seed,
-                          batch_size=cfg.eval.batch_size, device=device, item_chunk=cfg.eval.item_chunk)
+                          batch_size=cfg.eval.batch_size, device=device, item_chunk=cfg.eval.item_chunk,
+                          repeat_targets=cfg.eval.repeat_targets)
     test = test_eval.run(model_score_fn(model))
     test_ranks = test_eval.last_ranks
     popularity = test_eval.run(popularity_score_fn(split))
@@ -251,6 +274,12 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_tra
         # per-user test rank of the target: paired significance tests between runs need it
         store.atomic_save_npz(out_dir / "test_ranks.npz", users=test_ranks[0], ranks=test_ranks[1])
     if is_main():
+        from core.provenance import run_record
+
+        # a loader hook may read other files than the prepared folder: then only the loaded data's fingerprint
+        results["run"] = run_record(cfg, device=device, threads=result.threads, started=result.started,
+                                    data_paths=[p for p in [dataset_dir(cfg.data)] if p.name == dataset_name],
+                                    data_fingerprint=meta["data_fingerprint"])
         store.atomic_write_json(out_dir / "results.json", results)
     return results
 
@@ -273,6 +302,6 @@ def evaluate_checkpoint(path: str | Path, cfg: SeqRecConfig, log=print, *, load_
     for which in ("valid", "test"):
         ev = Evaluator(split, which, args["maxlen"], cfg.eval.ks, sampled=cfg.eval.sampled,
                        sample_seed=cfg.eval.sample_seed, batch_size=cfg.eval.batch_size, device=device,
-                       item_chunk=cfg.eval.item_chunk)
+                       item_chunk=cfg.eval.item_chunk, repeat_targets=cfg.eval.repeat_targets)
         out[which] = ev.run(model_score_fn(model))
     return out

@@ -8,12 +8,16 @@
 - torchrun: detected from the environment; the loss module is wrapped in DDP, each rank
   takes a ``DistributedSampler`` shard of the training rows, rank 0 writes every file, and
   losses/metrics are reduced across ranks.
-- Validation every ``eval_every`` epochs; the best epoch on the validation metric is saved
-  as ``best.pt`` (test data is never looked at here); early stop after ``patience``
-  evaluations without improvement.
+- Validation every ``eval_every`` epochs, and always on the last epoch a run trains (the
+  last of ``epochs``, or the one that spends ``time_budget_s``); the best epoch on the
+  validation metric is saved as ``best.pt`` (test data is never looked at here); early stop
+  after ``patience`` evaluations without improvement.
 - ``last.pt`` after every epoch holds model, optimizer, scheduler, scaler, RNG and loop
   state; ``resume`` continues from it exactly.
-- One metrics line per epoch on stdout and in ``metrics.jsonl``; tqdm over batches.
+- One metrics line per epoch on stdout and in ``metrics.jsonl``; tqdm over batches; with
+  ``tensorboard: true`` the same numbers as TensorBoard events in the run folder.
+- The resolved config goes to ``config.yaml`` in the run folder; stdout gets its path (the
+  whole text only under ``--verbose``).
 """
 from __future__ import annotations
 
@@ -63,6 +67,7 @@ class TrainConfig:
     save_checkpoints: bool = True  # last.pt after every epoch (needed for resume); best.pt is always kept
     threads: int = 0  # CPU threads of torch's intra-op pool; 0 = torch's default (all cores); --threads N sets it
     micro_batch_size: int = 0  # > 0: each batch's forward/backward in pieces of this many rows (gradient accumulation: less memory, same steps)
+    tensorboard: bool = False  # also write metrics as TensorBoard events into the run folder (needs the tensorboard package)
 
     def __post_init__(self) -> None:
         from core.errors import ConfigError
@@ -228,6 +233,8 @@ class FitResult:
     seconds: float
     stopped: str
     threads: int = 1  # torch CPU threads the run trained with
+    started: float = 0.0  # wall-clock (time.time()) start and end of the fit loop, for the run record
+    ended: float = 0.0
 
 
 def set_threads(threads: int) -> int:
@@ -236,6 +243,32 @@ def set_threads(threads: int) -> int:
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def tensorboard_writer(out_dir: Path, purge_step: int, write: bool = True):
+    """A TensorBoard ``SummaryWriter`` on the run folder (None when not ``write``: ranks other
+    than 0 only check the import, so that every rank stops alike when the package is missing).
+    Imported only when asked for: the package is optional. ``purge_step``: on resume, events a
+    killed run wrote past its last checkpoint are dropped, as ``metrics.jsonl`` rows are."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from core.errors import ConfigError
+
+        raise ConfigError("training.tensorboard=true needs the tensorboard package: install it "
+                          "(pip install -r requirements.txt) or set training.tensorboard=false") from None
+    return SummaryWriter(log_dir=str(out_dir), purge_step=purge_step) if write else None
+
+
+def _log_tensorboard(writer, row: dict) -> None:
+    step = row["epoch"]
+    for name, value in row.items():
+        if name == "valid":
+            for metric, v in value.items():
+                writer.add_scalar(f"valid/{metric}", v, step)
+        elif name != "epoch" and isinstance(value, (int, float)):
+            writer.add_scalar(f"train/{name}", value, step)
+    writer.flush()  # an epoch's numbers are visible at once, not after the writer's 2-minute flush
 
 
 def fit(
@@ -260,6 +293,7 @@ def fit(
     written (so a resumed run never skips it), e.g. to save periodic snapshots.
     """
     rank, world, _ = dist_info()
+    started = time.time()
     set_threads(cfg.threads)
     out_dir = Path(out_dir)
     model.to(device)
@@ -331,11 +365,19 @@ def fit(
         metrics = out_dir / "metrics.jsonl"
         if not cfg.resume:
             metrics.unlink(missing_ok=True)
+            for old in out_dir.glob("events.out.tfevents.*"):  # an earlier run's TensorBoard events
+                old.unlink(missing_ok=True)
         else:
             truncate_log(metrics, start_epoch)
         if "config" in checkpoint_meta:  # to_dict(cfg): the same text as core.config.save_config
-            store.atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(
-                checkpoint_meta["config"], sort_keys=False, default_flow_style=None))
+            text = yaml.safe_dump(checkpoint_meta["config"], sort_keys=False, default_flow_style=None)
+            store.atomic_write_text(out_dir / "config.yaml", text)
+            from core.cli import is_verbose
+
+            # one line: the file holds the whole resolved config; the dump itself only on request
+            log(f"resolved config: {out_dir / 'config.yaml'}" + (
+                ":\n  " + text.rstrip().replace("\n", "\n  ") if is_verbose() else " (--verbose prints it)"))
+    tb = tensorboard_writer(out_dir, start_epoch + 1, is_main()) if cfg.tensorboard else None
 
     after_step = kill_hook()
     t_start = time.perf_counter()
@@ -384,11 +426,20 @@ def fit(
                **{name: round(all_reduce_mean(v / max(count, 1), device), 6) for name, v in sorted(parts.items())},
                "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - t_epoch, 3)}
         improved = False
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        # a run that stops on its time budget stops here: validate this epoch even when eval_every
+        # would skip it, or its training would count neither for best.pt nor for the test metrics
+        out_of_time = bool(cfg.time_budget_s) and time.perf_counter() - t_start >= cfg.time_budget_s
+        if world > 1 and cfg.time_budget_s:  # ranks' clocks differ: all follow rank 0 (validation is collective)
+            out_of_time = _from_rank0(out_of_time)
+        validated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or out_of_time
+        if validated:
             model.eval()
             valid = validate(model)
-            if cfg.metric not in valid:
-                raise KeyError(f"validation metric {cfg.metric!r} not among {sorted(valid)}")
+            if cfg.metric not in valid:  # a name config load cannot know (each pipeline computes its own)
+                from core.errors import ConfigError
+
+                raise ConfigError(f"training.metric {cfg.metric!r} is not computed by this pipeline's validation; "
+                                  f"use one of {', '.join(sorted(valid))}")
             row["valid"] = {k: round(v, 6) for k, v in valid.items()}
             if valid[cfg.metric] > best_metric:
                 best_metric, best_epoch, best_valid, bad_evals, improved = valid[cfg.metric], epoch + 1, valid, 0, True
@@ -400,6 +451,8 @@ def fit(
                 store.save_checkpoint(best_path, model_state=model.state_dict(), epoch=epoch + 1,
                                       valid=best_valid, **checkpoint_meta)
             store.append_jsonl(out_dir / "metrics.jsonl", row)
+            if tb is not None:
+                _log_tensorboard(tb, row)
         valid_txt = f" | valid {cfg.metric} {row['valid'][cfg.metric]:.4f}" if "valid" in row else ""
         hr = row.get("valid", {}).get(cfg.metric.replace("NDCG", "HR"))
         valid_txt += f" {cfg.metric.replace('NDCG', 'HR')} {hr:.4f}" if hr is not None and "NDCG" in cfg.metric else ""
@@ -422,9 +475,16 @@ def fit(
         if cfg.patience and bad_evals >= cfg.patience:
             stopped = f"early stop: no {cfg.metric} gain in {cfg.patience} evaluations"
             break
-        if cfg.time_budget_s and time.perf_counter() - t_start >= cfg.time_budget_s:
+        # the budget may also run out while validating or saving; stop then only on a validated
+        # epoch (otherwise the next epoch runs and is validated)
+        spent = bool(cfg.time_budget_s) and time.perf_counter() - t_start >= cfg.time_budget_s
+        if world > 1 and cfg.time_budget_s:
+            spent = _from_rank0(spent)
+        if out_of_time or (validated and spent):
             stopped = f"time budget {cfg.time_budget_s:.0f}s reached"
             break
+    if tb is not None:
+        tb.close()
     seconds = time.perf_counter() - t_start
     # rank 0 wrote best.pt; on a multi-node run other nodes may not see that file, so every rank
     # follows rank 0's decision and, when distributed, takes the weights by broadcast
@@ -440,7 +500,8 @@ def fit(
             for t in model.state_dict().values():
                 dist.broadcast(t, 0)
     log(f"best {cfg.metric} {best_metric:.4f} at epoch {best_epoch} ({stopped}; {seconds:.1f}s)")
-    return FitResult(best_epoch, best_metric, best_valid, epoch + 1, seconds, stopped, torch.get_num_threads())
+    return FitResult(best_epoch, best_metric, best_valid, epoch + 1, seconds, stopped, torch.get_num_threads(),
+                     started, time.time())
 
 
 def _from_rank0(value):

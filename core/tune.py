@@ -45,7 +45,7 @@ from optuna.trial import TrialState
 
 from core import store
 from core.cli import run
-from core.config import parse_overrides
+from core.config import parse_overrides, read_yaml
 from core.errors import ConfigError, UserError
 
 # entry module -> how trials get separate run folders: a run_name, or (no such key) a home each.
@@ -69,12 +69,8 @@ class Space:
 
 
 def _read_yaml(path: Path):
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    # the configs' own reader: one-line errors for repeated keys, non-UTF-8 text and bad YAML
+    return read_yaml(path)
 
 
 def _distribution(p, where: str, bad):

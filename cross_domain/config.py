@@ -109,7 +109,8 @@ class CrossDomainConfig:
     seed: int = 42
     device: str = "auto"
     home: str = ""  # root of the state_dict tree; default $RECSYS_HOME or <repo>/state_dict
-    run_name: str = "default"  # state_dict/cross_domain/<dataset>/<run_name>/<stage>/
+    run_name: str = "default"  # state_dict/cross_domain/<dataset>/<run_name>/<stage>/ (stages name their model)
+    overwrite: bool = False  # replace an earlier run with another config in a stage folder (else an error)
     data: CDDataConfig = field(default_factory=CDDataConfig)
     model: CDModelConfig = field(default_factory=CDModelConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)

@@ -77,6 +77,11 @@ def domain_names(folder: Path) -> tuple[str, str]:
         if meta.is_file():
             names = json.loads(meta.read_text(encoding="utf-8")).get("domains") or DOMAIN_CODES
             return str(names[0]), str(names[1])
+    if not folder.is_dir():
+        # otherwise the domain check below reports "not a domain of this dataset" for a folder that
+        # was simply never prepared
+        raise DataError(f"{folder}: no prepared dataset here; run `python -m core.data.prepare food-kitchen "
+                        "--path ../shared/data/food-kitchen` (or `synthetic`), or set data.dataset")
     return DOMAIN_CODES[0], DOMAIN_CODES[1]
 
 

@@ -55,7 +55,7 @@ def test_report(score, split: Split, is_cold: np.ndarray, cfg, device, which: st
     for a scoring function on ``split`` (protocols ``full`` and ``sampled-N``)."""
     e = cfg.eval
     ev = Evaluator(split, which, cfg.model.maxlen - 1, e.ks, sampled=e.sampled, sample_seed=e.sample_seed,
-                   batch_size=e.batch_size, device=device)
+                   batch_size=e.batch_size, device=device, repeat_targets=e.repeat_targets)
     ev.run(score)
     users, full = ev.last_ranks
     ranks = {"full": _gather(full), **{f"sampled-{n}": _gather(r) for n, r in ev.last_sampled_ranks.items()}}

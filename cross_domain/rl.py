@@ -31,6 +31,7 @@ from torch import nn
 
 from core import store
 from core.cli import resolve_device, seed_everything
+from core.config import to_dict
 from core.data.batches import sample_train_negatives, trim_padding
 from core.data.jsonl import iter_jsonl, require
 from core.data.splits import padded_prefixes
@@ -140,18 +141,26 @@ def rl_demo(cfg, log=print) -> dict:
         f"slates of 1 + {rl.candidates} items, {rl.steps} steps (one pass each) -> {out}")
     e = cfg.eval
     valid = Evaluator(proto.valid, "valid", width, e.ks, sampled=(), sample_seed=e.sample_seed, batch_size=e.batch_size,
-                      device=device, max_users=e.valid_max_users)
+                      device=device, max_users=e.valid_max_users, repeat_targets=e.repeat_targets)
     train_cfg = TrainConfig(epochs=rl.steps, batch_size=rl.batch_size, learning_rate=rl.learning_rate,
                             eval_every=rl.steps, patience=0, save_checkpoints=False, amp=cfg.training.amp,
                             grad_clip=cfg.training.grad_clip)
     meta = {k: ckpt[k] for k in ("data_fingerprint", "source_vectors", "source_fingerprint") if k in ckpt}
-    res = _fit(replace(cfg, training=train_cfg), model, events, lambda m: valid.run(score_fn(m, side)), out, device,
-               log, {**meta, "stage": f"rl-{kind}"}, PolicyGradient(side, rl).to(device))
-    after = protocol_report(model, proto, side, cfg, device)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    result = {**res, "model": kind, "started_from": str(path), "events": len(events),
-              "logged": bool(rl.events), "reward_per_step": [r["reward"] for r in rows],
-              "clicks_per_step": [r["clicks"] for r in rows], "before": before["metrics"], "after": after["metrics"],
-              "users": before["users"]}
-    store.atomic_write_json(Path(out) / "results.json", result)
+    run_cfg = replace(cfg, training=train_cfg)
+    # the policy's folder is this run's; a policy run has no last.pt, so it cannot be resumed
+    with store.claim_run_dir(out, to_dict(run_cfg), overwrite=cfg.overwrite, resumable=False, log=log):
+        res = _fit(run_cfg, model, events, lambda m: valid.run(score_fn(m, side)), out, device,
+                   log, {**meta, "stage": f"rl-{kind}"}, PolicyGradient(side, rl).to(device))
+        after = protocol_report(model, proto, side, cfg, device)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        result = {**res, "model": kind, "started_from": str(path), "events": len(events),
+                  "logged": bool(rl.events), "reward_per_step": [r["reward"] for r in rows],
+                  "clicks_per_step": [r["clicks"] for r in rows], "before": before["metrics"],
+                  "after": after["metrics"], "users": before["users"]}
+        from core.provenance import run_record
+
+        result["run"] = run_record(run_cfg, device=device, threads=res["threads"], started=result.pop("started"),
+                                   data_paths=[dom.folder, *([rl.events] if rl.events else [])],
+                                   data_fingerprint=proto.train.fingerprint())
+        store.atomic_write_json(Path(out) / "results.json", result)
     return result

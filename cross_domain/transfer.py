@@ -69,6 +69,12 @@ def _setup(cfg, log):
     return device, (log if is_main() else (lambda *a, **k: None))
 
 
+def claim_stage(cfg, out: Path, log) -> store.RunClaim:
+    """The stage folder is this run's (see ``core.store.claim_run_dir``) until its results are written."""
+    return store.claim_run_dir(out, to_dict(cfg), resume=cfg.training.resume, overwrite=cfg.overwrite,
+                               ignore=("rl",), log=log)  # rl.*: the rl-demo's settings, not this stage's
+
+
 def _fit(cfg, model, rows, validate, out: Path, device, log, meta: dict, loss_fn):
     prepare_out_dir(out, cfg, cfg.training.resume)
     meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg), **meta}
@@ -77,7 +83,7 @@ def _fit(cfg, model, rows, validate, out: Path, device, log, meta: dict, loss_fn
     model.eval()
     return {"run_dir": str(out), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "train_seconds": round(result.seconds, 2), "threads": result.threads, "sec_per_epoch": mean_epoch_seconds(out), "stopped": result.stopped,
-            "valid": result.best_valid}
+            "valid": result.best_valid, "started": result.started}  # started: for the run record, popped there
 
 
 # --------------------------------------------------------------------------- source
@@ -110,24 +116,30 @@ def train_source(cfg, log=print) -> dict:
     rows = BosRows(dom.source, split.train_len, cfg.model.maxlen, model.bos, device)
     e = cfg.eval
     valid = Evaluator(split, "valid", cfg.model.maxlen - 1, e.ks, sampled=(), sample_seed=e.sample_seed,
-                      batch_size=e.batch_size, device=device, max_users=e.valid_max_users)
+                      batch_size=e.batch_size, device=device, max_users=e.valid_max_users,
+                      repeat_targets=e.repeat_targets)
     none = SourceInputs(None, None)
     log(f"source {dom.source_name} of {dom.folder.name}: {dom.source.n_users} users, {dom.source.n_items} items, "
         f"{dom.source.n_interactions} interactions; {len(rows)} training rows -> {out}")
-    res = _fit(cfg, model, rows, lambda m: valid.run(score_fn(m, none)), out, device, log,
-               {"data_fingerprint": dom.source.fingerprint(), "stage": "source"},
-               lambda m, batch, gen: m.training_loss(batch, gen))
-    users, vectors = encode_users(model, dom.source, device, cfg.transfer.source_vector, e.batch_size)
     path = vectors_path(cfg, dom)
-    if is_main():
-        store.save_embeddings(path.parent, path.stem, vectors, [dom.user_ids[u - 1] for u in users])
-        store.atomic_write_json(path.with_suffix(".meta.json"), {
-            "dataset": dom.folder.name, "source": dom.source_name, "source_fingerprint": dom.source.fingerprint(),
-            "checkpoint": str(out / "best.pt"), "dim": int(vectors.shape[1]), "users": int(len(users)),
-            "vector": cfg.transfer.source_vector})
-    res.update(stage="source", source=dom.source_name, vectors=str(path), users_with_vectors=int(len(users)))
-    if is_main():
-        store.atomic_write_json(out / "results.json", res)
+    with claim_stage(cfg, out, log):  # the exported vectors belong to this run too
+        res = _fit(cfg, model, rows, lambda m: valid.run(score_fn(m, none)), out, device, log,
+                   {"data_fingerprint": dom.source.fingerprint(), "stage": "source"},
+                   lambda m, batch, gen: m.training_loss(batch, gen))
+        users, vectors = encode_users(model, dom.source, device, cfg.transfer.source_vector, e.batch_size)
+        if is_main():
+            store.save_embeddings(path.parent, path.stem, vectors, [dom.user_ids[u - 1] for u in users])
+            store.atomic_write_json(path.with_suffix(".meta.json"), {
+                "dataset": dom.folder.name, "source": dom.source_name, "source_fingerprint": dom.source.fingerprint(),
+                "checkpoint": str(out / "best.pt"), "dim": int(vectors.shape[1]), "users": int(len(users)),
+                "vector": cfg.transfer.source_vector})
+        res.update(stage="source", source=dom.source_name, vectors=str(path), users_with_vectors=int(len(users)))
+        if is_main():
+            from core.provenance import run_record
+
+            res["run"] = run_record(cfg, device=device, threads=res["threads"], started=res.pop("started"),
+                                    data_paths=[dom.folder], data_fingerprint=dom.source.fingerprint())
+            store.atomic_write_json(out / "results.json", res)
     log(f"source vectors of {len(users)} users -> {path}")
     return res
 
@@ -197,21 +209,27 @@ def train_target(cfg, kind: str, log=print) -> dict:
     rows = BosRows(proto.train, proto.train.lengths, cfg.model.maxlen, model.bos, device)
     e = cfg.eval
     valid = Evaluator(proto.valid, "valid", cfg.model.maxlen - 1, e.ks, sampled=(), sample_seed=e.sample_seed,
-                      batch_size=e.batch_size, device=device, max_users=e.valid_max_users)
+                      batch_size=e.batch_size, device=device, max_users=e.valid_max_users,
+                      repeat_targets=e.repeat_targets)
     counts = proto.counts()
     log(f"target {dom.target_name} of {dom.folder.name} ({kind}" + (f", source {dom.source_name}: vectors for "
         f"{info['users_with_source']} of {dom.target.n_users} users" if info else "") + f"): {dom.target.n_items} items; "
         f"test users {counts['all']} = {counts['cold']} cold ({counts['cut']} cut to <= {cfg.cold.k} items, "
         f"{counts['no_target_history']} of them to none) + {counts['warm']} warm -> {out}")
-    res = _fit(cfg, model, rows, lambda m: valid.run(score_fn(m, side)), out, device, log,
-               {"data_fingerprint": proto.train.fingerprint(), "stage": kind, **info},
-               lambda m, batch, gen: m.training_loss(batch, gen, **side(batch["users"])))
-    report = protocol_report(model, proto, side, cfg, device)
-    res.update(stage=kind, dataset=dom.folder.name, source=dom.source_name, target=dom.target_name,
-               test=report["metrics"], users=report["users"], protocol=counts, **info)
-    if is_main():
-        store.atomic_write_json(out / "results.json", res)
-        store.atomic_save_npz(out / "test_ranks.npz", **report["ranks"])
+    with claim_stage(cfg, out, log):
+        res = _fit(cfg, model, rows, lambda m: valid.run(score_fn(m, side)), out, device, log,
+                   {"data_fingerprint": proto.train.fingerprint(), "stage": kind, **info},
+                   lambda m, batch, gen: m.training_loss(batch, gen, **side(batch["users"])))
+        report = protocol_report(model, proto, side, cfg, device)
+        res.update(stage=kind, dataset=dom.folder.name, source=dom.source_name, target=dom.target_name,
+                   test=report["metrics"], users=report["users"], protocol=counts, **info)
+        if is_main():
+            from core.provenance import run_record
+
+            res["run"] = run_record(cfg, device=device, threads=res["threads"], started=res.pop("started"),
+                                    data_paths=[dom.folder], data_fingerprint=proto.train.fingerprint())
+            store.atomic_write_json(out / "results.json", res)
+            store.atomic_save_npz(out / "test_ranks.npz", **report["ranks"])
     res["ranks"] = report["ranks"]  # in memory only: numpy arrays for paired tests
     return res
 

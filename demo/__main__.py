@@ -63,7 +63,8 @@ class Demo:
     state: dict = field(default_factory=dict)
 
     def over(self, stage: str, *extra: str, data: bool = True) -> str:
-        parts = [f"home={self.home}", f"device={self.device}"]
+        # the demo's tree is its own: each `make demo` replaces the previous one's runs
+        parts = [f"home={self.home}", f"device={self.device}", "overwrite=true"]
         if data:
             parts.append(f"data.data_root={self.data_root}")
         parts += [e for e in extra if e]

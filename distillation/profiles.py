@@ -38,7 +38,7 @@ def load_profile_json(path: str | Path) -> dict[str, list[float]]:
     if not path.is_file():
         raise DataError(f"{path}: profile embeddings not found; write them with `python -m distillation.profiles`")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: accept a byte-order mark
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: invalid JSON ({exc}); expected {{user_id: [floats]}}") from None
     if not isinstance(raw, dict) or not raw:
@@ -173,7 +173,7 @@ def read_texts(path: Path) -> dict[str, str]:
             out[str(user)] = text
         return out
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: accept a byte-order mark
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: invalid JSON ({exc}); expected {{user_id: text}}") from None
     if not isinstance(raw, dict) or not all(isinstance(v, str) and v.strip() for v in raw.values()):

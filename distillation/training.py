@@ -6,17 +6,21 @@
     torchrun --nproc_per_node=2 -m distillation.training --config ... --override device=cpu
 
 Outputs: state_dict/distillation/<dataset>/<run_name>/ (best.pt, last.pt, config.yaml,
-metrics.jsonl, results.json).
+metrics.jsonl, results.json); run_name defaults to the model (sasrec, bert4rec), --debug adds
+"-debug". A folder holding another run is refused: --override run_name=<new>, overwrite=true
+(replace it) or training.resume=true (continue it).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 
 from core.cli import add_common_args, cli_overrides, run, setup_logging
 from core.config import load_config
 from core.dist import cleanup, is_main
 from core.report import RESULT_COLUMNS, format_table, result_rows
+from core.seqrec import run_name_of
 from distillation.config import DistillConfig
 from distillation.pipeline import run_distillation
 
@@ -26,8 +30,8 @@ DEFAULT_CONFIG = "configs/distillation/sasrec.yaml"
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, default_config=DEFAULT_CONFIG)
-    parser.add_argument("--debug", action="store_true", help="tiny run: 2 epochs of 5 batches, 500 validation users")
-    parser.add_argument("--verbose", action="store_true", help="debug-level logging")
+    parser.add_argument("--debug", action="store_true", help="tiny run: 2 epochs of 5 batches, 500 validation users, "
+                                                              "in its own folder <run_name>-debug")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     overrides = cli_overrides(args)
@@ -35,6 +39,8 @@ def main(argv=None) -> int:
         overrides = "training.epochs=2,training.max_steps_per_epoch=5,eval.valid_max_users=500" + (
             "," + overrides if overrides else "")
     cfg = load_config(DistillConfig, args.config, overrides)
+    if args.debug:  # a smoke run never lands in (or is refused by) the real run's folder
+        cfg = replace(cfg, run_name=run_name_of(cfg) + "-debug")
     res = run_distillation(cfg, log=print if not args.verbose else logging.getLogger("distillation").info)
     main_rank = is_main()
     cleanup()

@@ -213,7 +213,10 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
         raise DataError(f"{len(items)} training pairs for {world} process(es): in-batch negatives need at least 2 per process")
     seed_everything(cfg.seed)
     if model is None:
+        t_load = time.perf_counter()
+        log(f"loading encoder {cfg.model} on {device} ...")  # a status line before the slow preparation
         model = load_encoder(cfg.model, device, cfg.max_seq_length)
+        log(f"encoder loaded in {time.perf_counter() - t_load:.1f}s")
     elif cfg.max_seq_length:
         model.max_seq_length = cfg.max_seq_length
     model.to(device)
@@ -264,12 +267,15 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)  # one log per run
     log(f"training on {len(items)} pairs: {total} steps of {batch} pairs x {world} process(es), "
-        f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters, device {device}"
+        f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters "
+        f"({'top ' + str(cfg.train_layers) + ' layer(s)' if cfg.train_layers else 'all layers'}), "
+        f"max_seq_length {model.max_seq_length}, device {device}"
         + (f", AMP {str(dtype).removeprefix('torch.')}" if dtype else ""))
 
     model.train()
     after_step = kill_hook()
-    t0 = t_window = time.perf_counter()
+    t0 = t_window = t_step = time.perf_counter()
+    start_step = step
     bar = _bar(total=total, initial=step, desc="train", unit="step", disable=not (show_progress and is_main()),
                leave=False)
     while step < total:
@@ -305,14 +311,19 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
             value = float(loss.detach())
             first_loss = value if first_loss is None else first_loss
             window, window_n = window + value, window_n + 1
+            step_s = time.perf_counter() - t_step
+            t_step = time.perf_counter()
+            bar.set_postfix(loss=f"{value:.4f}", s_per_step=f"{step_s:.1f}", refresh=False)  # shown by update
             bar.update(1)
+            if step == start_step + 1 and step < total:  # a first sign of life (and the pace) in any log
+                log(f"step {step}/{total} took {step_s:.1f}s (loss {value:.4f}); "
+                    f"about {step_s * (total - step) / 60:.1f} min to go")
             if step % cfg.log_every == 0 or step == total:
                 now = time.perf_counter()
                 last_loss = all_reduce_mean(window / window_n, device)  # every rank logs at the same steps
                 row = {"step": step, "epoch": epoch, "loss": round(last_loss, 6), "lr": scheduler.get_last_lr()[0],
                        "pairs_per_s": round(window_n * batch * world / max(now - t_window, 1e-9), 2),
                        "seconds": round(now - t0, 3)}
-                bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
                 if log_path is not None and is_main():
                     append_jsonl(log_path, row)
                 log(f"step {step:5d}/{total} loss {last_loss:.4f} | {row['pairs_per_s']:.1f} pairs/s")

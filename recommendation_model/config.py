@@ -55,6 +55,7 @@ class RecConfig:
     device: str = "auto"
     home: str = ""
     run_name: str = ""  # "" = the seed's layout state_dict/rec/<domain>/maxlen{L}.pt; else a sub-folder
+    overwrite: bool = False  # replace an earlier run with another config in that folder (else an error)
     spe_emb_path: str = ""  # "" = the stage-1 export of epoch_to_load in the shared tree
     cross_emb_path: str = ""
     epoch_to_load: int = 0  # which exported stage-1 epoch the default paths name; 0 = the latest exported

@@ -136,55 +136,67 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
                                          cfg.eval.c2dsr_negatives, cfg.eval.sample_seed, device, cfg.eval.batch_size,
                                          cfg.eval.c2dsr_exclude_history)
     valid_full = Evaluator(split, "valid", m.maxlen, cfg.eval.ks, sampled=(), sample_seed=cfg.eval.sample_seed,
-                           batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users)
+                           batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users,
+                           repeat_targets=cfg.eval.repeat_targets)
     # model selection: the C2DSR validation lines when given (the protocol reported), else full ranking
     validate = (lambda mod: c2dsr["valid"].run(mod)) if c2dsr else (lambda mod: valid_full.run(full_score_fn(mod)))
 
-    if not cfg.eval_only:
-        prepare_out_dir(out, cfg, cfg.training.resume)
-    log(f"data {folder.name} target {cfg.data.target} ({views.target_name}): {data.n_users} users, {data.n_items} "
-        f"items; fusion spe={spe_path or '-'} cross={cross_path or '-'} gate={m.gate}"
-        f"{' SHUFFLED' if perm is not None else ''}"
-        f"{f' vector_holdout={m.vector_holdout}' if m.vector_holdout else ''}; C2DSR lines: "
-        f"{', '.join(f'{k} {len(v)}' for k, v in c2dsr.items()) or 'not used'} -> {out}")
-    meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg),
-            "data_fingerprint": data.fingerprint()}
-    if cfg.eval_only:
-        result = load_saved(model, out / f"maxlen{m.maxlen}.pt", meta, device)
-    else:
-        result = fit(model, train_data, validate, cfg.training, out, device=device, seed=cfg.seed,
-                     checkpoint_meta=meta, loss_fn=loss_fn, log=log)
-    model.eval()
-    test_full = Evaluator(split, "test", m.maxlen, cfg.eval.ks, sampled=cfg.eval.sampled,
-                          sample_seed=cfg.eval.sample_seed, batch_size=cfg.eval.batch_size, device=device)
-    results = {
-        "domain": domain, "target": cfg.data.target, "run_dir": str(out), "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2), "threads": result.threads,
-        "sec_per_epoch": mean_epoch_seconds(out), "valid": result.best_valid,
-        "test_full": test_full.run(full_score_fn(model)), "popularity_full": test_full.run(popularity_score_fn(split)),
-        "spe_emb_path": spe_path, "cross_emb_path": cross_path, "shuffled": perm is not None,
-        "vector_holdout": m.vector_holdout,
-        "c2dsr_lines": {k: len(v) for k, v in c2dsr.items()},
-    }
-    if c2dsr:
-        results["test_c2dsr"] = c2dsr["test"].run(model)
-        # items the cloze loss ever had as a target: the training part of each sequence
-        counts = np.bincount(np.concatenate([data.sequence(u)[:n] for u, n in enumerate(split.train_len, 1)]),
-                             minlength=data.n_items + 1)
-        results["test_c2dsr_by_target"] = c2dsr["test"].split_by_training_count(counts)
-        if is_main():  # per-line ranks: paired significance tests between runs need them
-            store.atomic_save_npz(out / "test_c2dsr_ranks.npz", lines=c2dsr["test"].lines,
-                                  ranks=c2dsr["test"].last_ranks.numpy())
-    if is_main() and cfg.eval_only:
-        results["checkpoint"] = str(out / f"maxlen{m.maxlen}.pt")
-        store.atomic_write_json(out / "eval_results.json", results)
-    elif is_main():
-        final = out / f"maxlen{m.maxlen}.pt"
-        if (out / "best.pt").is_file():
-            with store.atomic_path(final) as tmp:
-                shutil.copyfile(out / "best.pt", tmp)
-        results["checkpoint"] = str(final)
-        store.atomic_write_json(out / "results.json", results)
+    # the folder is this run's until its results are written; eval_only rereads the run's own
+    # checkpoint (load_saved checks it), so it only takes the lock
+    claim = store.claim_run_dir(out, None if cfg.eval_only else to_dict(cfg), resume=cfg.training.resume,
+                                overwrite=cfg.overwrite, log=log)
+    with claim:
+        if not cfg.eval_only:
+            prepare_out_dir(out, cfg, cfg.training.resume)
+        log(f"data {folder.name} target {cfg.data.target} ({views.target_name}): {data.n_users} users, {data.n_items} "
+            f"items; fusion spe={spe_path or '-'} cross={cross_path or '-'} gate={m.gate}"
+            f"{' SHUFFLED' if perm is not None else ''}"
+            f"{f' vector_holdout={m.vector_holdout}' if m.vector_holdout else ''}; C2DSR lines: "
+            f"{', '.join(f'{k} {len(v)}' for k, v in c2dsr.items()) or 'not used'} -> {out}")
+        meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg),
+                "data_fingerprint": data.fingerprint()}
+        if cfg.eval_only:
+            result = load_saved(model, out / f"maxlen{m.maxlen}.pt", meta, device)
+        else:
+            result = fit(model, train_data, validate, cfg.training, out, device=device, seed=cfg.seed,
+                         checkpoint_meta=meta, loss_fn=loss_fn, log=log)
+        model.eval()
+        test_full = Evaluator(split, "test", m.maxlen, cfg.eval.ks, sampled=cfg.eval.sampled,
+                              sample_seed=cfg.eval.sample_seed, batch_size=cfg.eval.batch_size, device=device,
+                              repeat_targets=cfg.eval.repeat_targets)
+        results = {
+            "domain": domain, "target": cfg.data.target, "run_dir": str(out), "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2), "threads": result.threads,
+            "sec_per_epoch": mean_epoch_seconds(out), "valid": result.best_valid,
+            "test_full": test_full.run(full_score_fn(model)), "popularity_full": test_full.run(popularity_score_fn(split)),
+            "spe_emb_path": spe_path, "cross_emb_path": cross_path, "shuffled": perm is not None,
+            "vector_holdout": m.vector_holdout,
+            "c2dsr_lines": {k: len(v) for k, v in c2dsr.items()},
+        }
+        if c2dsr:
+            results["test_c2dsr"] = c2dsr["test"].run(model)
+            # items the cloze loss ever had as a target: the training part of each sequence
+            counts = np.bincount(np.concatenate([data.sequence(u)[:n] for u, n in enumerate(split.train_len, 1)]),
+                                 minlength=data.n_items + 1)
+            results["test_c2dsr_by_target"] = c2dsr["test"].split_by_training_count(counts)
+            if is_main():  # per-line ranks: paired significance tests between runs need them
+                store.atomic_save_npz(out / "test_c2dsr_ranks.npz", lines=c2dsr["test"].lines,
+                                      ranks=c2dsr["test"].last_ranks.numpy())
+        if is_main():  # the data read: stage 1's folder and the user vectors fused here
+            from core.provenance import run_record
+
+            results["run"] = run_record(cfg, device=device, threads=result.threads, started=result.started,
+                                        data_paths=[folder, spe_path, cross_path], data_fingerprint=meta["data_fingerprint"])
+        if is_main() and cfg.eval_only:
+            results["checkpoint"] = str(out / f"maxlen{m.maxlen}.pt")
+            store.atomic_write_json(out / "eval_results.json", results)
+        elif is_main():
+            final = out / f"maxlen{m.maxlen}.pt"
+            if (out / "best.pt").is_file():
+                with store.atomic_path(final) as tmp:
+                    shutil.copyfile(out / "best.pt", tmp)
+            results["checkpoint"] = str(final)
+            store.atomic_write_json(out / "results.json", results)
     return results
 
 

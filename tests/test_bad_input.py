@@ -304,6 +304,12 @@ def cd_run_name_with_dotdot(ctx):
     return "cross_domain", ["train-source", "--override", cd_over(ctx, "run_name=..")], "run name"
 
 
+def cd_dataset_never_prepared(ctx):
+    # the config names a dataset whose folder does not exist (used to say "not a domain of this dataset")
+    return "cross_domain", ["train-source", "--config", str(REPO / "configs/cross_domain/food.yaml"), "--override",
+                            f"home={ctx.home},data.data_root={ctx.data_root},data.dataset=never-prepared"], "no prepared dataset"
+
+
 def cd_recommend_k_zero(ctx):
     return "cross_domain", ["recommend", "--user", "u0001", "--k", "0", "--override", cd_over(ctx)], "--k"
 
@@ -377,7 +383,7 @@ CASES = [demo_missing_config, demo_empty_sequences_file, demo_resume_from_anothe
          persona_missing_model_dir, persona_empty_candidates,
          distill_user_with_empty_sequence, distill_item_id_out_of_range, distill_profile_dimension_mismatch,
          distill_eval_checkpoint_of_another_model, distill_eval_missing_checkpoint, distill_profiles_malformed_texts,
-         cd_missing_config, cd_run_name_with_dotdot, cd_recommend_k_zero, cd_rl_demo_checkpoint_of_another_model,
+         cd_missing_config, cd_dataset_never_prepared, cd_run_name_with_dotdot, cd_recommend_k_zero, cd_rl_demo_checkpoint_of_another_model,
          cd_source_vectors_wrong_rows,
          uni_empty_data_file, uni_malformed_jsonl_line, uni_wrong_schema, uni_wrong_value_type, uni_run_name_absolute,
          uni_inference_checkpoint_of_another_model, uni_inference_top_k_zero]

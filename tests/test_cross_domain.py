@@ -269,7 +269,9 @@ def test_rl_demo_simulated_and_logged_events(trained, capsys, tmp_path):
     assert res["events"] == 200 and not res["logged"]
     events = tmp_path / "events.jsonl"
     events.write_text('{"user": "u00001", "item": "A5", "click": true}\n{"user": "u00002", "item": "A9", "click": false}\n')
-    code, out, err = _cli(["rl-demo", "--steps", "1", "--events", str(events), "--override", over], capsys)
+    # a second policy in the same folder replaces the first only when asked to (overwrite=true)
+    code, out, err = _cli(["rl-demo", "--steps", "1", "--events", str(events), "--override", over + ",overwrite=true"],
+                          capsys)
     assert code == 0, err
     assert json.loads((root / "home/cross_domain/syn/default/rl-baseline-A/results.json").read_text())["logged"]
     events.write_text('{"user": "u00001", "item": "A5", "click": true}\n{"user": "u00002", "item": "B9", "click": 1}\n')

@@ -371,15 +371,22 @@ def test_custom_encoders_in_python_and_by_config(tmp_path):
         Pipeline.load(report["checkpoint"], log=QUIET)
     again = Pipeline.load(report["checkpoint"], custom={"audio": LinearEncoder(4, 6)}, log=QUIET)
     assert again.predict(path)["scores"] is not None
-    # by config: a registered name or an explicit module path, imported, never evaluated
+    # by config: a registered name or a module path the caller allowed, imported, never evaluated
+    from universal.encoders import ALLOWED_MODULES, allow_encoder_module
+
+    allow_encoder_module("universal.encoders")
     for spec in ("mlp", "universal.encoders:LinearEncoder"):
-        c = _cfg(tmp_path / "home", f"num_epochs=1,train_split=0.5,embedding_dim=8,custom_encoders={{audio: '{spec}'}}")
+        c = _cfg(tmp_path / "home", f"num_epochs=1,train_split=0.5,embedding_dim=8,overwrite=true,"
+                                    f"custom_encoders={{audio: '{spec}'}}")  # one folder, runs replace each other
         assert Pipeline(c, log=QUIET).fit(path)["epochs_run"] == 1
-    for bad, msg in (("os:system", "not an nn.Module class"), ("__import__('os')", "neither a registered encoder"),
-                     ("no_such_pkg.x:Y", "cannot import")):
+    allow_encoder_module("os")
+    allow_encoder_module("no_such_pkg.x")
+    for bad, msg in (("os:system", "not an nn.Module class"), ("__import__('os')", "not a registered encoder"),
+                     ("no_such_pkg.x:Y", "cannot import"), ("json:JSONDecoder", "not allowed")):
         c = _cfg(tmp_path / "home", f"num_epochs=1,train_split=0.5,custom_encoders={{audio: \"{bad}\"}}")
         with pytest.raises(ConfigError, match=msg):
             Pipeline(c, log=QUIET).fit(path)
+    ALLOWED_MODULES.clear()
 
 
 # =========================================================================== inputs and errors

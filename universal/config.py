@@ -150,7 +150,8 @@ class UniversalConfig:
     seed: int = 42
     device: str = "auto"
     home: str = ""  # root of the state_dict tree; default $RECSYS_HOME or <repo>/state_dict
-    run_name: str = "default"  # state_dict/universal/<dataset>/<run_name>/
+    run_name: str = ""  # state_dict/universal/<dataset>/<run_name>/; "" = the model's name, two-tower-<scorer>
+    overwrite: bool = False  # replace an earlier run with another config in that folder (else an error)
     embedding_dim: int = 64  # the towers' output size (and the default size of every feature token)
     scorer: Literal["dot", "classifier"] = "dot"  # dot product (retrieval) or the upstream's classifier head
     # sampled-negative BCE, in-batch softmax, both, or sampled_softmax: one softmax over the in-batch items and
@@ -198,6 +199,10 @@ class UniversalConfig:
         for name, value in self.custom_encoders.items():
             if not isinstance(value, str):
                 raise ConfigError(f"custom_encoders.{name}: expected a registered encoder name or 'pkg.module:Class'")
+
+    def run_folder_name(self) -> str:
+        """``run_name``, else the model's name: runs of the two scorers never share a folder."""
+        return self.run_name or f"two-tower-{self.scorer}"
 
     def token_dim(self, own: int) -> int:
         return own or self.embedding_dim

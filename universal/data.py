@@ -8,7 +8,8 @@ Inputs (all give the same ``Dataset``):
 - a folder with ``users``, ``items`` and ``interactions`` tables (``.csv``, or ``.parquet`` when
   pyarrow is installed): entity columns are ``user_id`` / ``item_id`` and ``<type>.<field>``
   (e.g. ``categorical.country``, ``text.bio``); list values (temporal, multi-valued categorical)
-  are JSON strings such as ``"[1, 2, 3]"``; the ``users`` / ``items`` tables are optional.
+  are JSON strings such as ``"[1, 2, 3]"``; the ``users`` / ``items`` tables are optional (without
+  one, that side's entities are the ids of the interactions, with no features).
 
 An entity record holds its id and feature blocks ``{type: {field: value}}``; the types are
 ``text``, ``categorical``, ``continuous``, ``temporal``, ``image`` and any registered custom type.
@@ -87,7 +88,7 @@ def read_raw(path: str | Path) -> tuple[dict[str, list[dict]], Path]:
     if path.suffix == ".jsonl":
         return _read_jsonl(path), path
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: accept a byte-order mark
         if not text.strip():
             raise DataError(f"{path}: file is empty; expected a JSON object with user_data, item_data and interactions")
         raw = json.loads(text)
@@ -144,7 +145,15 @@ def _read_tables(folder: Path) -> dict[str, list[dict]]:
                            for row in frame.to_dict("records")]
     for stem, key, id_col in (("users", "user_data", "user_id"), ("items", "item_data", "item_id")):
         p = find(stem)
-        if p is None:
+        if p is None:  # no table: the entities are the ids the interactions name (first-seen order), featureless
+            seen: dict = {}
+            for row in out["interactions"]:
+                raw = row.get(id_col)
+                if isinstance(raw, float) and raw.is_integer():  # an int column that pandas read as float
+                    raw = int(raw)
+                if raw is not None:
+                    seen.setdefault(id_key(raw), raw)
+            out[key] = [{id_col: raw} for raw in seen.values()]
             continue
         frame = read(p)
         if id_col not in frame.columns:

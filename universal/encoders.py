@@ -9,9 +9,12 @@ values of each field of that type (a number or a fixed-length list of numbers), 
 
 - in Python: ``pipeline.add_encoder("audio", MyEncoder(128, 64))`` (the instance is shared by
   every field of that type, in both towers), or
-- in the config: ``custom_encoders: {audio: linear}`` with a name registered here
-  (``register_encoder``) or an explicit ``"package.module:ClassName"``, imported with importlib
-  and built as ``ClassName(input_dim, output_dim)``. Nothing is evaluated.
+- in the config: ``custom_encoders: {audio: linear}`` with a name registered here in code
+  (``register_encoder``, e.g. by the user's own script before it calls the training function),
+  built as ``cls(input_dim, output_dim)``. A ``"package.module:ClassName"`` spec is imported only
+  when the caller allowed that module (``allow_encoder_module``, the command line's
+  ``--allow-encoder-module``): config and checkpoint text alone never cause an import, since
+  importing runs the module's top-level code. Nothing is evaluated.
 """
 from __future__ import annotations
 
@@ -190,7 +193,10 @@ class MLPEncoder(nn.Module):
 
 
 REGISTRY: dict[str, type] = {"linear": LinearEncoder, "mlp": MLPEncoder}
+# modules the caller (code or the command line, never a config or checkpoint) allowed to be imported
+ALLOWED_MODULES: set[str] = set()
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 def register_encoder(name: str, cls: type) -> None:
@@ -200,14 +206,27 @@ def register_encoder(name: str, cls: type) -> None:
     REGISTRY[name] = cls
 
 
+def allow_encoder_module(module_name: str) -> None:
+    """Let ``"module_name:ClassName"`` specs import ``module_name`` (an explicit opt-in in code or on
+    the command line: the module's top-level code will run)."""
+    if not _MODULE.match(module_name or ""):
+        raise ConfigError(f"--allow-encoder-module {module_name!r}: expected a dotted module name such as mypkg.encoders")
+    ALLOWED_MODULES.add(module_name)
+
+
 def resolve_encoder(spec: str, where: str) -> type:
-    """A registered name or ``"package.module:ClassName"`` -> the nn.Module class."""
+    """A registered name, or ``"package.module:ClassName"`` of an allowed module -> the nn.Module class."""
     if spec in REGISTRY:
         return REGISTRY[spec]
     if not _DOTTED.match(spec):
-        raise ConfigError(f"{where}: {spec!r} is neither a registered encoder ({', '.join(sorted(REGISTRY))}) "
-                          "nor a 'package.module:ClassName' path")
+        raise ConfigError(f"{where}: {spec!r} is not a registered encoder ({', '.join(sorted(REGISTRY))}); "
+                          "register it in code with universal.register_encoder(name, cls)")
     module_name, attr = spec.split(":")
+    if module_name not in ALLOWED_MODULES:
+        # checked before any import: the spec may come from a config or a checkpoint someone else wrote
+        raise ConfigError(f"{where}: {spec!r} names a module that was not allowed, so it is not imported; "
+                          f"register the class in code (universal.register_encoder) or pass "
+                          f"--allow-encoder-module {module_name} if you trust that module")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

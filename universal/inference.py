@@ -1,7 +1,11 @@
 """Embeddings, scores and top-K recommendations from a trained universal model.
 
     python -m universal.inference --model_path state_dict/universal/<dataset>/<run>/best.pt \\
-        --config CONFIG --data INPUT.json [--top_k 10] [--output OUT.json] [--no_scores]
+        --data INPUT.json [--top_k 10] [--output OUT.json] [--no_scores] [--config CONFIG]
+
+The checkpoint carries its config, so --config is optional; one given must describe the same
+model (run settings such as device or batch sizes may differ). A custom encoder the checkpoint
+names as 'module:Class' is imported only with --allow-encoder-module MODULE.
 
 INPUT has the training format: user_data (who to score), item_data (the candidates) and,
 optionally, interactions (items a user has seen: left out of the top-K). Ids stay as given.
@@ -18,6 +22,8 @@ from core.errors import ConfigError
 from core.store import atomic_write_json
 from universal.config import UniversalConfig
 from universal.data import load_dataset
+from universal.encoders import allow_encoder_module
+from universal.train import add_allow_module_arg
 
 
 def extra_args(parser) -> None:
@@ -27,6 +33,7 @@ def extra_args(parser) -> None:
     parser.add_argument("--output", default=None, help="output JSON (default: predictions.json beside the checkpoint)")
     parser.add_argument("--no_scores", action="store_true", help="leave the user x item score table out")
     parser.add_argument("--max_pairs", type=int, default=1_000_000, help="leave the score table out above this many pairs")
+    add_allow_module_arg(parser)
 
 
 def main(argv=None) -> int:
@@ -35,6 +42,8 @@ def main(argv=None) -> int:
     cfg, args = parse_config(UniversalConfig, argv, __doc__, None, extra_args)
     if args.top_k < 1:
         raise ConfigError(f"--top_k must be >= 1, got {args.top_k}")
+    for name in args.allow_encoder_module:  # from the command line only, never from the checkpoint
+        allow_encoder_module(name)
     # without --config the checkpoint's own config (plus --override) is used; with one, it must
     # describe the same model
     pipe = Pipeline.load(args.model_path, cfg if args.config else None,

@@ -187,8 +187,14 @@ class Pipeline:
         evals = {which: HoldoutEvaluator(data, part, code, e.ks, e.auc_negatives, e.sample_seed, e.batch_size, device)
                  for which, code in (("valid", 1), ("test", 2))}
         score = lambda model: self._score_fn(model, rows.tables)  # noqa: E731
-        out = store.run_dir("universal", name, cfg.run_name, cfg.home or None)
-        prepare_out_dir(out, cfg, cfg.training.resume)
+        out = store.run_dir("universal", name, cfg.run_folder_name(), cfg.home or None)
+        # the folder is this run's until results and embeddings are written, or nothing is
+        with store.claim_run_dir(out, to_dict(cfg), resume=cfg.training.resume, overwrite=cfg.overwrite, log=log):
+            prepare_out_dir(out, cfg, cfg.training.resume)
+            return self._fit_in(out, data, part, train, rows, evals, score, name, notes, t0)
+
+    def _fit_in(self, out, data, part, train, rows, evals, score, name, notes, t0) -> dict:
+        cfg, log, device = self.cfg, self.log, self.device
         log(f"{data.source}: {data.n_users} users, {data.n_items} items, {len(part)} interactions "
             f"(train {int(train.sum())}, valid {int((part == 1).sum())}, test {int((part == 2).sum())}) -> {out}")
         meta = {"kind": UniversalModel.kind, "model_args": self.meta, "config": to_dict(cfg),
@@ -208,6 +214,10 @@ class Pipeline:
             "valid": result.best_valid, "test": test, "popularity": pop, "notes": data.notes + notes,
         }
         if is_main():
+            from core.provenance import run_record
+
+            report["run"] = run_record(cfg, device=device, threads=result.threads, started=result.started,
+                                       data_paths=[data.source], data_fingerprint=meta["data_fingerprint"])
             store.atomic_write_json(out / "results.json", report)
             self._export_embeddings(rows.tables, name)
         return report
@@ -245,7 +255,7 @@ class Pipeline:
         folder = store.embeddings_dir("universal", name, self.cfg.home or None)
         users = self._user_vectors(self.model, tables["user"])[1:]
         items = self._item_vectors(self.model, tables["item"])[1:]
-        run = store.check_name(self.cfg.run_name, "run name")
+        run = store.check_name(self.cfg.run_folder_name(), "run name")
         store.save_embeddings(folder, f"{run}.users", users.cpu().numpy(), self.meta["user_ids"])
         store.save_embeddings(folder, f"{run}.items", items.cpu().numpy(), self.meta["item_ids"])
 
@@ -271,7 +281,10 @@ class Pipeline:
             pipe.add_encoder(name, module)
         pipe.meta = ckpt["model_args"]
         pipe.device = resolve_device(pipe.cfg.device)
-        pipe.model = pipe._new_model()
+        try:
+            pipe.model = pipe._new_model()
+        except ConfigError as exc:  # e.g. a custom encoder the checkpoint names but this process did not allow
+            raise CheckpointError(f"{path}: {exc}") from None
         try:
             pipe.model.load_state_dict(ckpt["model_state"])
         except RuntimeError as exc:

@@ -89,6 +89,9 @@ class RepConfig:
     seed: int = 42
     device: str = "auto"
     home: str = ""  # root of the state_dict tree; default $RECSYS_HOME or <repo>/state_dict
+    # "" = the seed's layout state_dict/rep/<domain>/; else a sub-folder <domain>/<run_name>/ (exports likewise)
+    run_name: str = ""
+    overwrite: bool = False  # replace an earlier run with another config in that folder (else an error)
     save_every: int = 10  # write <part>_ep{E}.pt every this many epochs (and at the last epoch)
     data: DomainDataConfig = field(default_factory=DomainDataConfig)
     model: RepModelConfig = field(default_factory=RepModelConfig)
@@ -110,11 +113,15 @@ def domain_folder_name(dataset_folder: Path, domain_names: tuple[str, str], targ
 
 
 def rep_dir(cfg: RepConfig, domain: str) -> Path:
-    return store.state_root(cfg.home or None) / "rep" / store.check_name(domain, "domain")
+    out = store.state_root(cfg.home or None) / "rep" / store.check_name(domain, "domain")
+    return out / store.check_name(cfg.run_name, "run name") if cfg.run_name else out
 
 
-def embeddings_dir(cfg_home: str, domain: str) -> Path:
-    return store.embeddings_dir("user_representation_module", domain, cfg_home or None)
+def embeddings_dir(cfg_home: str, domain: str, run_name: str = "") -> Path:
+    """Where stage 1 exports (and stage 2 looks for) user vectors; a named stage-1 run exports
+    into its own sub-folder, so that it never replaces the default run's vectors."""
+    out = store.embeddings_dir("user_representation_module", domain, cfg_home or None)
+    return out / store.check_name(run_name, "run name") if run_name else out
 
 
 def saved_epochs(folder: Path, part: str) -> list[int]:

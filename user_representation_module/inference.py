@@ -70,19 +70,19 @@ def export(cfg: RepConfig, log=print) -> dict:
     spe = load_encoder(src, f"spe_{spe_domain}", epoch, device, fingerprint)
     cross = load_encoder(src, "cross", epoch, device, fingerprint)
     maxlen = cross.maxlen
-    out = Path(cfg.export.out_dir) if cfg.export.out_dir else embeddings_dir(cfg.home, domain)
+    out = Path(cfg.export.out_dir) if cfg.export.out_dir else embeddings_dir(cfg.home, domain, cfg.run_name)
     ids = list(views.cross.user_ids)
     bs = cfg.export.batch_size
     spe_name, cross_name = f"spe_emb_ep{epoch}_{spe_domain}", f"cross_emb_ep{epoch}_{spe_domain}"
     written = [write_vectors(out, spe_name, encode_users(spe, views.view(spe_domain), maxlen, device, bs), ids),
                write_vectors(out, cross_name, encode_users(cross, views.cross, maxlen, device, bs), ids)]
     if cfg.data.c2dsr_dir:
-        from core.data.c2dsr import item_domain_of, read_c2dsr_eval
+        from core.data.c2dsr import read_c2dsr_eval
 
         for which in ("valid", "test"):
             ev = read_c2dsr_eval(cfg.data.c2dsr_dir, which)
             d = "AB".index(spe_domain)
-            own = [h[item_domain_of(h) == d] for h in ev.histories]
+            own = [h[ev.item_domain(h) == d] for h in ev.histories]  # the pair's own A size
             common = dict(n_items=views.n_items, user_ids=ev.lines.tolist(), item_ids=views.cross.item_ids)
             line_ids = ev.lines.tolist()
             written.append(write_vectors(out, f"{spe_name}.c2dsr-{which}",

@@ -5,10 +5,11 @@
     python -m user_representation_module.train --config configs/trigrec/rep/food.yaml
     torchrun --nproc_per_node=2 -m user_representation_module.train --override device=cpu
 
-Writes ``state_dict/rep/<domain>/``: ``<part>_ep{E}.pt`` every ``save_every`` epochs for the
-parts spe_A, spe_B, common, cross (plain BERT4Rec checkpoints sharing one head) and
-discriminator; ``last.pt`` (resume with ``--override training.resume=true``), ``best.pt``,
-``metrics.jsonl``, ``config.yaml`` and ``results.json``.
+Writes ``state_dict/rep/<domain>/`` (``<domain>/<run_name>/`` with ``run_name`` set):
+``<part>_ep{E}.pt`` every ``save_every`` epochs for the parts spe_A, spe_B, common, cross (plain
+BERT4Rec checkpoints sharing one head) and discriminator; ``last.pt`` (resume with
+``--override training.resume=true``), ``best.pt``, ``metrics.jsonl``, ``config.yaml`` and ``results.json``. A folder holding another run is refused:
+``--override run_name=<new>``, ``overwrite=true`` (replace it) or ``training.resume=true``.
 """
 from __future__ import annotations
 
@@ -48,47 +49,55 @@ def train_representations(cfg: RepConfig, log=print) -> dict:
     views, folder = load_views(cfg.data)
     domain = domain_folder_name(folder, views.domain_names, cfg.data.target)
     out = rep_dir(cfg, domain)
-    prepare_out_dir(out, cfg, cfg.training.resume)
-    m = cfg.model
-    model = TriGRecRep(views.n_items, disc_hidden=cfg.loss.disc_hidden, disc_lr_scale=cfg.loss.disc_lr_scale,
-                       **encoder_args(m)).to(device)
-    train_data = TriViewCloze(views, m.maxlen, m.mask_prob, model.mask_token, device, m.last_mask_prob)
-    log(f"data {folder.name} (target {cfg.data.target} = {views.target_name}): {len(train_data)} users, "
-        f"{views.n_items} items in both domains; views A {views.a.n_interactions}, B {views.b.n_interactions}, "
-        f"cross {views.cross.n_interactions} interactions -> {out}")
-    # stage-1 validation: the target's specific encoder predicting the target's held-out
-    # validation item (full ranking over the target domain); the test item is never read here
-    split = leave_one_out(views.target_all)
-    valid_eval = Evaluator(split, "valid", m.maxlen, cfg.eval.ks, sampled=(), sample_seed=cfg.eval.sample_seed,
-                           batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users)
-    target_part = f"spe_{cfg.data.target}"
-    config = to_dict(cfg)
-    fingerprint = views.cross.fingerprint()
+    # the folder is this run's until results.json is written (epoch snapshots included), or nothing is
+    with store.claim_run_dir(out, to_dict(cfg), resume=cfg.training.resume, overwrite=cfg.overwrite,
+                             ignore=("export",), log=log):  # export.*: the inference step's settings
+        prepare_out_dir(out, cfg, cfg.training.resume)
+        m = cfg.model
+        model = TriGRecRep(views.n_items, disc_hidden=cfg.loss.disc_hidden, disc_lr_scale=cfg.loss.disc_lr_scale,
+                           **encoder_args(m)).to(device)
+        train_data = TriViewCloze(views, m.maxlen, m.mask_prob, model.mask_token, device, m.last_mask_prob)
+        log(f"data {folder.name} (target {cfg.data.target} = {views.target_name}): {len(train_data)} users, "
+            f"{views.n_items} items in both domains; views A {views.a.n_interactions}, B {views.b.n_interactions}, "
+            f"cross {views.cross.n_interactions} interactions -> {out}")
+        # stage-1 validation: the target's specific encoder predicting the target's held-out
+        # validation item (full ranking over the target domain); the test item is never read here
+        split = leave_one_out(views.target_all)
+        valid_eval = Evaluator(split, "valid", m.maxlen, cfg.eval.ks, sampled=(), sample_seed=cfg.eval.sample_seed,
+                               batch_size=cfg.eval.batch_size, device=device, max_users=cfg.eval.valid_max_users,
+                               repeat_targets=cfg.eval.repeat_targets)
+        target_part = f"spe_{cfg.data.target}"
+        config = to_dict(cfg)
+        fingerprint = views.cross.fingerprint()
 
-    def save_parts(epoch: int, model: TriGRecRep) -> None:
-        if not is_main() or (epoch % cfg.save_every and epoch != cfg.training.epochs):
-            return
-        for part, module in [*((p, model.encoders[p]) for p in PARTS), ("discriminator", model.discriminator)]:
-            store.save_checkpoint(out / f"{part}_ep{epoch}.pt", kind=module.kind, model_state=module.state_dict(),
-                                  model_args=module.model_args, config=config, data_fingerprint=fingerprint,
-                                  epoch=epoch, part=part, domain=domain)
+        def save_parts(epoch: int, model: TriGRecRep) -> None:
+            if not is_main() or (epoch % cfg.save_every and epoch != cfg.training.epochs):
+                return
+            for part, module in [*((p, model.encoders[p]) for p in PARTS), ("discriminator", model.discriminator)]:
+                store.save_checkpoint(out / f"{part}_ep{epoch}.pt", kind=module.kind, model_state=module.state_dict(),
+                                      model_args=module.model_args, config=config, data_fingerprint=fingerprint,
+                                      epoch=epoch, part=part, domain=domain)
 
-    lc = cfg.loss
-    loss_fn = TriGRecLoss(w_spe=lc.w_spe, w_com=lc.w_com, w_cross=lc.w_cross, adv_weight=lc.adv_weight,
-                          grl_lambda=lc.grl_lambda, use_grl=lc.use_grl, grl_ramp=lc.grl_ramp, epochs=cfg.training.epochs)
-    meta = {"kind": model.kind, "model_args": model.model_args, "config": config, "data_fingerprint": fingerprint}
-    result = fit(model, train_data, lambda mod: valid_eval.run(domain_score_fn(mod.encoders[target_part], views,
-                                                                               cfg.data.target)),
-                 cfg.training, out, device=device, seed=cfg.seed, checkpoint_meta=meta, log=log,
-                 loss_fn=loss_fn, on_epoch_end=save_parts)
-    saved = saved_epochs(out, "cross")
-    results = {"domain": domain, "target": cfg.data.target, "rep_dir": str(out), "epochs_run": result.epochs_run,
-               "train_seconds": round(result.seconds, 2), "threads": result.threads,
-               "sec_per_epoch": mean_epoch_seconds(out),
-               "best_epoch": result.best_epoch, "valid": result.best_valid, "saved_epochs": saved,
-               "users": len(train_data)}
-    if is_main():
-        store.atomic_write_json(out / "results.json", results)
+        lc = cfg.loss
+        loss_fn = TriGRecLoss(w_spe=lc.w_spe, w_com=lc.w_com, w_cross=lc.w_cross, adv_weight=lc.adv_weight,
+                              grl_lambda=lc.grl_lambda, use_grl=lc.use_grl, grl_ramp=lc.grl_ramp, epochs=cfg.training.epochs)
+        meta = {"kind": model.kind, "model_args": model.model_args, "config": config, "data_fingerprint": fingerprint}
+        result = fit(model, train_data, lambda mod: valid_eval.run(domain_score_fn(mod.encoders[target_part], views,
+                                                                                   cfg.data.target)),
+                     cfg.training, out, device=device, seed=cfg.seed, checkpoint_meta=meta, log=log,
+                     loss_fn=loss_fn, on_epoch_end=save_parts)
+        saved = saved_epochs(out, "cross")
+        results = {"domain": domain, "target": cfg.data.target, "rep_dir": str(out), "epochs_run": result.epochs_run,
+                   "train_seconds": round(result.seconds, 2), "threads": result.threads,
+                   "sec_per_epoch": mean_epoch_seconds(out),
+                   "best_epoch": result.best_epoch, "valid": result.best_valid, "saved_epochs": saved,
+                   "users": len(train_data)}
+        if is_main():
+            from core.provenance import run_record
+
+            results["run"] = run_record(cfg, device=device, threads=result.threads, started=result.started,
+                                        data_paths=[folder], data_fingerprint=fingerprint)
+            store.atomic_write_json(out / "results.json", results)
     return results
 
 

@@ -34,7 +34,7 @@ def read_any(path: str | Path):
                         "`python -m core.data.processed --dataset <name> --out <folder>`")
     if path.suffix == ".json":
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: accept a byte-order mark
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: invalid JSON ({exc})") from None
     return load_plain_pickle(path)

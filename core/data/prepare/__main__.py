@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 from core.cli import run as cli_run
 from core.data import synthetic, synthetic_large
 from core.data.prepare import amazon2023, food_kitchen, movielens, recbole, sasrec_txt, seq_lines, universal_movielens
-from core.data.prepare.common import Prepared, summary, write_prepared
+from core.data.prepare.common import Prepared, check_dataset_name, summary, write_prepared
 
 PREPARERS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], list[Prepared]]]] = {
     "movielens": (movielens.add_args, movielens.run),
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # names first: a name the trainers would refuse fails here, before a slow parse and before any write
+    if getattr(args, "name", None):
+        check_dataset_name(args.name, "--name")
+    if args.out:
+        check_dataset_name(Path(args.out).name, "--out", Path(args.out).parent)
     _, run = PREPARERS[args.preparer]
     prepared = run(args)  # everything parsed before anything is written
     for p in prepared:

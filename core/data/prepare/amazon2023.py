@@ -91,7 +91,8 @@ def category_files(paths: list[str | Path], categories: str | None) -> list[tupl
 
 
 def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else open(path, encoding="utf-8")
+    # utf-8-sig: a byte-order mark (Windows editors write one) must not become part of line 1
+    return gzip.open(path, "rt", encoding="utf-8-sig") if path.name.endswith(".gz") else open(path, encoding="utf-8-sig")
 
 
 def _parse(line: str, path: Path, lineno: int) -> tuple:

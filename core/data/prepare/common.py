@@ -7,7 +7,10 @@ folder behind.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -15,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from core.data.sequences import SequenceData
-from core.errors import DataError
+from core.errors import DataError, UserError
 from core.store import REPO_ROOT, atomic_write_json, check_name
 
 SIDE_FILES = ("item_side.json", "user_side.json")
@@ -38,6 +41,28 @@ class Prepared:
 
 
 # --------------------------------------------------------------------------- paths
+def safe_name(name: str) -> str:
+    """A name ``core.store.check_name`` accepts, close to ``name``: accents dropped, other runs -> '_'."""
+    plain = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", plain).replace("..", "_").strip("._-") or "dataset"
+
+
+def check_dataset_name(name: str, flag: str = "--name", parent: str | Path | None = None) -> str:
+    """Refuse a dataset (folder) name the trainers would refuse later, before anything is written.
+
+    The folder name becomes the dataset name, a path component of ``state_dict/<pipeline>/<dataset>/``,
+    where ``core.store.check_name`` allows only letters, digits and ``_ . = + -``. ``parent``:
+    the folder part of ``--out``, so that the suggestion is a whole ``--out`` value.
+    """
+    try:
+        return check_name(name, "dataset name")
+    except UserError:
+        safe = safe_name(name)
+        fix = f"{flag} {Path(parent) / safe if parent is not None else safe}"
+        raise UserError(f"invalid dataset name {name!r} (from {flag}): the trainers allow letters, digits and "
+                        f"_ . = + - only (no spaces, accents, '/' or '..'); nothing was written; use {fix}") from None
+
+
 def default_out(name: str) -> Path:
     """``<repo>/data/<name>``."""
     return REPO_ROOT / "data" / check_name(name, "dataset name")
@@ -69,6 +94,10 @@ def read_text(path: str | Path, encoding: str = "utf-8", what: str = "file") -> 
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    # a UTF-8 byte-order mark is not data: left in, it glues onto the first id ('\ufeff1', or
+    # 'ï»¿1' when read as latin-1). Dropped for every encoding: no real file starts with those bytes.
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -212,7 +241,11 @@ def build_sequences(
 def write_prepared(p: Prepared) -> Path:
     """Write one dataset folder: side files first, then the dataset with ``meta.json`` last."""
     out = Path(p.out) if p.out is not None else default_out(p.name)
+    check_dataset_name(out.name, "--out", out.parent)  # the trainers take the folder name as the dataset name
     p.data.validate(str(out))
+    shares = repeat_shares(p.data)
+    if shares is not None:
+        p.extra_meta["repeat_targets"] = shares
     meta = {
         "name": p.name,
         "preparer": p.preparer,
@@ -233,6 +266,21 @@ def write_prepared(p: Prepared) -> Path:
     return out
 
 
+def repeat_shares(data: SequenceData) -> dict[str, float] | None:
+    """Leave-one-out shares of test / validation targets already in the user's history (None: no
+    user has 3 items). They decide how much ``eval.repeat_targets`` (keep / exclude) matters."""
+    from core.evaluation import repeat_target_shares
+
+    try:
+        return {k: round(v, 6) for k, v in repeat_target_shares(data).items()}
+    except DataError:
+        return None
+
+
 def summary(p: Prepared, out: Path) -> str:
     d = p.data
-    return f"prepared {p.name}: {d.n_users} users, {d.n_items} items, {d.n_interactions} interactions -> {out}"
+    line = f"prepared {p.name}: {d.n_users} users, {d.n_items} items, {d.n_interactions} interactions -> {out}"
+    shares = p.extra_meta.get("repeat_targets")
+    if shares:
+        line += f"\n  repeat targets: {100 * shares['test']:.1f}% of test, {100 * shares['valid']:.1f}% of valid"
+    return line

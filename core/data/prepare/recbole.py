@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.prepare.common import Prepared, build_sequences, iter_lines, read_text, require_file
+from core.data.prepare.common import Prepared, build_sequences, iter_lines, read_text, require_file, safe_name
 from core.errors import DataError, UserError
 from core.store import check_name
 
@@ -69,7 +69,7 @@ def load(path: str | Path, name: str | None = None, out: str | Path | None = Non
     except UserError:
         if name:
             raise
-        raise DataError(f"{path}: cannot derive a dataset name from the file name; pass --name") from None
+        raise DataError(f"{path}: cannot derive a dataset name from the file name; pass --name {safe_name(path.stem)}") from None
     lines = iter_lines(read_text(path, "utf-8", "RecBole .inter file"))
     hline, header = next(lines)
     cols = parse_header(header, path, hline)

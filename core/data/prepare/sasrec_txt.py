@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.data.prepare.common import Prepared, build_sequences, iter_lines, read_text, require_file, to_int
+from core.data.prepare.common import Prepared, build_sequences, iter_lines, read_text, require_file, safe_name, to_int
 from core.errors import DataError, UserError
 from core.store import check_name
 
@@ -24,7 +24,7 @@ def load(path: str | Path, name: str | None = None, out: str | Path | None = Non
         try:
             name = check_name(path.stem.lower(), "dataset name")
         except UserError:
-            raise DataError(f"{path}: cannot derive a dataset name from the file name; pass --name") from None
+            raise DataError(f"{path}: cannot derive a dataset name from the file name; pass --name {safe_name(path.stem.lower())}") from None
     else:
         name = check_name(name, "dataset name")
     text = read_text(path, "latin-1", "interaction file")

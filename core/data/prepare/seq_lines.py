@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.prepare.common import Prepared, build_sequences, iter_lines, read_text, require_file, to_int
+from core.data.prepare.common import Prepared, build_sequences, iter_lines, read_text, require_file, safe_name, to_int
 from core.errors import DataError, UserError
 from core.store import check_name
 
@@ -35,7 +35,7 @@ def default_name(path: Path) -> str:
     try:
         return check_name(name, "dataset name")
     except UserError:
-        raise DataError(f"{path}: cannot derive a dataset name from the file name; pass --name") from None
+        raise DataError(f"{path}: cannot derive a dataset name from the file name; pass --name {safe_name(name)}") from None
 
 
 def load(path: str | Path, name: str | None = None, out: str | Path | None = None) -> Prepared:
