@@ -35,7 +35,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# the README's commands on real data (../shared/data), as written: ~25 min on 2 CPU cores
+# the README's commands on real data (../shared/data), as written: ~10 min on 2 CPU cores
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 

@@ -16,12 +16,10 @@ later items keep their rank. Files are read as UTF-8, with or without a byte-ord
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 
-from core.cli import run
 from core.data.jsonl import iter_jsonl, require
 from core.errors import DataError
 from core.metrics import MetricAccumulator, first_hits, list_metrics
@@ -117,6 +115,9 @@ def candidate_metrics(candidates: dict[str, list[str]], truth: dict[str, set[str
 
 
 def main(argv=None) -> int:
+    """``python -m core.candidates``; core.cli is imported under ``__main__`` only (a library import stays light)."""
+    import argparse
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", required=True)
     parser.add_argument("--gt", required=True)
@@ -141,4 +142,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from core.cli import run
+
     run(main)

@@ -25,7 +25,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from core.errors import ConfigError
+from core.errors import ConfigError, read_user_file
 
 
 # --------------------------------------------------------------------------- YAML reading
@@ -88,12 +88,7 @@ def read_yaml(path: str | Path):
     """A user-written YAML file -> plain data, with one-line errors for a missing or unreadable
     file, text that is not UTF-8 (a UTF-8 BOM is accepted), invalid YAML and repeated keys."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    data = read_user_file(path, ConfigError, "config file")
     skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # editors on Windows add one
     try:
         text = data[skip:].decode("utf-8")

@@ -126,10 +126,7 @@ def item_map_hash(item_ids) -> str:
 
 
 def dataset_dir(cfg: DataConfig) -> Path:
-    root = Path(cfg.data_root) if cfg.data_root else store.REPO_ROOT / "data"
-    if "/" in cfg.dataset or cfg.dataset.startswith("."):
-        return Path(cfg.dataset)
-    return root / store.check_name(cfg.dataset, "dataset")
+    return store.dataset_folder(cfg.dataset, cfg.data_root)
 
 
 def load_dataset(cfg: DataConfig) -> tuple[SequenceData, Path]:
@@ -284,19 +281,31 @@ def _train_and_test(cfg, log, out_dir, data, split, dataset_name, make_train, de
     return results
 
 
-def evaluate_checkpoint(path: str | Path, cfg: SeqRecConfig, log=print, *, load_data=None) -> dict:
-    """Test metrics of a saved checkpoint on the dataset named by ``cfg`` (fingerprint checked)."""
-    device = resolve_device(cfg.device)
-    data, data_path = (load_data or load_dataset)(cfg.data)
+def load_trained_model(path: str | Path, data, data_path, device, *, check_fingerprint: bool = True,
+                       check=None):
+    """A SASRec / BERT4Rec checkpoint as an eval-mode model on ``device`` for ``data``: the data
+    fingerprint checked unless ``check_fingerprint`` is off (then ``check(ckpt)`` may compare the
+    item maps), and the catalog size always. Returns ``(model, checkpoint)``."""
     from core.models import MODELS
 
-    ckpt = store.load_checkpoint(path, kind=tuple(MODELS), data_fingerprint=data.fingerprint(), map_location=device)
+    ckpt = store.load_checkpoint(path, kind=tuple(MODELS), map_location=device,
+                                 data_fingerprint=data.fingerprint() if check_fingerprint else None)
+    if check is not None:
+        check(ckpt)
     args = ckpt["model_args"]
     if args["n_items"] != data.n_items:
         raise DataError(f"{path}: model has {args['n_items']} items but {data_path} has {data.n_items}")
     model = build_model(ckpt["kind"], **args).to(device)
     model.load_state_dict(ckpt["model_state"])
     model.eval()
+    return model, ckpt
+
+
+def evaluate_checkpoint(path: str | Path, cfg: SeqRecConfig, log=print, *, load_data=None) -> dict:
+    """Test metrics of a saved checkpoint on the dataset named by ``cfg`` (fingerprint checked)."""
+    device = resolve_device(cfg.device)
+    data, data_path = (load_data or load_dataset)(cfg.data)
+    model, _ckpt = load_trained_model(path, data, data_path, device)
     split = make_split(data, cfg.data.split, cfg.data.valid_quantile, cfg.data.test_quantile)
     out = {}
     for which in ("valid", "test"):

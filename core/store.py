@@ -265,6 +265,43 @@ def load_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list]:
     return vectors, ids
 
 
+
+def aligned_vectors(vectors: np.ndarray, ids: list, wanted_ids: list, mode: str = "strict", source: str | os.PathLike = "",
+                    what: str = "source", exact: bool = True, hint: str = "") -> np.ndarray:
+    """Rows of ``vectors`` (one per id in ``ids``, as ``load_embeddings`` returns them) in the
+    order of ``wanted_ids``; ``source`` (the file) and ``what`` name them in errors, ``hint``
+    is the command that exports them. No padding row is added: row i is ``wanted_ids[i]``.
+
+    - ``strict``: every wanted id must have a row (and with ``exact`` the file holds exactly as
+      many users as are wanted); the rows keep the file's dtype and must be finite.
+    - ``fill``: a wanted id without a row gets a zero row (float32); the whole file must be
+      finite and at least one wanted id must be in it.
+    """
+    if mode not in ("strict", "fill"):
+        raise ValueError(f"aligned_vectors: mode must be 'strict' or 'fill', got {mode!r}")
+    row = {str(u): i for i, u in enumerate(ids)}
+    if mode == "fill":
+        if not np.isfinite(vectors).all():
+            raise DataError(f"{source}: {what} vectors contain NaN or infinite values")
+        out = np.zeros((len(wanted_ids), vectors.shape[1]), dtype=np.float32)
+        have = np.array([str(u) in row for u in wanted_ids])
+        if not have.any():
+            raise DataError(f"{source}: none of its {len(ids)} user ids is a user of this dataset; export the vectors "
+                            f"for this dataset ({hint})")
+        out[have] = vectors[[row[str(u)] for u, h in zip(wanted_ids, have) if h]]
+        return out
+    if exact and len(ids) != len(wanted_ids):
+        raise DataError(f"{source}: {what} vectors for {len(ids)} users but the data has {len(wanted_ids)}; export them "
+                        f"for this dataset and target ({hint})")
+    missing = [u for u in wanted_ids if str(u) not in row]
+    if missing:
+        raise DataError(f"{source}: no {what} vector for user {missing[0]!r} ({len(missing)} missing); export them for "
+                        "this dataset")
+    out = vectors[[row[str(u)] for u in wanted_ids]]
+    if not np.isfinite(out).all():
+        raise DataError(f"{source}: {what} vectors contain NaN or infinite values")
+    return out
+
 # --------------------------------------------------------------------------- run folders
 LOCK_NAME = "run.lock"
 # keys that never make two runs different: how and where it runs, and the switches of this section

@@ -25,7 +25,7 @@ from core.data.domains import DOMAIN_CODES, load_domain_views, restrict_to_domai
 from core.data.sequences import SequenceData
 from core.data.splits import EvalSplit, Split, padded_prefixes
 from core.errors import ConfigError, DataError
-from core.store import load_embeddings
+from core.store import aligned_vectors as align_rows, load_embeddings
 
 EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -243,18 +243,9 @@ class SourceInputs:
 
 def aligned_vectors(path: str | Path, user_ids: list) -> np.ndarray:
     """Rows of a vector file in the order of ``user_ids``; users it lacks get a zero row (no
-    source vector: the model falls back to the sequence alone)."""
-    vectors, ids = load_embeddings(path)
-    if not np.isfinite(vectors).all():
-        raise DataError(f"{path}: source vectors contain NaN or infinite values")
-    row = {str(u): i for i, u in enumerate(ids)}
-    out = np.zeros((len(user_ids), vectors.shape[1]), dtype=np.float32)
-    have = np.array([str(u) in row for u in user_ids])
-    if not have.any():
-        raise DataError(f"{path}: none of its {len(ids)} user ids is a user of this dataset; export the vectors "
-                        "for this dataset (python -m cross_domain train-source)")
-    out[have] = vectors[[row[str(u)] for u, h in zip(user_ids, have) if h]]
-    return out
+    source vector: the model falls back to the sequence alone). See ``core.store.aligned_vectors``."""
+    return align_rows(*load_embeddings(path), user_ids, mode="fill", source=path, what="source",
+                      hint="python -m cross_domain train-source")
 
 
 def source_histories(source: SequenceData, length: int) -> np.ndarray:

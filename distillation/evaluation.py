@@ -31,8 +31,8 @@ from core.cli import add_common_args, cli_overrides, resolve_device, run
 from core.config import load_config
 from core.errors import CheckpointError, ConfigError, DataError
 from core.report import RESULT_COLUMNS, format_table, result_rows
-from core.seqrec import DataConfig, dataset_dir, item_map_hash, load_dataset, model_score_fn
-from core.store import atomic_write_json, atomic_write_text, load_checkpoint
+from core.seqrec import DataConfig, dataset_dir, item_map_hash, load_dataset, load_trained_model, model_score_fn
+from core.store import atomic_write_json, atomic_write_text
 from distillation.config import DistillConfig
 from distillation.pipeline import load_data
 
@@ -88,7 +88,6 @@ def check_item_map(ckpt: dict, path, data, data_path: Path) -> None:
 
 def load_model(args, cfg):
     from core.data.splits import make_split
-    from core.models import MODELS, build_model
 
     device = resolve_device(cfg.device)
     if args.data:
@@ -99,16 +98,10 @@ def load_model(args, cfg):
         data, data_path = load_dataset(replace(cfg.data, dataset=str(folder.resolve())))
     else:
         data, data_path = load_data(cfg.data)
-    ckpt = load_checkpoint(args.model_path, kind=tuple(MODELS), map_location=device,
-                           data_fingerprint=None if args.data else data.fingerprint())
-    if args.data:
-        check_item_map(ckpt, args.model_path, data, data_path)
+    model, ckpt = load_trained_model(
+        args.model_path, data, data_path, device, check_fingerprint=not args.data,
+        check=(lambda c: check_item_map(c, args.model_path, data, data_path)) if args.data else None)
     margs = ckpt["model_args"]
-    if margs["n_items"] != data.n_items:
-        raise DataError(f"{args.model_path}: model has {margs['n_items']} items but {data_path} has {data.n_items}")
-    model = build_model(ckpt["kind"], **margs).to(device)
-    model.load_state_dict(ckpt["model_state"])
-    model.eval()
     split = make_split(data, cfg.data.split, cfg.data.valid_quantile, cfg.data.test_quantile)
     return model, split, device, margs["maxlen"]
 

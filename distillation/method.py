@@ -21,13 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.models.layers import masked_mean as mean_pool  # the name the pooling table and tests use
+
 EPS = 1e-8
-
-
-def mean_pool(states: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """[B, L, D] states, [B, L] bool -> [B, D] average over real positions."""
-    w = real.to(states.dtype)
-    return (states * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1.0)
 
 
 def exp_pool(states: torch.Tensor, real: torch.Tensor, gamma: float) -> torch.Tensor:

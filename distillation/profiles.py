@@ -4,6 +4,9 @@
     python -m distillation.profiles --dataset ml-100k --dim 128       # + PCA to 128 dims (the seed's size)
     python -m distillation.profiles --dataset beauty --texts llm_profiles.jsonl   # texts from any LLM
     python -m distillation.profiles --dataset ml-100k --embeddings users.npy      # vectors of another pipeline
+    python -m distillation.profiles --config configs/distillation/profiles/ml-100k.yaml [--override "dim=64"]
+
+Every flag is also a key of ``ProfilesConfig`` (``--config`` file <- ``--override`` <- the flags).
 
 No LLM is reachable here, so the default profile is a templated text built from each
 user's *training* interactions only (never the validation or test items) plus side
@@ -18,6 +21,7 @@ import argparse
 import json
 import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,19 @@ from core.data.splits import leave_one_out
 from core.errors import ConfigError, DataError
 
 MAX_TITLES = 8
+
+
+@dataclass(frozen=True)
+class ProfilesConfig:
+    """What ``python -m distillation.profiles`` does; each key is also a flag of the same name."""
+
+    dataset: str = ""      # prepared dataset name under data/ or a folder (required)
+    texts: str = ""        # profile texts from an LLM: {user_id: text} JSON or JSONL
+    embeddings: str = ""   # user vectors of another pipeline (X.npy with X.ids.json)
+    dim: int = 0           # PCA to this many dimensions (0 = keep)
+    model: str = ""        # sentence-transformers model path (empty: bundled MiniLM)
+    out: str = ""          # output folder (empty: state_dict/embeddings/distillation/<dataset>)
+    device: str = "auto"
 
 
 # --------------------------------------------------------------------------- loading + validation
@@ -191,20 +208,43 @@ def pca(x: np.ndarray, dim: int) -> np.ndarray:
     return PCA(n_components=dim, random_state=0).fit_transform(x).astype(np.float32)
 
 
-def main(argv=None) -> int:
-    from core.cli import resolve_device
+FLAGS = ("dataset", "texts", "embeddings", "dim", "model", "out", "device")
+
+
+def parse_args(argv=None) -> ProfilesConfig:
+    """``--config FILE.yaml`` <- ``--override "k=v,..."`` <- the seed's flags, as one ``ProfilesConfig``."""
+    from core.config import load_config, replace
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, help="prepared dataset name under data/ or a folder")
+    parser.add_argument("--config", help="YAML file of ProfilesConfig keys (e.g. configs/distillation/profiles/ml-100k.yaml)")
+    parser.add_argument("--override", action="append", default=[], metavar='"a=1,b=x"',
+                        help="comma-separated key=value pairs applied over the config; values are YAML; may be repeated")
+    parser.add_argument("--dataset", help="prepared dataset name under data/ or a folder (required here or in the config)")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--texts", help="profile texts from an LLM: {user_id: text} JSON or JSONL")
     src.add_argument("--embeddings", help="user vectors of another pipeline (X.npy with X.ids.json)")
-    parser.add_argument("--dim", type=int, default=0, help="PCA to this many dimensions (0 = keep)")
-    parser.add_argument("--model", default="", help="sentence-transformers model path (default: bundled MiniLM)")
+    parser.add_argument("--dim", type=int, help="PCA to this many dimensions (0 = keep)")
+    parser.add_argument("--model", help="sentence-transformers model path (default: bundled MiniLM)")
     parser.add_argument("--out", help="output folder (default: state_dict/embeddings/distillation/<dataset>)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
     args = parser.parse_args(argv)
-    folder = Path(args.dataset) if "/" in args.dataset else store.REPO_ROOT / "data" / store.check_name(args.dataset, "dataset")
+    cfg = load_config(ProfilesConfig, args.config, ",".join(o for o in args.override if o and o.strip()))
+    flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
+    if flags:  # set as values, not as override text, so that paths with commas or quotes pass unchanged
+        cfg = replace(cfg, **flags)
+    if not cfg.dataset:
+        raise ConfigError("no dataset: give --dataset NAME (a prepared dataset under data/ or a folder) "
+                          "or dataset: in --config")
+    if cfg.texts and cfg.embeddings:
+        raise ConfigError("texts and embeddings are alternatives: give one of them")
+    return cfg
+
+
+def main(argv=None) -> int:
+    from core.cli import resolve_device
+
+    args = parse_args(argv)
+    folder = store.dataset_folder(args.dataset)
     data = SequenceData.load(folder)
     out = Path(args.out) if args.out else store.embeddings_dir("distillation", folder.name)
     users = [str(u) for u in data.user_ids]

@@ -6,15 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from core.data.domains import check_target
+from core.data.domains import BERT4RecModelConfig, DomainDataConfig, check_target
 from core.errors import ConfigError
 from core.seqrec import TRAINING_ALIASES, EvalConfig
 from core.train import TrainConfig
-from user_representation_module.config import DomainDataConfig, RepModelConfig
 
 
 @dataclass(frozen=True)
-class RecModelConfig(RepModelConfig):
+class RecModelConfig(BERT4RecModelConfig):
     """The target-domain BERT4Rec (``core.seqrec.ModelConfig``) plus the fusion switches."""
 
     maxlen: int = 10

@@ -12,7 +12,7 @@ from core.data.c2dsr import C2DSREval
 from core.data.splits import Split
 from core.errors import DataError
 from core.metrics import MetricAccumulator, rank_metrics, ranks_from_scores, sample_negatives
-from core.store import load_embeddings
+from core.store import aligned_vectors as align_rows, load_embeddings
 
 C2DSR_KS = (1, 5, 10)
 
@@ -31,20 +31,9 @@ def latest_export(folder: Path, kind: str, domain_code: str, epoch: int = 0) -> 
 
 def aligned_vectors(path: str | Path, user_ids: list, what: str, exact: bool = True) -> np.ndarray:
     """Rows of an exported embedding file in the order of ``user_ids``, checked (``exact``:
-    the file must hold exactly these users; else it may hold more)."""
-    vectors, ids = load_embeddings(path)
-    if exact and len(ids) != len(user_ids):
-        raise DataError(f"{path}: {what} vectors for {len(ids)} users but the data has {len(user_ids)}; export them "
-                        "for this dataset and target (python -m user_representation_module.inference)")
-    row = {str(u): i for i, u in enumerate(ids)}
-    missing = [u for u in user_ids if str(u) not in row]
-    if missing:
-        raise DataError(f"{path}: no {what} vector for user {missing[0]!r} ({len(missing)} missing); export them for "
-                        "this dataset")
-    out = vectors[[row[str(u)] for u in user_ids]]
-    if not np.isfinite(out).all():
-        raise DataError(f"{path}: {what} vectors contain NaN or infinite values")
-    return out
+    the file must hold exactly these users; else it may hold more). See ``core.store.aligned_vectors``."""
+    return align_rows(*load_embeddings(path), user_ids, mode="strict", source=path, what=what, exact=exact,
+                      hint="python -m user_representation_module.inference")
 
 
 def c2dsr_companion(path: str | Path, which: str) -> Path:

@@ -29,7 +29,7 @@ from core import store
 from core.cli import parse_config, resolve_device, run, seed_everything
 from core.config import to_dict
 from core.data.batches import ClozeDataset
-from core.data.domains import global_to_local, restrict_to_domain
+from core.data.domains import domain_folder_name, global_to_local, load_views, restrict_to_domain, user_vectors_dir
 from core.data.splits import leave_one_out
 from core.dist import cleanup, init_distributed, is_main
 from core.evaluation import Evaluator, popularity_score_fn
@@ -41,15 +41,13 @@ from recommendation_model.config import RecConfig
 from recommendation_model.data import (C2DSRProtocol, HoldoutClozeDataset, aligned_vectors, c2dsr_companion,
                                        holdout_companion, latest_export)
 from recommendation_model.model import TriGRecRecommender
-from user_representation_module.config import domain_folder_name, embeddings_dir
-from user_representation_module.data import load_views
 
 DEFAULT_CONFIG = "configs/trigrec/rec/synthetic.yaml"
 
 
 def vector_paths(cfg: RecConfig, domain: str) -> tuple[str, str]:
     code = cfg.spe_domain or cfg.data.target
-    folder = embeddings_dir(cfg.home, domain)
+    folder = user_vectors_dir(cfg.home, domain)
     spe = cfg.spe_emb_path or (str(latest_export(folder, "spe", code, cfg.epoch_to_load))
                                if cfg.model.use_spe else "")
     cross = cfg.cross_emb_path or (str(latest_export(folder, "cross", code, cfg.epoch_to_load))

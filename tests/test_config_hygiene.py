@@ -196,6 +196,10 @@ def test_every_shipped_config_passes_the_new_checks():
         cls = by_folder.get(parts[0])
         if parts[0] == "trigrec":
             cls = RecConfig if parts[1] == "rec" else RepConfig
+        elif parts[:2] == ("distillation", "profiles"):
+            from distillation.profiles import ProfilesConfig
+
+            cls = ProfilesConfig
         elif parts[0] == "persona_training":
             cls = {"data": DataSection, "train": TrainSection, "rerank": RerankSection}.get(path.stem)
         elif parts[0] == "demo":

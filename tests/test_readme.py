@@ -157,7 +157,7 @@ def _argv(command: str, extra: list[str]) -> list[str]:
 
 
 # a command on real data (it reads ../shared/data, or what such a command prepared); these run
-# under the ``slow`` marker (``make test-slow``): together about 25 minutes on 2 CPU cores
+# under the ``slow`` marker (``make test-slow``): together about 10 minutes on 2 CPU cores
 REAL = re.compile(r"\.\./shared|/beauty|ml-100k|food|--dataset amazon|tune/beauty|correlated")
 
 

@@ -13,39 +13,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from core import store
-from core.data.domains import check_target
+from core.data.domains import BERT4RecModelConfig as RepModelConfig, DomainDataConfig, check_target
 from core.errors import ConfigError
-from core.seqrec import TRAINING_ALIASES, EvalConfig, ModelConfig
+from core.seqrec import TRAINING_ALIASES, EvalConfig
 from core.train import TrainConfig
 
 PARTS = ("spe_A", "spe_B", "common", "cross")  # the encoders; plus "discriminator"
-
-
-@dataclass(frozen=True)
-class DomainDataConfig:
-    dataset: str = "synthetic"  # prepared folder name under data_root (or a path): synthetic | food-kitchen
-    data_root: str = ""  # default <repo>/data
-    target: str = "A"  # the target domain: A (e.g. food) or B (kitchen)
-    c2dsr_dir: str = ""  # C2DSR valid/test text files (Food-Kitchen); "" = not used
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "target", check_target(self.target, "data.target"))
-
-    def folder(self) -> Path:
-        return store.dataset_folder(self.dataset, self.data_root)
-
-
-@dataclass(frozen=True)
-class RepModelConfig(ModelConfig):
-    """The encoders' settings (each is a BERT4Rec); ``core.seqrec.ModelConfig`` with stage-1 defaults."""
-
-    model_type: str = "bert4rec"
-    mask_prob: float = 0.3
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.model_type != "bert4rec":
-            raise ConfigError(f"model.model_type {self.model_type!r}: TriGRec's encoders are BERT4Rec")
 
 
 @dataclass(frozen=True)
@@ -106,22 +79,9 @@ class RepConfig:
             raise ConfigError("save_every must be >= 1")
 
 
-def domain_folder_name(dataset_folder: Path, domain_names: tuple[str, str], target: str) -> str:
-    """``food`` / ``kitchen`` for Food-Kitchen (the seed's layout); ``<dataset>-<A|B>`` otherwise."""
-    name = domain_names["AB".index(target)]
-    return name if name not in ("A", "B") else f"{dataset_folder.name}-{target}"
-
-
 def rep_dir(cfg: RepConfig, domain: str) -> Path:
     out = store.state_root(cfg.home or None) / "rep" / store.check_name(domain, "domain")
     return out / store.check_name(cfg.run_name, "run name") if cfg.run_name else out
-
-
-def embeddings_dir(cfg_home: str, domain: str, run_name: str = "") -> Path:
-    """Where stage 1 exports (and stage 2 looks for) user vectors; a named stage-1 run exports
-    into its own sub-folder, so that it never replaces the default run's vectors."""
-    out = store.embeddings_dir("user_representation_module", domain, cfg_home or None)
-    return out / store.check_name(run_name, "run name") if run_name else out
 
 
 def saved_epochs(folder: Path, part: str) -> list[int]:

@@ -1,13 +1,11 @@
 """Stage-1 training rows: per user, cloze-masked rows of the A, B and cross views at once."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from core.data.batches import cloze_mask, trim_padding
-from core.data.domains import DOMAIN_CODES, DomainViews
+from core.data.domains import DOMAIN_CODES, DomainViews, load_views  # noqa: F401 (load_views: re-export)
 from core.data.sequences import SequenceData
 from core.data.splits import leave_one_out, padded_prefixes
 from core.errors import DataError
@@ -87,18 +85,6 @@ def holdout_views(views: DomainViews, m: int) -> dict[str, SequenceData]:
         cut["cross"].append(cross)
     common = dict(n_items=views.n_items, user_ids=views.cross.user_ids, item_ids=views.cross.item_ids, item_domain=dom)
     return {k: SequenceData.from_lists(v, **common) for k, v in cut.items()}
-
-
-def load_views(cfg) -> tuple[DomainViews, Path]:
-    """The two-domain views named by a ``DomainDataConfig``; the synthetic default is
-    generated on first use."""
-    from core.data.domains import load_domain_views
-    from core.seqrec import SYNTHETIC_NAMES, DataConfig, load_dataset
-
-    folder = cfg.folder()
-    if folder.name in SYNTHETIC_NAMES and not (folder / "meta.json").is_file():
-        load_dataset(DataConfig(dataset=str(folder.name), data_root=str(folder.parent)))
-    return load_domain_views(folder, cfg.target), folder
 
 
 @torch.no_grad()

@@ -26,11 +26,12 @@ import numpy as np
 
 from core import store
 from core.cli import parse_config, resolve_device, run
+from core.data.domains import domain_folder_name, load_views, user_vectors_dir
 from core.data.sequences import SequenceData
 from core.errors import CheckpointError
 from core.models import build_model
-from user_representation_module.config import RepConfig, domain_folder_name, embeddings_dir, rep_dir, saved_epochs
-from user_representation_module.data import encode_users, holdout_views, load_views
+from user_representation_module.config import RepConfig, rep_dir, saved_epochs
+from user_representation_module.data import encode_users, holdout_views
 
 DEFAULT_CONFIG = "configs/trigrec/rep/synthetic.yaml"
 
@@ -70,7 +71,7 @@ def export(cfg: RepConfig, log=print) -> dict:
     spe = load_encoder(src, f"spe_{spe_domain}", epoch, device, fingerprint)
     cross = load_encoder(src, "cross", epoch, device, fingerprint)
     maxlen = cross.maxlen
-    out = Path(cfg.export.out_dir) if cfg.export.out_dir else embeddings_dir(cfg.home, domain, cfg.run_name)
+    out = Path(cfg.export.out_dir) if cfg.export.out_dir else user_vectors_dir(cfg.home, domain, cfg.run_name)
     ids = list(views.cross.user_ids)
     bs = cfg.export.batch_size
     spe_name, cross_name = f"spe_emb_ep{epoch}_{spe_domain}", f"cross_emb_ep{epoch}_{spe_domain}"

@@ -20,25 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.models.bert4rec import BERT4Rec
+from core.models.layers import grad_reverse, masked_mean
 from user_representation_module.config import PARTS
 
 DISC_CLASSES = ("A", "B", "cross")
-
-
-class _GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, lambd: float) -> torch.Tensor:
-        ctx.lambd = lambd
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return -ctx.lambd * grad, None
-
-
-def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
-    """Identity forward; gradient multiplied by ``-lambd`` backward."""
-    return _GradReverse.apply(x, lambd)
 
 
 class DomainDiscriminator(nn.Module):
@@ -58,8 +43,7 @@ class DomainDiscriminator(nn.Module):
 
 def pooled(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Mean of the hidden states over a row's real (non-padding) positions: [B, D]."""
-    real = (rows > 0).unsqueeze(-1).to(hidden.dtype)
-    return (hidden * real).sum(1) / real.sum(1).clamp(min=1.0)
+    return masked_mean(hidden, rows > 0)
 
 
 class TriGRecRep(nn.Module):

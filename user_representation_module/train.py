@@ -18,13 +18,14 @@ import torch
 from core import store
 from core.cli import parse_config, resolve_device, run, seed_everything
 from core.config import to_dict
+from core.data.domains import domain_folder_name, load_views
 from core.data.splits import leave_one_out
 from core.dist import cleanup, init_distributed, is_main
 from core.evaluation import Evaluator
 from core.seqrec import encoder_args
 from core.train import fit, mean_epoch_seconds, prepare_out_dir
-from user_representation_module.config import PARTS, RepConfig, domain_folder_name, rep_dir, saved_epochs
-from user_representation_module.data import TriViewCloze, load_views
+from user_representation_module.config import PARTS, RepConfig, rep_dir, saved_epochs
+from user_representation_module.data import TriViewCloze
 from user_representation_module.model import TriGRecLoss, TriGRecRep
 
 DEFAULT_CONFIG = "configs/trigrec/rep/synthetic.yaml"

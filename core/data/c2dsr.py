@@ -16,8 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.prepare.food_kitchen import ITEM_SHIFT, N_FOOD
 from core.errors import DataError
+
+# Shared with the Food-Kitchen preparer (core.data.prepare.food_kitchen imports them from here, so
+# that this reader does not import a preparer): domain A (food) has raw items 0..29206, and a
+# prepared dataset's item index is raw id + ITEM_SHIFT (0 is padding).
+N_FOOD = 29207
+ITEM_SHIFT = 1
 
 FILES = {"valid": "validdata_new.txt", "test": "testdata_new.txt"}
 ITEM_LISTS = ("Alist.txt", "Blist.txt")

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core import store
 from core.data.sequences import SequenceData
 from core.errors import ConfigError, DataError
+from core.seqrec import ModelConfig
 
 DOMAIN_CODES = ("A", "B")
 FOOD_KITCHEN_VIEWS = {  # target -> (a, b, cross, target_all) pickle stems
@@ -62,6 +64,59 @@ def check_target(target: str, key: str = "target") -> str:
     if t not in DOMAIN_CODES:
         raise ConfigError(f"{key}={target!r}: use A or B (the first or second domain, e.g. A = food, B = kitchen)")
     return t
+
+
+# ------------------------------------------------------------------ configs of two-domain runs (TriGRec)
+@dataclass(frozen=True)
+class DomainDataConfig:
+    dataset: str = "synthetic"  # prepared folder name under data_root (or a path): synthetic | food-kitchen
+    data_root: str = ""  # default <repo>/data
+    target: str = "A"  # the target domain: A (e.g. food) or B (kitchen)
+    c2dsr_dir: str = ""  # C2DSR valid/test text files (Food-Kitchen); "" = not used
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", check_target(self.target, "data.target"))
+
+    def folder(self) -> Path:
+        return store.dataset_folder(self.dataset, self.data_root)
+
+
+@dataclass(frozen=True)
+class BERT4RecModelConfig(ModelConfig):
+    """The TriGRec encoders' settings (each is a BERT4Rec); ``core.seqrec.ModelConfig`` with
+    stage-1 defaults. Stage 2's model config extends it."""
+
+    model_type: str = "bert4rec"
+    mask_prob: float = 0.3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model_type != "bert4rec":
+            raise ConfigError(f"model.model_type {self.model_type!r}: TriGRec's encoders are BERT4Rec")
+
+
+def domain_folder_name(dataset_folder: Path, domain_names: tuple[str, str], target: str) -> str:
+    """``food`` / ``kitchen`` for Food-Kitchen (the seed's layout); ``<dataset>-<A|B>`` otherwise."""
+    name = domain_names["AB".index(target)]
+    return name if name not in ("A", "B") else f"{dataset_folder.name}-{target}"
+
+
+def user_vectors_dir(cfg_home: str, domain: str, run_name: str = "") -> Path:
+    """Where TriGRec stage 1 exports (and stage 2 looks for) user vectors; a named stage-1 run
+    exports into its own sub-folder, so that it never replaces the default run's vectors."""
+    out = store.embeddings_dir("user_representation_module", domain, cfg_home or None)
+    return out / store.check_name(run_name, "run name") if run_name else out
+
+
+def load_views(cfg: DomainDataConfig) -> tuple[DomainViews, Path]:
+    """The two-domain views named by a ``DomainDataConfig``; the synthetic default is
+    generated on first use."""
+    from core.seqrec import SYNTHETIC_NAMES, DataConfig, load_dataset
+
+    folder = cfg.folder()
+    if folder.name in SYNTHETIC_NAMES and not (folder / "meta.json").is_file():
+        load_dataset(DataConfig(dataset=str(folder.name), data_root=str(folder.parent)))
+    return load_domain_views(folder, cfg.target), folder
 
 
 def load_domain_views(folder: str | Path, target: str) -> DomainViews:

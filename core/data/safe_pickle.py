@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from core.errors import DataError
+from core.errors import DataError, read_user_file
 
 
 class PlainUnpickler(pickle.Unpickler):
@@ -36,14 +36,7 @@ def loads_plain(data: bytes) -> Any:
 def load_plain_pickle(path: str | Path) -> Any:
     """Load a plain-data pickle from ``path``; any failure is a ``DataError`` naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: pickle file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = read_user_file(path, DataError, "pickle file")
     if not data:
         raise DataError(f"{path}: file is empty")
     try:

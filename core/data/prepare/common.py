@@ -19,7 +19,7 @@ import numpy as np
 
 from core.data.sequences import SequenceData
 from core.errors import DataError, UserError
-from core.store import REPO_ROOT, atomic_write_json, check_name
+from core.store import atomic_write_json, check_name, dataset_folder
 
 SIDE_FILES = ("item_side.json", "user_side.json")
 
@@ -64,8 +64,8 @@ def check_dataset_name(name: str, flag: str = "--name", parent: str | Path | Non
 
 
 def default_out(name: str) -> Path:
-    """``<repo>/data/<name>``."""
-    return REPO_ROOT / "data" / check_name(name, "dataset name")
+    """``<repo>/data/<name>`` (a name, never a path: checked first, so a '/' is an error)."""
+    return dataset_folder(check_name(name, "dataset name"))
 
 
 def require_file(path: str | Path, what: str = "file") -> Path:

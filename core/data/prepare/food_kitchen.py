@@ -14,16 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from core.data.c2dsr import ITEM_SHIFT, N_FOOD  # N_FOOD: food raw ids 0..29206; index = raw id + ITEM_SHIFT
 from core.data.prepare.common import Prepared, default_out, require_dir, require_file
 from core.data.safe_pickle import load_plain_pickle
 from core.data.sequences import SequenceData
 from core.errors import DataError
 
 STEMS = ("food_all", "food_train", "kitchen_all", "kitchen_train", "cross_f_train", "cross_k_train")
-N_FOOD = 29207      # raw 0..29206
 N_KITCHEN = 34886   # raw 29207..64092
 N_ITEMS = N_FOOD + N_KITCHEN
-ITEM_SHIFT = 1
 DOMAINS = ["food", "kitchen"]
 DATASET = "food-kitchen"
 SHIFT_NOTE = (f"item ids shifted by +{ITEM_SHIFT}: raw item 0 is a real item, so index = raw id + 1 "
