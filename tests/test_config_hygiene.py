@@ -408,13 +408,9 @@ def test_run_record_without_git(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from conftest import write_tiny_universal
-    from core.data.synthetic import SyntheticSpec, prepare_synthetic
+    from conftest import write_synthetic_tree
 
-    root = tmp_path_factory.mktemp("hyg_data")
-    prepare_synthetic(root / "syn", SyntheticSpec(n_users=80, n_items_per_domain=40, n_clusters=2))
-    write_tiny_universal(root / "uni.json", n_users=30, n_items=20, per_user=6)
-    return root
+    return write_synthetic_tree(tmp_path_factory.mktemp("hyg_data"), 80, universal=(30, 20, 6))
 
 
 def _check_run(results_path: Path, seed: int) -> None:

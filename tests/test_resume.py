@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from core.cli import run
-from core.data.synthetic import SyntheticSpec, prepare_synthetic
-from core.store import atomic_write_json, load_checkpoint, save_embeddings
+from conftest import write_synthetic_tree
+from core.store import atomic_write_json, load_checkpoint
 from core.train import KILL_ENV
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,16 +38,7 @@ TRI = ("device=cpu,hidden_units=16,maxlen=12,batch_size=8,num_epochs=3,"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume_data")
-    prepare_synthetic(root / "syn", SyntheticSpec(n_users=60, n_items_per_domain=40, n_clusters=2))
-    from core.data.sequences import SequenceData
-
-    ids = SequenceData.load(root / "syn").user_ids
-    rng = np.random.default_rng(0)
-    for name in ("spe", "cross"):  # stand-ins for the stage-1 export
-        save_embeddings(root / "emb", name, rng.normal(size=(len(ids), 8)), ids)
-    src_ids = SequenceData.load(root / "syn").user_ids
-    save_embeddings(root / "emb", "source", rng.normal(size=(len(src_ids), 8)), src_ids)
+    root = write_synthetic_tree(tmp_path_factory.mktemp("resume_data"), 60, vectors=("spe", "cross", "source"))
     uni = {"user_data": [{"user_id": f"u{u}", "categorical": {"job": f"j{u % 3}"}} for u in range(30)],
            "item_data": [{"item_id": i, "categorical": {"genre": f"g{i % 4}"}, "continuous": {"year": 1990 + i}}
                          for i in range(20)],

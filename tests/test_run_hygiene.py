@@ -20,15 +20,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from core import store
 from core.cli import run
-from core.data.synthetic import SyntheticSpec, prepare_synthetic
 from core.errors import CheckpointError, UserError
-from core.store import LOCK_NAME, claim_run_dir, save_embeddings
+from conftest import write_synthetic_tree
+from core.store import LOCK_NAME, claim_run_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SEQ = ("device=cpu,model.hidden_units=16,model.maxlen=12,training.batch_size=16,training.epochs=1,"
@@ -40,18 +39,8 @@ UNI = "device=cpu,embedding_dim=8,batch_size=32,num_epochs=1,training.max_steps_
 # --------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("hygiene_data")
-    prepare_synthetic(root / "syn", SyntheticSpec(n_users=60, n_items_per_domain=40, n_clusters=2))
-    from core.data.sequences import SequenceData
-
-    ids = SequenceData.load(root / "syn").user_ids
-    rng = np.random.default_rng(0)
-    for name in ("spe", "cross"):  # stand-ins for the stage-1 export
-        save_embeddings(root / "emb", name, rng.normal(size=(len(ids), 8)), ids)
-    from conftest import write_tiny_universal
-
-    write_tiny_universal(root / "uni.json", 30, 20, 6)
-    return root
+    return write_synthetic_tree(tmp_path_factory.mktemp("hygiene_data"), 60, vectors=("spe", "cross"),
+                                universal=(30, 20, 6))
 
 
 def cli(module: str, argv: list[str], capsys) -> tuple[int, str, str]:

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from core.cli import run
-from core.data.synthetic import SyntheticSpec, prepare_synthetic
-from conftest import write_tiny_universal
+from conftest import write_synthetic_tree
 
 REPO = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {".venv", ".git", "__pycache__", "state_dict", "data", "node_modules"}
@@ -200,10 +199,7 @@ def test_object_arrays_are_refused_as_embeddings(tmp_path, marker, capsys, monke
 # --------------------------------------------------------------------------- outputs stay under the root
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sec_data")
-    prepare_synthetic(root / "syn", SyntheticSpec(n_users=40, n_items_per_domain=40, n_clusters=2))
-    write_tiny_universal(root / "uni.json", n_users=6, n_items=8, per_user=4)
-    return root
+    return write_synthetic_tree(tmp_path_factory.mktemp("sec_data"), 40, universal=(6, 8, 4))
 
 
 @pytest.mark.parametrize("module, argv, needle", [
