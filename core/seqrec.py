@@ -50,6 +50,11 @@ class ModelConfig:
     mask_prob: float = 0.2  # cloze masking rate (bidirectional models)
     last_mask_prob: float = 0.0  # share of cloze rows masked at the last item only (as at scoring time)
     output_bias: bool = True  # BERT4Rec's per-item output bias (the original has one)
+    # causal models: "sequences" = one row per user, every position predicts the next item;
+    # "prefixes" = one row per training target, predicted from the last position (as at scoring)
+    train_samples: Literal["sequences", "prefixes"] = "sequences"
+    filter_alpha: float = 0.7  # bsarec: weight of the Fourier filter against self-attention
+    filter_c: int = 5  # bsarec: low-pass cut-off (c // 2 + 1 frequency components kept)
 
     def __post_init__(self) -> None:
         if self.hidden_units % self.num_heads:
@@ -149,7 +154,7 @@ def load_dataset(cfg: DataConfig) -> tuple[SequenceData, Path]:
 
 def build_train_data(model_cfg: ModelConfig, split, model, device):
     if getattr(model, "causal", True):
-        return CausalDataset(split, model_cfg.maxlen, device=device)
+        return CausalDataset(split, model_cfg.maxlen, device=device, prefixes=model_cfg.train_samples == "prefixes")
     return ClozeDataset(split, model_cfg.maxlen, model_cfg.mask_prob, device=device,
                         last_mask_prob=model_cfg.last_mask_prob)
 
@@ -159,6 +164,8 @@ def encoder_args(cfg: ModelConfig) -> dict:
     args = dict(maxlen=cfg.maxlen, hidden_units=cfg.hidden_units, num_blocks=cfg.num_blocks, num_heads=cfg.num_heads,
                 dropout_rate=cfg.dropout_rate, initializer_range=cfg.initializer_range, loss=cfg.loss,
                 num_negatives=cfg.num_negatives, negative_sampler=cfg.negative_sampler)
+    if cfg.model_type == "bsarec":
+        return {**args, "filter_alpha": cfg.filter_alpha, "filter_c": cfg.filter_c}
     return args if cfg.model_type == "sasrec" else {**args, "output_bias": cfg.output_bias}
 
 

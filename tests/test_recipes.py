@@ -174,3 +174,82 @@ def test_micro_batch_size_refused_where_batches_cannot_split():
     with pytest.raises(ConfigError, match="micro_batch_size"):
         split_batch({"A": {"input": torch.zeros(4, 3)}}, 2)
     assert split_batch({"A": {"input": torch.zeros(4, 3)}}, 0)[0][1] == 1.0
+
+
+# --------------------------------------------------------------------------- prefix rows, BSARec
+def test_prefix_rows_put_one_target_at_the_last_position():
+    from core.data.batches import CausalDataset
+    from core.data.sequences import SequenceData
+    from core.data.splits import leave_one_out
+
+    # u1 trains on 1 2 3 (4, 5 held out), u2 on 3 6 2 (7, 8 held out)
+    data = SequenceData.from_lists([[1, 2, 3, 4, 5], [3, 6, 2, 7, 8]], 8, ["a", "b"], [str(i) for i in range(1, 9)])
+    ds = CausalDataset(leave_one_out(data), maxlen=3, prefixes=True)
+    assert len(ds) == 4 and ds.users.tolist() == [1, 1, 2, 2]
+    b = ds.get_batch(torch.arange(4))
+    assert b["input"].tolist() == [[0, 1], [1, 2], [0, 3], [3, 6]]
+    assert b["target"].tolist() == [[0, 2], [0, 3], [0, 6], [0, 2]]
+    assert b["last_target"] is True
+    inp, tgt = ds[1]
+    assert inp.tolist() == [0, 1, 2] and tgt.tolist() == [0, 0, 3]
+    # the loss of a prefix batch is the loss at its rows' last positions
+    torch.manual_seed(0)
+    model = build_model("sasrec", n_items=8, maxlen=3, hidden_units=8, num_blocks=1, num_heads=1, dropout_rate=0.0)
+    h = model(b["input"])[:, -1]
+    expected = F.cross_entropy(model.logits_all(h), b["target"][:, -1])
+    assert model.training_loss(b).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_low_pass_matrix_is_the_fourier_filter_and_survives_trimming():
+    from core.models.transformer import low_pass_matrix
+
+    torch.manual_seed(0)
+    x = torch.randn(20, 3)
+    x[:12] = 0  # left padding
+    spectrum = torch.fft.rfft(x, dim=0, norm="ortho")
+    spectrum[3:] = 0
+    expected = torch.fft.irfft(spectrum, n=20, dim=0, norm="ortho")
+    p = low_pass_matrix(20, 3)
+    assert torch.allclose(p @ x, expected, atol=1e-5)
+    assert torch.allclose(p[-8:, -8:] @ x[-8:], expected[-8:], atol=1e-5)
+    assert torch.allclose(low_pass_matrix(20, 11) @ x, x, atol=1e-5)  # every component kept: identity
+
+
+def test_bsarec_scores_do_not_depend_on_padding_width_and_rebuild_from_args():
+    torch.manual_seed(0)
+    model = build_model("bsarec", n_items=30, maxlen=12, hidden_units=16, num_blocks=2, num_heads=1,
+                        dropout_rate=0.0, filter_alpha=0.6, filter_c=3).eval()
+    rows = torch.tensor([[0] * 8 + [3, 4, 5, 6], [0] * 10 + [7, 8], list(range(1, 13))])
+    with torch.no_grad():
+        full = model.full_scores(rows)
+        assert torch.allclose(full[:2, 1:], model.full_scores(rows[:2, -4:])[:, 1:], atol=1e-5)
+        assert torch.allclose(model(rows, last_only=True)[:, 0], model(rows)[:, -1], atol=1e-5)
+        # the filter mixes positions: the same items at another offset score differently
+        shifted = torch.tensor([[0] * 7 + [3, 4, 5, 6, 9]])
+        assert not torch.allclose(model.full_scores(shifted)[0], full[0])
+    assert model.model_args["filter_alpha"] == 0.6 and model.model_args["filter_c"] == 3
+    clone = build_model("bsarec", **model.model_args)
+    clone.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(clone.eval().full_scores(rows), full)
+
+
+def test_bsarec_learns_a_planted_successor():
+    torch.manual_seed(0)
+    n_items = 20
+    succ = torch.randperm(n_items) + 1  # item i is always followed by succ[i - 1]
+    seqs = torch.zeros(64, 6, dtype=torch.long)
+    seqs[:, 0] = torch.randint(1, n_items + 1, (64,))
+    for t in range(1, 6):
+        seqs[:, t] = succ[seqs[:, t - 1] - 1]
+    batch = {"input": seqs[:, :-1], "target": seqs[:, 1:]}
+    model = build_model("bsarec", n_items=n_items, maxlen=5, hidden_units=32, num_blocks=1, num_heads=1,
+                        dropout_rate=0.0, initializer_range=0.05)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(80):
+        opt.zero_grad()
+        model.training_loss(batch).backward()
+        opt.step()
+    with torch.no_grad():
+        top = model.eval().full_scores(batch["input"]).argmax(1)
+    assert (top == seqs[:, -1]).float().mean() >= 0.9

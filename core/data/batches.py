@@ -26,17 +26,36 @@ def is_memory_mapped(array: np.ndarray) -> bool:
 class CausalDataset(Dataset):
     """Next-item training: input = items[:-1], target = items[1:] at every real input position (0 = none).
 
+    ``prefixes``: instead one row per training target (the items before it, as input), with
+    the target at the last position only. Costs about mean-length times more rows; every
+    prediction is then trained from the position that scores at evaluation (see benchmarks/README.md).
+
     ``materialize``: build the ``[U, maxlen + 1]`` row matrix once (fast batches; the default
     for in-memory data) or gather each batch's rows from the CSR arrays on the fly (memory
     O(batch); the default when the dataset is memory-mapped, i.e. catalog scale).
     """
 
-    def __init__(self, split: Split, maxlen: int, device=None, materialize: bool | None = None) -> None:
+    def __init__(self, split: Split, maxlen: int, device=None, materialize: bool | None = None,
+                 prefixes: bool = False) -> None:
         users = split.train_users
         if materialize is None:
-            materialize = not is_memory_mapped(split.data.items)
+            materialize = not is_memory_mapped(split.data.items) or prefixes
         self.data, self.maxlen, self.device = split.data, maxlen, device
         self.train_len = split.train_len
+        self.prefixes = prefixes
+        if prefixes:
+            # one row per training target t >= 2 of each user: the items before t, target at the
+            # last position only. Every prediction is then made from the scoring position
+            # (maxlen - 1) with positions counted back from it, exactly as at evaluation time.
+            lens = split.train_len[users - 1].astype(np.int64)
+            ends = np.concatenate([np.arange(2, n + 1) for n in lens]) if len(lens) else np.zeros(0, np.int64)
+            owners = np.repeat(users, np.maximum(lens - 1, 0))
+            rows = padded_prefixes(split.data, owners, ends, maxlen + 1)
+            self.users = torch.as_tensor(owners, device=device)
+            self.rows = torch.as_tensor(rows, device=device)
+            self.lengths = (self.rows > 0).sum(1)
+            self.n_items = split.data.n_items
+            return
         self.users = torch.as_tensor(users, device=device)
         if materialize:
             rows = padded_prefixes(split.data, users, split.train_len[users - 1], maxlen + 1)
@@ -59,11 +78,17 @@ class CausalDataset(Dataset):
 
     def __getitem__(self, i: int):
         row = self._rows(torch.as_tensor([i]))[0]
+        if self.prefixes:
+            return row[:-1], torch.zeros_like(row[1:]).index_fill_(0, torch.tensor([len(row) - 2]), int(row[-1]))
         return row[:-1], row[1:].masked_fill(row[:-1] == 0, 0)
 
     def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         rows = trim_padding(self._rows(index), keep=2)
         inputs = rows[:, :-1]
+        if self.prefixes:
+            target = torch.zeros_like(inputs)
+            target[:, -1] = rows[:, -1]
+            return {"input": inputs, "target": target, "users": self.users[index], "last_target": True}
         # a padded input position predicts nothing (its hidden state is zero): no target there
         return {"input": inputs, "target": rows[:, 1:].masked_fill(inputs == 0, 0), "users": self.users[index]}
 

@@ -1,8 +1,9 @@
 """Sequence encoders behind one interface (``core.models.base.SequentialRecommender``)."""
 from core.models.bert4rec import BERT4Rec
+from core.models.bsarec import BSARec
 from core.models.sasrec import SASRec
 
-MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec}
+MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec, "bsarec": BSARec}
 
 
 def build_model(kind: str, **kwargs):

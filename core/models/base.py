@@ -72,9 +72,15 @@ class SequentialRecommender(nn.Module):
         self.pos_emb = nn.Embedding(maxlen, hidden_units)
         self.emb_drop = nn.Dropout(dropout_rate)
         self.emb_norm = nn.LayerNorm(hidden_units) if not self.scale_item_embeddings else nn.Identity()
-        self.blocks = nn.ModuleList(TransformerBlock(hidden_units, num_heads, dropout_rate) for _ in range(num_blocks))
-        self.final_ln = nn.LayerNorm(hidden_units)
+        self.blocks = nn.ModuleList(self.make_block(hidden_units, num_heads, dropout_rate) for _ in range(num_blocks))
+        self.final_ln = nn.LayerNorm(hidden_units) if self.final_norm else nn.Identity()
         self._init(initializer_range)
+
+    # pre-LayerNorm blocks need a norm after the last one; post-LayerNorm blocks end normalised
+    final_norm: bool = True
+
+    def make_block(self, hidden: int, heads: int, dropout: float) -> nn.Module:
+        return TransformerBlock(hidden, heads, dropout)
 
     @property
     def model_args(self) -> dict:
@@ -107,8 +113,8 @@ class SequentialRecommender(nn.Module):
         if self.scale_item_embeddings:
             x = x * math.sqrt(self.item_emb.embedding_dim)
         x = self.emb_norm(x + self.pos_emb(positions))
-        x = self.emb_drop(x)
         real = (input_ids > 0).unsqueeze(-1)
+        x = self.emb_drop(x) * real  # padding rows are zero everywhere (the Fourier filter mixes positions)
         mask = attention_mask(input_ids, self.causal)
         layers = []
         for i, block in enumerate(self.blocks):
@@ -212,6 +218,10 @@ class SequentialRecommender(nn.Module):
         return F.cross_entropy(self.logits_all(h).float(), targets, reduction="sum")
 
     def training_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        if batch.get("last_target"):  # prefix rows: only the last position has a target
+            hidden = self.project(self(batch["input"], last_only=True))
+            seqs = torch.cat([batch["input"], batch["target"][:, -1:]], dim=1)
+            return self.prediction_loss(hidden, batch["target"][:, -1:], seqs, generator)
         hidden = self.project(self(batch["input"]))
         seqs = torch.cat([batch["input"], batch["target"]], dim=1)
         return self.prediction_loss(hidden, batch["target"], seqs, generator)

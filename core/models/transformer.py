@@ -59,3 +59,48 @@ def attention_mask(input_ids: torch.Tensor, causal: bool) -> torch.Tensor:
         keep = keep & torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
     eye = torch.eye(length, dtype=torch.bool, device=input_ids.device)
     return keep | eye
+
+
+def low_pass_matrix(length: int, keep: int) -> torch.Tensor:
+    """[length, length] real matrix P with ``P @ x`` = x (along positions) with every Fourier
+    component above the first ``keep`` removed (orthonormal rfft -> zero -> irfft).
+
+    A matrix rather than an FFT at run time: positions are right-aligned and trimmed batches
+    drop leading all-zero columns, so the trimmed product ``P[-n:, -n:] @ x[-n:]`` equals the
+    filter over the whole ``length`` window exactly.
+    """
+    spectrum = torch.fft.rfft(torch.eye(length, dtype=torch.float64), dim=0, norm="ortho")
+    spectrum[keep:] = 0
+    return torch.fft.irfft(spectrum, n=length, dim=0, norm="ortho").float()
+
+
+class FrequencyMixBlock(nn.Module):
+    """BSARec's layer (Shin et al., AAAI 2024): a Fourier low-pass / rescaled high-pass filter
+    of the sequence (an inductive bias toward smooth preference drift) mixed with self-attention
+    as ``alpha * filter + (1 - alpha) * attention``, then a feed-forward layer; post-LayerNorm
+    residuals as in the paper's code. ``c`` is the paper's cut-off (``c // 2 + 1`` components
+    are kept)."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float, maxlen: int, alpha: float, c: int) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.register_buffer("low_pass", low_pass_matrix(maxlen, c // 2 + 1), persistent=False)
+        self.sqrt_beta = nn.Parameter(torch.randn(1, 1, hidden))
+        self.filter_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.attn = MultiHeadSelfAttention(hidden, heads, dropout)
+        self.attn_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.ffn = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden))
+        self.ffn_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        length = x.shape[1]
+        project = self.low_pass[-length:, -length:]
+        query = x
+        if last_only:
+            project, query = project[-1:], x[:, -1:]
+        low = torch.einsum("qk,bkd->bqd", project, x)
+        filtered = self.filter_norm(self.drop(low + self.sqrt_beta ** 2 * (query - low)) + query)
+        attended = self.attn_norm(self.drop(self.attn(x, attn_mask, last_only)) + query)
+        mixed = self.alpha * filtered + (1 - self.alpha) * attended
+        return self.ffn_norm(self.drop(self.ffn(mixed)) + mixed)

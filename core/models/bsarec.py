@@ -1,0 +1,30 @@
+"""BSARec (Shin et al., AAAI 2024): SASRec whose blocks mix self-attention with a Fourier
+low-pass / high-pass filter of the sequence (``core.models.transformer.FrequencyMixBlock``).
+
+Causal like SASRec and trained the same way; embeddings are item + position, then LayerNorm
+(no sqrt(d) scaling), and the blocks are post-LayerNorm, as in the paper's code. Differences
+from that code: padded positions are zeros (ours) rather than position embeddings, so the
+filter sees only the user's items, and attention is causal over real items only.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from core.models.base import SequentialRecommender
+from core.models.transformer import FrequencyMixBlock
+
+
+class BSARec(SequentialRecommender):
+    causal = True
+    kind = "bsarec"
+    scale_item_embeddings = False
+    final_norm = False
+
+    def __init__(self, n_items: int, filter_alpha: float = 0.7, filter_c: int = 5, **kwargs) -> None:
+        self._filter = (filter_alpha, filter_c, kwargs.get("maxlen", 50))
+        super().__init__(n_items, **kwargs)
+        self._args.update(filter_alpha=filter_alpha, filter_c=filter_c)
+
+    def make_block(self, hidden: int, heads: int, dropout: float) -> nn.Module:
+        alpha, c, maxlen = self._filter
+        return FrequencyMixBlock(hidden, heads, dropout, maxlen, alpha, c)
