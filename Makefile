@@ -53,7 +53,7 @@ SEEDS ?= 1 2 3
 # distillation's gains are small against seed noise: its published rows use 5 seeds
 DISTILL_SEEDS ?= 1 2 3 4 5
 SHARED ?= ../shared/data
-BPY := $(BIN)/python benchmarks
+BPY := $(BIN)/python -m benchmarks
 bench: $(BENCH_STAMP) bench-data bench-sequential bench-distillation bench-trigrec bench-persona \
        bench-cross-domain bench-universal bench-scale bench-summary
 
@@ -67,37 +67,37 @@ bench-data: $(BENCH_STAMP)
 
 bench-sequential: $(BENCH_STAMP)
 	for ds in beauty sports toys ml-100k; do for s in $(SEEDS); do \
-	  $(BPY)/sequential.py quality --dataset $$ds --model sasrec --seed $$s || exit 1; done; done
-	for s in $(SEEDS); do $(BPY)/sequential.py quality --dataset beauty --model bert4rec --seed $$s || exit 1; done
-	$(BPY)/sequential.py speed --dataset beauty --model sasrec
-	$(BPY)/sequential.py speed --dataset ml-100k --model sasrec
-	$(BPY)/sequential.py budget --dataset beauty --model sasrec --minutes 20
+	  $(BPY).sequential quality --dataset $$ds --model sasrec --seed $$s || exit 1; done; done
+	for s in $(SEEDS); do $(BPY).sequential quality --dataset beauty --model bert4rec --seed $$s || exit 1; done
+	$(BPY).sequential speed --dataset beauty --model sasrec
+	$(BPY).sequential speed --dataset ml-100k --model sasrec
+	$(BPY).sequential budget --dataset beauty --model sasrec --minutes 20
 
 bench-distillation: $(BENCH_STAMP)
 	for m in sasrec bert4rec; do for s in $(DISTILL_SEEDS); do for v in base distill shuffled; do \
-	  $(BPY)/distillation.py run --model $$m --variant $$v --seed $$s || exit 1; done; done; done
+	  $(BPY).distillation run --model $$m --variant $$v --seed $$s || exit 1; done; done; done
 	for m in sasrec bert4rec; do for s in $(SEEDS); do for v in mean exp attention nodyn noft; do \
-	  $(BPY)/distillation.py run --model $$m --variant $$v --seed $$s || exit 1; done; done; done
+	  $(BPY).distillation run --model $$m --variant $$v --seed $$s || exit 1; done; done; done
 
 bench-trigrec: $(BENCH_STAMP)
 	for t in food kitchen; do for s in $(SEEDS); do \
-	  $(BPY)/trigrec.py stage1 --target $$t --seed $$s || exit 1; \
-	  $(BPY)/trigrec.py stage1 --target $$t --seed $$s --no-grl || exit 1; \
+	  $(BPY).trigrec stage1 --target $$t --seed $$s || exit 1; \
+	  $(BPY).trigrec stage1 --target $$t --seed $$s --no-grl || exit 1; \
 	  for v in bert4rec trigrec spe cross nogate shuffled nogrl spe_other leakfree leakfree_spe_other; do \
-	    $(BPY)/trigrec.py stage2 --target $$t --seed $$s --variant $$v || exit 1; done; done; done
+	    $(BPY).trigrec stage2 --target $$t --seed $$s --variant $$v || exit 1; done; done; done
 
 bench-persona: $(BENCH_STAMP)
 	for ds in amazon yelp; do \
-	  $(BPY)/persona.py known --dataset $$ds || exit 1; \
-	  $(BPY)/persona.py rerank --dataset $$ds || exit 1; \
-	  $(BPY)/persona.py cache --dataset $$ds || exit 1; done
-	for s in $(SEEDS); do $(BPY)/persona.py synthetic --seed $$s || exit 1; done
-	$(BPY)/persona.py speed --dataset amazon
+	  $(BPY).persona known --dataset $$ds || exit 1; \
+	  $(BPY).persona rerank --dataset $$ds || exit 1; \
+	  $(BPY).persona cache --dataset $$ds || exit 1; done
+	for s in $(SEEDS); do $(BPY).persona synthetic --seed $$s || exit 1; done
+	$(BPY).persona speed --dataset amazon
 
 bench-cross-domain: $(BENCH_STAMP)
 	for s in $(SEEDS); do \
-	  $(BPY)/cross_domain.py run --dataset synthetic --seed $$s || exit 1; \
-	  for ds in food kitchen; do $(BPY)/cross_domain.py run --dataset $$ds --seed $$s \
+	  $(BPY).cross_domain run --dataset synthetic --seed $$s || exit 1; \
+	  for ds in food kitchen; do $(BPY).cross_domain run --dataset $$ds --seed $$s \
 	    --override "training.epochs=20,training.patience=3" || exit 1; done; done
 
 UNI_COMMON := popularity mf universal-simple universal-attention universal-simple-no-text \
@@ -105,20 +105,20 @@ UNI_COMMON := popularity mf universal-simple universal-attention universal-simpl
 bench-universal: $(BENCH_STAMP)
 	for s in $(SEEDS); do \
 	  for m in $(UNI_COMMON) universal-simple-no-temporal; do \
-	    $(BPY)/universal.py run --dataset correlated --model $$m --seed $$s || exit 1; done; \
+	    $(BPY).universal run --dataset correlated --model $$m --seed $$s || exit 1; done; \
 	  for m in $(UNI_COMMON) universal-simple-ids-only; do \
-	    $(BPY)/universal.py run --dataset ml-100k --model $$m --seed $$s || exit 1; done; done
-	$(BPY)/universal.py scale
+	    $(BPY).universal run --dataset ml-100k --model $$m --seed $$s || exit 1; done; done
+	$(BPY).universal scale
 
 bench-scale: $(BENCH_STAMP)
-	for size in 100k 1m 10m; do $(BPY)/scale.py run --size $$size \
+	for size in 100k 1m 10m; do $(BPY).scale run --size $$size \
 	  --piece prep --piece train --piece eval --piece eval-unchunked || exit 1; done
 
 # Tables only, from the rows already recorded (seconds to minutes; trains nothing).
 bench-summary: $(BENCH_STAMP)
 	for b in sequential distillation trigrec persona cross_domain universal scale; do \
-	  $(BPY)/$$b.py summarize || exit 1; done
-	$(BPY)/summary.py
+	  $(BPY).$$b summarize || exit 1; done
+	$(BPY).summary
 
 clean:
 	rm -rf state_dict/demo data/synthetic data/synthetic-a data/synthetic-b data/synthetic-a-persona

@@ -1,24 +1,12 @@
 """Cross-domain transfer for cold-start users (issue 8): transfer vs baseline vs PTUPCDR-style bridge.
 
-Runs in pieces (one dataset / seed per call); each merges its rows into
-``benchmarks/results/cross_domain_runs.json``; ``summarize`` writes ``cross_domain.json`` / ``.md``:
-
-    python -m core.data.prepare food-kitchen --path ../shared/data/food-kitchen   # once
-    python benchmarks/cross_domain.py run --dataset synthetic --seed 1
-    python benchmarks/cross_domain.py run --dataset food --seed 1      # source kitchen -> target food
-    python benchmarks/cross_domain.py run --dataset kitchen --seed 1   # source food -> target kitchen
-    python benchmarks/cross_domain.py summarize
-
-A ``run`` calls the pipeline's own CLI, stage by stage (``train-source``, ``train-target-baseline``,
-``train-target-transfer`` with the MLP bridge and with ``transfer.bridge=ptupcdr``, then
-``eval-compare``), under ``run_name=bench-seed<N>``; a stage whose ``results.json`` exists is
-reused (``--retrain`` trains it again), so an interrupted run resumes. The cold-start split is
-fixed (``cold.seed``), so every seed scores the same users: seeds vary the initialisation, the
-sampled training negatives and the batches. Rows: ``protocol`` ``full`` (all items but the
-user's target history) or ``sampled-100`` (the positive + 99 fixed-seed negatives), ``subset``
-``all`` / ``cold`` / ``warm``; per-seed Wilcoxon tests over users (NDCG@10, vs baseline) come
-from ``eval-compare``; ``summarize`` adds one over the users' NDCG@10 averaged across seeds when
-the runs' ``test_ranks.npz`` are still on disk.
+Pieces (``run --dataset D --seed N``, ``summarize``: benchmarks/README.md, "Cross-domain
+transfer"). A ``run`` calls ``python -m cross_domain`` stage by stage (``train-source``,
+``train-target-baseline``, ``train-target-transfer`` with ``transfer.bridge`` mlp and ptupcdr,
+``eval-compare``) under ``run_name=bench-seed<N>``, reusing a stage whose ``results.json``
+exists (``--retrain``: train it again), and merges its rows into ``cross_domain_runs.json``;
+``summarize`` adds a Wilcoxon test over the users' NDCG@10 averaged across seeds when the runs'
+``test_ranks.npz`` are still on disk.
 """
 from __future__ import annotations
 
@@ -30,12 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sequential import aggregate, machine, merge_rows, row  # noqa: E402
+from benchmarks.common import REPO, RESULTS, aggregate, load_rows, machine, merge_rows, ndcg_by_id, row, seed_averaged_paired
 
-RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "cross_domain_runs.json"
 DATASETS = {  # benchmark name -> (config, row label, folder under state_dict/cross_domain, source, target)
     "synthetic": ("configs/cross_domain/synthetic.yaml", "synthetic", "synthetic", "B", "A"),
@@ -182,8 +166,6 @@ def no_history_rows(args, home: Path, label: str, command: str) -> list[dict]:
 def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subset: str) -> dict | None:
     """Wilcoxon over users of NDCG@10 averaged across seeds (kind vs baseline), from the runs'
     ``test_ranks.npz``; None when a seed's ranks are no longer on disk."""
-    from scipy import stats
-
     dirs = {}
     for r in runs:
         if r["dataset"] == label and r["metric"] == "sec_per_epoch" and r["model"] in (kind, "baseline"):
@@ -192,27 +174,21 @@ def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subs
     if len(seeds) < 2 or not all(dirs[m][s].is_file() for m in (kind, "baseline") for s in seeds):
         return None
     key = {"sampled-100": "sampled-99"}.get(proto, proto)
-    gains = {}
-    for m in (kind, "baseline"):
-        per_seed = []
-        for s in seeds:
-            z = np.load(dirs[m][s])
-            if subset == "cold-none":
-                mask = _kept_none(label)[z["users"]]
-            else:
-                mask = {"all": np.ones(len(z["users"]), bool), "cold": z["cold"], "warm": ~z["cold"]}[subset]
-            ranks = z[key][mask]
-            per_seed.append((np.argsort(z["users"][mask]), np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)))
-        gains[m] = np.mean([g[o] for o, g in per_seed], axis=0)
-    diff = gains[kind] - gains["baseline"]
-    p = float(stats.wilcoxon(gains[kind], gains["baseline"]).pvalue) if np.count_nonzero(diff) else 1.0
-    return {"p": p, "mean_diff": float(diff.mean()), "users": int(len(diff)), "seeds": seeds}
+
+    def per_user(model: str, seed: int) -> dict:
+        z = np.load(dirs[model][seed])
+        mask = _kept_none(label)[z["users"]] if subset == "cold-none" else \
+            {"all": np.ones(len(z["users"]), bool), "cold": z["cold"], "warm": ~z["cold"]}[subset]
+        return ndcg_by_id(z["users"][mask], z[key][mask])
+
+    t = seed_averaged_paired([per_user("baseline", s) for s in seeds], [per_user(kind, s) for s in seeds])
+    return {"p": t["wilcoxon_p"], "mean_diff": t["mean_diff"], "users": t["users"], "seeds": seeds}
 
 
 def cmd_summarize(args) -> None:
     from core.store import atomic_write_json, atomic_write_text
 
-    runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
+    runs = load_rows(RUNS_FILE)
     value_runs = [r for r in runs if r["model"] in KINDS and r["metric"] != "p_wilcoxon_vs_baseline"]
     out = []
     for subset in SUBSETS:

@@ -1,19 +1,10 @@
 """Does distilling text profiles improve SASRec / BERT4Rec? Baseline vs distilled, ablations, controls.
 
-Runs in pieces (one model / variant / seed per call); each merges its rows:
-
-    python benchmarks/distillation.py run --model sasrec --variant base --seed 1
-    python benchmarks/distillation.py run --model sasrec --variant distill --seed 1
-    python benchmarks/distillation.py run --model sasrec --variant shuffled --seed 1
-    python benchmarks/distillation.py summarize        # -> results/distillation.json, .md, _curves.png
-
-Every variant trains ``configs/distillation/<model>_llm/<dataset>.yaml`` with the same
-hyperparameters and epochs (``patience: 0``; checkpoint chosen on validation); a variant only
-changes the distillation keys (see ``VARIANTS``). Profiles come from
-``python -m distillation.profiles --dataset <dataset> --dim 128`` (run first if missing).
-``summarize`` reports mean ± std over seeds, the relative gain over the baseline, and a
-paired test over users (per-user NDCG@10 averaged over the seeds both systems share:
-Wilcoxon signed-rank and paired t-test), plus the training-time ratio.
+Pieces (``run --model M --variant V --seed N``, ``summarize``: benchmarks/README.md, "Profile
+distillation"). Every variant trains ``configs/distillation/<model>_llm/<dataset>.yaml`` through
+``python -m distillation.training`` with the same settings except the distillation keys
+(``VARIANTS``). ``summarize``: mean ± std over seeds, the gain over the baseline, a paired test
+over users (per-user NDCG@10 averaged over the shared seeds) and the training-time ratio.
 """
 from __future__ import annotations
 
@@ -21,16 +12,11 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-from sequential import aggregate, merge_rows, ndcg_by_id, pyplot, row, seed_averaged_paired  # noqa: E402
+from benchmarks.common import REPO, RESULTS, aggregate, load_rows, merge_rows, ndcg_by_id, pyplot, row, seed_averaged_paired
 
-RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "distillation_runs.json"
 # per-user test ranks of every run, kept beside the rows so the paired tests can be recomputed
 # on a machine that no longer holds the run folders (state_dict/ is never committed)
@@ -120,13 +106,13 @@ def paired_test(ranks_table: dict, base_dirs: dict[int, str], other_dirs: dict[i
 
 
 def cmd_summarize(args) -> None:
-    runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
+    runs = load_rows(RUNS_FILE)
     groups, out = aggregate(runs)
     dirs: dict[tuple, dict[int, str]] = {(ds, model): {r["seeds"][0]: r["run_dir"] for r in rs}
                                          for (ds, model, proto, metric), rs in groups.items() if metric == "NDCG@10"}
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
     ranks_table = store_user_ranks({d for model_dirs in dirs.values() for d in model_dirs.values()})
-    previous = json.loads((RESULTS / "distillation.json").read_text()) if (RESULTS / "distillation.json").is_file() else []
+    previous = load_rows(RESULTS / "distillation.json")
     previous_tests = {(r["dataset"], r["model"]): r for r in previous if r["metric"] == "paired_wilcoxon_p_NDCG@10"}
     for (ds, model), model_dirs in sorted(dirs.items()):
         base = model.split("+")[0]

@@ -1,33 +1,13 @@
 """Persona training (issue 7): known answers, a measured rerank on the real samples, planted structure,
 training throughput and cache build time.
 
-Runs in pieces; each merges its rows into ``benchmarks/results/persona_runs.json``:
-
-    python benchmarks/persona.py known --dataset amazon          # example candidates: upstream HR@10 0.457 (Amazon),
-    python benchmarks/persona.py known --dataset yelp            #   0.182 (Yelp); a rerank that can score nothing
-    python benchmarks/persona.py rerank --dataset amazon --fold 0   # one fold of 5 (omit --fold: all five)
-    python benchmarks/persona.py rerank --dataset yelp --fold 0
-    python benchmarks/persona.py synthetic --seed 1              # planted structure
-    python benchmarks/persona.py speed --dataset amazon          # training pairs/s (--device cuda --amp on|off)
-    python benchmarks/persona.py cache --dataset yelp            # cache build time (and reuse)
-    python benchmarks/persona.py summarize                       # persona.json / persona.md
-
-``rerank`` (protocol ``sampled-100``): each of the 50 users of ``3.5_history_loo`` is scored on
-the held-out item of ``3.5_gt`` among 99 other items of the same sample (items reviewed in the
-sample's histories, drawn with a fixed seed; never the user's own items). An item's text is its
-personas when it has them, else the item summary its reviews carry (``texts.item_texts`` with the
-summary fallback). Users are split into 5 folds (fixed seed); the encoder of fold f is trained
-on pairs of the other folds' users only (each history prefix -> the next item's text, and the
-whole held-out history -> the held-out item), so no user is scored by a model that saw them.
-Models: ``random``, ``popularity`` (interactions in the sample's held-out histories), ``zero-shot``
-(the offline MiniLM) and ``trained``. Every fold stores its per-user ranks; ``summarize`` pools
-the folds and reports HR/MRR/NDCG@5/10/20 with 95% bootstrap intervals over users
-(``ci_low``/``ci_high``); 50 users is a small sample and the intervals are wide.
-
-``synthetic``: the planted persona-format default (``persona_training.synthetic``): the encoder
-trains on the training users' selected personas and the 60 test users are ranked over all
-items outside their history (protocol ``full``) and over their 20 upstream candidates with
-the pipeline's reranker (protocol ``candidates``).
+Pieces (``known``, ``rerank``, ``synthetic``, ``speed``, ``cache``, ``summarize``: see
+benchmarks/README.md) merge their rows into ``benchmarks/results/persona_runs.json``. The
+protocol itself (sample, folds, candidates, training pairs, baselines, ranks and metrics with
+``core.metrics``' tie rule) is ``persona_training.evaluate``; this module drives it, trains the
+fold encoders with ``persona_training.encoder.train_pairs`` and writes the tables: ``summarize``
+pools the folds' per-user ranks and reports HR/MRR/NDCG@5/10/20 with 95% bootstrap intervals
+over users (``ci_low``/``ci_high``).
 """
 from __future__ import annotations
 
@@ -39,20 +19,15 @@ import shlex
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sequential import machine, merge_rows, row  # noqa: E402
+from benchmarks.common import REPO, RESULTS, load_rows, machine, merge_rows, row
+from persona_training.evaluate import METRICS, Sample, baseline_ranks, bootstrap_ci, known_answer, pooled_metrics, \
+    scorer_ranks, stable_seed, synthetic_ranks, user_metrics
 
-RESULTS = REPO / "benchmarks" / "results"
 DATA = REPO.parent / "shared" / "data" / "persona4rec"
-KS = (5, 10, 20)
-METRICS = [f"{m}@{k}" for m in ("HR", "NDCG") for k in KS] + ["MRR"]
 MODELS = ("random", "popularity", "zero-shot", "trained")
 KNOWN_HR10 = {"amazon": (21, 46), "yelp": (14, 77)}  # counted from the example files (data README)
 # merge keys of persona_runs.json: a rerun of the same piece replaces its rows ("piece" = the subcommand)
@@ -74,7 +49,7 @@ def command_line() -> str:
         if a.startswith("--results-dir="):
             continue
         out.append(shlex.quote(a))
-    return "python benchmarks/persona.py " + " ".join(out)
+    return "python -m benchmarks.persona " + " ".join(out)
 
 
 def runs_file(args) -> Path:
@@ -106,31 +81,6 @@ def xrow(dataset, model, protocol, metric, value, args, seeds=None, **extra) -> 
     return r
 
 
-def user_seed(*parts) -> list[int]:
-    """A numpy seed sequence from strings/ints (stable across processes, unlike ``hash``)."""
-    return [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
-
-
-def rank_of_first(scores: np.ndarray, rng: np.random.Generator) -> int:
-    """0-based rank of ``scores[0]`` among all; ties broken uniformly at random."""
-    t = scores[0]
-    greater = int((scores[1:] > t).sum())
-    ties = int((scores[1:] == t).sum())
-    return greater + int(rng.integers(0, ties + 1))
-
-
-def per_user_metrics(ranks) -> dict[str, np.ndarray]:
-    """ranks: 0-based rank of the one relevant item per user (None = not in the list)."""
-    r = np.array([np.inf if x is None else float(x) for x in ranks])
-    out = {}
-    for k in KS:
-        hit = r < k
-        out[f"HR@{k}"] = hit.astype(float)
-        out[f"NDCG@{k}"] = np.where(hit, 1.0 / np.log2(np.where(hit, r, 0) + 2.0), 0.0)
-    out["MRR"] = np.where(np.isfinite(r), 1.0 / (np.where(np.isfinite(r), r, 0) + 1.0), 0.0)
-    return out
-
-
 def encoder_on(args, seq_len: int):
     from persona_training.encoder import load_encoder
 
@@ -150,50 +100,35 @@ def settings_of(args, names) -> dict:
     return {n: getattr(args, n) for n in names}
 
 
-def print_table(title: str, table: dict[str, dict[str, float]], n_users: int) -> None:
+def print_table(title: str, ranks: dict[str, list], n_users: int) -> None:
     print(f"\n{title} ({n_users} users)")
     print(f"{'model':12s}" + "".join(f"{m:>9s}" for m in METRICS))
-    for name, m in table.items():
+    for name, rs in ranks.items():
+        m = {k: float(v.mean()) for k, v in user_metrics(rs).items()}
         print(f"{name:12s}" + "".join(f"{m[x]:9.4f}" for x in METRICS))
+
+
+def sample_of(args) -> Sample:
+    return Sample(args.data_dir, args.dataset, args.fields, args.pool, args.folds, args.fold_seed)
 
 
 # --------------------------------------------------------------------------- 1. known answer
 def cmd_known(args) -> None:
     """Upstream order of the example candidates (the known answer) and a rerank that can score
     only candidates with personas and users with a history: the rest keep their upstream slots."""
-    from core.candidates import candidate_metrics, read_ground_truth, read_scored_candidates
-    from persona_training import schema, texts
-    from persona_training.scoring import Scorer, as_ranked, rerank_lists
+    from persona_training.scoring import Scorer
 
-    ds, root = args.dataset, Path(args.data_dir)
-    cand_path, gt_path = root / "evaluation" / ds / "candidate.jsonl", root / "evaluation" / ds / "gt.jsonl"
-    candidates, truth = read_scored_candidates(cand_path), read_ground_truth(gt_path)
-    upstream = {u: [item for item, _s in rows] for u, rows in candidates.items()}
-    m_up = candidate_metrics(upstream, truth, list(KS))
-    hits, users = KNOWN_HR10[ds]
-    ok = abs(m_up["HR@10"] - hits / users) < 1e-9 and m_up["users"] == users
-    sample = root / "sample" / ds
-    data = schema.load_data({"persona": sample / "3.5_persona_with_summary.jsonl",
-                             "loo_history": sample / "3.5_history_loo.jsonl"}, ds)
-    state: dict = {}
+    ds, state = args.dataset, {}
 
     def scorer():  # the model is loaded only if something can be scored
         if "s" not in state:
             state["s"] = Scorer(encoder_on(args, args.eval_max_seq_length), amp=args.amp == "on")
         return state["s"]
 
-    def user_vec(u):
-        reviews = data.history.get(u)
-        return None if not reviews else scorer().user_vectors([texts.history_texts(reviews, "summary", args.max_history)])[0]
-
-    def item_rows(i):
-        ps = data.personas.get(i)
-        return None if not ps else scorer().embed([texts.persona_text(p, args.fields) for p in ps])
-
-    reranked, counts = rerank_lists(candidates, user_vec, item_rows)
-    # every unscored entry must still sit in its upstream slot
-    moved = sum(1 for es in reranked.values() for j, e in enumerate(es) if not e["scored"] and e["upstream_rank"] != j + 1)
-    m_re = candidate_metrics(as_ranked(reranked), truth, list(KS))
+    res = known_answer(args.data_dir, ds, scorer, args.fields, args.max_history)
+    m_up, m_re, counts, moved = res["upstream"], res["reranked"], res["counts"], res["unscored_moved"]
+    hits, users = KNOWN_HR10[ds]
+    ok = abs(m_up["HR@10"] - hits / users) < 1e-9 and m_up["users"] == users
     extra = {"users": m_up["users"], "known_answer": f"HR@10 = {hits}/{users} = {hits / users:.3f}"}
     rows = [xrow(ds, "upstream", "candidates", m, float(m_up[m]), args, **extra,
                  **({"known_answer_reproduced": bool(ok)} if m == "HR@10" else {})) for m in METRICS]
@@ -215,140 +150,43 @@ def cmd_known(args) -> None:
 
 
 # --------------------------------------------------------------------------- 2. measured rerank
-class RealSample:
-    """One dataset's sample: held-out histories, targets, item texts, popularity, folds."""
-
-    def __init__(self, args):
-        from core.candidates import read_ground_truth
-        from persona_training import schema, texts
-
-        ds, sample = args.dataset, Path(args.data_dir) / "sample" / args.dataset
-        self.dataset = ds
-        self.data = schema.load_data({"persona": sample / "3.5_persona_with_summary.jsonl",
-                                      "loo_history": sample / "3.5_history_loo.jsonl",
-                                      "item_summary": sample / "2_summary.jsonl"}, ds)
-        full = schema.load_history(sample / "3.5_history.jsonl", ds)
-        gt = read_ground_truth(sample / "3.5_gt.jsonl")
-        bad = [u for u, items in gt.items() if len(items) != 1]
-        if bad:
-            raise SystemExit(f"{sample / '3.5_gt.jsonl'}: users with more than one target: {bad[:3]}")
-        self.target = {u: next(iter(items)) for u, items in gt.items()}
-        self.users = sorted(self.data.history)
-        missing = [u for u in self.users if u not in self.target]
-        if missing:
-            raise SystemExit(f"{len(missing)} history users have no target in 3.5_gt.jsonl, e.g. {missing[0]}")
-        # item text: the item summaries carried by reviews are the same for every review of an item
-        # (checked on both samples), so the full histories supply the held-out items' summaries too;
-        # a review's own title/facets/rating never enter an item's text
-        both = schema.PersonaData(ds, personas=self.data.personas, items=self.data.items,
-                                  history={**self.data.history, **{f"full:{u}": r for u, r in full.items()}})
-        texts_all = texts.item_texts(both, args.fields, "summary", fallback="summary")
-        reviewed = {r.item_id for h in (self.data.history, full) for rs in h.values() for r in rs}
-        pool = set(texts_all) if args.pool == "all" else reviewed & set(texts_all)
-        self.item_text = {i: [t for _rid, t in texts_all[i]] for i in sorted(pool | (set(self.target.values()) & set(texts_all)))}
-        self.from_personas = {i for i in self.item_text if i in self.data.personas}
-        self.pool = sorted(pool)
-        self.own = {u: {r.item_id for r in self.data.history[u]} | {r.item_id for r in full.get(u, [])} for u in self.users}
-        self.scorable = [u for u in self.users if self.target[u] in self.item_text]
-        self.popularity = {}
-        for rs in self.data.history.values():
-            for r in rs:
-                self.popularity[r.item_id] = self.popularity.get(r.item_id, 0) + 1
-        perm = np.random.default_rng(args.fold_seed).permutation(len(self.users))
-        self.fold_of = {self.users[j]: pos % args.folds for pos, j in enumerate(perm)}
-
-    def candidates(self, u: str, n_neg: int, seed: int) -> list[str]:
-        """The target first, then ``n_neg`` items of the pool the user never reviewed."""
-        others = [i for i in self.pool if i not in self.own[u] and i != self.target[u]]
-        if len(others) < n_neg:
-            raise SystemExit(f"user {u}: only {len(others)} items to sample {n_neg} negatives from")
-        rng = np.random.default_rng(user_seed(seed, u, "negatives"))
-        return [self.target[u]] + [others[j] for j in rng.choice(len(others), n_neg, replace=False)]
-
-    def training_pairs(self, users, args, seed: int):
-        """(history texts, target text, target item) from the given users only: every prefix of a
-        held-out history -> its next item (``--pair-positions all``) and the whole held-out history
-        -> the held-out item; one persona per target item with personas (fixed hash)."""
-        from persona_training import texts
-
-        pairs = []
-        for u in users:
-            reviews = self.data.history[u]
-            steps = [(reviews[:j], reviews[j].item_id) for j in range(1, len(reviews))] if args.pair_positions == "all" else []
-            steps.append((reviews, self.target[u]))
-            for prefix, item in steps:
-                if item not in self.item_text:
-                    continue
-                hist = texts.history_texts(prefix, "summary", args.train_max_history, exclude_items=[item])
-                if not hist:
-                    continue
-                options = self.item_text[item]
-                target = options[zlib.crc32(f"{seed}:{u}:{item}".encode()) % len(options)]
-                pairs.append(texts.Pair(hist, target, item, u))
-        return pairs
-
-
-def score_users(scorer, sample: RealSample, users, cands: dict, args) -> dict[str, int]:
-    """0-based rank of each user's target among their candidates by the scorer."""
-    from persona_training import texts
-
-    hist = {u: texts.history_texts(sample.data.history[u], "summary", args.max_history) for u in users}
-    scorer.embed(list(dict.fromkeys([t for u in users for t in hist[u]] +
-                                    [t for u in users for i in cands[u] for t in sample.item_text[i]])))
-    out = {}
-    for u in users:
-        s = scorer.scores([hist[u]], [sample.item_text[i] for i in cands[u]])[0]
-        out[u] = rank_of_first(s, np.random.default_rng(user_seed(args.sample_seed, u, "ties")))
-    return out
-
-
 RERANK_SETTINGS = ("folds", "fold_seed", "sample_seed", "negatives", "pool", "fields", "max_history",
                    "eval_max_seq_length", "pair_positions", "train_max_history", "train_max_seq_length", "steps",
                    "batch_size", "lr", "temperature", "train_layers", "warmup_steps", "agg", "model", "amp", "limit")
 
 
 def cmd_rerank(args) -> None:
+    from persona_training.encoder import train_pairs
     from persona_training.scoring import Scorer
 
-    sample = RealSample(args)
+    sample, ds = sample_of(args), args.dataset
     folds = [args.fold] if args.fold is not None else list(range(args.folds))
-    ds = args.dataset
     print(f"{ds}: {len(sample.users)} users, {len(sample.scorable)} with a target that has text; pool {len(sample.pool)} "
           f"items ({len(set(sample.pool) & sample.from_personas)} with personas), folds {folds} of {args.folds}")
     zs = Scorer(encoder_on(args, args.eval_max_seq_length), amp=args.amp == "on", agg=args.agg)  # one memo for all folds
     for fold in folds:
         t_fold = time.perf_counter()
-        test = [u for u in sample.scorable if sample.fold_of[u] == fold]
-        if args.limit:
-            test = test[: args.limit]
-        skipped = [u for u in sample.users if sample.fold_of[u] == fold and u not in sample.scorable]
-        train_users = [u for u in sample.users if sample.fold_of[u] != fold]
+        test, skipped, train_users = sample.fold(fold)
+        test = test[: args.limit] if args.limit else test
         cands = {u: sample.candidates(u, args.negatives, args.sample_seed) for u in test}
-        ranks: dict[str, dict[str, int]] = {}
-        ranks["random"] = {u: rank_of_first(np.random.default_rng(user_seed(args.sample_seed, u, "random")).random(len(cands[u])),
-                                            np.random.default_rng(user_seed(args.sample_seed, u, "ties"))) for u in test}
-        ranks["popularity"] = {u: rank_of_first(np.array([sample.popularity.get(i, 0) for i in cands[u]], float),
-                                                np.random.default_rng(user_seed(args.sample_seed, u, "ties")))
-                               for u in test}
+        hist = sample.histories(test, args.max_history)
+        ranks = baseline_ranks(sample, test, cands, args.sample_seed)
         t0 = time.perf_counter()
-        ranks["zero-shot"] = score_users(zs, sample, test, cands, args)
+        ranks["zero-shot"] = scorer_ranks(zs, hist, sample.item_text, test, cands)
         zs_seconds = time.perf_counter() - t0
         # the trained encoder: a fresh copy of the base model, other folds' users only
-        pairs = sample.training_pairs(train_users, args, args.seed)
+        pairs = sample.training_pairs(train_users, args.seed, args.train_max_history, args.pair_positions)
         assert not {p.user_id for p in pairs} & set(test)
-        from persona_training.encoder import train_pairs
-
-        model = encoder_on(args, args.eval_max_seq_length)  # a fresh copy of the base model
+        model = encoder_on(args, args.eval_max_seq_length)
         res = train_pairs(pairs, train_section(args, args.seed), model=model, show_progress=False,
                           log=lambda s: print("  " + s))
         model.max_seq_length = args.eval_max_seq_length
         t0 = time.perf_counter()
-        ranks["trained"] = score_users(Scorer(model, amp=args.amp == "on", agg=args.agg), sample, test, cands, args)
+        ranks["trained"] = scorer_ranks(Scorer(model, amp=args.amp == "on", agg=args.agg), hist, sample.item_text, test, cands)
         tr_seconds = time.perf_counter() - t0
         fold_seconds = time.perf_counter() - t_fold
-        settings = settings_of(args, RERANK_SETTINGS)
         persona_cands = sum(i in sample.from_personas for u in test for i in cands[u])
-        common = {"fold": fold, "folds": args.folds, "settings": settings}
+        common = {"fold": fold, "folds": args.folds, "settings": settings_of(args, RERANK_SETTINGS)}
         rows = [xrow(ds, name, "sampled-100", "user_ranks", None, args, seeds=[args.seed], users=test,
                      ranks=[ranks[name][u] for u in test], skipped_users=skipped, candidates_with_personas=persona_cands,
                      **common) for name in MODELS]
@@ -358,12 +196,11 @@ def cmd_rerank(args) -> None:
                  xrow(ds, "trained", "sampled-100", "fold_seconds", fold_seconds, args, seeds=[args.seed],
                       zero_shot_eval_seconds=zs_seconds, trained_eval_seconds=tr_seconds, **common)]
         merge_rows(runs_file(args), rows, key=QUALITY_KEY)
-        table = {name: {m: float(v.mean()) for m, v in per_user_metrics([ranks[name][u] for u in test]).items()}
-                 for name in MODELS}
         print_table(f"{ds} fold {fold}: sampled-100 ({args.negatives} negatives), {len(pairs)} training pairs from "
                     f"{len(train_users)} other users, {res.steps} steps, loss {res.first_loss:.3f} -> {res.last_loss:.3f}, "
                     f"{res.pairs_per_s:.1f} pairs/s; fold {fold_seconds:.0f}s (zero-shot eval {zs_seconds:.0f}s, "
-                    f"training {res.seconds:.0f}s, trained eval {tr_seconds:.0f}s)", table, len(test))
+                    f"training {res.seconds:.0f}s, trained eval {tr_seconds:.0f}s)",
+                    {name: [ranks[name][u] for u in test] for name in MODELS}, len(test))
         if skipped:
             print(f"  not scored (target has no text in the sample): {len(skipped)} user(s)")
 
@@ -377,7 +214,7 @@ def cmd_synthetic(args) -> None:
     from core.candidates import read_ground_truth, read_scored_candidates
     from persona_training import schema, synthetic, texts
     from persona_training.encoder import train_pairs
-    from persona_training.scoring import Scorer, rerank_lists
+    from persona_training.scoring import Scorer
 
     with tempfile.TemporaryDirectory(prefix="persona-syn-") as tmp:
         files = synthetic.generate(tmp, seed=args.data_seed)
@@ -397,38 +234,20 @@ def cmd_synthetic(args) -> None:
         for r in rs:
             popularity[r.item_id] = popularity.get(r.item_id, 0) + 1
     hist = {u: texts.history_texts(data.history[u], "summary", args.max_history) for u in test}
-    own = {u: {r.item_id for r in data.history[u]} for u in test}
-    full_cands = {u: [target[u]] + [i for i in items if i != target[u] and i not in own[u]] for u in test}
 
     model = encoder_on(args, args.eval_max_seq_length)
-    base = copy.deepcopy(model)
-    scorers = {"zero-shot": Scorer(base, amp=args.amp == "on", agg=args.agg)}
+    scorers = {"zero-shot": Scorer(copy.deepcopy(model), amp=args.amp == "on", agg=args.agg)}
     res = train_pairs(pairs, train_section(args, args.seed), model=model, show_progress=False, log=lambda s: print("  " + s))
     model.max_seq_length = args.eval_max_seq_length
     scorers["trained"] = Scorer(model, amp=args.amp == "on", agg=args.agg)
-
-    def rng(u, what):
-        return np.random.default_rng(user_seed(args.seed, u, what))
-
     score_fns = {  # model -> (user, items) -> scores
-        "random": lambda u, its: rng(u, "random").random(len(its)),
+        "random": lambda u, its: np.random.default_rng(stable_seed(args.seed, u, "random")).random(len(its)),
         "popularity": lambda u, its: np.array([popularity.get(i, 0) for i in its], float),
         **{name: (lambda s: lambda u, its: s.scores([hist[u]], [item_text[i] for i in its])[0])(s)
            for name, s in scorers.items()},
     }
-    ranks: dict[tuple, dict] = {}
-    for name, fn in score_fns.items():
-        ranks[("full", name)] = {u: rank_of_first(fn(u, full_cands[u]), rng(u, "ties")) for u in test}
-        # the 20 upstream candidates through the pipeline's reranker: a 1-d "vector" carries the score
-        sc = {u: dict(zip([i for i, _s in candidates[u] if i], fn(u, [i for i, _s in candidates[u] if i])))
-              for u in test}
-        reranked = {}
-        for u in test:
-            out, _c = rerank_lists({u: candidates[u]}, lambda _u: np.ones(1, np.float32),
-                                   lambda i, u=u: np.array([[sc[u][i]]], np.float32) if i in sc[u] else None)
-            reranked[u] = [e["item_id"] for e in out[u]]
-        ranks[("candidates", name)] = {u: reranked[u].index(target[u]) if target[u] in reranked[u] else None for u in test}
-    ranks[("candidates", "upstream")] = {u: [i for i, _s in candidates[u]].index(target[u]) for u in test}
+    ranks = synthetic_ranks(score_fns, test, target, items, {u: {r.item_id for r in data.history[u]} for u in test},
+                            candidates)
     settings = settings_of(args, SYNTHETIC_SETTINGS)
     rows = [xrow("synthetic", name, proto, "user_ranks", None, args, seeds=[args.seed], users=test,
                  ranks=[rk[u] for u in test], settings=settings, items=len(items)) for (proto, name), rk in ranks.items()]
@@ -439,10 +258,8 @@ def cmd_synthetic(args) -> None:
     print(f"synthetic seed {args.seed}: {len(pairs)} training pairs ({stats['source']}), {res.steps} steps, loss "
           f"{res.first_loss:.3f} -> {res.last_loss:.3f}, {res.pairs_per_s:.1f} pairs/s")
     for proto in ("full", "candidates"):
-        names = [n for p, n in ranks if p == proto]
-        print_table(f"synthetic, protocol {proto}", {n: {m: float(v.mean()) for m, v in
-                                                          per_user_metrics([ranks[(proto, n)][u] for u in test]).items()}
-                                                      for n in names}, len(test))
+        print_table(f"synthetic, protocol {proto}", {n: [rk[u] for u in test] for (p, n), rk in ranks.items() if p == proto},
+                    len(test))
 
 
 # --------------------------------------------------------------------------- speed and caches
@@ -459,8 +276,8 @@ def cmd_speed(args) -> None:
                                     with_selections=True)
         pairs, _ = texts.build_pairs(data, fields=args.fields, max_history=args.train_max_history, source="selected")
     else:
-        sample = RealSample(args)
-        pairs = sample.training_pairs(sample.users, args, args.seed)
+        sample = sample_of(args)
+        pairs = sample.training_pairs(sample.users, args.seed, args.train_max_history, args.pair_positions)
     model = encoder_on(args, args.train_max_seq_length)
     warm = copy.copy(args)
     warm.steps = args.warmup
@@ -528,10 +345,6 @@ def generic_command(command: str, seeds: bool = True) -> str:
     return " ".join(parts)
 
 
-def bootstrap_indices(n: int, b: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(b, n))
-
-
 def pooled(runs: list[dict], dataset: str, protocol: str) -> dict:
     """Per model: users -> metric arrays averaged over the seeds that scored them, plus bookkeeping."""
     rank_rows = [r for r in runs if r["metric"] == "user_ranks" and r["dataset"] == dataset and r["protocol"] == protocol]
@@ -553,19 +366,8 @@ def pooled(runs: list[dict], dataset: str, protocol: str) -> dict:
             settings.setdefault(key, []).append(r.get("fold"))
             devices.add(r["device"])
             commands.append(r["command"])
-        users = sorted({u for got in per_seed.values() for u in got})
-        metric_sum = {m: np.zeros(len(users)) for m in METRICS}
-        count = np.zeros(len(users))
-        seed_means = {m: [] for m in METRICS}
-        for seed, got in sorted(per_seed.items()):
-            mask = np.array([u in got for u in users])
-            vals = per_user_metrics([got.get(u) if u in got else None for u in users])
-            for m in METRICS:
-                metric_sum[m][mask] += vals[m][mask]
-                if mask.all():
-                    seed_means[m].append(float(vals[m].mean()))
-            count += mask
-        out[model] = {"users": users, "values": {m: metric_sum[m] / count for m in METRICS}, "seeds": sorted(per_seed),
+        users, values, seed_means = pooled_metrics(per_seed)
+        out[model] = {"users": users, "values": values, "seeds": sorted(per_seed),
                       "folds": sorted(f for f in folds if f is not None), "settings": settings, "devices": sorted(devices),
                       "command": generic_command(commands[0], len(per_seed) > 1) if commands else "", "seed_means": seed_means,
                       "limited": any(r.get("settings", {}).get("limit") for r in rank_rows if r["model"] == model)}
@@ -577,7 +379,7 @@ def quality_rows(runs, dataset, protocol, args) -> tuple[list[dict], dict]:
     if not data:
         return [], {}
     users = sorted(set.intersection(*(set(d["users"]) for d in data.values())))
-    idx = bootstrap_indices(len(users), args.bootstrap, args.bootstrap_seed)
+    idx = np.random.default_rng(args.bootstrap_seed).integers(0, len(users), size=(args.bootstrap, len(users)))
     rows = []
     vecs: dict[str, dict[str, np.ndarray]] = {}
     for model, d in data.items():
@@ -586,21 +388,19 @@ def quality_rows(runs, dataset, protocol, args) -> tuple[list[dict], dict]:
         vecs[model] = {m: d["values"][m][sel] for m in METRICS}
         note = f"{len(users)} users: a small sample, read the intervals"
         for m in METRICS:
-            v = vecs[model][m]
-            boots = v[idx].mean(1)
-            sm = d["seed_means"][m]
+            v, sm = vecs[model][m], d["seed_means"][m]
+            low, high, boots = bootstrap_ci(v, idx)
             rows.append(row(dataset, model, protocol, m, float(v.mean()), float(np.std(sm, ddof=1)) if len(sm) > 1 else 0.0,
-                            d["seeds"], d["command"], ci_low=float(np.percentile(boots, 2.5)),
-                            ci_high=float(np.percentile(boots, 97.5)), se_users=float(boots.std(ddof=1)), users=len(users),
+                            d["seeds"], d["command"], ci_low=low, ci_high=high, se_users=float(boots.std(ddof=1)), users=len(users),
                             folds=d["folds"], bootstrap=args.bootstrap, note=note)
                         | {"device": "; ".join(d["devices"])})
     # paired differences on NDCG@10 (same bootstrap resamples of users for both models)
     for a, b in (("trained", "zero-shot"), ("trained", "random"), ("zero-shot", "random"), ("trained", "popularity")):
         if a in vecs and b in vecs:
             diff = vecs[a]["NDCG@10"] - vecs[b]["NDCG@10"]
-            boots = diff[idx].mean(1)
+            low, high, boots = bootstrap_ci(diff, idx)
             rows.append(row(dataset, a, protocol, f"NDCG@10_minus_{b}", float(diff.mean()), 0.0, data[a]["seeds"],
-                            "summarize", ci_low=float(np.percentile(boots, 2.5)), ci_high=float(np.percentile(boots, 97.5)),
+                            "summarize", ci_low=low, ci_high=high,
                             p_boot=float((boots <= 0).mean()), users=len(users), bootstrap=args.bootstrap,
                             note="paired over users; p_boot = share of bootstrap resamples with difference <= 0")
                         | {"device": "; ".join(data[a]["devices"])})
@@ -643,7 +443,7 @@ def cmd_summarize(args) -> None:
     from core.store import atomic_write_json, atomic_write_text
 
     results = Path(args.results_dir)
-    runs = json.loads(runs_file(args).read_text()) if runs_file(args).is_file() else []
+    runs = load_rows(runs_file(args))
     known = [r for r in runs if r["protocol"] == "candidates" and r["dataset"] != "synthetic" and r["metric"] != "user_ranks"]
     out = list(known)
     lines = ["# Persona training: known answers, measured rerank, planted structure, speed", ""]

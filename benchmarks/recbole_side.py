@@ -1,19 +1,17 @@
 """RecBole 1.2.1 side of the RecBole-vs-ours benchmark: time and score SASRec / BERT4Rec.
 
 Runs INSIDE the throw-away venv made by ``benchmarks/recbole_env.sh`` (not the project's
-.venv), so it imports nothing from this repository: the prepared dataset is read with numpy
-only (``np.load(..., allow_pickle=False)``) and JSON.
+.venv), started as a script by ``python -m benchmarks.sequential``; it imports nothing from this
+repository (the prepared dataset is read with numpy and JSON only):
 
-    bash benchmarks/recbole_env.sh
     OMP_NUM_THREADS=1 benchmarks/.work/recbole-venv/bin/python benchmarks/recbole_side.py \
         --dataset-dir data/ml-100k --model SASRec --mode speed --max-batches 20 \
         --out benchmarks/.work/recbole/ml-100k/speed.json --work-dir benchmarks/.work/recbole/ml-100k
 
 What is timed is RecBole's own code path: ``Config`` -> ``create_dataset`` ->
 ``data_preparation`` -> ``get_model`` / ``get_trainer`` -> ``trainer._train_epoch`` /
-``trainer._valid_epoch`` / ``trainer.evaluate``. The only thing between RecBole's trainer and
-its train dataloader is a thin iterator proxy that times batches, stops after
-``--max-batches`` and checks the memory guard.
+``trainer._valid_epoch`` / ``trainer.evaluate``; between the trainer and its train dataloader
+only a thin iterator proxy that times batches and stops after ``--max-batches``.
 
 RecBole facts that matter when reading the numbers (1.2.1, checked in its source):
 
@@ -44,7 +42,6 @@ import math
 import platform
 import resource
 import sys
-import threading
 import time
 import traceback
 import warnings
@@ -59,10 +56,6 @@ T_PROCESS_START = time.perf_counter()
 # is called "ml-100k" (whatever data_path says), and loads properties/dataset/<name>.yaml
 # for these names; our atomic file must not go by any of them.
 RECBOLE_RESERVED_NAMES = {"ml-100k", "sample", "url", "kg_url"}
-
-
-class MemoryGuardError(RuntimeError):
-    pass
 
 
 # --------------------------------------------------------------------------- helpers
@@ -89,7 +82,6 @@ def write_json(path: Path, obj: dict) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset-dir", required=True, help="prepared dataset folder (data/<name>)")
-    p.add_argument("--max-users", type=int, default=0, help="keep only the first N users (0 = all)")
     p.add_argument("--model", choices=["SASRec", "BERT4Rec"], required=True)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
@@ -100,21 +92,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-batch", type=int, default=2048, help="users per full-ranking eval batch")
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--dropout", type=float, default=0.3, help="hidden and attention dropout")
-    p.add_argument("--mask-ratio", type=float, default=None, help="BERT4Rec only; RecBole default 0.2")
     p.add_argument("--loss", choices=["CE", "BPR"], default="CE")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch.set_num_threads; 0 = OMP_NUM_THREADS if set, else torch's default")
     p.add_argument("--mode", choices=["speed", "budget"], required=True)
     p.add_argument("--epochs", type=int, default=None,
                    help="speed: full epochs to time (default 1); budget: upper bound on epochs")
     p.add_argument("--max-batches", type=int, default=0,
                    help="speed: time only the first K batches of one epoch and extrapolate")
-    p.add_argument("--eval-repeats", type=int, default=1, help="speed: timed full valid evaluations")
     p.add_argument("--budget-s", type=float, default=0.0,
                    help="budget: wall-clock seconds for train + valid; an epoch is started while "
                         "less has been spent, so the last one may cross it (as core/train.py)")
-    p.add_argument("--max-rss-gb", type=float, default=0.0, help="stop with an error above this RSS (0 = off)")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--work-dir", required=True, help="scratch: atomic files, logs, checkpoints")
     args = p.parse_args(argv)
@@ -126,15 +113,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------- data
-def load_prepared(dataset_dir: Path, max_users: int):
+def load_prepared(dataset_dir: Path):
     with np.load(dataset_dir / "sequences.npz", allow_pickle=False) as z:
         offsets = np.asarray(z["offsets"], dtype=np.int64)
         items = np.asarray(z["items"], dtype=np.int64)
-    meta = json.loads((dataset_dir / "meta.json").read_text())
-    if max_users and max_users < len(offsets) - 1:
-        offsets = offsets[: max_users + 1]
-        items = items[: offsets[-1]]
-    return offsets, items, meta
+    return offsets, items, json.loads((dataset_dir / "meta.json").read_text())
 
 
 def write_inter(inter_path: Path, offsets: np.ndarray, items: np.ndarray) -> dict:
@@ -198,13 +181,11 @@ def check_split(dataset, train_data, valid_data, test_data, offsets, items, maxl
 # --------------------------------------------------------------------------- timing proxy
 class BatchTap:
     """Iterates RecBole's train dataloader for ``trainer._train_epoch``: records the time of
-    each batch (collate of batch i + the trainer's step on it), stops after ``max_batches``
-    and raises ``MemoryGuardError`` between batches when peak RSS passes the limit."""
+    each batch (collate of batch i + the trainer's step on it) and stops after ``max_batches``."""
 
-    def __init__(self, loader, max_batches: int = 0, max_rss_mb: float = 0.0):
+    def __init__(self, loader, max_batches: int = 0):
         self._loader = loader
         self._max_batches = max_batches
-        self._max_rss_mb = max_rss_mb
         self.times: list[float] = []
 
     def __len__(self):
@@ -220,32 +201,10 @@ class BatchTap:
         for i, batch in enumerate(self._loader):
             if self._max_batches and i >= self._max_batches:
                 break
-            if self._max_rss_mb and peak_rss_mb() > self._max_rss_mb:
-                raise MemoryGuardError(
-                    f"peak RSS {peak_rss_mb():.0f} MB > --max-rss-gb limit {self._max_rss_mb:.0f} MB "
-                    f"before train batch {i}")
             yield batch
             now = time.perf_counter()
             self.times.append(now - t)
             t = now
-
-
-class RssWatchdog(threading.Thread):
-    """Catches phases with no batch boundary (dataset build, evaluation): when current RSS
-    passes the limit, writes the error JSON and hard-exits (rc 3)."""
-
-    def __init__(self, limit_mb: float, on_trip):
-        super().__init__(daemon=True)
-        self.limit_mb, self.on_trip = limit_mb, on_trip
-        self.stop = threading.Event()
-
-    def run(self):
-        while not self.stop.wait(0.2):
-            rss = current_rss_mb()
-            if rss > self.limit_mb:
-                self.on_trip(f"current RSS {rss:.0f} MB > --max-rss-gb limit {self.limit_mb:.0f} MB "
-                             f"(watchdog, outside a train batch boundary)")
-                os._exit(3)
 
 
 # --------------------------------------------------------------------------- main
@@ -281,8 +240,6 @@ def build_config_dict(args, work_dir: Path) -> dict:
         "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 20], "valid_metric": "NDCG@10",
         "valid_metric_bigger": True, "eval_batch_size": args.eval_batch, "metric_decimal_place": 6,
     }
-    if args.model == "BERT4Rec" and args.mask_ratio is not None:
-        cfg["mask_ratio"] = args.mask_ratio
     return cfg
 
 
@@ -292,7 +249,7 @@ def main(argv=None) -> int:
     dataset_dir = Path(args.dataset_dir).resolve()
     work_dir = Path(args.work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    name = dataset_dir.name + (f"-u{args.max_users}" if args.max_users else "")
+    name = dataset_dir.name
     if name in RECBOLE_RESERVED_NAMES:
         name += "-ours"  # see RECBOLE_RESERVED_NAMES
 
@@ -310,22 +267,9 @@ def main(argv=None) -> int:
         result["process_wall_s"] = round(time.perf_counter() - T_PROCESS_START, 3)
         write_json(out_path, result)
 
-    limit_mb = args.max_rss_gb * 1024.0
-    watchdog = None
-    if limit_mb:
-        def on_trip(msg: str) -> None:
-            try:
-                finish("error", msg)
-            except Exception:  # noqa: BLE001 - the main thread may be mutating result; exit anyway
-                pass
-
-        # 5% above the limit so that the clean between-batch check (rc 2) usually fires first
-        watchdog = RssWatchdog(limit_mb * 1.05, on_trip)
-        watchdog.start()
-
     try:
         # ---------------------------------------------------------------- atomic file
-        offsets, items, meta = load_prepared(dataset_dir, args.max_users)
+        offsets, items, meta = load_prepared(dataset_dir)
         result["source"] = {"fingerprint": meta.get("fingerprint"), "n_items_prepared": meta.get("n_items")}
         result["inter_file"] = str(work_dir / name / f"{name}.inter")
         result["inter"] = write_inter(work_dir / name / f"{name}.inter", offsets, items)
@@ -340,7 +284,7 @@ def main(argv=None) -> int:
         from recbole.data import create_dataset, data_preparation
         from recbole.utils import get_model, get_trainer, init_logger, init_seed
 
-        threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
         if threads:
             torch.set_num_threads(threads)
         result.update({"recbole_version": recbole.__version__, "torch_version": torch.__version__,
@@ -360,7 +304,7 @@ def main(argv=None) -> int:
         train_data, valid_data, test_data = data_preparation(config, dataset)
         result["data_prep_s"] = round(time.perf_counter() - t0, 3)
         result["split_check"] = check_split(dataset, train_data, valid_data, test_data,
-                                            *load_prepared(dataset_dir, args.max_users)[:2], args.maxlen)
+                                            *load_prepared(dataset_dir)[:2], args.maxlen)
         if not result["split_check"]["ok"]:
             raise RuntimeError(f"RecBole's leave-one-out split differs from ours: {result['split_check']}")
 
@@ -389,7 +333,7 @@ def main(argv=None) -> int:
             return {k: float(v) for k, v in res.items()}, time.perf_counter() - t
 
         if args.mode == "speed":
-            tap = BatchTap(train_data, args.max_batches, limit_mb)
+            tap = BatchTap(train_data, args.max_batches)
             if args.max_batches:
                 t = time.perf_counter()
                 loss = trainer._train_epoch(tap, 0, show_progress=False)
@@ -422,12 +366,9 @@ def main(argv=None) -> int:
                 })
             result["rss_mb_by_phase"].update(after_train=round(current_rss_mb(), 1),
                                              peak_after_train=round(peak_rss_mb(), 1))
-            evals = []
-            for _ in range(max(args.eval_repeats, 1)):
-                valid_res, s = timed_eval(valid_data, load_best_model=False)
-                evals.append(s)
+            valid_res, s = timed_eval(valid_data, load_best_model=False)
             result.update({
-                "sec_per_full_eval": round(float(np.mean(evals)), 3), "full_eval_s": [round(x, 3) for x in evals],
+                "sec_per_full_eval": round(s, 3), "full_eval_s": [round(s, 3)],
                 "full_eval_users": len(valid_data._dataset),
                 "sec_per_full_eval_method": "trainer.evaluate(valid_data) = full ranking of all valid users, "
                                             "incl. RecBole's metric computation",
@@ -435,7 +376,7 @@ def main(argv=None) -> int:
             })
 
         else:  # budget
-            tap = BatchTap(train_data, 0, limit_mb)
+            tap = BatchTap(train_data, 0)
             best_score, best_epoch, best_valid, history = -math.inf, -1, None, []
             t_start = time.perf_counter()
             epoch, stopped = 0, "epochs"
@@ -487,17 +428,10 @@ def main(argv=None) -> int:
             })
         finish("ok")
         return 0
-    except MemoryGuardError as exc:
-        finish("error", str(exc))
-        print(f"[recbole_side] {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:  # noqa: BLE001 - the JSON must say what went wrong
         finish("error", f"{type(exc).__name__}: {exc}")
         traceback.print_exc()
         return 1
-    finally:
-        if watchdog is not None:
-            watchdog.stop.set()
 
 
 if __name__ == "__main__":

@@ -1,17 +1,8 @@
 """Catalog scale on this machine: generation, SASRec sampled-softmax training, chunked full ranking.
 
-Runs in pieces; each piece runs in a fresh subprocess (so its peak RAM is its own) and merges
-its rows into benchmarks/results/scale.json:
-
-    python benchmarks/scale.py run --size 100k --piece prep     # synthetic-large -> data/synthetic-100k
-    python benchmarks/scale.py run --size 1m --piece train      # 200 batches of SASRec, sampled softmax
-    python benchmarks/scale.py run --size 10m --piece eval      # 10,000 users x every item, item chunks
-    python benchmarks/scale.py run --size 1m --piece eval-unchunked   # the same without chunks (reference)
-    python benchmarks/scale.py summarize                        # scale.md table + scale.png (log-log)
-
-Sizes keep the 10M / 1M / 500k proportions: ``100k`` = 100,000 interactions, 10,000 items,
-5,000 users; ``1m`` = 1M / 100k / 50k; ``10m`` = 10M / 1M / 500k. Peak RAM is the piece
-process's VmHWM (resident high-water mark, memory-mapped pages it touched included).
+Pieces (``run --size S --piece P``, ``summarize``: benchmarks/README.md, "Catalog scale"); each
+piece runs in a fresh subprocess, so its peak RAM (VmHWM) is its own, and merges its rows into
+benchmarks/results/scale.json. Sizes keep the 10M / 1M / 500k proportions.
 """
 from __future__ import annotations
 
@@ -26,9 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks.common import REPO, RESULTS
+
 RESULTS_FILE = RESULTS / "scale.json"
 SIZES = {  # interactions, items, users
     "100k": (100_000, 10_000, 5_000),
@@ -86,7 +76,7 @@ def _load(size: str):
     from core.data.splits import leave_one_out
 
     if not (data_dir(size) / "meta.json").is_file():
-        raise SystemExit(f"error: {data_dir(size)} missing; run `python benchmarks/scale.py run --size {size} --piece prep`")
+        raise SystemExit(f"error: {data_dir(size)} missing; run `python -m benchmarks.scale run --size {size} --piece prep`")
     data = SequenceData.load(data_dir(size))
     return data, leave_one_out(data)
 
@@ -173,7 +163,7 @@ SIZE_ORDER = {f"synthetic-{s}": i for i, s in enumerate(SIZES)}
 
 
 def run_piece(size: str, piece: str, threads: int) -> list[dict]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", "--size", size, "--piece", piece,
+    cmd = [sys.executable, "-m", "benchmarks.scale", "_child", "--size", size, "--piece", piece,
            "--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     t = time.perf_counter()
@@ -184,7 +174,7 @@ def run_piece(size: str, piece: str, threads: int) -> list[dict]:
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
     # the OS's view of the peak (max over this invocation's children so far), a check on VmHWM
     child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
-    command = f"python benchmarks/scale.py run --size {size} --piece {piece}"
+    command = f"python -m benchmarks.scale run --size {size} --piece {piece}"
     rows = [{"dataset": f"synthetic-{size}", **r, "device": machine(threads), "command": command,
              "interactions": SIZES[size][0], "n_items": SIZES[size][1], "n_users": SIZES[size][2],
              "piece_wall_sec": round(wall, 2), "rusage_maxrss_gb": round(child_peak, 4),
@@ -220,7 +210,7 @@ def summarize() -> None:
     sizes = [s for s in SIZES if any(r["dataset"] == f"synthetic-{s}" for r in rows)]
     get = {(r["dataset"], r["model"], r["metric"]): r for r in rows}
     lines = ["# Scale benchmark (synthetic-large workloads)", "",
-             "Written by `python benchmarks/scale.py summarize` from `scale.json`. "
+             "Written by `python -m benchmarks.scale summarize` from `scale.json`. "
              f"Machine: {rows[0]['device']}. Each piece runs in its own process; peak RAM is its VmHWM.", "",
              "| figure | " + " | ".join(f"{s} ({SIZES[s][0]:,} inter., {SIZES[s][1]:,} items)" for s in sizes)
              + " | growth exponent |",

@@ -1,37 +1,25 @@
 """SASRec / BERT4Rec quality, speed and memory, side by side with RecBole 1.2.1.
 
-Runs in pieces; every piece merges its rows into benchmarks/results/:
-
-    python benchmarks/sequential.py quality --dataset beauty --model sasrec --seed 1
-    python benchmarks/sequential.py speed   --dataset beauty [--epochs 2]      # ours vs RecBole
-    python benchmarks/sequential.py budget  --dataset beauty --minutes 20     # equal wall clock
-    python benchmarks/sequential.py limit   --dataset beauty                  # evaluation vs arithmetic limit
-    python benchmarks/sequential.py memory  --dataset ml-1m-size              # peak RSS vs RecBole, data-bound
-    python benchmarks/sequential.py summarize                               # table + plot
-
-``quality`` trains through ``python -m distillation.training`` with the shipped config
-(run name ``bench-seed<N>``; an existing finished run is collected, not retrained).
-Per-seed rows go to ``sequential_runs.json``; ``summarize`` writes the mean/std rows to
-``sequential.json``, ``sequential.md`` and ``sequential_curves.png``.
+Pieces (``quality``, ``speed``, ``budget``, ``limit``, ``memory``, ``summarize``: see
+benchmarks/README.md) merge their rows into benchmarks/results/. ``quality`` trains through
+``python -m distillation.training`` with the shipped config (run name ``bench-seed<N>``);
+``speed`` and ``memory`` time that same command on short runs (``training.epochs`` /
+``training.max_steps_per_epoch``), reading the per-epoch seconds it logs to ``metrics.jsonl``.
+Per-seed rows go to ``sequential_runs.json``; ``summarize`` writes ``sequential.json`` / ``.md``
+and ``sequential_curves.png``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from benchmarks.common import REPO, RESULTS, WORK, aggregate, merge_rows, pyplot, row, run_measured
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-RESULTS = REPO / "benchmarks" / "results"
-WORK = REPO / "benchmarks" / ".work"
 RUNS_FILE = RESULTS / "sequential_runs.json"
 # published full-ranking NDCG@10 on the same S3-Rec/ICLRec files, and the targets we hold ourselves to
 ANCHORS = {  # issue 20's bars: (published anchors, must reach, aim)
@@ -47,75 +35,7 @@ SAMPLED_METRICS = ["NDCG@10", "HR@10"]
 LEAN_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
-def machine() -> str:
-    threads = os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))
-    return f"cpu:{platform.machine()} {os.cpu_count()} cores, {threads} torch threads"
-
-
-def merge_rows(path: Path, new_rows: list[dict], key=("dataset", "model", "protocol", "metric", "seeds")) -> None:
-    """Replace rows with the same key, keep the rest; atomic write."""
-    from core.store import atomic_write_json
-
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    ident = lambda r: tuple(json.dumps(r.get(k), sort_keys=True) for k in key)  # noqa: E731
-    fresh = {ident(r) for r in new_rows}
-    rows = [r for r in rows if ident(r) not in fresh] + new_rows
-    atomic_write_json(path, rows)
-
-
-def ndcg_by_id(ids, ranks, k: int = 10) -> dict:
-    """{id: NDCG@k} from 0-based ranks of one target each (core.metrics does the maths)."""
-    from core.metrics import rank_metrics
-
-    return dict(zip(np.asarray(ids).tolist(), rank_metrics(np.asarray(ranks), [k])[f"NDCG@{k}"].tolist()))
-
-
-def seed_averaged_paired(base_runs: list[dict], other_runs: list[dict]) -> dict:
-    """Paired comparison of two models, one {id: value} per seed and model: over the ids every
-    run scored, each id's value averaged over the seeds, then Wilcoxon signed-rank and paired t
-    (``other`` minus ``base``)."""
-    from scipy import stats
-
-    ids = sorted(set.intersection(*(set(r) for r in base_runs + other_runs)))
-    x = np.mean([[r[i] for i in ids] for r in base_runs], axis=0)
-    y = np.mean([[r[i] for i in ids] for r in other_runs], axis=0)
-    diff = y - x
-    return {"users": len(ids), "mean_diff": float(diff.mean()),
-            "t_p": float(stats.ttest_rel(y, x).pvalue) if diff.any() else 1.0,
-            "wilcoxon_p": float(stats.wilcoxon(y, x, zero_method="wilcox").pvalue) if np.count_nonzero(diff) else 1.0}
-
-
-def row(dataset, model, protocol, metric, value, std=0.0, seeds=None, command="", **extra) -> dict:
-    return {"dataset": dataset, "model": model, "protocol": protocol, "metric": metric, "value": value, "std": std,
-            "seeds": seeds or [], "device": machine(), "command": command, **extra}
-
-
 # --------------------------------------------------------------------------- quality
-def generic_command(command: str, seed: int) -> str:
-    """A run's command with its seed written as ``<N>`` (in ``seed=``, ``-seed`` and ``/seed``)."""
-    for a, b in ((f"seed={seed}", "seed=<N>"), (f"-seed{seed}", "-seed<N>"), (f"/seed{seed}", "/seed<N>")):
-        command = command.replace(a, b)
-    return command
-
-
-def aggregate(runs: list[dict], skip: tuple = ("valid_curve",)) -> tuple[dict, list[dict]]:
-    """Per-seed rows -> (groups by dataset/model/protocol/metric, rows of mean and sample std
-    over the seeds). Rows without a value and metrics in ``skip`` are left out."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        if r["metric"] not in skip and r["value"] is not None:
-            groups.setdefault((r["dataset"], r["model"], r["protocol"], r["metric"]), []).append(r)
-    out = []
-    for (dataset, model, protocol, metric), rs in sorted(groups.items()):
-        values = np.array([r["value"] for r in rs], dtype=float)
-        extra = {"unit": rs[0]["unit"]} if "unit" in rs[0] else {}
-        out.append(row(dataset, model, protocol, metric, float(values.mean()),
-                       float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                       sorted(s for r in rs for s in r["seeds"]), generic_command(rs[0]["command"], rs[0]["seeds"][0]),
-                       **extra) | {"device": rs[0]["device"]})
-    return groups, out
-
-
 def cmd_quality(args) -> None:
     config = f"configs/distillation/{args.model}/{args.dataset}.yaml"
     # sasrec keeps the historical name; other models get their own so runs never overwrite each other
@@ -162,57 +82,22 @@ def cmd_quality(args) -> None:
 
 
 # --------------------------------------------------------------------------- speed (ours)
-def cmd_ours_speed(args) -> None:
-    """Seconds per training epoch and per full evaluation, peak RSS, in this process."""
-    import torch
+def ours_run(args, run_name: str, env: dict, epochs: int, max_steps: int = 0) -> dict:
+    """``python -m distillation.training`` on the shipped config for ``epochs`` epochs (each capped
+    at ``max_steps`` batches, 0 = full passes), validated after each: seconds per training epoch
+    (mean of the ``epoch_seconds`` it logs), seconds of its first validation (a full ranking of
+    every validation user) and the process's peak RSS."""
+    over = (f"device=cpu,run_name={run_name},overwrite=true,training.epochs={epochs},training.max_steps_per_epoch="
+            f"{max_steps},training.eval_every=1,training.patience=0,training.save_checkpoints=false,"
+            "eval.valid_max_users=0" + (f",{args.override}" if args.override else ""))
+    peak = run_measured([sys.executable, "-m", "distillation.training", "--config",
+                         f"configs/distillation/{args.model}/{args.dataset}.yaml", "--override", over], env)
+    from core.seqrec import dataset_dir
 
-    from core.config import load_config
-    from core.data.batches import CausalDataset, ClozeDataset, length_bucketed
-    from core.data.sequences import SequenceData
-    from core.data.splits import leave_one_out
-    from core.evaluation import Evaluator
-    from core.seqrec import SeqRecConfig, make_model, model_score_fn
-    from core.train import _default_loss, _LossModule, forward_backward
-
-    cfg = load_config(SeqRecConfig, REPO / f"configs/distillation/{args.model}/{args.dataset}.yaml",
-                      f"device=cpu{',' + args.override if args.override else ''}")
-    data = SequenceData.load(REPO / "data" / args.dataset)
-    split = leave_one_out(data)
-    model = make_model(cfg.model, data.n_items)
-    train = CausalDataset(split, cfg.model.maxlen) if args.model == "sasrec" else \
-        ClozeDataset(split, cfg.model.maxlen, cfg.model.mask_prob)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.learning_rate)
-    gen = torch.Generator().manual_seed(0)
-    loss_module, scaler = _LossModule(model, _default_loss), torch.amp.GradScaler("cuda", enabled=False)
-    times, done = [], 0
-    for epoch in range(args.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train), generator=gen)
-        for index in length_bucketed(order, train.lengths, cfg.training.batch_size, gen):
-            if args.max_batches and done >= args.max_batches:
-                break
-            opt.zero_grad()
-            # the fit loop's own step (micro-batches when the config asks for them)
-            forward_backward(loss_module, train.get_batch(index, gen), gen, scaler, None, torch.device("cpu"),
-                             cfg.training.micro_batch_size)
-            opt.step()
-            done += 1
-        times.append(time.perf_counter() - t0)
-        if args.max_batches and done >= args.max_batches:
-            break
-    model.eval()
-    ev = Evaluator(split, "valid", cfg.model.maxlen, sampled=(), batch_size=cfg.eval.batch_size)
-    t0 = time.perf_counter()
-    valid = ev.run(model_score_fn(model))
-    eval_s = time.perf_counter() - t0
-    out = {"lean_memory": all(os.environ.get(k) == v for k, v in LEAN_MEMORY_ENV.items()), "sec_per_epoch": sum(times) / len(times), "epochs_timed": len(times), "sec_per_full_eval": eval_s,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "valid_ndcg10": valid["NDCG@10"],
-           "train_sequences": len(train), "batches_per_epoch": -(-len(train) // cfg.training.batch_size),
-           "batches_trained": done,
-           "threads": torch.get_num_threads()}
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(json.dumps(out))
+    log = REPO / "state_dict" / "distillation" / dataset_dir(_load_cfg(args).data).name / run_name / "metrics.jsonl"
+    epochs_log = [r for r in map(json.loads, filter(str.strip, log.read_text().splitlines())) if "epoch_seconds" in r]
+    return {"sec_per_epoch": sum(r["epoch_seconds"] for r in epochs_log) / len(epochs_log),
+            "sec_per_full_eval": epochs_log[0]["seconds"] - epochs_log[0]["epoch_seconds"], "peak_rss_mb": peak}
 
 
 def cmd_limit(args) -> None:
@@ -257,7 +142,7 @@ def cmd_limit(args) -> None:
         limit()
         limit_s.append(time.perf_counter() - t0)
     ours, lim = min(ours_s), min(limit_s)
-    command = f"python benchmarks/sequential.py limit --dataset {args.dataset} --model {args.model}"
+    command = f"python -m benchmarks.sequential limit --dataset {args.dataset} --model {args.model}"
     note = f"{users} users x {data.n_items + 1} items, d={dim}, batches of {step} users, {torch.get_num_threads()} threads, best of 3"
     rows = [row(args.dataset, args.model, "full", "sec_per_full_eval_limit", lim, command=command, setting=note),
             row(args.dataset, args.model, "full", "sec_per_full_eval_same_process", ours, command=command, setting=note),
@@ -293,19 +178,16 @@ def _load_cfg(args):
 def cmd_speed(args) -> None:
     cfg = _load_cfg(args)
     WORK.mkdir(parents=True, exist_ok=True)
-    ours_json, theirs_json = WORK / f"speed-ours-{args.dataset}-{args.model}.json", WORK / f"speed-recbole-{args.dataset}-{args.model}.json"
-    lean_json = WORK / f"speed-ours-lean-{args.dataset}-{args.model}.json"
+    theirs_json = WORK / f"speed-recbole-{args.dataset}-{args.model}.json"
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    ours_cmd = [sys.executable, __file__, "ours-speed", "--dataset", args.dataset, "--model", args.model,
-                "--epochs", str(args.epochs)]
     default_env = {k: v for k, v in env.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    subprocess.run([*ours_cmd, "--out", str(ours_json)], check=True, env=default_env)
-    subprocess.run([*ours_cmd, "--out", str(lean_json)], check=True, env={**default_env, **LEAN_MEMORY_ENV})
+    ours = ours_run(args, "bench-speed", default_env, args.epochs)
+    lean = ours_run(args, "bench-speed-lean", {**default_env, **LEAN_MEMORY_ENV}, args.epochs)
     subprocess.run([str(_recbole_python()), str(REPO / "benchmarks" / "recbole_side.py"), *_recbole_args(args, cfg),
                     "--mode", "speed", "--epochs", "1", "--max-batches", str(args.recbole_batches),
                     "--out", str(theirs_json)], check=True, env=env)
-    ours, lean, theirs = (json.loads(p.read_text()) for p in (ours_json, lean_json, theirs_json))
-    command = f"python benchmarks/sequential.py speed --dataset {args.dataset} --model {args.model} --epochs {args.epochs}"
+    theirs = json.loads(theirs_json.read_text())
+    command = f"python -m benchmarks.sequential speed --dataset {args.dataset} --model {args.model} --epochs {args.epochs}"
     rb = f"recbole-{args.model}"
     lean_note = "lean-memory recipe: " + " ".join(f"{k}={v}" for k, v in LEAN_MEMORY_ENV.items())
     rows = [
@@ -360,17 +242,16 @@ def cmd_memory(args) -> None:
     prepare_ml1m_size()
     cfg = _load_cfg(args)
     WORK.mkdir(parents=True, exist_ok=True)
-    ours_json, theirs_json = WORK / f"memory-ours-{args.dataset}.json", WORK / f"memory-recbole-{args.dataset}.json"
+    theirs_json = WORK / f"memory-recbole-{args.dataset}.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    subprocess.run([sys.executable, __file__, "ours-speed", "--dataset", args.dataset, "--model", args.model,
-                    "--epochs", "1000", "--max-batches", str(args.batches), "--out", str(ours_json)], check=True, env=env)
+    ours = ours_run(args, "bench-memory", env, 1, args.batches)
     if not (args.reuse_recbole and theirs_json.is_file()):  # RecBole's peak does not depend on our side
         subprocess.run([str(_recbole_python()), str(REPO / "benchmarks" / "recbole_side.py"), *_recbole_args(args, cfg),
                         "--mode", "speed", "--epochs", "1", "--max-batches", str(args.batches), "--out", str(theirs_json)],
                        check=True, env=env)
-    ours, theirs = json.loads(ours_json.read_text()), json.loads(theirs_json.read_text())
-    command = f"python benchmarks/sequential.py memory --dataset {args.dataset} --model {args.model} --batches {args.batches}"
+    theirs = json.loads(theirs_json.read_text())
+    command = f"python -m benchmarks.sequential memory --dataset {args.dataset} --model {args.model} --batches {args.batches}"
     if theirs.get("args", {}).get("max_batches") not in (None, args.batches):
         raise SystemExit(f"{theirs_json} was measured with another --batches; run without --reuse-recbole")
     setting = (f"{args.batches} training batches of {cfg.training.batch_size} + one full evaluation per side; maxlen "
@@ -405,7 +286,7 @@ def cmd_budget(args) -> None:
             raise SystemExit("a budget run failed")
     res = json.loads((REPO / "state_dict" / "distillation" / args.dataset / run_name / "results.json").read_text())
     rb = json.loads(theirs_json.read_text())
-    command = f"python benchmarks/sequential.py budget --dataset {args.dataset} --model {args.model} --minutes {args.minutes:g}"
+    command = f"python -m benchmarks.sequential budget --dataset {args.dataset} --model {args.model} --minutes {args.minutes:g}"
     metric = f"NDCG@10_at_budget_{args.minutes:g}min"
     rows = [
         row(args.dataset, args.model, "full", metric, res["test"]["NDCG@10"], seeds=[args.seed],
@@ -473,19 +354,6 @@ def _verdict(rows, dataset, model, must, aim) -> str:
     return verdict + ("" if n >= 3 else f" ({n} of 3 seeds)")
 
 
-def pyplot(what: str):
-    """matplotlib.pyplot on the file-only Agg backend, or None (with a hint) when not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"matplotlib not installed: skipping {what} (pip install -r benchmarks/requirements.txt)")
-        return None
-    return plt
-
-
 def _plot_curves(curves: list[dict]) -> None:
     plt = pyplot("the learning-curve plot")
     if plt is None or not curves:
@@ -510,7 +378,7 @@ def _plot_curves(curves: list[dict]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("quality", "speed", "budget", "ours-speed", "limit", "memory"):
+    for name in ("quality", "speed", "budget", "limit", "memory"):
         s = sub.add_parser(name)
         s.add_argument("--dataset", required=True,
                        choices=["beauty", "sports", "toys", "ml-100k", "ml-1m", "ml-1m-size", "synthetic"])
@@ -521,13 +389,9 @@ def main() -> None:
             s.add_argument("--collect-only", action="store_true", help="read a finished run instead of training")
             s.add_argument("--from-run", default="", help="collect this finished run folder (with --command)")
             s.add_argument("--command", default="", help="the command that trained --from-run")
-        if name in ("speed", "ours-speed"):
-            s.add_argument("--epochs", type=int, default=2)
         if name == "speed":
+            s.add_argument("--epochs", type=int, default=2)
             s.add_argument("--recbole-batches", type=int, default=30, help="RecBole batches timed (epoch extrapolated)")
-        if name == "ours-speed":
-            s.add_argument("--out", required=True)
-            s.add_argument("--max-batches", type=int, default=0, help="stop after this many batches in all")
         if name == "memory":
             s.add_argument("--batches", type=int, default=30, help="training batches on each side")
             s.add_argument("--reuse-recbole", action="store_true",
@@ -537,7 +401,7 @@ def main() -> None:
             s.add_argument("--collect-only", action="store_true", help="re-read finished budget runs")
     sub.add_parser("summarize")
     args = p.parse_args()
-    {"quality": cmd_quality, "speed": cmd_speed, "budget": cmd_budget, "ours-speed": cmd_ours_speed, "limit": cmd_limit,
+    {"quality": cmd_quality, "speed": cmd_speed, "budget": cmd_budget, "limit": cmd_limit,
      "memory": cmd_memory,
      "summarize": cmd_summarize}[args.cmd](args)
 

@@ -1,15 +1,10 @@
-"""One page over every benchmark: benchmarks/results/SUMMARY.md.
+"""One page over every benchmark: benchmarks/results/SUMMARY.md (``python -m benchmarks.summary
+[--results DIR]``).
 
-    python benchmarks/summary.py                    # reads benchmarks/results/*.json, writes SUMMARY.md there
-    python benchmarks/summary.py --results DIR      # another results folder (tests, smoke runs)
-
-Per pipeline it shows the headline rows only (the main model against its baseline(s)), each with
-the published anchor where one exists, our mean ± std over seeds, the protocol, the dataset, the
-command and the machine recorded in the row, then the goals stated in benchmarks/README.md with
-met / not met computed from the rows. Every measured figure is read from the aggregated JSON
-files that each script's `summarize` writes; only the published anchors and the goal thresholds,
-which no run produces, are written here (ANCHORS, and the Goals in PIPELINES), each with its source. Ablations and
-per-seed rows stay in each pipeline's <name>.md, which the page links.
+Per pipeline: the headline rows (the main model against its baseline(s)) with the published
+anchor where one exists, our mean ± std over seeds, protocol, dataset, command and machine from
+the row, then the goals of benchmarks/README.md, met or not, computed from the rows. Only the
+published anchors and the goal thresholds are written here (ANCHORS, the Goals in PIPELINES).
 """
 from __future__ import annotations
 
@@ -20,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.store import atomic_write_text  # noqa: E402
+from core.store import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # aggregated-looking files that are inputs of a script's own summarize, not result tables
@@ -299,7 +293,7 @@ def build(results: Path) -> tuple[str, list[str]]:
             notes.append(f"`{p.name}`: not a known aggregated benchmark file, skipped")
     for name, spec in PIPELINES.items():
         if name not in known:
-            notes.append(f"`{name}.json`: missing (run `python benchmarks/{name}.py summarize`)")
+            notes.append(f"`{name}.json`: missing (run `python -m benchmarks.{name} summarize`)")
             continue
         try:
             data = json.loads((results / f"{name}.json").read_text(encoding="utf-8"))
@@ -311,7 +305,7 @@ def build(results: Path) -> tuple[str, list[str]]:
             continue
         sections += render_pipeline(name, spec, Rows([r for r in data if isinstance(r, dict)]), results)
     head = ["# Benchmark summary", "",
-            "Written by `python benchmarks/summary.py` from the aggregated `benchmarks/results/<name>.json` files "
+            "Written by `python -m benchmarks.summary` from the aggregated `benchmarks/results/<name>.json` files "
             "(regenerate: `make bench-summary`). Headline rows only: the main model against its baseline(s); "
             "ablations, per-seed rows and all metrics are in each `<name>.md`, methods and caveats in "
             "[benchmarks/README.md](../README.md). `±` is the std over seeds; n = number of seeds. "

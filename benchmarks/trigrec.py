@@ -1,32 +1,12 @@
 """TriGRec on Amazon Food-Kitchen: the full method, its ablations and the shuffled control.
 
-Runs in pieces (one target / seed / variant per call); each merges its rows into
-``benchmarks/results/trigrec_runs.json``; ``summarize`` writes ``trigrec.json`` / ``.md`` / ``.png``;
-an interrupted ``stage1`` resumes with ``--override training.resume=true``:
-
-    python -m core.data.prepare food-kitchen --path ../shared/data/food-kitchen       # once
-    python benchmarks/trigrec.py stage1 --target food --seed 1                 # encoders + export
-    python benchmarks/trigrec.py stage1 --target food --seed 1 --no-grl        # for the nogrl row
-    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant trigrec
-    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant bert4rec   # plain, no vectors
-    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant spe        # specific only
-    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant cross      # cross only
-    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant shuffled   # control
-    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant spe_other  # kitchen vectors only
-    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant nogrl      # common without GRL
-    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant leakfree   # vector holdout (1 item)
-    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant leakfree_spe_other
-    python benchmarks/trigrec.py stage2 --target food --seed 1 --override EPOCH_TO_LOAD=10 --tag ep10
-    python benchmarks/trigrec.py stage2 --target food --seed 1 --variant cross --ranks-only  # older runs
-    python benchmarks/trigrec.py stage1-loss --target food --epochs 2          # full vs sampled softmax
-    python benchmarks/trigrec.py summarize                                     # + paired Wilcoxon tests
-
-Each seed's stage-1 tree lives in ``state_dict/bench/trigrec/<target>/seed<N>[-nogrl]/`` (the
-usual ``rep/``, ``embeddings/`` and ``rec/`` folders under that home). The C2DSR protocol
-(``sampled-999``): the target of each C2DSR validation/test line ranked against 999 sampled
-items of its domain (model selection on validation, test once); ``full``: full ranking on the
-pickles' leave-two-out split. The ``leakfree`` variants export the ``.holdout1`` vectors of the
-seed's tree on first use (``export.holdout_last=1``) and train with ``model.vector_holdout=1``.
+Pieces (``stage1``, ``stage2 --variant V``, ``stage1-loss``, ``summarize``: benchmarks/README.md,
+"TriGRec") drive ``user_representation_module.train`` / ``.inference`` and
+``recommendation_model.train_eval``; rows go to ``benchmarks/results/trigrec_runs.json``. Each
+seed's stage-1 tree lives in ``state_dict/bench/trigrec/<target>/seed<N>[-nogrl]/``. Protocols:
+``sampled-999`` (C2DSR: the target of each C2DSR test line against 999 sampled items of its
+domain) and ``full`` (full ranking on the pickles' leave-two-out split). The ``leakfree``
+variants export the ``.holdout1`` vectors on first use and train with ``model.vector_holdout=1``.
 """
 from __future__ import annotations
 
@@ -39,14 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import REPO, RESULTS, aggregate, load_rows, merge_rows, ndcg_by_id, pyplot, rel, row, seed_averaged_paired
+from core.train import mean_epoch_seconds
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sequential import aggregate, merge_rows, ndcg_by_id, pyplot, row, seed_averaged_paired  # noqa: E402
-from core.train import mean_epoch_seconds  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "trigrec_runs.json"
 TARGETS = {"food": "Food-Kitchen/Food", "kitchen": "Food-Kitchen/Kitchen"}
 PUBLISHED = {"food": {"MRR": 8.91, "NDCG@10": 9.71, "HR@10": 14.54}, "kitchen": {"MRR": 4.65, "NDCG@10": 4.94, "HR@10": 8.18}}
@@ -76,11 +51,6 @@ FULL_METRICS = ("NDCG@10", "HR@10", "MRR")
 
 def home(target: str, seed: int, suffix: str = "") -> Path:
     return REPO / "state_dict" / "bench" / "trigrec" / target / f"seed{seed}{suffix}"
-
-
-def rel(path: Path) -> str:
-    """``path`` relative to the repo root, as the commands (run from there) and rows name it."""
-    return path.relative_to(REPO).as_posix()
 
 
 def _run(module: str, config: str, over: str) -> None:
@@ -126,7 +96,7 @@ def cmd_stage1_loss(args) -> None:
                 f"training.eval_every={args.epochs},save_every={args.epochs}" + (f",{args.override}" if args.override else ""))
         _run("user_representation_module.train", config, over)
         metrics = [json.loads(x) for x in (h / "rep" / args.target / "metrics.jsonl").read_text().splitlines()]
-        command = f"python benchmarks/trigrec.py stage1-loss --target {args.target} --seed {args.seed} --epochs {args.epochs}"
+        command = f"python -m benchmarks.trigrec stage1-loss --target {args.target} --seed {args.seed} --epochs {args.epochs}"
         name = f"trigrec-stage1-{loss}"
         threads = json.loads((h / "rep" / args.target / "results.json").read_text()).get("threads")
         rows += [row(TARGETS[args.target], name, "full", "sec_per_epoch", mean_epoch_seconds(h / "rep" / args.target),
@@ -198,7 +168,7 @@ def cmd_stage2(args) -> None:
 def cmd_summarize(args) -> None:
     from core.store import atomic_write_json, atomic_write_text
 
-    runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
+    runs = load_rows(RUNS_FILE)
     _, out = aggregate(runs, skip=())
     tests = paired_tests()
     atomic_write_json(RESULTS / "trigrec.json", out + tests)
@@ -277,7 +247,7 @@ def paired_tests() -> list[dict]:
                 rows.append(row(ds, VARIANTS[variant][0], "sampled-999", "paired_wilcoxon_p_NDCG@10",
                                 test["wilcoxon_p"], seeds=seeds, vs=VARIANTS[base][0], lines=test["users"],
                                 mean_diff=test["mean_diff"], per_seed_diff=per_seed,
-                                command="python benchmarks/trigrec.py summarize"))
+                                command="python -m benchmarks.trigrec summarize"))
     return rows
 
 

@@ -1,38 +1,12 @@
 """Universal two-tower recommender (issue 9): baselines, fusion, feature ablations, scale.
 
-Runs in pieces (one dataset / model / seed per call); each merges its rows into
-``benchmarks/results/universal_runs.json``; ``summarize`` writes ``universal.json`` / ``.md``:
-
-    python -m core.data.prepare universal-movielens --path ../shared/data/ml-100k   # once (run does it if missing)
-    python benchmarks/universal.py run --dataset correlated --model popularity --seed 1
-    python benchmarks/universal.py run --dataset correlated --model mf --seed 1
-    python benchmarks/universal.py run --dataset correlated --model universal-simple --seed 1
-    python benchmarks/universal.py run --dataset correlated --model universal-attention --seed 1
-    python benchmarks/universal.py run --dataset correlated --model universal-simple-no-text --seed 1
-    python benchmarks/universal.py run --dataset ml-100k --model universal-simple --seed 1   # likewise
-    python benchmarks/universal.py scale [--interactions 1000000 --users 100000 --items 20000]
-    python benchmarks/universal.py summarize
-
-Every model of a dataset is scored on the same per-user temporal hold-out by the same
-``universal.evaluate.HoldoutEvaluator`` (``universal.baselines.holdout`` builds them as
-``Pipeline.fit`` does): full ranking over every item with the user's known items excluded
-(protocol ``full``), and AUC of the held-out items against never-interacted items drawn once
-per user with a fixed seed: protocol ``sampled-100`` when every user got 100 of them,
-``all-unseen`` when no user had 100 (then each user's AUC negatives are all items they never
-touched). The epoch is chosen on validation NDCG@10; test is scored once.
-
-- ``popularity``: training counts; ``mf``: BPR matrix factorization (``universal.baselines``);
-- ``universal-simple`` / ``universal-attention``: ``python -m universal.train`` with the
-  dataset's simple / attention config (``DATASETS``), run name ``bench-<model>-seed<N>``;
-- ``universal-simple-no-<type>``: the simple config with ``drop_feature_types=[<type>]``;
-  only types present in the data are accepted. ``universal-simple-ids-only``: every present type
-  dropped, only the id embeddings left (a control; needs ``user_use_id_embedding``, i.e. ML-100K).
-- ``scale``: generates a universal-format file (``data/universal-scale-<N>/data.json``, every
-  feature type; image = one 32-float ``.npy`` vector per item) in a child process, then, in a
-  fresh child, times loading (read + validate + split + schema + feature tables) and a timed
-  slice of training, and reads that child's peak RSS (``ru_maxrss``).
-
-``--device cuda`` runs the model pieces on a GPU (the ``device`` field records it).
+Pieces (``run --dataset D --model M --seed N``, ``scale``, ``summarize``: benchmarks/README.md,
+"Universal two-tower") merge their rows into ``benchmarks/results/universal_runs.json``. Every
+model of a dataset is scored on the same temporal hold-out by the same evaluator
+(``universal.baselines.holdout`` builds it as ``Pipeline.fit`` does): ``popularity`` and ``mf``
+through ``universal.baselines``, the ``universal-*`` models through ``python -m universal.train``,
+``scale`` through ``Pipeline.fit`` on a generated file. ``--device cuda`` runs the model pieces
+on a GPU (the ``device`` field records it).
 """
 from __future__ import annotations
 
@@ -48,12 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sequential import aggregate, machine, merge_rows, row  # noqa: E402
+from benchmarks.common import REPO, RESULTS, aggregate, generic_command, load_rows, machine, merge_rows, rel, row
 
-RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "universal_runs.json"
 SHARED = REPO.parent / "shared" / "data"
 TYPES = ("text", "categorical", "continuous", "temporal", "image")
@@ -85,13 +55,6 @@ DATASETS = {
 QUALITY = ("NDCG@10", "HR@10", "Recall@10")
 MODELS = ("popularity", "mf", "universal-simple", "universal-attention", *(f"universal-simple-no-{t}" for t in TYPES),
           "universal-simple-ids-only")  # control: every feature type dropped, only the id embeddings remain
-
-
-def rel(path: Path) -> str:
-    try:
-        return os.path.relpath(path, REPO)
-    except ValueError:
-        return str(path)
 
 
 def device_label(device: str) -> str:
@@ -126,12 +89,6 @@ def auc_protocol(split) -> tuple[str, dict]:
     return f"sampled-upto-{want}", info
 
 
-def epoch_seconds(run_dir: Path) -> float | None:
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    secs = [r["epoch_seconds"] for r in lines if "epoch_seconds" in r]
-    return float(np.mean(secs)) if secs else None
-
-
 def quality_rows(dataset, model, seed, command, test, protocol_auc, auc_info, **extra) -> list[dict]:
     rows = [row(dataset, model, "full", m, float(test[m]), seeds=[seed], command=command, **extra) for m in QUALITY]
     rows.append(row(dataset, model, protocol_auc, "AUC", float(test["AUC"]), seeds=[seed], command=command,
@@ -144,6 +101,7 @@ def cmd_run(args) -> None:
     import torch
 
     from core.store import state_root
+    from core.train import mean_epoch_seconds
     from universal.baselines import MFSettings, holdout, popularity, train_mf
     from universal.config import dataset_name
 
@@ -154,7 +112,7 @@ def cmd_run(args) -> None:
         if spec["prepare"] is None:
             raise SystemExit(f"{data_path} not found")
         subprocess.run([sys.executable, *spec["prepare"]], cwd=REPO, check=True)
-    command = f"python benchmarks/universal.py run --dataset {args.dataset} --model {args.model} --seed {args.seed}" \
+    command = f"python -m benchmarks.universal run --dataset {args.dataset} --model {args.model} --seed {args.seed}" \
               + (f" --device {args.device}" if args.device != "cpu" else "")
     label = device_label(args.device)
     base = load_cfg(spec["simple"], f"device={args.device}")
@@ -173,7 +131,7 @@ def cmd_run(args) -> None:
         extra = {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"], "train_seconds": res["train_seconds"],
                  "valid_ndcg10": res["valid"]["NDCG@10"], "mf": res["settings"], "run_dir": rel(out), **common}
         rows = quality_rows(args.dataset, "mf", args.seed, command, res["test"], proto, auc_info, **extra)
-        rows.append(row(args.dataset, "mf", "full", "sec_per_epoch", epoch_seconds(out), seeds=[args.seed],
+        rows.append(row(args.dataset, "mf", "full", "sec_per_epoch", mean_epoch_seconds(out), seeds=[args.seed],
                         command=command, unit="s", **extra))
     else:
         config = spec["attention"] if args.model == "universal-attention" else spec["simple"]
@@ -207,7 +165,7 @@ def cmd_run(args) -> None:
                  "valid_ndcg10": res["valid"]["NDCG@10"], "train_command": train_command, "run_dir": rel(run_dir),
                  **common, "config": rel(config)}
         rows = quality_rows(args.dataset, args.model, args.seed, command, res["test"], proto, auc_info, **extra)
-        rows.append(row(args.dataset, args.model, "full", "sec_per_epoch", epoch_seconds(run_dir), seeds=[args.seed],
+        rows.append(row(args.dataset, args.model, "full", "sec_per_epoch", mean_epoch_seconds(run_dir), seeds=[args.seed],
                         command=command, unit="s", **extra))
     for r in rows:
         r["device"] = label
@@ -315,73 +273,38 @@ def cmd_scale_generate(args) -> None:
 
 
 def cmd_scale_measure(args) -> None:
-    """Child: load (read + validate + split + schema + tables) and a timed training slice; peak RSS."""
+    """Child: ``Pipeline.fit`` on the scale data (configs/universal/synthetic.yaml), one epoch of at
+    most ``--batches`` batches: load seconds up to the fit loop, the training rate from the epoch
+    time the fit logs, and this process's peak RSS."""
     import torch
 
-    from core.cli import resolve_device, seed_everything
-    from universal.data import load_dataset
-    from universal.evaluate import TRAIN, pairs_by_user, temporal_holdout
-    from universal.features import fit_schema
-    from universal.pipeline import Pipeline, TrainRows
+    from universal.pipeline import Pipeline
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    cfg = load_cfg(REPO / "configs/universal/synthetic.yaml", f"device={args.device},seed={args.seed},"
-                   f"training.batch_size={args.batch_size}")
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    path = scale_dir(args) / "data.json"
-    t = {"start": time.perf_counter()}
-    data = load_dataset(path)
-    t["read_validate"] = time.perf_counter()
-    part = temporal_holdout(data, cfg.data.train_split, cfg.data.min_interactions)
-    train = part == TRAIN
-    pipe = Pipeline(cfg, log=lambda *a: None)
-    schema = fit_schema(data, train, cfg, {}, log=lambda *a: None)
-    schema.pop("notes")
-    heldout = pairs_by_user(data.user_idx[~train], data.item_idx[~train])
-    t["split_schema"] = time.perf_counter()
-    pipe.meta = {"schema": schema, "n_users": data.n_users, "n_items": data.n_items}
-    tables = pipe._tables(data, data.items.lookup, data.users.lookup, data.items.lookup, drop_items=heldout)
-    pipe.meta["text_dim"] = int(tables["item"]["text/x"].shape[-1])
-    t["tables"] = time.perf_counter()
-    load_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    model = pipe._new_model().to(device)
-    rows = TrainRows(data.user_idx[train], data.item_idx[train], tables, data.n_items, cfg, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))
-    batches = order.split(cfg.training.batch_size)
-    model.train()
-    done, timed_rows, t_train = 0, 0, None
-    for b, index in enumerate(batches):
-        if b == args.warmup_batches:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t_train = time.perf_counter()
-        loss = model.training_loss(rows.get_batch(index.to(device), gen), gen)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
-        opt.step()
-        done += 1
-        if t_train is not None:
-            timed_rows += len(index)
-            if time.perf_counter() - t_train >= args.train_seconds:
-                break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    train_s = time.perf_counter() - t_train
-    rate = timed_rows / train_s
-    out = {"read_validate_s": t["read_validate"] - t["start"], "split_schema_s": t["split_schema"] - t["read_validate"],
-           "tables_s": t["tables"] - t["split_schema"], "load_seconds": t["tables"] - t["start"],
-           "interactions": int(len(part)), "train_interactions": int(train.sum()), "users": data.n_users,
-           "items": data.n_items, "feature_specs": {s: [x["name"] for x in schema[s]] for s in ("user", "item")},
-           "batches_timed": done - args.warmup_batches, "rows_timed": timed_rows, "train_seconds_timed": train_s,
-           "interactions_per_s": rate, "sec_per_epoch": int(train.sum()) / rate, "batch_size": cfg.training.batch_size,
-           "negatives_per_row": cfg.negative_sampling_ratio, "final_loss": float(loss.detach()),
-           "peak_rss_after_load_mb": load_rss, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    cfg = load_cfg(REPO / "configs/universal/synthetic.yaml", f"device={args.device},seed={args.seed},training.epochs=1,"
+                   f"training.batch_size={args.batch_size},training.max_steps_per_epoch={args.batches},"
+                   "training.save_checkpoints=false,run_name=bench-scale,overwrite=true")
+    mark: dict = {}
+
+    def log(msg: str) -> None:  # the fit loop starts right after the line that gives the split and the run folder
+        print(msg, flush=True)
+        if "load" not in mark and " interactions (train " in msg:
+            mark.update(load=time.perf_counter(), rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    t0 = time.perf_counter()
+    report = Pipeline(cfg, log=log).fit(scale_dir(args) / "data.json")
+    epoch = next(r for r in map(json.loads, filter(str.strip, (Path(report["run_dir"]) / "metrics.jsonl").read_text()
+                                                    .splitlines())) if "epoch_seconds" in r)
+    n, bs = report["counts"], cfg.training.batch_size
+    timed = min(n["train"], args.batches * bs)
+    rate = timed / epoch["epoch_seconds"]
+    out = {"load_seconds": mark["load"] - t0, "interactions": n["interactions"], "train_interactions": n["train"],
+           "users": n["users"], "items": n["items"], "batches_timed": -(-timed // bs), "rows_timed": timed,
+           "train_seconds_timed": epoch["epoch_seconds"], "interactions_per_s": rate, "sec_per_epoch": n["train"] / rate,
+           "batch_size": bs, "negatives_per_row": cfg.negative_sampling_ratio, "final_loss": epoch["train_loss"],
+           "peak_rss_after_load_mb": mark["rss"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "threads": torch.get_num_threads()}
-    if device.type == "cuda":
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(json.dumps(out))
@@ -392,16 +315,16 @@ def cmd_scale(args) -> None:
     flags = ["--interactions", str(args.interactions), "--users", str(args.users), "--items", str(args.items),
              "--seed", str(args.seed)]
     if not (folder / "generation.json").is_file():
-        subprocess.run([sys.executable, __file__, "scale-generate", *flags], cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.universal", "scale-generate", *flags], cwd=REPO, check=True)
     gen = json.loads((folder / "generation.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "measure.json"
-        subprocess.run([sys.executable, __file__, "scale-measure", *flags, "--device", args.device, "--out", str(out),
-                        "--train-seconds", str(args.train_seconds), "--batch-size", str(args.batch_size),
-                        "--warmup-batches", str(args.warmup_batches)], cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.universal", "scale-measure", *flags, "--device", args.device,
+                        "--out", str(out), "--batches", str(args.batches), "--batch-size", str(args.batch_size)],
+                       cwd=REPO, check=True)
         res = json.loads(out.read_text())
-    command = (f"python benchmarks/universal.py scale --interactions {args.interactions} --users {args.users} "
-               f"--items {args.items} --train-seconds {args.train_seconds} --batch-size {args.batch_size}"
+    command = (f"python -m benchmarks.universal scale --interactions {args.interactions} --users {args.users} "
+               f"--items {args.items} --batches {args.batches} --batch-size {args.batch_size}"
                + (f" --device {args.device}" if args.device != "cpu" else ""))
     extra = {"data": rel(folder / "data.json"), "interactions": res["interactions"], "users": res["users"],
              "items": res["items"], "file_mb": round(gen["bytes"] / 2**20, 1),
@@ -411,15 +334,15 @@ def cmd_scale(args) -> None:
     m = "universal-simple"
     rows = [
         row("scale", m, "full", "load_seconds", res["load_seconds"], command=command, unit="s",
-            read_validate_s=res["read_validate_s"], split_schema_s=res["split_schema_s"], tables_s=res["tables_s"],
+            note="Pipeline.fit up to its fit loop: read, validate, split, schema, feature tables, model, evaluators",
             peak_rss_after_load_mb=res["peak_rss_after_load_mb"], **extra),
         row("scale", m, "full", "interactions_per_s", res["interactions_per_s"], command=command, unit="1/s",
             batch_size=res["batch_size"], negatives_per_row=res["negatives_per_row"], batches_timed=res["batches_timed"],
             train_seconds_timed=res["train_seconds_timed"], threads=res["threads"], **extra),
         row("scale", m, "full", "sec_per_epoch", res["sec_per_epoch"], command=command, unit="s",
-            note="extrapolated: training interactions / interactions_per_s (no validation)", **extra),
+            note="extrapolated: training interactions / interactions_per_s (validation excluded)", **extra),
         row("scale", m, "full", "peak_rss_mb", res["peak_rss_mb"], command=command, unit="MB",
-            note="ru_maxrss of the measuring process (load + training slice)", **extra),
+            note="ru_maxrss of the measuring process (Pipeline.fit: load, training, validation, test)", **extra),
         row("scale", m, "full", "text_encode_seconds", gen["text_encode_seconds"], command=command, unit="s",
             texts=gen["texts"], note="MiniLM, cold cache, at generation", **extra),
     ]
@@ -436,7 +359,7 @@ def cmd_scale(args) -> None:
 def cmd_summarize(args) -> None:
     from core.store import atomic_write_json, atomic_write_text
 
-    runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
+    runs = load_rows(RUNS_FILE)
     _, out = aggregate([r for r in runs if r["seeds"]])  # model rows: mean and std over seeds
     scale = [r for r in runs if not r["seeds"]]  # scale rows: one measurement each, as they are
     for r in out:  # keep the AUC negative counts (and what the row was run with) with the aggregated row
@@ -448,8 +371,6 @@ def cmd_summarize(args) -> None:
                 r[k] = src[k]
         r["command"] = r["command"].replace(f"--seed {src['seeds'][0]}", "--seed <N>")
         if "train_command" in r:
-            from sequential import generic_command
-
             r["train_command"] = generic_command(r["train_command"], src["seeds"][0])
     out += scale
     atomic_write_json(RESULTS / "universal.json", out)
@@ -485,7 +406,8 @@ def cmd_summarize(args) -> None:
                   f"every feature type ({r0.get('image', '')}); text cache {r0.get('text_cache', '')}.", "",
                   "| metric | value |", "|---|---|"]
         notes = {"load_seconds": lambda r: f"read + validate {r['read_validate_s']:.1f} s, split + schema "
-                                           f"{r['split_schema_s']:.1f} s, feature tables {r['tables_s']:.1f} s",
+                                           f"{r['split_schema_s']:.1f} s, feature tables {r['tables_s']:.1f} s"
+                                           if "tables_s" in r else r.get("note", ""),
                  "interactions_per_s": lambda r: f"training interactions (each with {r['negatives_per_row']:g} sampled "
                                                  f"negatives), batch {r['batch_size']}, {r['batches_timed']} batches in "
                                                  f"{r['train_seconds_timed']:.0f} s, {r['threads']} torch thread(s)",
@@ -566,9 +488,8 @@ def main() -> None:
         s.add_argument("--seed", type=int, default=0)
         if name != "scale-generate":
             s.add_argument("--device", default="cpu")
-            s.add_argument("--train-seconds", type=float, default=60.0, help="length of the timed training slice")
+            s.add_argument("--batches", type=int, default=500, help="training batches timed (one capped epoch)")
             s.add_argument("--batch-size", type=int, default=1024)
-            s.add_argument("--warmup-batches", type=int, default=3)
         if name == "scale-measure":
             s.add_argument("--out", required=True)
     sub.add_parser("summarize")

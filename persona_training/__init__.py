@@ -10,4 +10,5 @@ Library (for scripts such as benchmarks):
 - ``encoder``: ``load_encoder``, ``embed_texts``, ``embed_histories``, ``info_nce``, ``train_pairs``
 - ``caches``: ``build_cache``, ``open_cache``; ``scoring``: ``Scorer``, ``rerank_lists``, ``user_vector``
 - ``synthetic``: ``generate`` (the planted-structure default); ``pipeline``: the three stages
+- ``evaluate``: the benchmark's protocol (``Sample``, folds, candidates, baselines, ranks and metrics via core.metrics)
 """

@@ -1,22 +1,11 @@
-"""benchmarks/trigrec.py paired tests on fake per-line rank files: the lines both runs share, the
+"""benchmarks.trigrec paired tests on fake per-line rank files: the lines both runs share, the
 seed-averaged difference, the per-seed differences and a p-value that tells a real gap from none."""
 from __future__ import annotations
-
-import importlib.util
-import sys
 
 import numpy as np
 import pytest
 
-from core.store import REPO_ROOT
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_trigrec", REPO_ROOT / "benchmarks" / "trigrec.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+import benchmarks.trigrec as bench
 
 
 def _ranks(mod, target, seed, variant, lines, ranks):
@@ -27,7 +16,7 @@ def _ranks(mod, target, seed, variant, lines, ranks):
 
 def test_paired_tests_on_rank_files(tmp_path, monkeypatch):
     pytest.importorskip("scipy")
-    mod = _load_bench()
+    mod = bench
     monkeypatch.setattr(mod, "home", lambda target, seed, suffix="": tmp_path / target / f"seed{seed}{suffix}")
     lines = np.arange(30)
     # kitchen, seeds 1 and 2: cross ranks every target first (NDCG 100%), the control at rank 21 (0%);

@@ -1,22 +1,11 @@
-"""benchmarks/summary.py on a fake results folder: headline rows, spread, goal verdicts, and
+"""benchmarks.summary on a fake results folder: headline rows, spread, goal verdicts, and
 files it does not know (noted, not fatal)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-from core.store import REPO_ROOT
-
-
-def _load_summary():
-    # benchmarks/ is a folder of scripts, not a package: load the file itself
-    spec = importlib.util.spec_from_file_location("bench_summary", REPO_ROOT / "benchmarks" / "summary.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod   # dataclasses look their module up while the file executes
-    spec.loader.exec_module(mod)
-    return mod
+from benchmarks import summary
 
 
 def _row(dataset, model, metric, value, std=0.0, seeds=(1, 2, 3), protocol="full", **extra):
@@ -51,7 +40,6 @@ def _fake_results(tmp_path: Path) -> Path:
 
 
 def test_summary_rows_spread_goals_and_unknown(tmp_path):
-    summary = _load_summary()
     res = _fake_results(tmp_path)
     assert summary.main(["--results", str(res)]) == 0
     text = (res / "SUMMARY.md").read_text()
@@ -81,7 +69,6 @@ def test_summary_rows_spread_goals_and_unknown(tmp_path):
 
 
 def test_summary_survives_a_broken_file(tmp_path):
-    summary = _load_summary()
     res = _fake_results(tmp_path)
     (res / "universal.json").write_text("{broken")
     assert summary.main(["--results", str(res)]) == 0

@@ -1,0 +1,224 @@
+"""The persona evaluation protocol (``python -m benchmarks.persona`` drives it; benchmarks/README.md).
+
+- ``Sample``: one Persona4Rec sample (``sample/<dataset>/``): held-out histories, one target per
+  user (``3.5_gt``), item texts (personas, else the item summary its reviews carry), popularity,
+  a fixed-seed split of the users into folds; ``candidates`` (the target + sampled negatives the
+  user never reviewed) and ``training_pairs`` (other folds' users only).
+- ``rank_of_target`` / ``user_metrics``: ranks and HR/NDCG/MRR from ``core.metrics``, so ties
+  are broken as everywhere else in the project: pessimistically (a target tied with k other
+  candidates ranks below them).
+- ``baseline_ranks`` (random, popularity), ``scorer_ranks`` (an encoder through ``Scorer``),
+  ``synthetic_ranks`` (the planted-structure default: full ranking and the upstream candidates
+  through ``scoring.rerank_lists``), ``known_answer`` (the example candidate files).
+- ``pooled_metrics``: per-user metrics pooled over folds and averaged over seeds;
+  ``bootstrap_ci``: 95% percentile intervals over resampled users.
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from core.metrics import rank_metrics, ranks_from_scores
+
+KS = (5, 10, 20)
+METRICS = [f"{m}@{k}" for m in ("HR", "NDCG") for k in KS] + ["MRR"]
+
+
+def stable_seed(*parts) -> list[int]:
+    """A numpy seed sequence from strings/ints (stable across processes, unlike ``hash``)."""
+    return [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
+
+
+def rank_of_target(scores) -> int:
+    """0-based rank of ``scores[0]`` (the target) among all; ties pessimistic (``core.metrics``)."""
+    s = torch.as_tensor(np.asarray(scores, dtype=np.float64)).view(1, -1)
+    return int(ranks_from_scores(s, torch.zeros(1, dtype=torch.long))[0])
+
+
+def user_metrics(ranks: Sequence[int | None], ks: Sequence[int] = KS) -> dict[str, np.ndarray]:
+    """Per-user HR/NDCG@k and MRR of one target at 0-based ``ranks`` (None = not in the list)."""
+    r = np.array([np.inf if x is None else float(x) for x in ranks])
+    m = rank_metrics(r, ks)
+    return {name: m[name].numpy() for name in [f"{x}@{k}" for x in ("HR", "NDCG") for k in ks] + ["MRR"]}
+
+
+def pooled_metrics(per_seed: dict[int, dict[str, int | None]]) -> tuple[list[str], dict[str, np.ndarray], dict]:
+    """Ranks ``{seed: {user: rank}}`` (a seed's folds together) -> (users, each user's metrics
+    averaged over the seeds that scored them, each metric's mean over users for every seed that
+    scored them all)."""
+    users = sorted({u for got in per_seed.values() for u in got})
+    total, count = {m: np.zeros(len(users)) for m in METRICS}, np.zeros(len(users))
+    seed_means: dict[str, list[float]] = {m: [] for m in METRICS}
+    for _seed, got in sorted(per_seed.items()):
+        mask = np.array([u in got for u in users])
+        vals = user_metrics([got.get(u) for u in users])
+        for m in METRICS:
+            total[m][mask] += vals[m][mask]
+            if mask.all():
+                seed_means[m].append(float(vals[m].mean()))
+        count += mask
+    return users, {m: total[m] / count for m in METRICS}, seed_means
+
+
+def bootstrap_ci(values: np.ndarray, idx: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """95% percentile interval of the mean of ``values`` over the resamples ``idx`` [B, n]."""
+    boots = values[idx].mean(1)
+    return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)), boots
+
+
+class Sample:
+    """One dataset's sample (``root/sample/<dataset>/``): see the module docstring."""
+
+    def __init__(self, root: str | Path, dataset: str, fields: str = "N,D,I", pool: str = "reviewed",
+                 folds: int = 5, fold_seed: int = 0) -> None:
+        from core.candidates import read_ground_truth
+        from persona_training import schema, texts
+
+        sample = Path(root) / "sample" / dataset
+        self.dataset = dataset
+        self.data = schema.load_data({"persona": sample / "3.5_persona_with_summary.jsonl",
+                                      "loo_history": sample / "3.5_history_loo.jsonl",
+                                      "item_summary": sample / "2_summary.jsonl"}, dataset)
+        full = schema.load_history(sample / "3.5_history.jsonl", dataset)
+        gt = read_ground_truth(sample / "3.5_gt.jsonl")
+        bad = [u for u, items in gt.items() if len(items) != 1]
+        if bad:
+            raise SystemExit(f"{sample / '3.5_gt.jsonl'}: users with more than one target: {bad[:3]}")
+        self.target = {u: next(iter(items)) for u, items in gt.items()}
+        self.users = sorted(self.data.history)
+        missing = [u for u in self.users if u not in self.target]
+        if missing:
+            raise SystemExit(f"{len(missing)} history users have no target in 3.5_gt.jsonl, e.g. {missing[0]}")
+        # item text: the item summaries carried by reviews are the same for every review of an item
+        # (checked on both samples), so the full histories supply the held-out items' summaries too;
+        # a review's own title/facets/rating never enter an item's text
+        both = schema.PersonaData(dataset, personas=self.data.personas, items=self.data.items,
+                                  history={**self.data.history, **{f"full:{u}": r for u, r in full.items()}})
+        texts_all = texts.item_texts(both, fields, "summary", fallback="summary")
+        reviewed = {r.item_id for h in (self.data.history, full) for rs in h.values() for r in rs}
+        pool_items = set(texts_all) if pool == "all" else reviewed & set(texts_all)
+        self.item_text = {i: [t for _rid, t in texts_all[i]]
+                          for i in sorted(pool_items | (set(self.target.values()) & set(texts_all)))}
+        self.from_personas = {i for i in self.item_text if i in self.data.personas}
+        self.pool = sorted(pool_items)
+        self.own = {u: {r.item_id for r in self.data.history[u]} | {r.item_id for r in full.get(u, [])} for u in self.users}
+        self.scorable = [u for u in self.users if self.target[u] in self.item_text]
+        self.popularity: dict[str, int] = {}
+        for rs in self.data.history.values():
+            for r in rs:
+                self.popularity[r.item_id] = self.popularity.get(r.item_id, 0) + 1
+        perm = np.random.default_rng(fold_seed).permutation(len(self.users))
+        self.fold_of = {self.users[j]: pos % folds for pos, j in enumerate(perm)}
+
+    def fold(self, fold: int) -> tuple[list[str], list[str], list[str]]:
+        """(test users with a scorable target, test users without one, training users) of ``fold``."""
+        test = [u for u in self.scorable if self.fold_of[u] == fold]
+        skipped = [u for u in self.users if self.fold_of[u] == fold and u not in self.scorable]
+        return test, skipped, [u for u in self.users if self.fold_of[u] != fold]
+
+    def candidates(self, u: str, n_neg: int, seed: int) -> list[str]:
+        """The target first, then ``n_neg`` items of the pool the user never reviewed."""
+        others = [i for i in self.pool if i not in self.own[u] and i != self.target[u]]
+        if len(others) < n_neg:
+            raise SystemExit(f"user {u}: only {len(others)} items to sample {n_neg} negatives from")
+        rng = np.random.default_rng(stable_seed(seed, u, "negatives"))
+        return [self.target[u]] + [others[j] for j in rng.choice(len(others), n_neg, replace=False)]
+
+    def training_pairs(self, users, seed: int, max_history: int, positions: str = "all") -> list:
+        """``texts.Pair``s from the given users only: every prefix of a held-out history -> its
+        next item (``positions="all"``) and the whole held-out history -> the held-out item; one
+        text per target item (a persona picked by a fixed hash)."""
+        from persona_training import texts
+
+        pairs = []
+        for u in users:
+            reviews = self.data.history[u]
+            steps = [(reviews[:j], reviews[j].item_id) for j in range(1, len(reviews))] if positions == "all" else []
+            steps.append((reviews, self.target[u]))
+            for prefix, item in steps:
+                if item not in self.item_text:
+                    continue
+                hist = texts.history_texts(prefix, "summary", max_history, exclude_items=[item])
+                if not hist:
+                    continue
+                options = self.item_text[item]
+                target = options[zlib.crc32(f"{seed}:{u}:{item}".encode()) % len(options)]
+                pairs.append(texts.Pair(hist, target, item, u))
+        return pairs
+
+    def histories(self, users, max_history: int) -> dict[str, list[str]]:
+        from persona_training import texts
+
+        return {u: texts.history_texts(self.data.history[u], "summary", max_history) for u in users}
+
+
+def baseline_ranks(sample: Sample, users, cands: dict, seed: int) -> dict[str, dict[str, int]]:
+    """``random`` (fixed-seed uniform scores per user) and ``popularity`` (held-out-history counts)."""
+    return {"random": {u: rank_of_target(np.random.default_rng(stable_seed(seed, u, "random")).random(len(cands[u])))
+                       for u in users},
+            "popularity": {u: rank_of_target([sample.popularity.get(i, 0) for i in cands[u]]) for u in users}}
+
+
+def scorer_ranks(scorer, hist: dict[str, list[str]], item_text: dict[str, list[str]], users, cands: dict) -> dict[str, int]:
+    """Each user's target rank among their candidates by a ``scoring.Scorer`` (texts encoded once)."""
+    scorer.embed(list(dict.fromkeys([t for u in users for t in hist[u]] +
+                                    [t for u in users for i in cands[u] for t in item_text[i]])))
+    return {u: rank_of_target(scorer.scores([hist[u]], [item_text[i] for i in cands[u]])[0]) for u in users}
+
+
+def synthetic_ranks(score_fns: dict[str, Callable], test, target: dict, items, own: dict,
+                    candidates: dict) -> dict[tuple[str, str], dict]:
+    """Planted-structure protocols per model ``score_fns[name](user, items) -> scores``: ``full``
+    (the target among every item outside the user's history) and ``candidates`` (the upstream list
+    reranked by ``scoring.rerank_lists``, a 1-d "vector" carrying the score; ``upstream`` = as given)."""
+    from persona_training.scoring import rerank_lists
+
+    ranks: dict[tuple[str, str], dict] = {}
+    for name, fn in score_fns.items():
+        ranks[("full", name)] = {u: rank_of_target(fn(u, [target[u]] + [i for i in items if i != target[u] and i not in own[u]]))
+                                 for u in test}
+        reranked = {}
+        for u in test:
+            listed = [i for i, _s in candidates[u] if i]
+            sc = dict(zip(listed, fn(u, listed)))
+            out, _c = rerank_lists({u: candidates[u]}, lambda _u: np.ones(1, np.float32),
+                                   lambda i: np.array([[sc[i]]], np.float32) if i in sc else None)
+            reranked[u] = [e["item_id"] for e in out[u]]
+        ranks[("candidates", name)] = {u: reranked[u].index(target[u]) if target[u] in reranked[u] else None for u in test}
+    ranks[("candidates", "upstream")] = {u: [i for i, _s in candidates[u]].index(target[u]) for u in test}
+    return ranks
+
+
+def known_answer(root: str | Path, dataset: str, scorer: Callable, fields: str = "N,D,I", max_history: int = 20) -> dict:
+    """The example files ``evaluation/<dataset>/{candidate,gt}.jsonl`` in their upstream order and
+    reranked (``scoring.rerank_lists``; ``scorer()`` is called only if something can be scored: a
+    candidate with personas for a user with a history in the sample). Returns the metrics of both
+    (``core.candidates``), the rerank's counts and how many unscored entries left their slot."""
+    from core.candidates import candidate_metrics, read_ground_truth, read_scored_candidates
+    from persona_training import schema, texts
+    from persona_training.scoring import as_ranked, rerank_lists
+
+    root = Path(root)
+    candidates = read_scored_candidates(root / "evaluation" / dataset / "candidate.jsonl")
+    truth = read_ground_truth(root / "evaluation" / dataset / "gt.jsonl")
+    upstream = candidate_metrics({u: [item for item, _s in rows] for u, rows in candidates.items()}, truth, list(KS))
+    sample = root / "sample" / dataset
+    data = schema.load_data({"persona": sample / "3.5_persona_with_summary.jsonl",
+                             "loo_history": sample / "3.5_history_loo.jsonl"}, dataset)
+
+    def user_vec(u):
+        reviews = data.history.get(u)
+        return None if not reviews else scorer().user_vectors([texts.history_texts(reviews, "summary", max_history)])[0]
+
+    def item_rows(i):
+        ps = data.personas.get(i)
+        return None if not ps else scorer().embed([texts.persona_text(p, fields) for p in ps])
+
+    reranked, counts = rerank_lists(candidates, user_vec, item_rows)
+    moved = sum(1 for es in reranked.values() for j, e in enumerate(es) if not e["scored"] and e["upstream_rank"] != j + 1)
+    return {"upstream": upstream, "reranked": candidate_metrics(as_ranked(reranked), truth, list(KS)),
+            "counts": counts, "unscored_moved": moved}
