@@ -20,6 +20,9 @@ users is ``Evaluator.repeat_share``; the preparers print it per dataset.
 
 A progress bar with an ETA (tqdm over users) shows when stderr is a terminal and at least
 ``PROGRESS_MIN_USERS`` users are scored.
+
+``C2DSRProtocol``: the sampled protocol of C2DSR's own evaluation lines (target vs 999 sampled
+target-domain items), scored through a model's ``candidate_scores``.
 """
 from __future__ import annotations
 
@@ -31,9 +34,10 @@ import torch
 from tqdm.auto import tqdm
 
 from core.data.batches import trim_padding
+from core.data.c2dsr import C2DSREval
 from core.data.splits import EvalSplit, Split, history_mask, padded_prefixes, prefix_positions
 from core.dist import dist_info
-from core.errors import UserError
+from core.errors import DataError, UserError
 from core.metrics import MetricAccumulator, rank_metrics, ranks_from_scores, sample_negatives
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -370,3 +374,79 @@ def popularity_score_fn(split: Split) -> ScoreFn:
     ranked = torch.full_like(pop, -float("inf"))
     ranked[order] = torch.arange(len(order), 0, -1, dtype=torch.float32)
     return lambda inputs, users: ranked.to(inputs.device).expand(len(inputs), -1)
+
+
+# --------------------------------------------------------------------------- the C2DSR protocol
+C2DSR_KS = (1, 5, 10)
+
+
+class C2DSRProtocol:
+    """C2DSR's evaluation lines (``core.data.c2dsr.read_c2dsr_eval``): each line's target ranked
+    against ``n_neg`` items of the target domain (fixed seed) other than the target (as C2DSR
+    samples them; ``exclude_history`` also keeps the line's own target-domain history out); MRR,
+    NDCG@1/5/10, HR@1/5/10. ``spe`` / ``cross``: per-line user vectors (TriGRec's exports for these
+    lines) that ``run`` hands to the model's ``candidate_scores`` as side inputs of those names."""
+
+    def __init__(self, ev: C2DSREval, global_to_local: np.ndarray, n_items: int, maxlen: int,
+                 spe: np.ndarray | None, cross: np.ndarray | None, n_neg: int = 999, seed: int = 0,
+                 device="cpu", batch_size: int = 1024, exclude_history: bool = False) -> None:
+        self.device, self.batch_size = torch.device(device), batch_size
+        hist = [global_to_local[h] for h in ev.histories]
+        hist = [h[h > 0] for h in hist]  # the target domain's part of the history
+        self.inputs = torch.zeros(len(ev), maxlen, dtype=torch.long)
+        for i, h in enumerate(hist):
+            if len(h):
+                self.inputs[i, -min(len(h), maxlen):] = torch.as_tensor(h[-maxlen:])
+        targets = global_to_local[ev.targets]
+        if (targets == 0).any():
+            raise DataError(f"{ev.source}: a target item is outside the target domain")
+        gen = torch.Generator().manual_seed(seed)
+        cands = []
+        for start in range(0, len(ev), batch_size):
+            stop = min(start + batch_size, len(ev))
+            exclude = torch.zeros(stop - start, n_items + 1, dtype=torch.bool)
+            if exclude_history:
+                for r, h in enumerate(hist[start:stop]):
+                    exclude[r, torch.as_tensor(h, dtype=torch.long)] = True
+            exclude[torch.arange(stop - start), torch.as_tensor(targets[start:stop])] = True
+            cands.append(sample_negatives(exclude, n_items, n_neg, gen))
+        self.candidates = torch.cat([torch.as_tensor(targets).view(-1, 1), torch.cat(cands)], dim=1)
+        self.spe = torch.as_tensor(spe, dtype=torch.float32) if spe is not None else None
+        self.cross = torch.as_tensor(cross, dtype=torch.float32) if cross is not None else None
+        self.targets = torch.as_tensor(targets, dtype=torch.long)  # local ids
+        self.lines = np.asarray(ev.lines)  # 0-based line numbers in the C2DSR file, for per-line ranks
+        self.last_ranks: torch.Tensor | None = None  # 0-based rank of each line's target, last run
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @torch.no_grad()
+    def run(self, model) -> dict[str, float]:
+        acc, all_ranks = MetricAccumulator(), []
+        for start in range(0, len(self), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            side = {k: t[sl].to(self.device) for k, t in (("spe", self.spe), ("cross", self.cross)) if t is not None}
+            scores = model.candidate_scores(self.inputs[sl].to(self.device), self.candidates[sl].to(self.device),
+                                            **side).float()
+            ranks = ranks_from_scores(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+            all_ranks.append(ranks.cpu())
+            m = rank_metrics(ranks.cpu(), C2DSR_KS)
+            acc.add({k: v for k, v in m.items() if k == "MRR" or k.startswith(("HR@", "NDCG@"))})
+        self.last_ranks = torch.cat(all_ranks) if all_ranks else torch.zeros(0, dtype=torch.long)
+        return acc.result()
+
+    def split_by_training_count(self, item_counts: np.ndarray) -> dict:
+        """Metrics of the last run over lines whose target the training data holds at least once
+        (``seen``) and never (``unseen``), with the unseen share. C2DSR trained on its own file,
+        which is not available; ~40% of its Food-Kitchen test targets never occur in the pickles,
+        and no model trained on them can rank such an item (its embedding only ever got pushed
+        down as a sampled negative)."""
+        if self.last_ranks is None:
+            raise RuntimeError("run() first")
+        seen = torch.as_tensor(item_counts[self.targets.numpy()] > 0)
+        out: dict = {"unseen_target_share": float((~seen).float().mean()) if len(seen) else 0.0}
+        for name, mask in (("seen", seen), ("unseen", ~seen)):
+            if mask.any():
+                m = rank_metrics(self.last_ranks[mask], C2DSR_KS)
+                out[name] = {k: float(v.mean()) for k, v in m.items() if k == "MRR" or k.startswith(("HR@", "NDCG@"))}
+        return out

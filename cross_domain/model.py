@@ -82,6 +82,10 @@ class MetaBridge(nn.Module):
 
 
 class CrossDomainSASRec(SASRec):
+    """``core.models.base.Recommender``; scoring inputs carry the begin token (``with_bos``); side
+    inputs ``source`` ([B, source_dim], a zero row = none) and, for ``ptupcdr``, ``source_history``
+    ([B, H] source item ids): batch entries in training, keywords of the scorers."""
+
     kind = "cross-domain-sasrec"
 
     def __init__(self, n_items: int, source_dim: int = 0, bridge: str = "mlp", bridge_hidden: int = 128,
@@ -156,6 +160,10 @@ class CrossDomainSASRec(SASRec):
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict, generator: torch.Generator | None = None, source=None,
                       source_history=None) -> torch.Tensor:
+        """Next-item loss of a batch; the source side is the batch's ``source`` / ``source_history``
+        entries (rows of its ``users``) unless given here."""
+        source = batch.get("source") if source is None else source
+        source_history = batch.get("source_history") if source_history is None else source_history
         if source is not None and self.source_dropout > 0:
             # hide the source vector of some training users: the shared encoder must stay a good
             # sequence-only model (the fallback), and the bridge cannot stand in for it

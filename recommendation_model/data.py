@@ -1,4 +1,5 @@
-"""Stage-2 inputs: exported user vectors aligned to the data, and the C2DSR protocol."""
+"""Stage-2 inputs: exported user vectors aligned to the data, and the vector-holdout cloze rows
+(the C2DSR protocol is ``core.evaluation.C2DSRProtocol``)."""
 from __future__ import annotations
 
 import re
@@ -8,13 +9,9 @@ import numpy as np
 import torch
 
 from core.data.batches import ClozeDataset, trim_padding
-from core.data.c2dsr import C2DSREval
 from core.data.splits import Split
 from core.errors import DataError
-from core.metrics import MetricAccumulator, rank_metrics, ranks_from_scores, sample_negatives
 from core.store import aligned_vectors as align_rows, load_embeddings
-
-C2DSR_KS = (1, 5, 10)
 
 
 def latest_export(folder: Path, kind: str, domain_code: str, epoch: int = 0) -> Path:
@@ -88,71 +85,24 @@ class HoldoutClozeDataset(ClozeDataset):
         return {"input": inputs, "target_fused": fused, "target_plain": plain, "users": self.users[index]}
 
 
-class C2DSRProtocol:
-    """The target ranked against ``n_neg`` items of the target domain (fixed seed) other than the
-    target (as C2DSR samples them; ``exclude_history`` also keeps the line's own target-domain
-    history out); MRR, NDCG@1/5/10, HR@1/5/10."""
+class UserVectorRows:
+    """Training rows whose batches also carry the user vectors: ``tables[name][users]`` under
+    ``name`` (``spe`` / ``cross``; tables by 1-based user index, row 0 unused; None = unused), so
+    that ``TriGRecRecommender.training_loss`` reads them from the batch and ``core.train.fit``
+    needs no per-recipe loss closure. Everything else is the wrapped rows'."""
 
-    def __init__(self, ev: C2DSREval, global_to_local: np.ndarray, n_items: int, maxlen: int,
-                 spe: np.ndarray | None, cross: np.ndarray | None, n_neg: int = 999, seed: int = 0,
-                 device="cpu", batch_size: int = 1024, exclude_history: bool = False) -> None:
-        self.device, self.batch_size = torch.device(device), batch_size
-        hist = [global_to_local[h] for h in ev.histories]
-        hist = [h[h > 0] for h in hist]  # the target domain's part of the history
-        self.inputs = torch.zeros(len(ev), maxlen, dtype=torch.long)
-        for i, h in enumerate(hist):
-            if len(h):
-                self.inputs[i, -min(len(h), maxlen):] = torch.as_tensor(h[-maxlen:])
-        targets = global_to_local[ev.targets]
-        if (targets == 0).any():
-            raise DataError(f"{ev.source}: a target item is outside the target domain")
-        gen = torch.Generator().manual_seed(seed)
-        cands = []
-        for start in range(0, len(ev), batch_size):
-            stop = min(start + batch_size, len(ev))
-            exclude = torch.zeros(stop - start, n_items + 1, dtype=torch.bool)
-            if exclude_history:
-                for r, h in enumerate(hist[start:stop]):
-                    exclude[r, torch.as_tensor(h, dtype=torch.long)] = True
-            exclude[torch.arange(stop - start), torch.as_tensor(targets[start:stop])] = True
-            cands.append(sample_negatives(exclude, n_items, n_neg, gen))
-        self.candidates = torch.cat([torch.as_tensor(targets).view(-1, 1), torch.cat(cands)], dim=1)
-        self.spe = torch.as_tensor(spe, dtype=torch.float32) if spe is not None else None
-        self.cross = torch.as_tensor(cross, dtype=torch.float32) if cross is not None else None
-        self.targets = torch.as_tensor(targets, dtype=torch.long)  # local ids
-        self.lines = np.asarray(ev.lines)  # 0-based line numbers in the C2DSR file, for per-line ranks
-        self.last_ranks: torch.Tensor | None = None  # 0-based rank of each line's target, last run
+    def __init__(self, rows, tables: dict[str, torch.Tensor | None]) -> None:
+        self.rows = rows
+        self.tables = {k: v for k, v in tables.items() if v is not None}
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return len(self.rows)
 
-    @torch.no_grad()
-    def run(self, model) -> dict[str, float]:
-        acc, all_ranks = MetricAccumulator(), []
-        for start in range(0, len(self), self.batch_size):
-            sl = slice(start, start + self.batch_size)
-            vec = lambda t: t[sl].to(self.device) if t is not None else None  # noqa: E731
-            scores = model.candidate_scores(self.inputs[sl].to(self.device), self.candidates[sl].to(self.device),
-                                            vec(self.spe), vec(self.cross)).float()
-            ranks = ranks_from_scores(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
-            all_ranks.append(ranks.cpu())
-            m = rank_metrics(ranks.cpu(), C2DSR_KS)
-            acc.add({k: v for k, v in m.items() if k == "MRR" or k.startswith(("HR@", "NDCG@"))})
-        self.last_ranks = torch.cat(all_ranks) if all_ranks else torch.zeros(0, dtype=torch.long)
-        return acc.result()
+    def __getattr__(self, name: str):  # lengths, set_epoch, epoch_batches, mask_token ... of the rows
+        if name in ("rows", "tables"):
+            raise AttributeError(name)
+        return getattr(self.rows, name)
 
-    def split_by_training_count(self, item_counts: np.ndarray) -> dict:
-        """Metrics of the last run over lines whose target the training data holds at least once
-        (``seen``) and never (``unseen``), with the unseen share. C2DSR trained on its own file,
-        which is not available; ~40% of its Food-Kitchen test targets never occur in the pickles,
-        and no model trained on them can rank such an item (its embedding only ever got pushed
-        down as a sampled negative)."""
-        if self.last_ranks is None:
-            raise RuntimeError("run() first")
-        seen = torch.as_tensor(item_counts[self.targets.numpy()] > 0)
-        out: dict = {"unseen_target_share": float((~seen).float().mean()) if len(seen) else 0.0}
-        for name, mask in (("seen", seen), ("unseen", ~seen)):
-            if mask.any():
-                m = rank_metrics(self.last_ranks[mask], C2DSR_KS)
-                out[name] = {k: float(v.mean()) for k, v in m.items() if k == "MRR" or k.startswith(("HR@", "NDCG@"))}
-        return out
+    def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        batch = self.rows.get_batch(index, generator)
+        return {**batch, **{k: t[batch["users"]] for k, t in self.tables.items()}}

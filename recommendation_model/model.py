@@ -70,6 +70,9 @@ class GatedFusion(nn.Module):
 
 
 class TriGRecRecommender(nn.Module):
+    """``core.models.base.Recommender``; side inputs ``spe`` / ``cross``: [B, spe_dim] / [B, cross_dim]
+    user vectors (batch entries in training, keywords of the scorers)."""
+
     kind = "trigrec-rec"
 
     def __init__(self, n_items: int, spe_dim: int = 0, cross_dim: int = 0, memory_tokens: int = 4,
@@ -90,13 +93,17 @@ class TriGRecRecommender(nn.Module):
     def hidden(self, input_ids: torch.Tensor, spe=None, cross=None) -> torch.Tensor:
         return self.bert.project(self.fusion(self.bert(input_ids), spe, cross))
 
-    def training_loss(self, batch: dict, spe=None, cross=None, generator=None) -> torch.Tensor:
+    def training_loss(self, batch: dict, generator=None, spe=None, cross=None) -> torch.Tensor:
+        """Cloze loss of a batch. The user vectors are the batch's ``spe`` / ``cross`` entries
+        (rows of its ``users``; with ``model.vector_holdout`` the cut vectors) unless given here."""
+        spe = batch.get("spe") if spe is None else spe
+        cross = batch.get("cross") if cross is None else cross
         if "target_fused" in batch:
-            return self.holdout_loss(batch, spe, cross, generator)
+            return self.holdout_loss(batch, generator, spe, cross)
         seqs = torch.cat([batch["input"], batch["target"]], dim=1)
         return self.bert.prediction_loss(self.hidden(batch["input"], spe, cross), batch["target"], seqs, generator)
 
-    def holdout_loss(self, batch: dict, spe=None, cross=None, generator=None) -> torch.Tensor:
+    def holdout_loss(self, batch: dict, generator=None, spe=None, cross=None) -> torch.Tensor:
         """One cloze loss over a ``HoldoutClozeDataset`` batch, one encoder pass: ``target_fused``
         positions are predicted from the fused state (``spe`` / ``cross``: vectors cut before
         those items), ``target_plain`` ones from the unfused BERT4Rec state, since the cut

@@ -69,7 +69,7 @@ def _base(trained) -> list[str]:
 
 
 def test_exported_lists_score_like_the_evaluator_and_match_a_hand_ranking(trained, tmp_path, capsys):
-    from core.candidates import main as cand_main
+    from core.candidates.__main__ import main as cand_main
 
     root, data, ckpt, _ = trained
     out, gt, metrics = tmp_path / "top5.jsonl", tmp_path / "gt.jsonl", tmp_path / "m.json"

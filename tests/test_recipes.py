@@ -116,7 +116,7 @@ def test_recipe_configs_load(path):
 
     cls = DistillConfig if path.parent.name.endswith("_llm") else SeqRecConfig
     cfg = load_config(cls, path)
-    assert cfg.model.model_type in ("sasrec", "bert4rec")
+    assert cfg.model.model_type in ("sasrec", "bert4rec", "bsarec")
     assert path.read_text().startswith("#")  # every config opens with the command that runs it
 
 

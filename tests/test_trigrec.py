@@ -298,7 +298,7 @@ def test_holdout_mask_routes_only_the_last_items_through_the_fusion():
 
     def loss(b, v):
         with torch.no_grad():
-            return float(model.training_loss(b, *v))
+            return float(model.training_loss({**b, "spe": v[0], "cross": v[1]}))  # side inputs ride in the batch
 
     both = {"input": inputs, "target_fused": fused, "target_plain": plain}
     assert loss(both, vec) != pytest.approx(loss(both, other), abs=1e-6)
@@ -490,7 +490,7 @@ def test_c2dsr_protocol_splits_lines_by_whether_training_saw_the_target():
     import torch
 
     from core.data.c2dsr import C2DSREval
-    from recommendation_model.data import C2DSRProtocol
+    from core.evaluation import C2DSRProtocol
 
     # 4 lines over a 6-item domain (local ids = global ids here); targets 1, 2, 5, 6
     ev = C2DSREval(np.arange(4), np.arange(4), [np.array([3]), np.array([4]), np.array([3]), np.array([4])],

@@ -65,10 +65,13 @@ class MFSettings:
 
 
 class MatrixFactorization(nn.Module):
+    """``core.models.base.Recommender``: scoring inputs are user rows (1-based)."""
+
     kind = "universal-mf"
 
     def __init__(self, n_users: int, n_items: int, dim: int = 64, reg: float = 1e-4) -> None:
         super().__init__()
+        self.model_args = dict(n_users=n_users, n_items=n_items, dim=dim, reg=reg)
         self.user = nn.Embedding(n_users + 1, dim)
         self.item = nn.Embedding(n_items + 1, dim)
         self.bias = nn.Embedding(n_items + 1, 1)
@@ -85,16 +88,17 @@ class MatrixFactorization(nn.Module):
         l2 = u.pow(2).sum(-1).mean() + p.pow(2).sum(-1).mean() + n.pow(2).sum(-1).mean()
         return {"loss": bpr + self.reg * l2, "bpr": bpr.detach()}
 
-    @torch.no_grad()
-    def score_fn(self):
-        items = self.item.weight
-        bias = self.bias.weight.squeeze(-1)
+    def full_scores(self, users: torch.Tensor) -> torch.Tensor:
+        s = self.user(users) @ self.item.weight.T + self.bias.weight.squeeze(-1)
+        s[:, 0] = float("-inf")
+        return s
 
-        def score(users: np.ndarray) -> torch.Tensor:
-            s = self.user(torch.as_tensor(users, device=items.device)) @ items.T + bias
-            s[:, 0] = float("-inf")
-            return s
-        return score
+    def candidate_scores(self, users: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return (self.user(users).unsqueeze(1) * self.item(candidates)).sum(-1) + self.bias(candidates).squeeze(-1)
+
+    def score_fn(self):
+        """The evaluator's scoring function (user rows as numpy)."""
+        return lambda users: self.full_scores(torch.as_tensor(users, device=self.item.weight.device))
 
 
 class MFRows:

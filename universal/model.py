@@ -144,11 +144,19 @@ class PairClassifier(nn.Module):
 
 
 class UniversalModel(nn.Module):
+    """``core.models.base.Recommender``: scoring inputs are the users' feature rows (a user table
+    gathered at their rows); side input ``items``: the item table (rows 0..n_items) or its
+    ``item_vectors``."""
+
     kind = "universal"
 
     def __init__(self, schema: dict, cfg, n_users: int, n_items: int, text_dim: int,
                  custom: dict[str, nn.Module] | None = None) -> None:
         super().__init__()
+        # the constructor's arguments as objects (checkpoints store the schema, sizes and config
+        # themselves: universal.pipeline)
+        self.model_args = dict(schema=schema, cfg=cfg, n_users=n_users, n_items=n_items, text_dim=text_dim,
+                               custom=custom)
         custom = custom or {}
         dim = cfg.embedding_dim
         self.item_ids = nn.Embedding(n_items + 1, dim)  # row 0: an item unknown to the model
@@ -194,6 +202,21 @@ class UniversalModel(nn.Module):
             ii = it.unsqueeze(0).expand(len(u), -1, -1).reshape(-1, u.shape[1])
             out.append(self.classifier(uu, ii).view(len(u), len(it)))
         return torch.cat(out, 1)
+
+    def full_scores(self, users: dict, items: dict | torch.Tensor) -> torch.Tensor:
+        """[B, n_items + 1] scores of every item row for the users' feature rows; ``items``: the
+        item table or its vectors. Column 0 (an item unknown to the model) never ranks."""
+        s = self.score_matrix(self.user_vectors(users), items if torch.is_tensor(items) else self.item_vectors(items))
+        s[:, 0] = float("-inf")
+        return s
+
+    def candidate_scores(self, users: dict, candidates: torch.Tensor, items: dict | torch.Tensor) -> torch.Tensor:
+        """[B, C] scores of the item rows ``candidates`` for the users' feature rows."""
+        u = self.user_vectors(users)
+        flat = candidates.reshape(-1)
+        vec = items[flat] if torch.is_tensor(items) else self.item_vectors({k: v[flat] for k, v in items.items()})
+        pairs = u.unsqueeze(1).expand(-1, candidates.shape[1], -1).reshape(len(flat), -1)
+        return self.score_pairs(pairs, vec).view(candidates.shape)
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict, generator: torch.Generator | None = None) -> dict:

@@ -21,7 +21,7 @@ from torch import nn
 
 from core.models.bert4rec import BERT4Rec
 from core.models.layers import grad_reverse, masked_mean
-from user_representation_module.config import PARTS
+from user_representation_module.config import PARTS, RepLossConfig
 
 DISC_CLASSES = ("A", "B", "cross")
 
@@ -47,6 +47,10 @@ def pooled(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 class TriGRecRep(nn.Module):
+    """``core.models.base.Recommender``: a training batch holds one cloze batch per view
+    (``user_representation_module.data.TriViewCloze``); the scorers score with one encoder,
+    ``part`` (default ``cross``, the one that reads both domains)."""
+
     kind = "trigrec-rep"
 
     def __init__(self, n_items: int, disc_hidden: int = 64, disc_lr_scale: float = 1.0, **encoder_args) -> None:
@@ -76,6 +80,22 @@ class TriGRecRep(nn.Module):
     def user_vectors(self, part: str, rows: torch.Tensor) -> torch.Tensor:
         """The exported representation: the encoder's next-item query (history + [MASK])."""
         return self.encoders[part].last_hidden(rows)
+
+    def training_loss(self, batch: dict, generator=None, objective: "TriGRecLoss | None" = None) -> dict:
+        """The stage-1 loss of a ``TriViewCloze`` batch: ``objective`` (training passes its
+        configured ``TriGRecLoss`` to ``core.train.fit`` as ``loss_fn``, which calls it directly)
+        or, without one, ``TriGRecLoss`` with the config's default weights at full reversal strength."""
+        if objective is None:
+            d = RepLossConfig()
+            objective = TriGRecLoss(w_spe=d.w_spe, w_com=d.w_com, w_cross=d.w_cross, adv_weight=d.adv_weight,
+                                    grl_lambda=d.grl_lambda, use_grl=d.use_grl, grl_ramp=False)
+        return objective(self, batch, generator)
+
+    def full_scores(self, input_ids: torch.Tensor, part: str = "cross") -> torch.Tensor:
+        return self.encoders[part].full_scores(input_ids)
+
+    def candidate_scores(self, input_ids: torch.Tensor, candidates: torch.Tensor, part: str = "cross") -> torch.Tensor:
+        return self.encoders[part].candidate_scores(input_ids, candidates)
 
 
 class TriGRecLoss:

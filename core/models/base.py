@@ -16,6 +16,7 @@ negative per position.
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,37 @@ from torch.utils.checkpoint import checkpoint
 from core.data.batches import sample_train_negatives
 from core.models.sampled_softmax import SAMPLERS, draw_negatives, popularity_tables, sampled_softmax_loss
 from core.models.transformer import TransformerBlock, attention_mask
+
+
+# ---------------------------------------------------------------------- the model contract
+@runtime_checkable
+class Recommender(Protocol):
+    """What every model of the repository offers: SASRec / BERT4Rec / BSARec (below), TriGRec's
+    stage 1 (``TriGRecRep``) and stage 2 (``TriGRecRecommender``), the cross-domain SASRec,
+    the universal two-tower model and its MF baseline (``tests/test_model_contract.py``).
+
+    - ``kind``: the name checkpoints are stored under and checked against;
+    - ``model_args``: constructor keyword arguments; ``type(m)(**m.model_args)`` rebuilds the model;
+    - ``training_loss(batch, generator)``: scalar loss (or ``{"loss": ..., parts to log}``) of a
+      batch of the model's training rows;
+    - ``full_scores(inputs, **side)``: [B, n_items + 1] scores of every item (column 0 never ranks);
+    - ``candidate_scores(inputs, candidates, **side)``: [B, C] scores of the given items, the
+      same values as those columns of ``full_scores``.
+
+    Side inputs (TriGRec's ``spe`` / ``cross`` user vectors, the cross-domain ``source`` /
+    ``source_history``, the universal ``items`` table) are batch entries under the names the
+    scorers take as keywords: ``training_loss`` reads them from the batch.
+    """
+
+    kind: str
+    model_args: dict
+
+    def training_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor | dict: ...
+
+    def full_scores(self, inputs, **side) -> torch.Tensor: ...
+
+    def candidate_scores(self, inputs, candidates: torch.Tensor, **side) -> torch.Tensor: ...
+
 
 LOSSES = ("ce", "sampled_softmax", "bce")
 LOSS_ALIASES = {"full": "ce", "sampled": "sampled_softmax"}

@@ -112,36 +112,3 @@ def candidate_metrics(candidates: dict[str, list[str]], truth: dict[str, set[str
     acc = MetricAccumulator()
     acc.add(list_metrics(hits, n_rel, ks))
     return {**acc.result(), "users": len(users), "users_without_list": missing}
-
-
-def main(argv=None) -> int:
-    """``python -m core.candidates``; core.cli is imported under ``__main__`` only (a library import stays light)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidates", required=True)
-    parser.add_argument("--gt", required=True)
-    parser.add_argument("--ks", default="5,10,20")
-    parser.add_argument("--output", help="write the metrics as JSON here as well")
-    parser.add_argument("--repeats", choices=REPEATS, default="error",
-                        help="a list naming an item twice: error (default) or keep-first (later copies are misses)")
-    args = parser.parse_args(argv)
-    try:
-        ks = [int(k) for k in args.ks.split(",") if k.strip()]
-    except ValueError:
-        raise DataError(f"--ks {args.ks!r}: expected comma-separated integers, e.g. 5,10,20") from None
-    res = candidate_metrics(read_candidates(args.candidates, args.repeats), read_ground_truth(args.gt), ks)
-    for k in ks:
-        print(f"@{k:<3d} " + "  ".join(f"{m} {res[f'{m}@{k}']:.4f}" for m in ("HR", "Recall", "NDCG", "Precision")))
-    print(f"MRR {res['MRR']:.4f}  users {res['users']} (without a list: {res['users_without_list']})")
-    if args.output:
-        from core.store import atomic_write_json
-
-        atomic_write_json(args.output, res)
-    return 0
-
-
-if __name__ == "__main__":
-    from core.cli import run
-
-    run(main)

@@ -156,24 +156,3 @@ def write_processed(data: SequenceData, split: Split, out: str | Path) -> Path:
                                               {str(r): i for i, r in enumerate(data.item_ids, 1)}], indent=None)
     atomic_write_json(out / "counts.json", [data.n_users, data.n_items], indent=None)
     return out
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    from core.data.splits import leave_one_out
-
-    parser = argparse.ArgumentParser(description="Write a prepared dataset in the distillation seed's processed layout (JSON).")
-    parser.add_argument("--dataset", required=True, help="prepared dataset folder (e.g. data/ml-100k)")
-    parser.add_argument("--out", help="output folder (default: <dataset>/processed)")
-    args = parser.parse_args(argv)
-    data = SequenceData.load(args.dataset)
-    out = write_processed(data, leave_one_out(data), args.out or Path(args.dataset) / "processed")
-    print(f"wrote {', '.join(f + '.json' for f in FILES)} -> {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    from core.cli import run
-
-    run(main)
