@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from core import store
-from core.cli import resolve_device, seed_everything
+from core.cli import resolve_device
 from core.config import to_dict
 from core.data.batches import CausalDataset, ClozeDataset
 from core.data.sequences import SequenceData
 from core.data.splits import make_split
-from core.dist import dist_info, init_distributed, is_main
+from core.dist import dist_info, is_main
 from core.errors import ConfigError, DataError
 from core.evaluation import Evaluator, popularity_score_fn
 from core.models import build_model
-from core.train import TrainConfig, fit, prepare_out_dir, set_threads
+from core.runs import start_run
+from core.train import TrainConfig, fit, prepare_out_dir
 
 SYNTHETIC_NAMES = ("synthetic", "synthetic-a", "synthetic-b")
 PREPARE_HINTS = {
@@ -63,6 +64,9 @@ class ModelConfig:
                 or not 0 <= self.last_mask_prob <= 1:
             raise ConfigError("model.maxlen must be >= 2, dropout_rate in [0, 1), mask_prob in (0, 1), "
                               "last_mask_prob in [0, 1]")
+        if self.train_samples == "prefixes" and self.model_type == "bert4rec":
+            raise ConfigError("model.train_samples=prefixes is for causal models (sasrec, bsarec); "
+                              "bert4rec trains by masking: keep train_samples=sequences")
 
 
 @dataclass(frozen=True)
@@ -213,12 +217,8 @@ def train_and_evaluate(cfg: SeqRecConfig, log=print, *, load_data=None, make_tra
     (train_data, loss_fn, info)`` supplies the training rows and loss (``info`` goes into
     ``results.json``).
     """
-    device = resolve_device(cfg.device)
-    init_distributed(device)
-    set_threads(cfg.training.threads)  # before data and evaluation, not only the fit loop
-    if not is_main():
-        log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for all ranks
-    seed_everything(cfg.seed)
+    ctx = start_run(cfg.device, cfg.seed, threads=cfg.training.threads, log=log)
+    device, log = ctx.device, ctx.log
     # names are validated before anything is read or written
     run_name = run_name_of(cfg)
     out_dir = store.run_dir(cfg.pipeline, dataset_dir(cfg.data).name, run_name, cfg.home or None)

@@ -18,6 +18,15 @@
   ``tensorboard: true`` the same numbers as TensorBoard events in the run folder.
 - The resolved config goes to ``config.yaml`` in the run folder; stdout gets its path (the
   whole text only under ``--verbose``).
+
+Step mode (``max_steps > 0``): the same steps, counted instead of epochs (epochs repeat until
+``max_steps``; ``epochs`` is not used). A metrics line every ``log_every_steps`` steps and at the
+last (``step``, ``epoch``, ``loss``: the window's mean, ``lr``, ``<unit>_per_s``, ``seconds``),
+validation every ``eval_every_steps`` steps and at the last (``best.pt`` and patience as above,
+counted in steps), ``last.pt`` every ``save_every_steps`` steps, mid-epoch, resumed exactly
+(the epoch's batch order is recomputed and its done batches skipped), ``time_budget_s`` checked
+after every step. ``validate=None`` trains without validation (no ``best.pt``; the last weights
+stay) and ``out_dir=None`` writes nothing, in either mode.
 """
 from __future__ import annotations
 
@@ -68,6 +77,10 @@ class TrainConfig:
     threads: int = 0  # CPU threads of torch's intra-op pool; 0 = torch's default (all cores); --threads N sets it
     micro_batch_size: int = 0  # > 0: each batch's forward/backward in pieces of this many rows (gradient accumulation: less memory, same steps)
     tensorboard: bool = False  # also write metrics as TensorBoard events into the run folder (needs the tensorboard package)
+    max_steps: int = 0  # > 0: step mode, train this many optimizer steps (epochs repeat as needed; `epochs` is not used)
+    log_every_steps: int = 0  # step mode: a metrics line every N steps; 0 = at the last step only
+    eval_every_steps: int = 0  # step mode: validate every N steps; 0 = at the last step only
+    save_every_steps: int = 0  # step mode: last.pt every N steps (mid-epoch; resume needs it); 0 = never
 
     def __post_init__(self) -> None:
         from core.errors import ConfigError
@@ -82,6 +95,8 @@ class TrainConfig:
             raise ConfigError(f"training.threads must be >= 0 (0 = all cores), got {self.threads}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"training.lr_schedule {self.lr_schedule!r} is not constant or cosine")
+        if min(self.max_steps, self.log_every_steps, self.eval_every_steps, self.save_every_steps) < 0:
+            raise ConfigError("training.max_steps, log_every_steps, eval_every_steps and save_every_steps must be >= 0")
 
 
 KILL_ENV = "RECSYS_TEST_SIGKILL_AFTER_STEPS"
@@ -122,6 +137,11 @@ def mean_epoch_seconds(out_dir: Path) -> float:
 
 
 class TrainData(Protocol):
+    """Rows by index. Optional: ``lengths`` (length buckets), ``set_epoch(epoch)``, and
+    ``epoch_batches(epoch, rank, world, batch_size) -> list[index tensor]``, this rank's batches of
+    0-based ``epoch`` (a pure function of its arguments, so that a resumed run finds the same
+    order), which replaces the ``DistributedSampler`` shuffle."""
+
     def __len__(self) -> int: ...
     def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict: ...
 
@@ -235,6 +255,9 @@ class FitResult:
     threads: int = 1  # torch CPU threads the run trained with
     started: float = 0.0  # wall-clock (time.time()) start and end of the fit loop, for the run record
     ended: float = 0.0
+    steps: int = 0  # optimizer steps of the whole run (a resumed run's earlier ones included in step mode)
+    first_loss: float = math.nan  # step mode: the run's first step's loss (this rank's)
+    last_loss: float = math.nan  # step mode: the mean loss of the last metrics line (over ranks)
 
 
 def set_threads(threads: int) -> int:
@@ -260,46 +283,18 @@ def tensorboard_writer(out_dir: Path, purge_step: int, write: bool = True):
     return SummaryWriter(log_dir=str(out_dir), purge_step=purge_step) if write else None
 
 
-def _log_tensorboard(writer, row: dict) -> None:
-    step = row["epoch"]
+def _log_tensorboard(writer, row: dict, key: str = "epoch") -> None:
+    step = row[key]
     for name, value in row.items():
         if name == "valid":
             for metric, v in value.items():
                 writer.add_scalar(f"valid/{metric}", v, step)
-        elif name != "epoch" and isinstance(value, (int, float)):
+        elif name not in ("epoch", "step") and isinstance(value, (int, float)):
             writer.add_scalar(f"train/{name}", value, step)
     writer.flush()  # an epoch's numbers are visible at once, not after the writer's 2-minute flush
 
 
-def fit(
-    model: nn.Module,
-    train_data: TrainData,
-    validate: Callable[[nn.Module], dict],
-    cfg: TrainConfig,
-    out_dir: Path,
-    *,
-    device: torch.device,
-    seed: int,
-    checkpoint_meta: dict,
-    loss_fn: Callable = _default_loss,
-    log: Callable[[str], None] = print,
-    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
-) -> FitResult:
-    """Train ``model`` on ``train_data`` and leave the best validation weights loaded.
-
-    ``checkpoint_meta`` holds ``kind``, ``model_args``, ``config`` and ``data_fingerprint``
-    for the self-describing checkpoints (see ``core.store.save_checkpoint``).
-    ``on_epoch_end(epoch, model)`` runs on every rank after each epoch, before ``last.pt`` is
-    written (so a resumed run never skips it), e.g. to save periodic snapshots.
-    """
-    rank, world, _ = dist_info()
-    started = time.time()
-    set_threads(cfg.threads)
-    out_dir = Path(out_dir)
-    model.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
-    loss_module: nn.Module = _LossModule(model, loss_fn)
-    loss_module.to(device)
+def _default_optimizer(loss_module: nn.Module, model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # the loss may own parameters (e.g. a distillation head): they train, but checkpoints
     # hold the recommender alone so it evaluates and serves without them. A model may ask for
     # a larger step on some of its parts with ``lr_scales = {"name.prefix.": factor}`` (e.g. an
@@ -310,14 +305,93 @@ def fit(
         local = name.removeprefix("model.")
         factor = next((f for prefix, f in scales.items() if local.startswith(prefix)), 1.0)
         groups.setdefault((p.ndim >= 2, factor), []).append(p)  # no decay on biases and LayerNorm
-    optimizer = torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
-                                    "lr": cfg.learning_rate * factor}
-                                   for (decay, factor), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
-                                  lr=cfg.learning_rate, betas=(0.9, 0.98))
+    return torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+                               "lr": cfg.learning_rate * factor}
+                              for (decay, factor), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
+                             lr=cfg.learning_rate, betas=(0.9, 0.98))
+
+
+def _optimizer_step(loss_module, model, batch, generator, optimizer, scheduler, scaler, dtype, device,
+                    cfg: TrainConfig, where: str) -> tuple[float, dict]:
+    """One optimizer step on ``batch`` (the only place the loop steps): loss and gradients,
+    clipping, the (scaled) optimizer step, the scheduler step. Returns (loss, parts to log)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, parts = forward_backward(loss_module, batch, generator, scaler, dtype, device, cfg.micro_batch_size)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss} at {where}; lower the learning rate")
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss, parts
+
+
+def _epoch_batches(train_data, epoch: int, rank: int, world: int, seed: int, cfg: TrainConfig) -> list:
+    """This rank's batches (index tensors) of 0-based ``epoch``: the data's own ``epoch_batches``
+    when it has one, else a ``DistributedSampler`` shuffle, length-bucketed when the data has
+    ``lengths``; at most ``max_steps_per_epoch``. A pure function of its arguments."""
+    cap = cfg.max_steps_per_epoch or None
+    own = getattr(train_data, "epoch_batches", None)
+    if own is not None:
+        return list(own(epoch, rank, world, cfg.batch_size))[:cap]
+    sampler = DistributedSampler(range(len(train_data)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    order = torch.as_tensor(list(sampler), dtype=torch.long)
+    if cfg.length_buckets and hasattr(train_data, "lengths"):
+        bucket_gen = torch.Generator().manual_seed(seed * 7919 + epoch * 31 + rank)
+        return length_bucketed(order, train_data.lengths, cfg.batch_size, bucket_gen)[:cap]
+    return list(order.split(cfg.batch_size))[:cap]
+
+
+def fit(
+    model: nn.Module,
+    train_data: TrainData,
+    validate: Callable[[nn.Module], dict] | None,
+    cfg: TrainConfig,
+    out_dir: Path | None,
+    *,
+    device: torch.device,
+    seed: int,
+    checkpoint_meta: dict,
+    loss_fn: Callable = _default_loss,
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+    trained_only: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+    unit: str = "rows",
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` on ``train_data`` and leave the best validation weights loaded.
+
+    ``checkpoint_meta`` holds ``kind``, ``model_args``, ``config`` and ``data_fingerprint``
+    for the self-describing checkpoints (see ``core.store.save_checkpoint``); a non-empty
+    ``config`` is also written to ``config.yaml``.
+    ``on_epoch_end(epoch, model)`` runs on every rank after each epoch, before ``last.pt`` is
+    written (so a resumed run never skips it), e.g. to save periodic snapshots (epoch mode).
+    ``validate=None``: no validation, no ``best.pt``, the last weights stay; ``out_dir=None``:
+    no files. ``make_optimizer(loss_module)`` replaces the default AdamW (decay on matrices
+    only, ``lr_scales``). ``trained_only``: checkpoints hold only the parameters that train
+    (a fine-tuned top of a large frozen encoder); resuming checks that the same ones train.
+    Step mode (``cfg.max_steps > 0``, see the module docstring): ``on_step(step, loss)`` runs on
+    every rank after each step; ``unit`` names the rows in the throughput (``<unit>_per_s``);
+    ``progress`` shows a step bar (rank 0).
+    """
+    rank, world, _ = dist_info()
+    started = time.time()
+    set_threads(cfg.threads)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    model.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
+    loss_module: nn.Module = _LossModule(model, loss_fn)
+    loss_module.to(device)
+    optimizer = make_optimizer(loss_module) if make_optimizer is not None else _default_optimizer(loss_module, model, cfg)
     steps_per_epoch = math.ceil(len(train_data) / world / cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    total_steps = max(1, steps_per_epoch * cfg.epochs)
+    total_steps = cfg.max_steps if cfg.max_steps else max(1, steps_per_epoch * cfg.epochs)
 
     def lr_lambda(step: int) -> float:
         if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -335,16 +409,36 @@ def fit(
         loss_module = nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def model_state() -> dict:
+        if trained_only:
+            return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        return model.state_dict()
+
+    def load_model_state(state: dict, path: Path) -> None:
+        if trained_only:
+            params = dict(model.named_parameters())
+            if set(state) != {n for n, p in params.items() if p.requires_grad}:
+                raise CheckpointError(f"{path}: trains other parameters than this run (other layers frozen); "
+                                      "start a fresh run or use the same settings")
+            with torch.no_grad():
+                for name, value in state.items():
+                    params[name].copy_(value)
+            return
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: does not fit this model ({str(exc).splitlines()[0]}); "
+                                  "start a fresh run or use the same model settings") from None
+
+    step_mode = cfg.max_steps > 0
     start_epoch, best_metric, best_epoch, best_valid, bad_evals = 0, -math.inf, -1, {}, 0
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if cfg.resume and last_path.is_file():
+    loop: dict = {}
+    last_path = out_dir / "last.pt" if out_dir is not None else None
+    best_path = out_dir / "best.pt" if out_dir is not None else None
+    if cfg.resume and last_path is not None and last_path.is_file():
         ckpt = store.load_checkpoint(last_path, kind=checkpoint_meta["kind"],
                                      data_fingerprint=checkpoint_meta.get("data_fingerprint"), map_location=device)
-        try:
-            model.load_state_dict(ckpt["model_state"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{last_path}: does not fit this model ({str(exc).splitlines()[0]}); "
-                                  "start a fresh run or use the same model settings") from None
+        load_model_state(ckpt["model_state"], last_path)
         if isinstance(loss_fn, nn.Module) and "loss_state" in ckpt:
             loss_fn.load_state_dict(ckpt["loss_state"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -354,11 +448,15 @@ def fit(
         start_epoch, best_metric, best_epoch, bad_evals = loop["epoch"], loop["best_metric"], loop["best_epoch"], loop["bad_evals"]
         best_valid = loop["best_valid"]
         set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0], generator)
-        log(f"resumed from {last_path} at epoch {start_epoch} (best {cfg.metric} {best_metric:.4f} at epoch {best_epoch})")
-    elif cfg.resume:
+        if step_mode:
+            log(f"resumed from {last_path} at step {loop['step']}" + (
+                f" (best {cfg.metric} {best_metric:.4f} at step {best_epoch})" if validate is not None else ""))
+        else:
+            log(f"resumed from {last_path} at epoch {start_epoch} (best {cfg.metric} {best_metric:.4f} at epoch {best_epoch})")
+    elif cfg.resume and last_path is not None:
         log(f"resume requested but {last_path} does not exist; starting fresh")
 
-    if is_main():  # the run starts here (see prepare_out_dir)
+    if is_main() and out_dir is not None:  # the run starts here (see prepare_out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob(".*.tmp"):  # temp files of a writer that was killed (see store.atomic_path)
             stale.unlink(missing_ok=True)
@@ -367,9 +465,11 @@ def fit(
             metrics.unlink(missing_ok=True)
             for old in out_dir.glob("events.out.tfevents.*"):  # an earlier run's TensorBoard events
                 old.unlink(missing_ok=True)
+        elif step_mode:
+            truncate_log(metrics, loop.get("step", 0), key="step")
         else:
             truncate_log(metrics, start_epoch)
-        if "config" in checkpoint_meta:  # to_dict(cfg): the same text as core.config.save_config
+        if checkpoint_meta.get("config"):  # to_dict(cfg): the same text as core.config.save_config
             text = yaml.safe_dump(checkpoint_meta["config"], sort_keys=False, default_flow_style=None)
             store.atomic_write_text(out_dir / "config.yaml", text)
             from core.cli import is_verbose
@@ -377,82 +477,177 @@ def fit(
             # one line: the file holds the whole resolved config; the dump itself only on request
             log(f"resolved config: {out_dir / 'config.yaml'}" + (
                 ":\n  " + text.rstrip().replace("\n", "\n  ") if is_verbose() else " (--verbose prints it)"))
-    tb = tensorboard_writer(out_dir, start_epoch + 1, is_main()) if cfg.tensorboard else None
+    tb = None
+    if cfg.tensorboard and out_dir is not None:
+        tb = tensorboard_writer(out_dir, (loop.get("step", 0) if step_mode else start_epoch) + 1, is_main())
+
+    def run_validation(at: int, row: dict) -> bool:
+        """Validate, record it in ``row`` and in the best/patience state; True when it improved."""
+        nonlocal best_metric, best_epoch, best_valid, bad_evals
+        model.eval()
+        valid = validate(model)
+        if cfg.metric not in valid:  # a name config load cannot know (each pipeline computes its own)
+            from core.errors import ConfigError
+
+            raise ConfigError(f"training.metric {cfg.metric!r} is not computed by this pipeline's validation; "
+                              f"use one of {', '.join(sorted(valid))}")
+        row["valid"] = {k: round(v, 6) for k, v in valid.items()}
+        if valid[cfg.metric] > best_metric:
+            best_metric, best_epoch, best_valid, bad_evals = valid[cfg.metric], at, valid, 0
+            return True
+        bad_evals += 1
+        return False
+
+    def write_row(row: dict, improved: bool, key: str) -> None:
+        if is_main() and out_dir is not None:
+            if improved:
+                store.save_checkpoint(best_path, model_state=model_state(), **{key: row[key]},
+                                      valid=best_valid, **checkpoint_meta)
+            store.append_jsonl(out_dir / "metrics.jsonl", row)
+            if tb is not None:
+                _log_tensorboard(tb, row, key)
+
+    def save_last(state: dict) -> None:
+        # every rank saves its RNG state so a resumed DDP run draws the same numbers
+        rng_states = gather_rng_states(rng_state(generator))
+        if is_main() and out_dir is not None and cfg.save_checkpoints:
+            store.save_checkpoint(
+                last_path, model_state=model_state(), optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_states,
+                **({"loss_state": loss_fn.state_dict()} if isinstance(loss_fn, nn.Module) else {}),
+                loop={**state, "best_metric": best_metric, "best_epoch": best_epoch,
+                      "bad_evals": bad_evals, "best_valid": best_valid},
+                **checkpoint_meta)
+
+    def set_epoch_hooks(epoch: int) -> None:
+        # staged recipes (e.g. distil, then fine-tune on other sequences) switch here
+        for hook in (getattr(train_data, "set_epoch", None), getattr(loss_fn, "set_epoch", None)):
+            if hook is not None:
+                hook(epoch + 1)
+
+    def budget_spent() -> bool:
+        spent = bool(cfg.time_budget_s) and time.perf_counter() - t_start >= cfg.time_budget_s
+        if world > 1 and cfg.time_budget_s:  # ranks' clocks differ: all follow rank 0 (validation is collective)
+            spent = _from_rank0(spent)
+        return spent
 
     after_step = kill_hook()
     t_start = time.perf_counter()
     stopped = "epochs"
     epoch = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
+    steps = 0
+    first_loss, last_loss = math.nan, math.nan
+    def run_steps() -> tuple:
+        """The step-mode loop of ``fit`` (see the module docstring); returns
+        (stopped, epoch index, steps, first loss, last loss)."""
+        total = cfg.max_steps
+        step, skip = loop.get("step", 0), loop.get("batch", 0)
+        first_loss = loop.get("first_loss")
+        window, window_n, last_loss = loop.get("window", 0.0), loop.get("window_n", 0), loop.get("last_loss", math.nan)
+        window_parts, window_rows = dict(loop.get("window_parts", {})), loop.get("window_rows", 0)
+        start_step, epoch, stopped = step, start_epoch, f"max_steps {total}"
+        t_window = t_step = t_start
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (progress and is_main()), leave=False,
+                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 60.0)  # a log file: a line a minute
+        done = step >= total
+        while not done:
+            model.train()
+            set_epoch_hooks(epoch)
+            batches = _epoch_batches(train_data, epoch, rank, world, seed, cfg)
+            if not batches:
+                raise ValueError("step mode: an epoch without batches (no training rows)")
+            for b in range(skip, len(batches)):
+                batch = train_data.get_batch(batches[b].to(device), generator)
+                value, parts = _optimizer_step(loss_module, model, batch, generator, optimizer, scheduler, scaler, dtype,
+                                               device, cfg, f"step {step + 1}")
+                step += 1
+                first_loss = value if first_loss is None else first_loss
+                window, window_n, window_rows = window + value, window_n + 1, window_rows + len(batches[b])
+                for name, v in parts.items():
+                    window_parts[name] = window_parts.get(name, 0.0) + v
+                step_s = time.perf_counter() - t_step
+                t_step = time.perf_counter()
+                bar.set_postfix(loss=f"{value:.4f}", s_per_step=f"{step_s:.1f}", refresh=False)  # shown by update
+                bar.update(1)
+                if step == start_step + 1 and step < total:  # a first sign of life (and the pace) in any log
+                    log(f"step {step}/{total} took {step_s:.1f}s (loss {value:.4f}); "
+                        f"about {step_s * (total - step) / 60:.1f} min to go")
+                if on_step is not None:
+                    on_step(step, value)
+                out_of_time = budget_spent()
+                last = step >= total or out_of_time
+                validated = validate is not None and (last or bool(cfg.eval_every_steps and step % cfg.eval_every_steps == 0))
+                if last or validated or (cfg.log_every_steps and step % cfg.log_every_steps == 0):
+                    now = time.perf_counter()
+                    last_loss = all_reduce_mean(window / window_n, device)  # every rank logs at the same steps
+                    row = {"step": step, "epoch": epoch + 1, "loss": round(last_loss, 6),
+                           **{n: round(all_reduce_mean(v / window_n, device), 6) for n, v in sorted(window_parts.items())},
+                           "lr": scheduler.get_last_lr()[0],
+                           f"{unit}_per_s": round(window_rows * world / max(now - t_window, 1e-9), 2),
+                           "seconds": round(now - t_start, 3)}
+                    improved = run_validation(step, row) if validated else False
+                    write_row(row, improved, "step")
+                    valid_txt = f" | valid {cfg.metric} {row['valid'][cfg.metric]:.4f}" if "valid" in row else ""
+                    parts_txt = "".join(f" {n} {row[n]:.4f}" for n in sorted(window_parts))
+                    log(f"step {step:5d}/{total} loss {last_loss:.4f}{parts_txt}{valid_txt} | "
+                        f"{row[f'{unit}_per_s']:.1f} {unit}/s" + (" *" if improved else ""))
+                    window, window_n, window_rows, window_parts, t_window = 0.0, 0, 0, {}, time.perf_counter()
+                    if validated:
+                        model.train()
+                if out_dir is not None and cfg.save_every_steps and step % cfg.save_every_steps == 0 and not last:
+                    save_last({"step": step, "epoch": epoch, "batch": b + 1, "first_loss": first_loss,
+                               "window": window, "window_n": window_n, "window_rows": window_rows,
+                               "window_parts": window_parts, "last_loss": last_loss})
+                    barrier()
+                after_step()
+                if cfg.patience and bad_evals >= cfg.patience:
+                    stopped, done = f"early stop: no {cfg.metric} gain in {cfg.patience} evaluations", True
+                elif out_of_time:
+                    stopped, done = f"time budget {cfg.time_budget_s:.0f}s reached", True
+                done = done or step >= total
+                if done:
+                    break
+            if not done:
+                skip, epoch = 0, epoch + 1
+        bar.close()
+        return stopped, epoch, step, math.nan if first_loss is None else first_loss, last_loss
+
+    if step_mode:
+        stopped, epoch, steps, first_loss, last_loss = run_steps()
+    for epoch in range(start_epoch, cfg.epochs if not step_mode else start_epoch):
         t_epoch = time.perf_counter()
         model.train()
-        # staged recipes (e.g. distil, then fine-tune on other sequences) switch here
-        for hook in (getattr(train_data, "set_epoch", None), getattr(loss_fn, "set_epoch", None)):
-            if hook is not None:
-                hook(epoch + 1)
-        sampler = DistributedSampler(range(len(train_data)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        sampler.set_epoch(epoch)
-        cap = cfg.max_steps_per_epoch or None
-        order = torch.as_tensor(list(sampler), dtype=torch.long)
-        if cfg.length_buckets and hasattr(train_data, "lengths"):
-            bucket_gen = torch.Generator().manual_seed(seed * 7919 + epoch * 31 + rank)
-            batches = length_bucketed(order, train_data.lengths, cfg.batch_size, bucket_gen)[:cap]
-        else:
-            batches = list(order.split(cfg.batch_size))[:cap]
+        set_epoch_hooks(epoch)
+        batches = _epoch_batches(train_data, epoch, rank, world, seed, cfg)
         total, count, parts = 0.0, 0, {}
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not is_main() or len(batches) < 20,
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}", leave=False,
+                   disable=not (progress and is_main()) or len(batches) < 20,
                    dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 60.0)  # quiet in log files
         for index in bar:
             batch = train_data.get_batch(index.to(device), generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss, step_parts = forward_backward(loss_module, batch, generator, scaler, dtype, device, cfg.micro_batch_size)
+            loss, step_parts = _optimizer_step(loss_module, model, batch, generator, optimizer, scheduler, scaler,
+                                               dtype, device, cfg, f"epoch {epoch + 1}")
             for name, value in step_parts.items():
                 parts[name] = parts.get(name, 0.0) + value
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at epoch {epoch + 1}; lower the learning rate")
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
             after_step()
+            if on_step is not None:
+                on_step(steps + 1, loss)
             total += loss
             count += 1
+            steps += 1
             if count % 10 == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
         train_loss = all_reduce_mean(total / max(count, 1), device)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6),
                **{name: round(all_reduce_mean(v / max(count, 1), device), 6) for name, v in sorted(parts.items())},
                "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.perf_counter() - t_epoch, 3)}
-        improved = False
         # a run that stops on its time budget stops here: validate this epoch even when eval_every
         # would skip it, or its training would count neither for best.pt nor for the test metrics
-        out_of_time = bool(cfg.time_budget_s) and time.perf_counter() - t_start >= cfg.time_budget_s
-        if world > 1 and cfg.time_budget_s:  # ranks' clocks differ: all follow rank 0 (validation is collective)
-            out_of_time = _from_rank0(out_of_time)
-        validated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or out_of_time
-        if validated:
-            model.eval()
-            valid = validate(model)
-            if cfg.metric not in valid:  # a name config load cannot know (each pipeline computes its own)
-                from core.errors import ConfigError
-
-                raise ConfigError(f"training.metric {cfg.metric!r} is not computed by this pipeline's validation; "
-                                  f"use one of {', '.join(sorted(valid))}")
-            row["valid"] = {k: round(v, 6) for k, v in valid.items()}
-            if valid[cfg.metric] > best_metric:
-                best_metric, best_epoch, best_valid, bad_evals, improved = valid[cfg.metric], epoch + 1, valid, 0, True
-            else:
-                bad_evals += 1
+        out_of_time = budget_spent()
+        validated = validate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or out_of_time)
+        improved = run_validation(epoch + 1, row) if validated else False
         row["seconds"] = round(time.perf_counter() - t_start, 3)
-        if is_main():
-            if improved:
-                store.save_checkpoint(best_path, model_state=model.state_dict(), epoch=epoch + 1,
-                                      valid=best_valid, **checkpoint_meta)
-            store.append_jsonl(out_dir / "metrics.jsonl", row)
-            if tb is not None:
-                _log_tensorboard(tb, row)
+        write_row(row, improved, "epoch")
         valid_txt = f" | valid {cfg.metric} {row['valid'][cfg.metric]:.4f}" if "valid" in row else ""
         hr = row.get("valid", {}).get(cfg.metric.replace("NDCG", "HR"))
         valid_txt += f" {cfg.metric.replace('NDCG', 'HR')} {hr:.4f}" if hr is not None and "NDCG" in cfg.metric else ""
@@ -461,25 +656,14 @@ def fit(
             + (" *" if improved else ""))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model)
-        # every rank saves its RNG state so a resumed DDP run draws the same numbers
-        rng_states = gather_rng_states(rng_state(generator))
-        if is_main() and cfg.save_checkpoints:
-            store.save_checkpoint(
-                last_path, model_state=model.state_dict(), optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_states,
-                **({"loss_state": loss_fn.state_dict()} if isinstance(loss_fn, nn.Module) else {}),
-                loop={"epoch": epoch + 1, "best_metric": best_metric, "best_epoch": best_epoch,
-                      "bad_evals": bad_evals, "best_valid": best_valid},
-                **checkpoint_meta)
+        save_last({"epoch": epoch + 1})
         barrier()
         if cfg.patience and bad_evals >= cfg.patience:
             stopped = f"early stop: no {cfg.metric} gain in {cfg.patience} evaluations"
             break
         # the budget may also run out while validating or saving; stop then only on a validated
         # epoch (otherwise the next epoch runs and is validated)
-        spent = bool(cfg.time_budget_s) and time.perf_counter() - t_start >= cfg.time_budget_s
-        if world > 1 and cfg.time_budget_s:
-            spent = _from_rank0(spent)
+        spent = budget_spent()
         if out_of_time or (validated and spent):
             stopped = f"time budget {cfg.time_budget_s:.0f}s reached"
             break
@@ -488,20 +672,26 @@ def fit(
     seconds = time.perf_counter() - t_start
     # rank 0 wrote best.pt; on a multi-node run other nodes may not see that file, so every rank
     # follows rank 0's decision and, when distributed, takes the weights by broadcast
-    has_best = _from_rank0(best_path.is_file()) if world > 1 else best_path.is_file()
+    has_best = validate is not None and best_path is not None and (
+        _from_rank0(best_path.is_file()) if world > 1 else best_path.is_file())
     if has_best:
         barrier()
         if is_main():
             ckpt = store.load_checkpoint(best_path, kind=checkpoint_meta["kind"], map_location=device)
-            model.load_state_dict(ckpt["model_state"])
+            if trained_only:
+                load_model_state(ckpt["model_state"], best_path)
+            else:
+                model.load_state_dict(ckpt["model_state"])
         if world > 1:
             import torch.distributed as dist
 
             for t in model.state_dict().values():
                 dist.broadcast(t, 0)
-    log(f"best {cfg.metric} {best_metric:.4f} at epoch {best_epoch} ({stopped}; {seconds:.1f}s)")
+    if validate is not None:
+        at = "step" if step_mode else "epoch"
+        log(f"best {cfg.metric} {best_metric:.4f} at {at} {best_epoch} ({stopped}; {seconds:.1f}s)")
     return FitResult(best_epoch, best_metric, best_valid, epoch + 1, seconds, stopped, torch.get_num_threads(),
-                     started, time.time())
+                     started, time.time(), steps, first_loss, last_loss)
 
 
 def _from_rank0(value):

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from core import store
-from core.cli import resolve_device, seed_everything
 from core.config import to_dict
 from core.data.splits import leave_one_out, padded_prefixes
-from core.dist import init_distributed, is_main
+from core.dist import is_main
 from core.errors import CheckpointError, ConfigError
 from core.evaluation import Evaluator
+from core.runs import start_run
 from core.seqrec import encoder_args
 from core.train import fit, mean_epoch_seconds, prepare_out_dir
 from cross_domain.data import (BosRows, Domains, SourceInputs, aligned_vectors, cold_protocol, load_domains,
@@ -63,10 +63,8 @@ def new_model(cfg, n_items: int, **extra) -> CrossDomainSASRec:
 
 
 def _setup(cfg, log):
-    device = resolve_device(cfg.device)
-    init_distributed(device)
-    seed_everything(cfg.seed)
-    return device, (log if is_main() else (lambda *a, **k: None))
+    ctx = start_run(cfg.device, cfg.seed, log=log)
+    return ctx.device, ctx.log
 
 
 def claim_stage(cfg, out: Path, log) -> store.RunClaim:

@@ -8,6 +8,8 @@ their target item and away from the other personas of the batch (in-batch InfoNC
   ``core.train``); ``USE_AMP=0`` or ``amp: false`` turns it off. CPU runs in fp32.
 - torchrun: with ``WORLD_SIZE > 1`` the model is wrapped in DDP and each rank takes its own
   slice of every epoch's shuffled pairs; negatives are the rank's own batch. Rank 0 writes.
+- The loop is ``core.train.fit`` in step mode (the one trainer): AMP, DDP, clipping, warmup,
+  ``last.pt`` every ``save_every`` steps and exact resume live there.
 """
 from __future__ import annotations
 
@@ -27,13 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from core import store
-from core.cli import resolve_device, seed_everything
-from core.dist import all_reduce_mean, barrier, init_distributed, is_main
-from core.errors import CheckpointError, ConfigError, DataError
-from core.store import append_jsonl, atomic_write_json
+from core.cli import seed_everything
+from core.dist import barrier, is_main
+from core.errors import ConfigError, DataError
+from core.runs import start_run
+from core.store import atomic_write_json
 from core.text import load_text_encoder
-from core.train import amp_dtype, gather_rng_states, kill_hook, rng_state, set_rng_state, set_threads, truncate_log
+from core.train import TrainConfig, amp_dtype, fit
 
 META_FILE = "persona_training.json"  # written beside a trained model: how it was trained
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
@@ -194,20 +196,77 @@ def _as_pair(p) -> tuple[list[str], str, object]:
     return hist, target, group
 
 
+class _PairRows:
+    """The training pairs as ``core.train.fit`` rows. Every epoch is one ``randperm`` of a
+    generator seeded once (the same permutation on every rank), replayed from the seed, so an
+    epoch's order is a function of its number and a resumed run finds it again; each rank
+    takes its slice of it, in full batches only (every step has the same number of negatives)."""
+
+    def __init__(self, items: list, seed: int, per_rank: int, batch: int) -> None:
+        self.items, self.seed, self.per_rank, self.batch = items, seed, per_rank, batch
+        self._gen = torch.Generator().manual_seed(seed)
+        self._next, self._perm = 0, None  # the epoch the generator draws next; the last one drawn
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch == self._next - 1:
+            return self._perm
+        if epoch < self._next:
+            self._gen.manual_seed(self.seed)
+            self._next = 0
+        while self._next <= epoch:
+            self._perm = torch.randperm(len(self.items), generator=self._gen)
+            self._next += 1
+        return self._perm
+
+    def epoch_batches(self, epoch: int, rank: int, world: int, batch_size: int) -> list[torch.Tensor]:
+        perm = self._permutation(epoch)[: self.per_rank * world][rank::world]
+        return [perm[b * self.batch:(b + 1) * self.batch] for b in range(self.per_rank // self.batch)]
+
+    def get_batch(self, index: torch.Tensor, generator=None) -> dict:
+        chunk = [self.items[i] for i in index.tolist()]
+        codes: dict = {}  # groups as codes: rows of one target item are not each other's negatives
+        return {"hist": [t for h, _t, _g in chunk for t in h], "targets": [t for _h, t, _g in chunk],
+                "lengths": [len(h) for h, _t, _g in chunk],
+                "groups": torch.tensor([codes.setdefault(g, len(codes)) for _h, _t, g in chunk])}
+
+
+def _pair_loss(device: torch.device, world: int, temperature: float, symmetric: bool) -> Callable:
+    """``fit``'s loss: in-batch InfoNCE of the pooled user histories against the persona texts.
+    The encoder runs under ``fit``'s autocast; pooling and the loss run in fp32."""
+
+    def loss(model, batch: dict, _generator) -> torch.Tensor:
+        hist, targets = batch["hist"], batch["targets"]
+        if world > 1:  # DDP: one forward per backward, so both sides go through together
+            emb = model(_features(model, hist + targets, device))["sentence_embedding"]
+        else:  # two calls: each side is padded to its own longest text (~30% fewer tokens)
+            emb = torch.cat([model(_features(model, hist, device))["sentence_embedding"],
+                             model(_features(model, targets, device))["sentence_embedding"]])
+        with torch.autocast(device.type, enabled=False):
+            emb = F.normalize(emb.float(), dim=-1)
+            users = mean_pool(emb[: len(hist)], batch["lengths"])
+            return info_nce(users, emb[len(hist):], temperature, batch["groups"], symmetric)
+
+    return loss
+
+
 def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, model=None, meta: dict | None = None,
                 log: Callable[[str], None] = print, show_progress: bool = True) -> TrainResult:
     """Fine-tune on ``(history, persona_text[, group])`` pairs with in-batch InfoNCE.
 
     ``cfg`` is a ``TrainSection`` (model, batch_size, learning_rate, temperature, epochs/max_steps,
     ...). ``history`` is one text or a list of interaction texts. ``model`` (a SentenceTransformer)
-    is trained in place when given, else ``cfg.model`` is loaded. With ``out_dir`` rank 0 writes
-    ``metrics.jsonl`` (one line per ``log_every`` steps) and the model to ``out_dir/model``
-    (replaced atomically, with ``persona_training.json`` holding ``meta`` and the run's numbers).
+    is trained in place when given, else ``cfg.model`` is loaded. The loop is ``core.train.fit``
+    in step mode. With ``out_dir`` rank 0 writes ``metrics.jsonl`` (one line per ``log_every``
+    steps), ``last.pt`` every ``save_every`` steps (the trained layers, optimizer, RNG) and the
+    model to ``out_dir/model`` (replaced atomically, with ``persona_training.json`` holding
+    ``meta`` and the run's numbers).
     """
     items = [_as_pair(p) for p in pairs]
-    device = resolve_device(cfg.device)
-    rank, world, _ = init_distributed(device)
-    set_threads(cfg.threads)
+    run = start_run(cfg.device, threads=cfg.threads, log=log)
+    device, world, log = run.device, run.world, run.log
     per_rank = len(items) // world
     if per_rank < 2:
         raise DataError(f"{len(items)} training pairs for {world} process(es): in-batch negatives need at least 2 per process")
@@ -221,137 +280,35 @@ def train_pairs(pairs: Sequence, cfg, *, out_dir: str | Path | None = None, mode
         model.max_seq_length = cfg.max_seq_length
     model.to(device)
     params = set_trainable(model, cfg.train_layers, cfg.freeze_embeddings)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
-    dtype = amp_dtype(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     batch = min(cfg.batch_size, per_rank)
     steps_per_epoch = per_rank // batch  # full batches only: every step has the same number of negatives
     total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
-    log_path = Path(out_dir) / "metrics.jsonl" if out_dir is not None else None
-    last_path = Path(out_dir) / "last.pt" if out_dir is not None else None
-    trained = {name for name, p in model.named_parameters() if p.requires_grad}  # all last.pt holds of the model
-    # what last.pt must agree with to be resumed: the pairs and every setting that shapes the steps
-    fingerprint = _pairs_fingerprint(items, cfg, world)
-    generator = torch.Generator().manual_seed(cfg.seed)  # same permutation on every rank
-    step, epoch, skip, first_loss, window, window_n = 0, 0, 0, None, 0.0, 0
-    last_loss = float("nan")
-    epoch_gen = generator.get_state()
-    if cfg.resume and last_path is not None and last_path.is_file():
-        ckpt = store.load_checkpoint(last_path, kind="persona_encoder", data_fingerprint=fingerprint)
-        state = dict(model.named_parameters())
-        if set(ckpt["model_state"]) != trained:
-            raise CheckpointError(f"{last_path}: trains other layers than this run (train_layers, freeze_embeddings); "
-                                  "start a fresh run or use the same settings")
-        with torch.no_grad():
-            for name, value in ckpt["model_state"].items():
-                state[name].copy_(value)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        loop = ckpt["loop"]
-        step, epoch, skip, first_loss = loop["step"], loop["epoch"] - 1, loop["batch"], loop["first_loss"]
-        window, window_n, last_loss = loop["window"], loop["window_n"], loop["last_loss"]
-        set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0], generator)
-        generator.set_state(loop["epoch_generator"])  # the epoch's permutation is drawn again below
-        if log_path is not None and is_main():
-            truncate_log(log_path, step, key="step")
-        log(f"resumed from {last_path} at step {step}")
-    elif log_path is not None and is_main():
-        if cfg.resume:
-            log(f"resume requested but {last_path} does not exist; starting fresh")
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.unlink(missing_ok=True)  # one log per run
+    dtype = amp_dtype(device, cfg.amp)
     log(f"training on {len(items)} pairs: {total} steps of {batch} pairs x {world} process(es), "
         f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters "
         f"({'top ' + str(cfg.train_layers) + ' layer(s)' if cfg.train_layers else 'all layers'}), "
         f"max_seq_length {model.max_seq_length}, device {device}"
         + (f", AMP {str(dtype).removeprefix('torch.')}" if dtype else ""))
-
-    model.train()
-    after_step = kill_hook()
-    t0 = t_window = t_step = time.perf_counter()
-    start_step = step
-    bar = _bar(total=total, initial=step, desc="train", unit="step", disable=not (show_progress and is_main()),
-               leave=False)
-    while step < total:
-        epoch_gen = generator.get_state()
-        perm = torch.randperm(len(items), generator=generator)[: per_rank * world][rank::world]
-        epoch += 1
-        for b in range(skip, steps_per_epoch):
-            if step >= total:
-                break
-            chunk = [items[i] for i in perm[b * batch:(b + 1) * batch].tolist()]
-            hist = [t for h, _t, _g in chunk for t in h]
-            targets = [t for _h, t, _g in chunk]
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                if world > 1:  # DDP: one forward per backward, so both sides go through together
-                    emb = net(_features(model, hist + targets, device))["sentence_embedding"]
-                else:  # two calls: each side is padded to its own longest text (~30% fewer tokens)
-                    emb = torch.cat([net(_features(model, hist, device))["sentence_embedding"],
-                                     net(_features(model, targets, device))["sentence_embedding"]])
-            emb = F.normalize(emb.float(), dim=-1)
-            users = mean_pool(emb[: len(hist)], [len(h) for h, _t, _g in chunk])
-            loss = info_nce(users, emb[len(hist):], cfg.temperature, [g for _h, _t, g in chunk], cfg.symmetric)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            value = float(loss.detach())
-            first_loss = value if first_loss is None else first_loss
-            window, window_n = window + value, window_n + 1
-            step_s = time.perf_counter() - t_step
-            t_step = time.perf_counter()
-            bar.set_postfix(loss=f"{value:.4f}", s_per_step=f"{step_s:.1f}", refresh=False)  # shown by update
-            bar.update(1)
-            if step == start_step + 1 and step < total:  # a first sign of life (and the pace) in any log
-                log(f"step {step}/{total} took {step_s:.1f}s (loss {value:.4f}); "
-                    f"about {step_s * (total - step) / 60:.1f} min to go")
-            if step % cfg.log_every == 0 or step == total:
-                now = time.perf_counter()
-                last_loss = all_reduce_mean(window / window_n, device)  # every rank logs at the same steps
-                row = {"step": step, "epoch": epoch, "loss": round(last_loss, 6), "lr": scheduler.get_last_lr()[0],
-                       "pairs_per_s": round(window_n * batch * world / max(now - t_window, 1e-9), 2),
-                       "seconds": round(now - t0, 3)}
-                if log_path is not None and is_main():
-                    append_jsonl(log_path, row)
-                log(f"step {step:5d}/{total} loss {last_loss:.4f} | {row['pairs_per_s']:.1f} pairs/s")
-                window, window_n, t_window = 0.0, 0, now
-            if cfg.save_every and last_path is not None and step % cfg.save_every == 0 and step < total:
-                rng = gather_rng_states(rng_state(generator))  # every rank's, so a resumed DDP run draws the same
-                if is_main():
-                    store.save_checkpoint(
-                        last_path, kind="persona_encoder", data_fingerprint=fingerprint,
-                        model_state={n: p.detach().cpu() for n, p in model.named_parameters() if n in trained},
-                        model_args={"base_model": str(cfg.model)}, config={}, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng,
-                        loop={"step": step, "epoch": epoch, "batch": b + 1, "first_loss": first_loss, "window": window,
-                              "window_n": window_n, "last_loss": last_loss, "epoch_generator": epoch_gen})
-                barrier()
-            after_step()
-        skip = 0
-    bar.close()
-    seconds = time.perf_counter() - t0
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=batch, learning_rate=cfg.learning_rate,
+                       weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, warmup_steps=cfg.warmup_steps,
+                       amp=cfg.amp, resume=cfg.resume, length_buckets=False, patience=0, threads=cfg.threads,
+                       max_steps=total, log_every_steps=cfg.log_every, save_every_steps=cfg.save_every)
+    # last.pt must agree with the pairs and every setting that shapes the steps to be resumed
+    meta_ckpt = {"kind": "persona_encoder", "model_args": {"base_model": str(cfg.model)}, "config": {},
+                 "data_fingerprint": _pairs_fingerprint(items, cfg, world)}
+    res = fit(model, _PairRows(items, cfg.seed, per_rank, batch), None, tcfg, out_dir, device=device, seed=cfg.seed,
+              checkpoint_meta=meta_ckpt, loss_fn=_pair_loss(device, world, cfg.temperature, cfg.symmetric), log=log,
+              make_optimizer=lambda _m: torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay),
+              trained_only=True, unit="pairs", progress=show_progress)
+    step, seconds = res.steps, res.seconds
     seen = step * batch * world
-    result = TrainResult(model, step, seen, seconds, seen / max(seconds, 1e-9),
-                         float("nan") if first_loss is None else first_loss, last_loss, None)
+    result = TrainResult(model, step, seen, seconds, seen / max(seconds, 1e-9), res.first_loss, res.last_loss, None)
     if out_dir is not None:
         result.model_dir = Path(out_dir) / "model"
         if is_main():
             info = {**(meta or {}), "base_model": str(cfg.model), "steps": step, "pairs": len(items),
                     "pairs_seen": seen, "seconds": round(seconds, 3), "pairs_per_s": round(result.pairs_per_s, 2),
-                    "first_loss": result.first_loss, "last_loss": last_loss, "processes": world,
+                    "first_loss": result.first_loss, "last_loss": res.last_loss, "processes": world,
                     "temperature": cfg.temperature, "batch_size": batch, "learning_rate": cfg.learning_rate}
             save_encoder(model, result.model_dir, info)
         barrier()

@@ -12,18 +12,19 @@ USE_AMP=0 turns AMP off on CUDA.
 """
 from __future__ import annotations
 
-from core.cli import resolve_device, run
-from core.dist import cleanup, init_distributed, is_main
+from core.cli import run
+from core.dist import cleanup
+from core.runs import start_run
 from persona_training.config import parse_args
 from persona_training.pipeline import run_training
 
 
 def main(argv=None) -> int:
     _args, cfg, dataset = parse_args(argv, "train", __doc__)
-    init_distributed(resolve_device(cfg.train.device))
-    main_rank = is_main()
+    ctx = start_run(cfg.train.device)  # train_pairs seeds, once the pairs are built
+    main_rank = ctx.main
     try:
-        summary = run_training(cfg, dataset, log=print if main_rank else (lambda _s: None))
+        summary = run_training(cfg, dataset, log=ctx.log)
     finally:
         cleanup()
     if main_rank:

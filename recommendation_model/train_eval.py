@@ -26,19 +26,20 @@ import numpy as np
 import torch
 
 from core import store
-from core.cli import parse_config, resolve_device, run, seed_everything
+from core.cli import parse_config, run
 from core.config import to_dict
 from core.data.batches import ClozeDataset
 from core.data.domains import domain_folder_name, global_to_local, load_views, restrict_to_domain, user_vectors_dir
 from core.data.splits import leave_one_out
-from core.dist import cleanup, init_distributed, is_main
-from core.evaluation import Evaluator, popularity_score_fn
+from core.dist import cleanup, is_main
+from core.evaluation import C2DSRProtocol, Evaluator, popularity_score_fn
+from core.runs import start_run
 from core.seqrec import encoder_args
 from core.report import format_table
 from core.errors import CheckpointError
 from core.train import FitResult, fit, mean_epoch_seconds, prepare_out_dir
 from recommendation_model.config import RecConfig
-from recommendation_model.data import (C2DSRProtocol, HoldoutClozeDataset, aligned_vectors, c2dsr_companion,
+from recommendation_model.data import (HoldoutClozeDataset, aligned_vectors, c2dsr_companion,
                                        holdout_companion, latest_export)
 from recommendation_model.model import TriGRecRecommender
 
@@ -75,11 +76,8 @@ def user_tables(cfg: RecConfig, user_ids: list, spe_path: str, cross_path: str) 
 
 
 def train_eval(cfg: RecConfig, log=print) -> dict:
-    device = resolve_device(cfg.device)
-    init_distributed(device)
-    if not is_main():
-        log = lambda *a, **k: None  # noqa: E731
-    seed_everything(cfg.seed)
+    ctx = start_run(cfg.device, cfg.seed, log=log)
+    device, log = ctx.device, ctx.log
     views, folder = load_views(cfg.data)
     domain = domain_folder_name(folder, views.domain_names, cfg.data.target)
     out = store.state_root(cfg.home or None) / "rec" / store.check_name(domain, "domain")
@@ -112,7 +110,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
 
     def loss_fn(model, batch, generator):
         # vector holdout: training reads the cut vectors; validation and test the full ones
-        return model.training_loss(batch, *vectors(batch["users"], holdout=m.vector_holdout > 0), generator=generator)
+        return model.training_loss(batch, generator, *vectors(batch["users"], holdout=m.vector_holdout > 0))
 
     def full_score_fn(model):
         return lambda inputs, users: model.full_scores(inputs, *vectors(users))

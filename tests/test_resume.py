@@ -149,8 +149,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(trainer, dat
 
 
 def test_persona_encoder_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
-    """The persona encoder has its own step loop (sentence-transformers); it checkpoints the
-    trained layers, optimizer and RNG every ``save_every`` steps into last.pt."""
+    """The persona encoder trains in core.train.fit's step mode (sentence-transformers); it
+    checkpoints the trained layers, optimizer and RNG every ``save_every`` steps into last.pt."""
     from persona_training import train_encoder
     from persona_training.synthetic import generate
 

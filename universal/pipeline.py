@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from core import store
-from core.cli import resolve_device, seed_everything
+from core.cli import resolve_device
 from core.config import load_config, to_dict
-from core.dist import init_distributed, is_main
+from core.dist import is_main
 from core.errors import CheckpointError, ConfigError, DataError
+from core.runs import start_run
 from core.train import fit, prepare_out_dir
 from universal.config import UniversalConfig, dataset_name
 from universal.data import BUILTIN_TYPES, Dataset, load_dataset, subsample_users
@@ -152,11 +153,11 @@ class Pipeline:
 
     # ------------------------------------------------------------------ training
     def fit(self, data_path: str | Path) -> dict:
-        cfg, log = self.cfg, self.log
+        cfg = self.cfg
         t0 = time.perf_counter()
-        self.device = device = resolve_device(cfg.device)
-        init_distributed(device)  # a no-op unless started by torchrun
-        seed_everything(cfg.seed)
+        ctx = start_run(cfg.device, cfg.seed, log=self.log)  # the process group only when started by torchrun
+        self.device = device = ctx.device
+        self.log = log = ctx.log  # rank 0 speaks for all ranks
         data = load_dataset(data_path, self.feature_types())
         data = subsample_users(data, cfg.data.max_users, cfg.data.sample_seed)
         for note in data.notes:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import torch
 
 from core import store
-from core.cli import parse_config, resolve_device, run, seed_everything
+from core.cli import parse_config, run
 from core.config import to_dict
 from core.data.domains import domain_folder_name, load_views
 from core.data.splits import leave_one_out
-from core.dist import cleanup, init_distributed, is_main
+from core.dist import cleanup, is_main
 from core.evaluation import Evaluator
+from core.runs import start_run
 from core.seqrec import encoder_args
 from core.train import fit, mean_epoch_seconds, prepare_out_dir
 from user_representation_module.config import PARTS, RepConfig, rep_dir, saved_epochs
@@ -42,11 +43,8 @@ def domain_score_fn(encoder, views, code: str):
 
 
 def train_representations(cfg: RepConfig, log=print) -> dict:
-    device = resolve_device(cfg.device)
-    init_distributed(device)
-    if not is_main():
-        log = lambda *a, **k: None  # noqa: E731
-    seed_everything(cfg.seed)
+    ctx = start_run(cfg.device, cfg.seed, log=log)
+    device, log = ctx.device, ctx.log
     views, folder = load_views(cfg.data)
     domain = domain_folder_name(folder, views.domain_names, cfg.data.target)
     out = rep_dir(cfg, domain)
