@@ -10,15 +10,17 @@ exists (``--retrain``: train it again), and merges its rows into ``cross_domain_
 """
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, aggregate, load_rows, machine, merge_rows, ndcg_by_id, row, seed_averaged_paired
+from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, machine, md_table, merge_rows, ndcg_by_id, \
+    opt, pm, row, seed_averaged_paired, write_md
 
 RUNS_FILE = RESULTS / "cross_domain_runs.json"
 DATASETS = {  # benchmark name -> (config, row label, folder under state_dict/cross_domain, source, target)
@@ -47,30 +49,23 @@ def run_dir(dataset: str, seed: int) -> Path:
 
 
 def cmd_run(args) -> None:
+    """one dataset and seed: source, baseline, transfer, ptupcdr, compare"""
     config, label, _, source, target = DATASETS[args.dataset]
     over = ",".join(x for x in (f"seed={args.seed},run_name=bench-seed{args.seed},overwrite=true", args.override) if x)
     base = ["--config", config, "--source", source, "--target", target]
-    stages = {  # stage -> its CLI subcommand and extra override
-        "source": ("train-source", ""),
-        "baseline": ("train-target-baseline", ""),
-        "transfer": ("train-target-transfer", ",transfer.bridge=mlp"),
-        "ptupcdr": ("train-target-transfer", ",transfer.bridge=ptupcdr"),
-    }
-    home = run_dir(args.dataset, args.seed)
-    commands = {}
-    for stage, (sub, extra) in stages.items():
-        flags = {"train-source": ["--config", config, "--source", source],
-                 "train-target-baseline": ["--config", config, "--target", target]}.get(sub, base)
-        argv = [sys.executable, "-m", "cross_domain", sub, *flags, "--override", over + extra]
-        commands[stage] = "python " + " ".join(argv[1:-1]) + f' "{over + extra}"'
-        if args.retrain or not (home / stage_folder(args.dataset, stage) / "results.json").is_file():
+    stages = {  # stage -> its CLI subcommand, flags and extra override
+        "source": ("train-source", base[:4], ""), "baseline": ("train-target-baseline", base[:2] + base[4:], ""),
+        "transfer": ("train-target-transfer", base, ",transfer.bridge=mlp"),
+        "ptupcdr": ("train-target-transfer", base, ",transfer.bridge=ptupcdr"), "compare": ("eval-compare", base, "")}
+    home, commands = run_dir(args.dataset, args.seed), {}
+    for stage, (sub, flags, extra) in stages.items():
+        commands[stage] = f"python -m cross_domain {sub} {' '.join(flags)} --override \"{over + extra}\""
+        if stage == "compare" or args.retrain or not (home / stage_folder(args.dataset, stage) / "results.json").is_file():
             print(f"== {commands[stage]}", flush=True)
-            subprocess.run(argv, cwd=REPO, check=True)
-    compare_cmd = f"python -m cross_domain eval-compare {' '.join(base)} --override \"{over}\""
-    print(f"== {compare_cmd}", flush=True)
-    subprocess.run([sys.executable, "-m", "cross_domain", "eval-compare", *base, "--override", over], cwd=REPO, check=True)
-
+            subprocess.run([sys.executable, "-m", "cross_domain", sub, *flags, "--override", over + extra], cwd=REPO,
+                           check=True)
     comp = json.loads((home / stage_folder(args.dataset, "compare") / "compare.json").read_text())
+    r = partial(row, label, seeds=[args.seed], command=commands["compare"])
     rows = []
     for kind in KINDS:
         stage = json.loads((home / stage_folder(args.dataset, kind) / "results.json").read_text())
@@ -79,34 +74,31 @@ def cmd_run(args) -> None:
         for proto, by_subset in comp["test"][kind].items():
             for subset in ("all", "cold", "warm"):
                 users = comp["users"][subset]
-                for metric in METRICS:
-                    if metric in by_subset.get(subset, {}):
-                        rows.append(row(label, kind, protocol_label(proto), metric, by_subset[subset][metric],
-                                        seeds=[args.seed], command=compare_cmd, subset=subset, users=users, **extra))
-                test = comp["paired_vs_baseline"].get(kind, {}).get(proto, {}).get(subset)
-                if test:
-                    rows.append(row(label, kind, protocol_label(proto), "p_wilcoxon_vs_baseline", test["p_wilcoxon"],
-                                    seeds=[args.seed], command=compare_cmd, subset=subset, users=users,
-                                    mean_ndcg10_diff=test["mean_diff"], better=test["better"], worse=test["worse"]))
-        rows.append(row(label, kind, "full", "sec_per_epoch", stage["sec_per_epoch"], seeds=[args.seed],
-                        command=commands[kind], subset="all", unit="s", **extra))
+                rows += [r(kind, protocol_label(proto), metric, by_subset[subset][metric], subset=subset, users=users,
+                           **extra) for metric in METRICS if metric in by_subset.get(subset, {})]
+                if test := comp["paired_vs_baseline"].get(kind, {}).get(proto, {}).get(subset):
+                    rows.append(p_row(r, kind, protocol_label(proto), test, subset, users))
+        rows.append(r(kind, "full", "sec_per_epoch", stage["sec_per_epoch"], command=commands[kind], subset="all", unit="s",
+                      **extra))
     src = json.loads((home / stage_folder(args.dataset, "source") / "results.json").read_text())
     # the source stage serves both transfer models; its time is filed under the MLP transfer row
-    rows.append(row(label, "transfer", "full", "source_sec_per_epoch", src["sec_per_epoch"], seeds=[args.seed],
-                    command=commands["source"], subset="all", unit="s", best_epoch=src["best_epoch"],
-                    epochs_run=src["epochs_run"]))
-    for proto, by_subset in comp["test"]["popularity"].items():
-        for subset in ("all", "cold", "warm"):
-            if "NDCG@10" in by_subset.get(subset, {}):
-                rows.append(row(label, "popularity", protocol_label(proto), "NDCG@10", by_subset[subset]["NDCG@10"],
-                                seeds=[args.seed], command=compare_cmd, subset=subset, users=comp["users"][subset]))
-    rows.append(row(label, "protocol", "full", "users", None, seeds=[args.seed], command=compare_cmd, subset="all",
-                    counts=comp["protocol"]))
-    rows += no_history_rows(args, home, label, compare_cmd)
+    rows.append(r("transfer", "full", "source_sec_per_epoch", src["sec_per_epoch"], command=commands["source"],
+                  subset="all", unit="s", best_epoch=src["best_epoch"], epochs_run=src["epochs_run"]))
+    rows += [r("popularity", protocol_label(proto), "NDCG@10", by_subset[subset]["NDCG@10"], subset=subset,
+               users=comp["users"][subset]) for proto, by_subset in comp["test"]["popularity"].items()
+             for subset in ("all", "cold", "warm") if "NDCG@10" in by_subset.get(subset, {})]
+    rows.append(r("protocol", "full", "users", None, subset="all", counts=comp["protocol"]))
+    rows += no_history_rows(args, home, r)
     merge_rows(RUNS_FILE, rows, key=KEY)
     t = comp["test"]
     print(f"{label} seed {args.seed}, full NDCG@10 (cold / warm): " + "; ".join(
         f"{k} {t[k]['full']['cold']['NDCG@10']:.4f} / {t[k]['full']['warm']['NDCG@10']:.4f}" for k in KINDS))
+
+
+def p_row(r, kind: str, proto: str, test: dict, subset: str, users: int) -> dict:
+    """The row of a paired test of ``kind`` against the baseline (``r``: the run's ``row``)."""
+    return r(kind, proto, "p_wilcoxon_vs_baseline", test["p_wilcoxon"], subset=subset, users=users,
+             mean_ndcg10_diff=test["mean_diff"], better=test["better"], worse=test["worse"])
 
 
 def kept_none(cfg) -> np.ndarray:
@@ -117,48 +109,38 @@ def kept_none(cfg) -> np.ndarray:
     return cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed).kept == 0
 
 
-_KEPT_NONE: dict[str, np.ndarray] = {}
+def load_cfg(config: str, over: str = ""):
+    from core.config import load_config
+    from cross_domain.config import CrossDomainConfig
+
+    return load_config(CrossDomainConfig, str(REPO / config), over)
 
 
-def _kept_none(label: str) -> np.ndarray:
-    """``kept_none`` of a row label's config (cached; the cold split does not depend on the seed)."""
-    if label not in _KEPT_NONE:
-        from core.config import load_config
-        from cross_domain.config import CrossDomainConfig
-
-        name = next(k for k, v in DATASETS.items() if v[1] == label)
-        _KEPT_NONE[label] = kept_none(load_config(CrossDomainConfig, str(REPO / DATASETS[name][0]), ""))
-    return _KEPT_NONE[label]
+@functools.lru_cache
+def kept_none_of(label: str) -> np.ndarray:
+    """``kept_none`` of a row label's config (the cold split does not depend on the seed)."""
+    return kept_none(load_cfg(next(v[0] for v in DATASETS.values() if v[1] == label)))
 
 
-def no_history_rows(args, home: Path, label: str, command: str) -> list[dict]:
+def no_history_rows(args, home: Path, r) -> list[dict]:
     """Rows of subset ``cold-none``: the cold users cut to no target history at all, where only
     the source can say anything about the user (a finer cut of ``cold``, from the runs'
     ``test_ranks.npz`` and the protocol's ``kept``)."""
-    from core.config import load_config
-    from cross_domain.config import CrossDomainConfig
     from cross_domain.evaluate import paired_test, subset_metrics
 
     config, _, _, source, target = DATASETS[args.dataset]
-    over = ",".join(x for x in (args.override, f"data.source={source},data.target={target}") if x)
-    cfg = load_config(CrossDomainConfig, str(REPO / config), over)
+    cfg = load_cfg(config, ",".join(x for x in (args.override, f"data.source={source},data.target={target}") if x))
     ranks = {k: np.load(home / stage_folder(args.dataset, k) / "test_ranks.npz") for k in KINDS}
     mask = kept_none(cfg)[ranks["baseline"]["users"]]
-    if not mask.any():
-        return []
-    rows = []
-    for kind, z in ranks.items():
-        for proto_name in (k for k in z.files if k not in ("users", "cold")):
-            m = subset_metrics(z[proto_name], mask, cfg.eval.ks)
-            for metric in METRICS:
-                if metric in m:
-                    rows.append(row(label, kind, protocol_label(proto_name), metric, m[metric], seeds=[args.seed],
-                                    command=command, subset="cold-none", users=int(mask.sum())))
+    rows, users = [], int(mask.sum())
+    for kind, z in ranks.items() if mask.any() else ():
+        for name in (k for k in z.files if k not in ("users", "cold")):
+            m = subset_metrics(z[name], mask, cfg.eval.ks)
+            rows += [r(kind, protocol_label(name), metric, m[metric], subset="cold-none", users=users)
+                     for metric in METRICS if metric in m]
             if kind != "baseline":
-                t = paired_test(ranks["baseline"][proto_name][mask], z[proto_name][mask])
-                rows.append(row(label, kind, protocol_label(proto_name), "p_wilcoxon_vs_baseline", t["p_wilcoxon"],
-                                seeds=[args.seed], command=command, subset="cold-none", users=int(mask.sum()),
-                                mean_ndcg10_diff=t["mean_diff"], better=t["better"], worse=t["worse"]))
+                rows.append(p_row(r, kind, protocol_label(name), paired_test(ranks["baseline"][name][mask], z[name][mask]),
+                                  "cold-none", users))
     return rows
 
 
@@ -177,7 +159,7 @@ def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subs
 
     def per_user(model: str, seed: int) -> dict:
         z = np.load(dirs[model][seed])
-        mask = _kept_none(label)[z["users"]] if subset == "cold-none" else \
+        mask = kept_none_of(label)[z["users"]] if subset == "cold-none" else \
             {"all": np.ones(len(z["users"]), bool), "cold": z["cold"], "warm": ~z["cold"]}[subset]
         return ndcg_by_id(z["users"][mask], z[key][mask])
 
@@ -186,7 +168,8 @@ def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subs
 
 
 def cmd_summarize(args) -> None:
-    from core.store import atomic_write_json, atomic_write_text
+    """cross_domain.json / cross_domain.md: means over seeds, seed-averaged paired tests, the verdict"""
+    from core.store import atomic_write_json
 
     runs = load_rows(RUNS_FILE)
     value_runs = [r for r in runs if r["model"] in KINDS and r["metric"] != "p_wilcoxon_vs_baseline"]
@@ -212,47 +195,36 @@ def cmd_summarize(args) -> None:
     for r in runs:
         if r["model"] == "popularity":
             pop.setdefault((r["dataset"], r["protocol"], r["subset"]), []).append(r["value"])
-    fmt = lambda r: f"{r['value']:.4f} ± {r['std']:.4f}" if r else ""  # noqa: E731
-    lines = ["# Cross-domain transfer for cold-start users (test, NDCG@10, mean ± std over seeds)", "",
-             "`vs base`: relative NDCG@10 change of the model over the target-only baseline; p: Wilcoxon signed-rank "
-             "over users (per-user NDCG@10 averaged across seeds, or the largest per-seed p when the ranks are gone).", "",
-             "| dataset | protocol | users | popularity | baseline | transfer | ptupcdr | transfer vs base | ptupcdr vs base | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
     labels = [v[1] for v in DATASETS.values() if any(r["dataset"] == v[1] for r in out)]
-    for label in labels:
-        for proto in ("full", "sampled-100"):
-            for subset in SUBSETS:
-                b = by.get((label, "baseline", proto, subset, "NDCG@10"))
-                if not b:
-                    continue
-                cells = []
-                for kind in ("transfer", "ptupcdr"):
-                    m, p = by.get((label, kind, proto, subset, "NDCG@10")), by.get((label, kind, proto, subset,
-                                                                                        "p_wilcoxon_vs_baseline"))
-                    cells.append(f"{100 * (m['value'] / b['value'] - 1):+.1f}% (p={p['value']:.2g})" if m and p and b["value"]
-                                 else "")
-                pv = pop.get((label, proto, subset))
-                users = next((r.get("users") for r in runs if r["dataset"] == label and r.get("subset") == subset
-                              and r["protocol"] == proto and r["model"] == "baseline" and r["metric"] == "NDCG@10"), "")
-                lines.append(f"| {label} | {proto} | {subset} {users} | {np.mean(pv):.4f} | " if pv else
-                             f"| {label} | {proto} | {subset} {users} | | ")
-                lines[-1] += " | ".join([fmt(b), fmt(by.get((label, "transfer", proto, subset, "NDCG@10"))),
-                                         fmt(by.get((label, "ptupcdr", proto, subset, "NDCG@10"))), *cells,
-                                         str(len(b["seeds"]))]) + " |"
-    lines += ["", "Seconds per training epoch (mean over seeds; the source stage is shared by both transfer models):", "",
-              "| dataset | source | baseline | transfer | ptupcdr |", "|---|---|---|---|---|"]
-    for label in labels:
-        sec = lambda kind, metric="sec_per_epoch": by.get((label, kind, "full", "all", metric))  # noqa: E731
-        cell = lambda r: f"{r['value']:.2f}" if r else ""  # noqa: E731
-        lines.append(f"| {label} | {cell(sec('transfer', 'source_sec_per_epoch'))} | {cell(sec('baseline'))} | "
-                     f"{cell(sec('transfer'))} | {cell(sec('ptupcdr'))} |")
-    verdicts = [_verdict(label, by) for label in labels if label.startswith("Food-Kitchen")]
-    lines += ["", "Goal: transfer beats the target-only baseline on cold users by a clear, significant margin on "
-              "Food-Kitchen, and does not hurt warm users.", *[f"- {v}" for v in verdicts], "",
-              f"Device: {'; '.join(sorted({r['device'] for r in runs})) or machine()}. Commands: the `command` and "
-              "`train_command` fields of cross_domain_runs.json."]
-    atomic_write_text(RESULTS / "cross_domain.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    keys = [(label, proto, subset) for label in labels for proto in ("full", "sampled-100") for subset in SUBSETS
+            if (label, "baseline", proto, subset, "NDCG@10") in by]
+    g = lambda k, kind, metric="NDCG@10": by.get((k[0], kind, k[1], k[2], metric))  # noqa: E731
+
+    def vs_base(k, kind):
+        b, m, p = g(k, "baseline"), g(k, kind), g(k, kind, "p_wilcoxon_vs_baseline")
+        return f"{100 * (m['value'] / b['value'] - 1):+.1f}% (p={p['value']:.2g})" if m and p and b["value"] else ""
+
+    users = lambda k: next((r.get("users") for r in runs if (r["dataset"], r["protocol"], r.get("subset"), r["model"],  # noqa: E731
+                                                             r["metric"]) == (*k, "baseline", "NDCG@10")), "")
+    sec = lambda kind, metric="sec_per_epoch": lambda label: (  # noqa: E731
+        f"{r['value']:.2f}" if (r := by.get((label, kind, "full", "all", metric))) else "")
+    write_md(RESULTS / "cross_domain.md", [
+        "# Cross-domain transfer for cold-start users (test, NDCG@10, mean ± std over seeds)", "",
+        "`vs base`: relative NDCG@10 change of the model over the target-only baseline; p: Wilcoxon signed-rank "
+        "over users (per-user NDCG@10 averaged across seeds, or the largest per-seed p when the ranks are gone).", "",
+        *md_table([("dataset", lambda k: k[0]), ("protocol", lambda k: k[1]), ("users", lambda k: f"{k[2]} {users(k)}"),
+                   ("popularity", lambda k: f"{np.mean(pop[k]):.4f}" if k in pop else None),
+                   *((kind, lambda k, kind=kind: pm(g(k, kind))) for kind in KINDS),
+                   *((f"{kind} vs base", lambda k, kind=kind: vs_base(k, kind)) for kind in ("transfer", "ptupcdr")),
+                   ("seeds", lambda k: len(g(k, "baseline")["seeds"]))], keys),
+        "", "Seconds per training epoch (mean over seeds; the source stage is shared by both transfer models):", "",
+        *md_table([("dataset", lambda label: label), ("source", sec("transfer", "source_sec_per_epoch")),
+                   *((kind, sec(kind)) for kind in KINDS)], labels),
+        "", "Goal: transfer beats the target-only baseline on cold users by a clear, significant margin on "
+        "Food-Kitchen, and does not hurt warm users.",
+        *[f"- {_verdict(label, by)}" for label in labels if label.startswith("Food-Kitchen")], "",
+        f"Device: {devices(runs) or machine()}. Commands: the `command` and `train_command` fields of "
+        "cross_domain_runs.json."])
 
 
 def _verdict(label: str, by: dict) -> str:
@@ -275,16 +247,11 @@ def _verdict(label: str, by: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="one dataset and seed: source, baseline, transfer, ptupcdr, compare")
-    r.add_argument("--dataset", choices=sorted(DATASETS), required=True)
-    r.add_argument("--seed", type=int, default=1)
-    r.add_argument("--override", default="", help="extra config overrides for every stage")
-    r.add_argument("--retrain", action="store_true", help="train stages again even when their results exist")
-    sub.add_parser("summarize")
-    args = p.parse_args()
-    {"run": cmd_run, "summarize": cmd_summarize}[args.cmd](args)
+    cli(__doc__, {"run": (cmd_run, [
+        opt("--dataset", choices=sorted(DATASETS), required=True), opt("--seed", type=int, default=1),
+        opt("--override", default="", help="extra config overrides for every stage"),
+        opt("--retrain", action="store_true", help="train stages again even when their results exist")]),
+        "summarize": (cmd_summarize, [])})
 
 
 if __name__ == "__main__":

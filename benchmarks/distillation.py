@@ -8,14 +8,15 @@ over users (per-user NDCG@10 averaged over the shared seeds) and the training-ti
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, aggregate, load_rows, merge_rows, ndcg_by_id, pyplot, row, seed_averaged_paired
+from benchmarks.common import REPO, RESULTS, aggregate, by_seed, cli, devices, load_rows, md_table, merge_rows, ndcg_by_id, \
+    opt, overrides, plot, pm, read_jsonl, row, run_module, seed_averaged_paired, write_md
 
 RUNS_FILE = RESULTS / "distillation_runs.json"
 # per-user test ranks of every run, kept beside the rows so the paired tests can be recomputed
@@ -23,48 +24,36 @@ RUNS_FILE = RESULTS / "distillation_runs.json"
 RANKS_FILE = RESULTS / "distillation_user_ranks.json"
 METRICS = ["NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "Recall@10", "MRR"]
 # variant -> overrides on top of the *_llm config (the baseline switches distillation off)
-VARIANTS = {
-    "base": "use_distillation=false",
-    "distill": "",
-    "shuffled": "shuffle_profiles=true",
-    "mean": "pooling=mean",
-    "exp": "pooling=exp",
-    "attention": "pooling=attention",
-    "nodyn": "dynamic_scaling=false",
-    "noft": "fine_tune_epoch=0",
-}
+VARIANTS = {"base": "use_distillation=false", "distill": "", "shuffled": "shuffle_profiles=true", "mean": "pooling=mean",
+            "exp": "pooling=exp", "attention": "pooling=attention", "nodyn": "dynamic_scaling=false",
+            "noft": "fine_tune_epoch=0"}
 
 
 def model_name(model: str, variant: str, tag: str = "") -> str:
     if variant == "base":
         return model
-    name = f"{model}+distill" if variant == "distill" else \
-        f"{model}+distill-shuffled" if variant == "shuffled" else f"{model}+distill-{variant}"
-    return name + (f"-{tag}" if tag else "")
+    return f"{model}+distill" + ("" if variant == "distill" else f"-{variant}") + (f"-{tag}" if tag else "")
 
 
 def cmd_run(args) -> None:
+    """train and record one model / variant / seed"""
     config = f"configs/distillation/{args.model}_llm/{args.dataset}.yaml"
     name = model_name(args.model, args.variant, args.tag)
     run_name = f"bench-{name.replace('+', '_')}-seed{args.seed}"
-    over = ",".join(x for x in (f"seed={args.seed},run_name={run_name},overwrite=true", VARIANTS[args.variant], args.override) if x)
-    command = f"python -m distillation.training --config {config} --override \"{over}\""
+    over = overrides(f"seed={args.seed},run_name={run_name},overwrite=true", VARIANTS[args.variant], args.override)
     profiles = REPO / "state_dict" / "embeddings" / "distillation" / args.dataset / "profiles-128.json"
     if args.variant != "base" and not profiles.is_file():
         subprocess.run([sys.executable, "-m", "distillation.profiles", "--dataset", args.dataset, "--dim", "128"],
                        cwd=REPO, check=True)
     run_dir = REPO / "state_dict" / "distillation" / args.dataset / run_name
-    if not (args.collect_only and (run_dir / "results.json").is_file()):
-        subprocess.run([sys.executable, "-m", "distillation.training", "--config", config, "--override", over],
-                       cwd=REPO, check=True)
+    command = run_module("distillation.training", config, over,
+                         run=not (args.collect_only and (run_dir / "results.json").is_file()))
     res = json.loads((run_dir / "results.json").read_text())
-    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     extra = {"best_epoch": res["best_epoch"], "train_seconds": res["train_seconds"], "run_dir": str(run_dir.relative_to(REPO))}
-    rows = [row(args.dataset, name, "full", m, res["test"][m], seeds=[args.seed], command=command, **extra)
-            for m in METRICS if m in res["test"]]
-    rows.append(row(args.dataset, name, "full", "train_seconds", res["train_seconds"], seeds=[args.seed], command=command))
-    rows.append(row(args.dataset, name, "full", "valid_curve", None, seeds=[args.seed], command=command,
-                    curve=[[r["epoch"], r["valid"]["NDCG@10"]] for r in curve if "valid" in r]))
+    r = partial(row, args.dataset, name, "full", seeds=[args.seed], command=command)
+    rows = [r(m, res["test"][m], **extra) for m in METRICS if m in res["test"]]
+    rows += [r("train_seconds", res["train_seconds"]), r("valid_curve", None, curve=[
+        [x["epoch"], x["valid"]["NDCG@10"]] for x in read_jsonl(run_dir / "metrics.jsonl") if "valid" in x])]
     merge_rows(RUNS_FILE, rows)
     store_user_ranks([extra["run_dir"]])
     print(f"{args.dataset} {name} seed {args.seed}: test NDCG@10 {res['test']['NDCG@10']:.4f} "
@@ -89,31 +78,27 @@ def store_user_ranks(run_dirs) -> dict:
     return table
 
 
-def per_user_ndcg(ranks_table: dict, run_dir: str, k: int = 10) -> dict[int, float]:
-    entry = ranks_table[str(run_dir)]  # KeyError: ranks of that run were never stored
-    return ndcg_by_id(entry["users"], entry["ranks"], k)
-
-
 def paired_test(ranks_table: dict, base_dirs: dict[int, str], other_dirs: dict[int, str]) -> dict:
     seeds = sorted(s for s in set(base_dirs) & set(other_dirs)
                    if str(base_dirs[s]) in ranks_table and str(other_dirs[s]) in ranks_table)
     if not seeds:
         return {}
-    test = seed_averaged_paired([per_user_ndcg(ranks_table, base_dirs[s]) for s in seeds],
-                                [per_user_ndcg(ranks_table, other_dirs[s]) for s in seeds])
-    return {"users": test["users"], "seeds": seeds, "mean_diff": test["mean_diff"], "t_p": test["t_p"],
-            "wilcoxon_p": test["wilcoxon_p"]}
+    ndcg = lambda run_dir: ndcg_by_id(*(ranks_table[str(run_dir)][k] for k in ("users", "ranks")))  # noqa: E731
+    return {**seed_averaged_paired([ndcg(base_dirs[s]) for s in seeds], [ndcg(other_dirs[s]) for s in seeds]),
+            "seeds": seeds}
 
 
 def cmd_summarize(args) -> None:
+    """tables, gains, paired Wilcoxon over users, plot"""
+    from core.store import atomic_write_json
+
     runs = load_rows(RUNS_FILE)
     groups, out = aggregate(runs)
     dirs: dict[tuple, dict[int, str]] = {(ds, model): {r["seeds"][0]: r["run_dir"] for r in rs}
                                          for (ds, model, proto, metric), rs in groups.items() if metric == "NDCG@10"}
-    by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
     ranks_table = store_user_ranks({d for model_dirs in dirs.values() for d in model_dirs.values()})
-    previous = load_rows(RESULTS / "distillation.json")
-    previous_tests = {(r["dataset"], r["model"]): r for r in previous if r["metric"] == "paired_wilcoxon_p_NDCG@10"}
+    previous_tests = {(r["dataset"], r["model"]): r for r in load_rows(RESULTS / "distillation.json")
+                      if r["metric"] == "paired_wilcoxon_p_NDCG@10"}
     for (ds, model), model_dirs in sorted(dirs.items()):
         base = model.split("+")[0]
         if base == model or (ds, base) not in dirs:
@@ -125,96 +110,56 @@ def cmd_summarize(args) -> None:
             out.append(old)
             test = {}
         for metric in ("NDCG@10", "Recall@10", "HR@10"):
-            b, m = by.get((ds, base, metric)), by.get((ds, model, metric))
-            if b and m:
-                # the gain compares the means over the seeds both share (a variant run on fewer
-                # seeds is not compared with the baseline's mean over others); its spread is
-                # the std of the per-seed gains
-                pb = {r["seeds"][0]: r["value"] for r in groups[(ds, base, "full", metric)]}
-                pm = {r["seeds"][0]: r["value"] for r in groups[(ds, model, "full", metric)]}
-                shared = sorted(set(pb) & set(pm))
-                if not shared:
-                    continue
-                gain = 100 * (np.mean([pm[s] for s in shared]) / np.mean([pb[s] for s in shared]) - 1)
-                per_seed = [100 * (pm[s] / pb[s] - 1) for s in shared]
-                out.append(row(ds, model, "full", f"gain_pct_{metric}", gain, float(np.std(per_seed)),
-                               seeds=sorted(set(pb) & set(pm)), command="summarize", per_seed=per_seed))
+            # the gain compares the means over the seeds both share (a variant run on fewer seeds is not
+            # compared with the baseline's mean over others); its spread is the std of the per-seed gains
+            pb, pm_ = (by_seed(groups.get((ds, m, "full", metric), [])) for m in (base, model))
+            shared = sorted(set(pb) & set(pm_))
+            if shared:
+                per_seed = [100 * (pm_[s] / pb[s] - 1) for s in shared]
+                gain = 100 * (np.mean([pm_[s] for s in shared]) / np.mean([pb[s] for s in shared]) - 1)
+                out.append(row(ds, model, "full", f"gain_pct_{metric}", gain, float(np.std(per_seed)), seeds=shared,
+                               command="summarize", per_seed=per_seed))
         if test:
             out.append(row(ds, model, "full", "paired_wilcoxon_p_NDCG@10", test["wilcoxon_p"], seeds=test["seeds"],
                            command="summarize", users=test["users"], mean_diff=test["mean_diff"], t_p=test["t_p"]))
-        tb, tm = groups.get((ds, base, "full", "train_seconds")), groups.get((ds, model, "full", "train_seconds"))
-        if tb and tm:  # over the seeds both share (runs of one seed ran side by side in one queue)
-            sb = {r["seeds"][0]: r["value"] for r in tb}
-            sm = {r["seeds"][0]: r["value"] for r in tm}
-            shared = sorted(set(sb) & set(sm))
-            if shared:
-                out.append(row(ds, model, "full", "train_time_ratio_vs_base",
-                               float(np.mean([sm[s] for s in shared]) / np.mean([sb[s] for s in shared])),
-                               seeds=shared, command="summarize"))
-    from core.store import atomic_write_json, atomic_write_text
-
+        # over the seeds both share (runs of one seed ran side by side in one queue)
+        sb, sm = (by_seed(groups.get((ds, m, "full", "train_seconds"), [])) for m in (base, model))
+        shared = sorted(set(sb) & set(sm))
+        if shared:
+            out.append(row(ds, model, "full", "train_time_ratio_vs_base",
+                           float(np.mean([sm[s] for s in shared]) / np.mean([sb[s] for s in shared])),
+                           seeds=shared, command="summarize"))
     atomic_write_json(RESULTS / "distillation.json", out)
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
-    models = sorted({(r["dataset"], r["model"]) for r in out})
-    lines = ["# Profile distillation: baseline vs distilled (test, full ranking, history excluded)", "",
-             "Mean ± std over seeds; gain = relative change of the mean vs the same model without distillation; "
-             "p = paired Wilcoxon over users of per-user NDCG@10 (averaged over shared seeds).", "",
-             "| dataset | model | seeds | NDCG@10 | Recall@10 | NDCG@20 | HR@5 | MRR | gain NDCG@10 | gain Recall@10 | p (Wilcoxon) | time ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    fmt = lambda r: f"{r['value']:.4f} ± {r['std']:.4f}" if r else ""  # noqa: E731
-    for ds, model in models:
-        g = lambda m: by.get((ds, model, m))  # noqa: E731
-        if not g("NDCG@10"):
-            continue
-        gain = lambda m: f"{g(m)['value']:+.1f}% ± {g(m)['std']:.1f}" if g(m) else ""  # noqa: E731
-        p, t = g("paired_wilcoxon_p_NDCG@10"), g("train_time_ratio_vs_base")
-        lines.append(f"| {ds} | {model} | {len(g('NDCG@10')['seeds'])} | {fmt(g('NDCG@10'))} | {fmt(g('Recall@10'))} | "
-                     f"{fmt(g('NDCG@20'))} | {fmt(g('HR@5'))} | {fmt(g('MRR'))} | {gain('gain_pct_NDCG@10')} | "
-                     f"{gain('gain_pct_Recall@10')} | {format(p['value'], '.3g') if p else ''} | "
-                     f"{format(t['value'], '.2f') if t else ''} |")
-    devices = sorted({r["device"] for r in runs})
-    lines += ["", f"Device: {'; '.join(devices)}. Commands: the `command` field of each row in `distillation.json`."]
-    atomic_write_text(RESULTS / "distillation.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    _plot(runs)
-
-
-def _plot(runs) -> None:
-    plt = pyplot("distillation_curves.png")
-    curves = [r for r in runs if r["metric"] == "valid_curve"]
-    if plt is None or not curves:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors: dict[str, str] = {}
-    for r in sorted(curves, key=lambda r: r["model"]):
-        pts = np.array(r["curve"])
-        if not len(pts):
-            continue
-        c = colors.setdefault(r["model"], f"C{len(colors) % 10}")
-        ax.plot(pts[:, 0], pts[:, 1], color=c, alpha=0.7, label=r["model"] if r["model"] not in ax.get_legend_handles_labels()[1] else None)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation NDCG@10")
-    ax.set_title("Distillation on " + ", ".join(sorted({r["dataset"] for r in curves})) + " (one line per seed)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "distillation_curves.png", dpi=120)
+    g = lambda key, metric: by.get((*key, metric))  # noqa: E731
+    gain = lambda metric: lambda k: f"{g(k, metric)['value']:+.1f}% ± {g(k, metric)['std']:.1f}" if g(k, metric) else ""  # noqa: E731
+    p, t = "paired_wilcoxon_p_NDCG@10", "train_time_ratio_vs_base"
+    cols = [("dataset", lambda k: k[0]), ("model", lambda k: k[1]), ("seeds", lambda k: len(g(k, "NDCG@10")["seeds"])),
+            *((m, lambda k, m=m: pm(g(k, m))) for m in ("NDCG@10", "Recall@10", "NDCG@20", "HR@5", "MRR")),
+            ("gain NDCG@10", gain("gain_pct_NDCG@10")), ("gain Recall@10", gain("gain_pct_Recall@10")),
+            ("p (Wilcoxon)", lambda k: format(g(k, p)["value"], ".3g") if g(k, p) else ""),
+            ("time ratio", lambda k: format(g(k, t)["value"], ".2f") if g(k, t) else "")]
+    models = sorted({(r["dataset"], r["model"]) for r in out if (r["dataset"], r["model"], "NDCG@10") in by})
+    write_md(RESULTS / "distillation.md", [
+        "# Profile distillation: baseline vs distilled (test, full ranking, history excluded)", "",
+        "Mean ± std over seeds; gain = relative change of the mean vs the same model without distillation; "
+        "p = paired Wilcoxon over users of per-user NDCG@10 (averaged over shared seeds).", "", *md_table(cols, models),
+        "", f"Device: {devices(runs)}. Commands: the `command` field of each row in `distillation.json`."])
+    curves = sorted((r for r in runs if r["metric"] == "valid_curve" and r["curve"]), key=lambda r: r["model"])
+    plot("distillation_curves.png", {"Distillation on " + ", ".join(sorted({r["dataset"] for r in curves}))
+                                     + " (one line per seed)": [(r["model"], *zip(*r["curve"])) for r in curves]}
+         if curves else {}, "epoch", "validation NDCG@10", size=(7, 4.5), marker=None)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("run", help="train and record one model / variant / seed")
-    s.add_argument("--dataset", default="ml-100k")
-    s.add_argument("--model", default="sasrec", choices=["sasrec", "bert4rec"])
-    s.add_argument("--variant", default="distill", choices=sorted(VARIANTS))
-    s.add_argument("--seed", type=int, default=1)
-    s.add_argument("--override", default="", help="extra overrides (then also give --tag)")
-    s.add_argument("--tag", default="", help="suffix of the model row name for a tuned variant")
-    s.add_argument("--collect-only", action="store_true", help="read a finished run instead of training")
-    sub.add_parser("summarize", help="tables, gains, paired tests, plot")
-    args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    {"run": cmd_run, "summarize": cmd_summarize}[args.cmd](args)
+    cli(__doc__, {"run": (cmd_run, [
+        opt("--dataset", default="ml-100k"), opt("--model", default="sasrec", choices=["sasrec", "bert4rec"]),
+        opt("--variant", default="distill", choices=sorted(VARIANTS)), opt("--seed", type=int, default=1),
+        opt("--override", default="", help="extra overrides (then also give --tag)"),
+        opt("--tag", default="", help="suffix of the model row name for a tuned variant"),
+        opt("--collect-only", action="store_true", help="read a finished run instead of training")]),
+        "summarize": (cmd_summarize, [])})
 
 
 if __name__ == "__main__":

@@ -60,16 +60,11 @@ RECBOLE_RESERVED_NAMES = {"ml-100k", "sample", "url", "kg_url"}
 
 # --------------------------------------------------------------------------- helpers
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # Linux: KiB
 
 
 def current_rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return peak_rss_mb()
+    return round(int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -83,41 +78,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset-dir", required=True, help="prepared dataset folder (data/<name>)")
     p.add_argument("--model", choices=["SASRec", "BERT4Rec"], required=True)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--inner", type=int, default=256)
-    p.add_argument("--maxlen", type=int, default=50)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--eval-batch", type=int, default=2048, help="users per full-ranking eval batch")
-    p.add_argument("--lr", type=float, default=0.001)
+    for flag, kind, default in (("--hidden", int, 64), ("--layers", int, 2), ("--heads", int, 2), ("--inner", int, 256),
+                                ("--maxlen", int, 50), ("--batch", int, 256), ("--lr", float, 0.001), ("--seed", int, 1)):
+        p.add_argument(flag, type=kind, default=default)
     p.add_argument("--dropout", type=float, default=0.3, help="hidden and attention dropout")
-    p.add_argument("--loss", choices=["CE", "BPR"], default="CE")
-    p.add_argument("--seed", type=int, default=1)
     p.add_argument("--mode", choices=["speed", "budget"], required=True)
-    p.add_argument("--epochs", type=int, default=None,
-                   help="speed: full epochs to time (default 1); budget: upper bound on epochs")
-    p.add_argument("--max-batches", type=int, default=0,
-                   help="speed: time only the first K batches of one epoch and extrapolate")
+    p.add_argument("--max-batches", type=int, default=30,
+                   help="speed: time the first K batches of one epoch and extrapolate")
     p.add_argument("--budget-s", type=float, default=0.0,
                    help="budget: wall-clock seconds for train + valid; an epoch is started while "
                         "less has been spent, so the last one may cross it (as core/train.py)")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--work-dir", required=True, help="scratch: atomic files, logs, checkpoints")
     args = p.parse_args(argv)
-    if args.mode == "budget" and args.budget_s <= 0 and not args.epochs:
-        p.error("budget mode needs --budget-s and/or --epochs")
-    if args.mode == "speed" and args.epochs is None:
-        args.epochs = 1
+    if (args.mode == "budget" and args.budget_s <= 0) or (args.mode == "speed" and args.max_batches <= 0):
+        p.error("speed mode needs --max-batches > 0, budget mode --budget-s > 0")
     return args
 
 
 # --------------------------------------------------------------------------- data
 def load_prepared(dataset_dir: Path):
     with np.load(dataset_dir / "sequences.npz", allow_pickle=False) as z:
-        offsets = np.asarray(z["offsets"], dtype=np.int64)
-        items = np.asarray(z["items"], dtype=np.int64)
-    return offsets, items, json.loads((dataset_dir / "meta.json").read_text())
+        return (*(np.asarray(z[k], dtype=np.int64) for k in ("offsets", "items")),
+                json.loads((dataset_dir / "meta.json").read_text()))
 
 
 def write_inter(inter_path: Path, offsets: np.ndarray, items: np.ndarray) -> dict:
@@ -227,9 +210,7 @@ def build_config_dict(args, work_dir: Path) -> dict:
         # model
         "hidden_size": args.hidden, "inner_size": args.inner, "n_layers": args.layers,
         "n_heads": args.heads, "hidden_dropout_prob": args.dropout, "attn_dropout_prob": args.dropout,
-        "loss_type": args.loss,
-        "train_neg_sample_args": None if args.loss == "CE" else
-        {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False, "candidate_num": 0},
+        "loss_type": "CE", "train_neg_sample_args": None,
         # training
         "learner": "adam", "learning_rate": args.lr, "weight_decay": 0.0, "train_batch_size": args.batch,
         "epochs": 10**6, "stopping_step": 10**6, "eval_step": 1, "clip_grad_norm": None,
@@ -238,200 +219,140 @@ def build_config_dict(args, work_dir: Path) -> dict:
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
         "repeatable": True,  # required by RecBole for sequential models
         "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 20], "valid_metric": "NDCG@10",
-        "valid_metric_bigger": True, "eval_batch_size": args.eval_batch, "metric_decimal_place": 6,
+        "valid_metric_bigger": True, "eval_batch_size": 2048, "metric_decimal_place": 6,
     }
     return cfg
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out_path = Path(args.out).resolve()
-    dataset_dir = Path(args.dataset_dir).resolve()
-    work_dir = Path(args.work_dir).resolve()
+    out_path, dataset_dir, work_dir = (Path(p).resolve() for p in (args.out, args.dataset_dir, args.work_dir))
     work_dir.mkdir(parents=True, exist_ok=True)
-    name = dataset_dir.name
-    if name in RECBOLE_RESERVED_NAMES:
-        name += "-ours"  # see RECBOLE_RESERVED_NAMES
-
-    result: dict = {
-        "side": "recbole", "status": "running", "model": args.model, "dataset": name,
-        "dataset_dir": str(dataset_dir), "mode": args.mode, "args": vars(args),
-        "python": platform.python_version(), "host": platform.node(),
-    }
-
-    def finish(status: str, error: str | None = None) -> None:
-        result["status"] = status
-        if error:
-            result["error"] = error
-        result["peak_rss_mb"] = round(peak_rss_mb(), 1)
-        result["process_wall_s"] = round(time.perf_counter() - T_PROCESS_START, 3)
-        write_json(out_path, result)
-
+    name = dataset_dir.name + ("-ours" if dataset_dir.name in RECBOLE_RESERVED_NAMES else "")
+    result: dict = {"side": "recbole", "status": "running", "model": args.model, "dataset": name,
+                    "dataset_dir": str(dataset_dir), "mode": args.mode, "args": vars(args),
+                    "python": platform.python_version(), "host": platform.node()}
     try:
-        # ---------------------------------------------------------------- atomic file
-        offsets, items, meta = load_prepared(dataset_dir)
-        result["source"] = {"fingerprint": meta.get("fingerprint"), "n_items_prepared": meta.get("n_items")}
-        result["inter_file"] = str(work_dir / name / f"{name}.inter")
-        result["inter"] = write_inter(work_dir / name / f"{name}.inter", offsets, items)
-        del offsets, items
-
-        # RecBole 1.2.1 under pandas 2.x / torch 2.13 warns about chained fillna and
-        # torch.cuda.amp.GradScaler on every run; they change nothing here
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        import torch
-        import recbole
-        from recbole.config import Config
-        from recbole.data import create_dataset, data_preparation
-        from recbole.utils import get_model, get_trainer, init_logger, init_seed
-
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-        if threads:
-            torch.set_num_threads(threads)
-        result.update({"recbole_version": recbole.__version__, "torch_version": torch.__version__,
-                       "numpy_version": np.__version__, "threads": torch.get_num_threads(),
-                       "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS")})
-
-        os.chdir(work_dir)  # RecBole writes ./log and ./log_tensorboard relative to the cwd
-        sys.argv = sys.argv[:1]  # Config also parses --key=value from the command line
-        t0 = time.perf_counter()
-        config = Config(model=args.model, dataset=name, config_dict=build_config_dict(args, work_dir))
-        init_seed(config["seed"], config["reproducibility"])
-        init_logger(config)
-        expected = work_dir / name
-        if Path(config["data_path"]).resolve() != expected:
-            raise RuntimeError(f"RecBole resolved data_path {config['data_path']!r}, expected {expected}")
-        dataset = create_dataset(config)
-        train_data, valid_data, test_data = data_preparation(config, dataset)
-        result["data_prep_s"] = round(time.perf_counter() - t0, 3)
-        result["split_check"] = check_split(dataset, train_data, valid_data, test_data,
-                                            *load_prepared(dataset_dir)[:2], args.maxlen)
-        if not result["split_check"]["ok"]:
-            raise RuntimeError(f"RecBole's leave-one-out split differs from ours: {result['split_check']}")
-
-        rss_after_data, peak_after_data = round(current_rss_mb(), 1), round(peak_rss_mb(), 1)
-        n_train = len(train_data._dataset)
-        batches = len(train_data)
-        result.update({
-            "n_users": int(dataset.user_num - 1), "n_items": int(dataset.item_num - 1),
-            "n_interactions": result["inter"]["n_interactions"],
-            "n_train_samples": n_train, "n_valid_users": len(valid_data._dataset),
-            "n_test_users": len(test_data._dataset), "batches_per_epoch": batches,
-            "train_batch_size": args.batch,
-        })
-
-        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-        trainer.eval_collector.data_collect(train_data)  # as Trainer.fit does
-        result["n_params"] = int(sum(p.numel() for p in model.parameters()))
-        result["rss_mb_by_phase"] = {"after_data": rss_after_data, "peak_after_data": peak_after_data,
-                                     "after_model_trainer": round(current_rss_mb(), 1)}
-
-        def timed_eval(loader, **kw):
-            t = time.perf_counter()
-            res = trainer.evaluate(loader, show_progress=False, **kw)
-            return {k: float(v) for k, v in res.items()}, time.perf_counter() - t
-
-        if args.mode == "speed":
-            tap = BatchTap(train_data, args.max_batches)
-            if args.max_batches:
-                t = time.perf_counter()
-                loss = trainer._train_epoch(tap, 0, show_progress=False)
-                elapsed = time.perf_counter() - t
-                bt = tap.times
-                steady = bt[1:] if len(bt) >= 2 else bt
-                result.update({
-                    "timed_batches": len(bt), "timed_s": round(elapsed, 4),
-                    "first_batch_s": round(bt[0], 4),
-                    "sec_per_batch": round(float(np.mean(steady)), 5),
-                    "sec_per_batch_median": round(float(np.median(steady)), 5),
-                    "sec_per_epoch": round(float(np.mean(steady)) * batches, 3),
-                    "sec_per_epoch_method": (
-                        f"extrapolated: mean of timed batches 2..{len(bt)} (first = warm-up, excluded) "
-                        f"x {batches} batches" if len(bt) >= 2 else f"extrapolated from 1 batch x {batches}"),
-                    "train_loss_mean_timed": round(float(loss) / max(len(bt), 1), 5),
-                })
-            else:
-                epoch_s = []
-                for e in range(args.epochs):
-                    t = time.perf_counter()
-                    loss = trainer._train_epoch(tap, e, show_progress=False)
-                    epoch_s.append(time.perf_counter() - t)
-                result.update({
-                    "timed_epochs": args.epochs, "epoch_s": [round(x, 3) for x in epoch_s],
-                    "sec_per_epoch": round(float(np.mean(epoch_s)), 3),
-                    "sec_per_epoch_method": f"measured: mean of {args.epochs} full epoch(s)",
-                    "sec_per_batch": round(float(np.mean(epoch_s)) / batches, 5),
-                    "train_loss_last_epoch": round(float(loss) / batches, 5),
-                })
-            result["rss_mb_by_phase"].update(after_train=round(current_rss_mb(), 1),
-                                             peak_after_train=round(peak_rss_mb(), 1))
-            valid_res, s = timed_eval(valid_data, load_best_model=False)
-            result.update({
-                "sec_per_full_eval": round(s, 3), "full_eval_s": [round(s, 3)],
-                "full_eval_users": len(valid_data._dataset),
-                "sec_per_full_eval_method": "trainer.evaluate(valid_data) = full ranking of all valid users, "
-                                            "incl. RecBole's metric computation",
-                "valid_after_timing": valid_res,
-            })
-
-        else:  # budget
-            tap = BatchTap(train_data, 0)
-            best_score, best_epoch, best_valid, history = -math.inf, -1, None, []
-            t_start = time.perf_counter()
-            epoch, stopped = 0, "epochs"
-            while True:
-                if args.epochs and epoch >= args.epochs:
-                    stopped = f"epochs ({args.epochs})"
-                    break
-                if args.budget_s and time.perf_counter() - t_start >= args.budget_s:
-                    stopped = f"time budget {args.budget_s:g}s reached"
-                    break
-                t = time.perf_counter()
-                loss = trainer._train_epoch(tap, epoch, show_progress=False)
-                train_s = time.perf_counter() - t
-                t = time.perf_counter()
-                score, valid_res = trainer._valid_epoch(valid_data, show_progress=False)
-                eval_s = time.perf_counter() - t
-                score = float(score)
-                improved = bool(score > best_score)
-                if improved:
-                    best_score, best_epoch, best_valid = float(score), epoch, valid_res
-                    trainer._save_checkpoint(epoch, verbose=False)  # RecBole's own best-model file
-                row = {"epoch": epoch + 1, "train_loss": round(float(loss) / batches, 5),
-                       "train_s": round(train_s, 3), "valid_eval_s": round(eval_s, 3),
-                       "valid_ndcg@10": float(valid_res["ndcg@10"]), "valid_hit@10": float(valid_res["hit@10"]),
-                       "elapsed_s": round(time.perf_counter() - t_start, 3), "best": improved,
-                       "peak_rss_mb": round(peak_rss_mb(), 1)}
-                history.append(row)
-                print(f"[recbole_side] epoch {row['epoch']} loss {row['train_loss']:.4f} "
-                      f"valid NDCG@10 {row['valid_ndcg@10']:.4f} ({train_s:.1f}s + {eval_s:.1f}s)"
-                      + (" *" if improved else ""), flush=True)
-                epoch += 1
-                result.update({"epochs_done": epoch, "history": history})
-                write_json(out_path, {**result, "peak_rss_mb": round(peak_rss_mb(), 1)})  # progress
-            train_wall = time.perf_counter() - t_start
-            test_res, test_s = timed_eval(test_data, load_best_model=True, model_file=trainer.saved_model_file)
-            train_s_all = [h["train_s"] for h in history]
-            result.update({
-                "epochs_done": epoch, "stopped": stopped, "budget_s": args.budget_s,
-                "wall_s": round(train_wall, 3),
-                "wall_s_method": "train epochs + valid evaluations (excludes data prep and the test eval)",
-                "sec_per_epoch": round(float(np.mean(train_s_all)), 3) if train_s_all else None,
-                "sec_per_epoch_method": f"measured: mean over {len(train_s_all)} budget epoch(s)",
-                "sec_per_full_eval": round(float(np.mean([h["valid_eval_s"] for h in history])), 3) if history else None,
-                "best_epoch": best_epoch + 1, "valid_ndcg@10": best_score,
-                "valid_best": {k: float(v) for k, v in (best_valid or {}).items()},
-                "test_ndcg@10": test_res.get("ndcg@10"), "test_hr@10": test_res.get("hit@10"),
-                "test": test_res, "test_eval_s": round(test_s, 3),
-                "checkpoint": trainer.saved_model_file,
-            })
-        finish("ok")
-        return 0
+        run(args, result, out_path, dataset_dir, work_dir, name)
+        result["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - the JSON must say what went wrong
-        finish("error", f"{type(exc).__name__}: {exc}")
+        result.update(status="error", error=f"{type(exc).__name__}: {exc}")
         traceback.print_exc()
-        return 1
+    result.update(peak_rss_mb=peak_rss_mb(), process_wall_s=round(time.perf_counter() - T_PROCESS_START, 3))
+    write_json(out_path, result)
+    return 0 if result["status"] == "ok" else 1
+
+
+def run(args, result: dict, out_path: Path, dataset_dir: Path, work_dir: Path, name: str) -> None:
+    offsets, items, meta = load_prepared(dataset_dir)
+    result["source"] = {"fingerprint": meta.get("fingerprint"), "n_items_prepared": meta.get("n_items")}
+    result["inter_file"] = str(work_dir / name / f"{name}.inter")
+    result["inter"] = write_inter(work_dir / name / f"{name}.inter", offsets, items)
+    del offsets, items
+    # RecBole 1.2.1 under pandas 2.x / torch 2.13 warns about chained fillna and
+    # torch.cuda.amp.GradScaler on every run; they change nothing here
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import torch
+    import recbole
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer, init_logger, init_seed
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads:
+        torch.set_num_threads(threads)
+    result.update({"recbole_version": recbole.__version__, "torch_version": torch.__version__,
+                   "numpy_version": np.__version__, "threads": torch.get_num_threads(),
+                   "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS")})
+    os.chdir(work_dir)  # RecBole writes ./log and ./log_tensorboard relative to the cwd
+    sys.argv = sys.argv[:1]  # Config also parses --key=value from the command line
+    t0 = time.perf_counter()
+    config = Config(model=args.model, dataset=name, config_dict=build_config_dict(args, work_dir))
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    if Path(config["data_path"]).resolve() != work_dir / name:
+        raise RuntimeError(f"RecBole resolved data_path {config['data_path']!r}, expected {work_dir / name}")
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    result["data_prep_s"] = round(time.perf_counter() - t0, 3)
+    result["split_check"] = check_split(dataset, train_data, valid_data, test_data,
+                                        *load_prepared(dataset_dir)[:2], args.maxlen)
+    if not result["split_check"]["ok"]:
+        raise RuntimeError(f"RecBole's leave-one-out split differs from ours: {result['split_check']}")
+    rss_after_data, peak_after_data = current_rss_mb(), peak_rss_mb()
+    batches = len(train_data)
+    result.update({"n_users": int(dataset.user_num - 1), "n_items": int(dataset.item_num - 1),
+                   "n_interactions": result["inter"]["n_interactions"], "n_train_samples": len(train_data._dataset),
+                   "n_valid_users": len(valid_data._dataset), "n_test_users": len(test_data._dataset),
+                   "batches_per_epoch": batches, "train_batch_size": args.batch})
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.eval_collector.data_collect(train_data)  # as Trainer.fit does
+    result["n_params"] = int(sum(p.numel() for p in model.parameters()))
+    result["rss_mb_by_phase"] = {"after_data": rss_after_data, "peak_after_data": peak_after_data,
+                                 "after_model_trainer": current_rss_mb()}
+
+    def timed_eval(loader, **kw):
+        t = time.perf_counter()
+        res = trainer.evaluate(loader, show_progress=False, **kw)
+        return {k: float(v) for k, v in res.items()}, time.perf_counter() - t
+
+    if args.mode == "speed":  # the first --max-batches batches of one epoch, the epoch extrapolated
+        tap = BatchTap(train_data, args.max_batches)
+        t = time.perf_counter()
+        loss = trainer._train_epoch(tap, 0, show_progress=False)
+        elapsed, bt = time.perf_counter() - t, tap.times
+        steady = bt[1:] if len(bt) >= 2 else bt
+        result.update({
+            "timed_batches": len(bt), "timed_s": round(elapsed, 4), "first_batch_s": round(bt[0], 4),
+            "sec_per_batch": round(float(np.mean(steady)), 5), "sec_per_batch_median": round(float(np.median(steady)), 5),
+            "sec_per_epoch": round(float(np.mean(steady)) * batches, 3),
+            "sec_per_epoch_method": f"extrapolated: mean of timed batches 2..{len(bt)} (first = warm-up, excluded) "
+                                    f"x {batches} batches" if len(bt) >= 2 else f"extrapolated from 1 batch x {batches}",
+            "train_loss_mean_timed": round(float(loss) / max(len(bt), 1), 5)})
+        result["rss_mb_by_phase"].update(after_train=current_rss_mb(), peak_after_train=peak_rss_mb())
+        valid_res, s = timed_eval(valid_data, load_best_model=False)
+        result.update({"sec_per_full_eval": round(s, 3), "full_eval_s": [round(s, 3)],
+                       "full_eval_users": len(valid_data._dataset),
+                       "sec_per_full_eval_method": "trainer.evaluate(valid_data) = full ranking of all valid users, "
+                                                   "incl. RecBole's metric computation", "valid_after_timing": valid_res})
+        return
+    # budget: epochs (each validated, the best checkpoint kept) while less than --budget-s has been spent
+    tap, best_score, best_epoch, best_valid, history = BatchTap(train_data, 0), -math.inf, -1, None, []
+    t_start, epoch = time.perf_counter(), 0
+    while time.perf_counter() - t_start < args.budget_s:
+        t = time.perf_counter()
+        loss = trainer._train_epoch(tap, epoch, show_progress=False)
+        train_s, t = time.perf_counter() - t, time.perf_counter()
+        score, valid_res = trainer._valid_epoch(valid_data, show_progress=False)
+        eval_s, improved = time.perf_counter() - t, bool(float(score) > best_score)
+        if improved:
+            best_score, best_epoch, best_valid = float(score), epoch, valid_res
+            trainer._save_checkpoint(epoch, verbose=False)  # RecBole's own best-model file
+        history.append({"epoch": epoch + 1, "train_loss": round(float(loss) / batches, 5), "train_s": round(train_s, 3),
+                        "valid_eval_s": round(eval_s, 3), "valid_ndcg@10": float(valid_res["ndcg@10"]),
+                        "valid_hit@10": float(valid_res["hit@10"]), "elapsed_s": round(time.perf_counter() - t_start, 3),
+                        "best": improved, "peak_rss_mb": peak_rss_mb()})
+        print(f"[recbole_side] epoch {epoch + 1} loss {history[-1]['train_loss']:.4f} valid NDCG@10 "
+              f"{history[-1]['valid_ndcg@10']:.4f} ({train_s:.1f}s + {eval_s:.1f}s)" + (" *" if improved else ""), flush=True)
+        epoch += 1
+        result.update({"epochs_done": epoch, "history": history})
+        write_json(out_path, {**result, "peak_rss_mb": peak_rss_mb()})  # progress
+    train_wall = time.perf_counter() - t_start
+    test_res, test_s = timed_eval(test_data, load_best_model=True, model_file=trainer.saved_model_file)
+    train_s_all = [h["train_s"] for h in history]
+    result.update({
+        "epochs_done": epoch, "stopped": f"time budget {args.budget_s:g}s reached", "budget_s": args.budget_s,
+        "wall_s": round(train_wall, 3),
+        "wall_s_method": "train epochs + valid evaluations (excludes data prep and the test eval)",
+        "sec_per_epoch": round(float(np.mean(train_s_all)), 3) if train_s_all else None,
+        "sec_per_epoch_method": f"measured: mean over {len(train_s_all)} budget epoch(s)",
+        "sec_per_full_eval": round(float(np.mean([h["valid_eval_s"] for h in history])), 3) if history else None,
+        "best_epoch": best_epoch + 1, "valid_ndcg@10": best_score,
+        "valid_best": {k: float(v) for k, v in (best_valid or {}).items()},
+        "test_ndcg@10": test_res.get("ndcg@10"), "test_hr@10": test_res.get("hit@10"), "test": test_res,
+        "test_eval_s": round(test_s, 3), "checkpoint": trainer.saved_model_file})
 
 
 if __name__ == "__main__":

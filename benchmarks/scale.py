@@ -6,33 +6,24 @@ benchmarks/results/scale.json. Sizes keep the 10M / 1M / 500k proportions.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS
+from benchmarks.common import REPO, RESULTS, cli, load_rows, machine, md_table, merge_rows, opt, plot, timed, write_md
 
 RESULTS_FILE = RESULTS / "scale.json"
-SIZES = {  # interactions, items, users
-    "100k": (100_000, 10_000, 5_000),
-    "1m": (1_000_000, 100_000, 50_000),
-    "10m": (10_000_000, 1_000_000, 500_000),
-}
+SIZES = {"100k": (100_000, 10_000, 5_000), "1m": (1_000_000, 100_000, 50_000),  # interactions, items, users
+         "10m": (10_000_000, 1_000_000, 500_000)}
 PIECES = ("prep", "train", "eval", "eval-unchunked")
 TRAIN_STEPS, TRAIN_BATCH, NEGATIVES, SAMPLER = 50, 256, 256, "popularity"  # 50: the CPU is shared
 EVAL_USERS, ITEM_CHUNK, EVAL_BATCH = 10_000, 65_536, 1024
 MODEL = dict(maxlen=50, hidden_units=64, num_blocks=2, num_heads=2, dropout_rate=0.2)
-
-
-def machine(threads: int) -> str:
-    return f"cpu:{platform.machine()} {os.cpu_count()} cores, {threads} torch threads"
 
 
 def data_dir(size: str) -> Path:
@@ -55,15 +46,11 @@ def piece_prep(size: str) -> list[dict]:
     from core.data.synthetic_large import LargeSpec, fit_popularity_exponent, generate_large
 
     n, items, users = SIZES[size]
-    t = time.perf_counter()
-    meta = generate_large(data_dir(size), LargeSpec(interactions=n, items=items, users=users, alpha=1.0, seed=0))
-    prep = time.perf_counter() - t
+    meta, prep = timed(generate_large, data_dir(size), LargeSpec(interactions=n, items=items, users=users, alpha=1.0, seed=0))
     ram = peak_rss_gb()  # before the check below reads the items
     from core.data.sequences import SequenceData
 
-    t = time.perf_counter()
-    data = SequenceData.load(data_dir(size))
-    load = time.perf_counter() - t
+    data, load = timed(SequenceData.load, data_dir(size))
     alpha = fit_popularity_exponent(data.items, data.n_items)
     return [("generator", "prep_sec", prep, {"fingerprint": meta["fingerprint"]}),
             ("generator", "peak_ram_gb", ram, {}),
@@ -149,16 +136,6 @@ def child(size: str, piece: str, threads: int) -> None:
 
 
 # --------------------------------------------------------------------------- parent
-def merge_rows(new_rows: list[dict], key=("dataset", "model", "metric")) -> None:
-    from core.store import atomic_write_json
-
-    rows = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else []
-    ident = lambda r: tuple(r.get(k) for k in key)  # noqa: E731
-    fresh = {ident(r) for r in new_rows}
-    rows = [r for r in rows if ident(r) not in fresh] + new_rows
-    atomic_write_json(RESULTS_FILE, sorted(rows, key=lambda r: (SIZE_ORDER.get(r["dataset"], 9), r["model"], r["metric"])))
-
-
 SIZE_ORDER = {f"synthetic-{s}": i for i, s in enumerate(SIZES)}
 
 
@@ -180,7 +157,8 @@ def run_piece(size: str, piece: str, threads: int) -> list[dict]:
              "piece_wall_sec": round(wall, 2), "rusage_maxrss_gb": round(child_peak, 4),
              # the 2 cores are shared with other jobs: the load says how much of them this piece had
              "load_avg_1m": round(os.getloadavg()[0], 2)} for r in json.loads(line[7:])]
-    merge_rows(rows)
+    merge_rows(RESULTS_FILE, rows, key=("dataset", "model", "metric"),
+               order=lambda r: (SIZE_ORDER.get(r["dataset"], 9), r["model"], r["metric"]))
     for r in rows:
         print(f"{r['dataset']:16s} {r['model']:18s} {r['metric']:18s} {r['value']}")
     return rows
@@ -201,21 +179,14 @@ SUMMARY = [  # (model, metric, label)
 ]
 
 
-def summarize() -> None:
-    from core.store import atomic_path, atomic_write_text
-
-    rows = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else []
+def summarize(args=None) -> None:
+    """scale.md (table, growth exponents) and scale.png (log-log)"""
+    rows = load_rows(RESULTS_FILE)
     if not rows:
         raise SystemExit("error: no rows in benchmarks/results/scale.json; run some pieces first")
     sizes = [s for s in SIZES if any(r["dataset"] == f"synthetic-{s}" for r in rows)]
     get = {(r["dataset"], r["model"], r["metric"]): r for r in rows}
-    lines = ["# Scale benchmark (synthetic-large workloads)", "",
-             "Written by `python -m benchmarks.scale summarize` from `scale.json`. "
-             f"Machine: {rows[0]['device']}. Each piece runs in its own process; peak RAM is its VmHWM.", "",
-             "| figure | " + " | ".join(f"{s} ({SIZES[s][0]:,} inter., {SIZES[s][1]:,} items)" for s in sizes)
-             + " | growth exponent |",
-             "| --- | " + " | ".join("---:" for _ in sizes) + " | ---: |"]
-    series = {}
+    table, series = [], {}
     for model, metric, label in SUMMARY:
         vals = [get.get((f"synthetic-{s}", model, metric), {}).get("value") for s in sizes]
         if all(v is None for v in vals):
@@ -226,8 +197,12 @@ def summarize() -> None:
             x, y = zip(*pts)
             slope = f"{(math.log(y[-1]) - math.log(y[0])) / (math.log(x[-1]) - math.log(x[0])):.2f}"
             series[label] = pts
-        lines.append(f"| {label} | " + " | ".join("—" if v is None else f"{v:,.3g}" if v < 1000 else f"{v:,.0f}"
-                                                 for v in vals) + f" | {slope} |")
+        table.append([label, *("—" if v is None else f"{v:,.3g}" if v < 1000 else f"{v:,.0f}" for v in vals), slope])
+    lines = ["# Scale benchmark (synthetic-large workloads)", "",
+             "Written by `python -m benchmarks.scale summarize` from `scale.json`. "
+             f"Machine: {rows[0]['device']}. Each piece runs in its own process; peak RAM is its VmHWM.", "",
+             *md_table(["figure", *(f"{s} ({SIZES[s][0]:,} inter., {SIZES[s][1]:,} items)" for s in sizes),
+                        "growth exponent"], table, sep=["---", *("---:" for _ in sizes), "---:"])]
     loads = [r["load_avg_1m"] for r in rows if "load_avg_1m" in r]
     if loads:
         lines += ["", f"The 2 cores were shared with other jobs: 1-minute load average {min(loads):.1f}-{max(loads):.1f} "
@@ -242,48 +217,26 @@ def summarize() -> None:
               f"core.train.fit, {NEGATIVES} {SAMPLER} negatives (log-Q corrected); evaluation of "
               f"min({EVAL_USERS:,}, users) test users over every item, batch {EVAL_BATCH}, item chunk {ITEM_CHUNK:,} "
               "(an untrained model: the cost does not depend on the weights).", "", "Commands:", ""]
-    lines += sorted({f"    {r['command']}" for r in rows})
-    atomic_write_text(RESULTS / "scale.md", "\n".join(lines) + "\n")
+    write_md(RESULTS / "scale.md", lines + sorted({f"    {r['command']}" for r in rows}))
+    plot("scale.png", {"Scale on 2 CPU cores (log-log)": [(label, *zip(*pts)) for label, pts in series.items()]},
+         "interactions (items = 10%, users = 5%)", "value (units in legend)", size=(8, 5.5), log=True, marker="o")
 
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for label, pts in series.items():
-        x, y = zip(*pts)
-        ax.plot(x, y, marker="o", label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("interactions (items = 10%, users = 5%)")
-    ax.set_ylabel("value (units in legend)")
-    ax.set_title("Scale on 2 CPU cores (log-log)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(RESULTS / "scale.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    print(f"wrote {RESULTS / 'scale.md'} and {RESULTS / 'scale.png'}")
+def run(args) -> None:
+    """one size, the given pieces in turn, each in a fresh process"""
+    for piece in args.piece:
+        run_piece(args.size, piece, args.threads)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("run", "_child"):
-        p = sub.add_parser(name)
-        p.add_argument("--size", choices=list(SIZES), required=True)
-        p.add_argument("--piece", choices=PIECES, required=True, action="append" if name == "run" else "store")
-        p.add_argument("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
-    sub.add_parser("summarize")
-    args = parser.parse_args(argv)
-    if args.cmd == "_child":
-        child(args.size, args.piece, args.threads)
-    elif args.cmd == "run":
-        for piece in args.piece:
-            run_piece(args.size, piece, args.threads)
-    else:
-        summarize()
+    def piece_opts(run: bool) -> list:
+        return [opt("--size", choices=list(SIZES), required=True),
+                opt("--piece", choices=PIECES, required=True, action="append" if run else "store"),
+                opt("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")]
+
+    cli(__doc__.splitlines()[0], {"run": (run, piece_opts(True)),
+                                  "_child": (lambda a: child(a.size, a.piece, a.threads), piece_opts(False)),
+                                  "summarize": (summarize, [])}, argv)
     return 0
 
 

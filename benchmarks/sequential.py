@@ -10,15 +10,14 @@ and ``sequential_curves.png``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS, WORK, aggregate, merge_rows, pyplot, row, run_measured
+from benchmarks.common import REPO, RESULTS, WORK, aggregate, cli, load_rows, merge_rows, opt, overrides, plot, read_jsonl, \
+    row, run_measured, run_module, timed, write_md
 
 RUNS_FILE = RESULTS / "sequential_runs.json"
 # published full-ranking NDCG@10 on the same S3-Rec/ICLRec files, and the targets we hold ourselves to
@@ -37,11 +36,12 @@ LEAN_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "GLIBC_TUNABLES": "glibc
 
 # --------------------------------------------------------------------------- quality
 def cmd_quality(args) -> None:
+    """train one dataset / model / seed with the shipped config and record its test metrics"""
     config = f"configs/distillation/{args.model}/{args.dataset}.yaml"
     # sasrec keeps the historical name; other models get their own so runs never overwrite each other
     run_name = f"bench-seed{args.seed}" if args.model == "sasrec" else f"bench-{args.model}-seed{args.seed}"
-    over = f"seed={args.seed},run_name={run_name},overwrite=true" + (f",{args.override}" if args.override else "")
-    command = f"python -m distillation.training --config {config} --override \"{over}\""
+    over = overrides(f"seed={args.seed},run_name={run_name},overwrite=true", args.override)
+    command = run_module("distillation.training", config, over, run=False)
     if args.from_run:  # a finished run started by hand: its folder and the command that ran it
         if not args.command:
             raise SystemExit("--from-run needs --command (the exact command that trained that run)")
@@ -54,76 +54,75 @@ def cmd_quality(args) -> None:
         raise SystemExit(f"{results} holds another model's run; refusing to overwrite it")
     wall = None
     if not ((args.collect_only or args.from_run) and results.is_file()):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "distillation.training", "--config", config, "--override", over],
-                       cwd=REPO, check=True)
-        wall = time.perf_counter() - t0
-    res = json.loads(results.read_text())
-    rows = [row(args.dataset, args.model, "full", m, res["test"][m], seeds=[args.seed], command=command,
-                best_epoch=res["best_epoch"], train_seconds=res["train_seconds"]) for m in QUALITY_METRICS]
-    rows += [row(args.dataset, args.model, "sampled-100", m, res["test"][f"sampled-100/{m}"], seeds=[args.seed],
-                 command=command) for m in SAMPLED_METRICS if f"sampled-100/{m}" in res["test"]]
-    rows += [row(args.dataset, "popularity", "full", m, res["popularity_test"][m], seeds=[args.seed], command=command)
-             for m in ("NDCG@10", "HR@10")]
-    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        _, wall = timed(run_module, "distillation.training", config, over)
+    res, curve = json.loads(results.read_text()), read_jsonl(run_dir / "metrics.jsonl")
+    r = lambda model, proto, metric, value, **kw: row(args.dataset, model, proto, metric, value,  # noqa: E731
+                                                      seeds=[args.seed], command=command, **kw)
+    rows = [r(args.model, "full", m, res["test"][m], best_epoch=res["best_epoch"], train_seconds=res["train_seconds"])
+            for m in QUALITY_METRICS]
+    rows += [r(args.model, "sampled-100", m, res["test"][f"sampled-100/{m}"]) for m in SAMPLED_METRICS
+             if f"sampled-100/{m}" in res["test"]]
+    rows += [r("popularity", "full", m, res["popularity_test"][m]) for m in ("NDCG@10", "HR@10")]
     # cost: the whole run (data, training, test) when timed here, else the fit loop's own clock
     minutes = (wall if wall is not None else res["train_seconds"]) / 60
-    rows.append(row(args.dataset, args.model, "full", "train_minutes", minutes, seeds=[args.seed], command=command,
-                    threads=res.get("threads"), whole_run=wall is not None))
-    reached = next((r["seconds"] for r in curve if r.get("valid", {}).get("NDCG@10", 0) >= 0.05), None)
+    rows.append(r(args.model, "full", "train_minutes", minutes, threads=res.get("threads"), whole_run=wall is not None))
+    reached = next((x["seconds"] for x in curve if x.get("valid", {}).get("NDCG@10", 0) >= 0.05), None)
     if reached is not None:  # training wall time (validation included) until validation NDCG@10 >= 0.05
-        rows.append(row(args.dataset, args.model, "full", "minutes_to_valid_NDCG@10_0.05", reached / 60,
-                        seeds=[args.seed], command=command, threads=res.get("threads")))
-    rows.append(row(args.dataset, args.model, "full", "valid_curve", None, seeds=[args.seed], command=command,
-                    curve=[[r["epoch"], r["seconds"], r["valid"]["NDCG@10"]] for r in curve if "valid" in r]))
+        rows.append(r(args.model, "full", "minutes_to_valid_NDCG@10_0.05", reached / 60, threads=res.get("threads")))
+    rows.append(r(args.model, "full", "valid_curve", None,
+                  curve=[[x["epoch"], x["seconds"], x["valid"]["NDCG@10"]] for x in curve if "valid" in x]))
     merge_rows(RUNS_FILE, rows)
     print(f"{args.dataset} {args.model} seed {args.seed}: test NDCG@10 {res['test']['NDCG@10']:.4f} "
           f"HR@10 {res['test']['HR@10']:.4f} (best epoch {res['best_epoch']})")
 
 
-# --------------------------------------------------------------------------- speed (ours)
+def record(rows: list[dict]) -> None:
+    """Merge a piece's rows into sequential.json and print them."""
+    merge_rows(RESULTS / "sequential.json", rows, key=("dataset", "model", "protocol", "metric"))
+    for r in rows:
+        print(f"{r['model']:16s} {r['metric']:34s} {r['value']:.4g}")
+
+
+# --------------------------------------------------------------------------- speed, memory, budget, limit
 def ours_run(args, run_name: str, env: dict, epochs: int, max_steps: int = 0) -> dict:
     """``python -m distillation.training`` on the shipped config for ``epochs`` epochs (each capped
     at ``max_steps`` batches, 0 = full passes), validated after each: seconds per training epoch
     (mean of the ``epoch_seconds`` it logs), seconds of its first validation (a full ranking of
     every validation user) and the process's peak RSS."""
-    over = (f"device=cpu,run_name={run_name},overwrite=true,training.epochs={epochs},training.max_steps_per_epoch="
-            f"{max_steps},training.eval_every=1,training.patience=0,training.save_checkpoints=false,"
-            "eval.valid_max_users=0" + (f",{args.override}" if args.override else ""))
-    peak = run_measured([sys.executable, "-m", "distillation.training", "--config",
-                         f"configs/distillation/{args.model}/{args.dataset}.yaml", "--override", over], env)
     from core.seqrec import dataset_dir
 
+    over = overrides(f"device=cpu,run_name={run_name},overwrite=true,training.epochs={epochs},training.max_steps_per_epoch="
+                     f"{max_steps},training.eval_every=1,training.patience=0,training.save_checkpoints=false,"
+                     "eval.valid_max_users=0", args.override)
+    peak = run_measured([sys.executable, "-m", "distillation.training", "--config",
+                         f"configs/distillation/{args.model}/{args.dataset}.yaml", "--override", over], env)
     log = REPO / "state_dict" / "distillation" / dataset_dir(_load_cfg(args).data).name / run_name / "metrics.jsonl"
-    epochs_log = [r for r in map(json.loads, filter(str.strip, log.read_text().splitlines())) if "epoch_seconds" in r]
+    epochs_log = [r for r in read_jsonl(log) if "epoch_seconds" in r]
     return {"sec_per_epoch": sum(r["epoch_seconds"] for r in epochs_log) / len(epochs_log),
             "sec_per_full_eval": epochs_log[0]["seconds"] - epochs_log[0]["epoch_seconds"], "peak_rss_mb": peak}
 
 
 def cmd_limit(args) -> None:
-    """Our full-ranking evaluation of every user against the machine's arithmetic limit: one
-    users x items score product plus one pass over the scores (compare with the target's score
+    """our full-ranking evaluation against the machine's arithmetic limit
+
+    One users x items score product plus one pass over the scores (compare with the target's score
     and count), in the evaluator's own batch size, in this process, interleaved 3 times."""
     import torch
 
+    from core.cli import keep_freed_memory
     from core.data.sequences import SequenceData
     from core.data.splits import leave_one_out
     from core.evaluation import Evaluator
     from core.seqrec import make_model, model_score_fn
 
-    from core.cli import keep_freed_memory
-
     keep_freed_memory()  # what every entry point does (core.cli.run): time the allocator users get
     cfg = _load_cfg(args)
     data = SequenceData.load(REPO / "data" / args.dataset)
-    split = leave_one_out(data)
     model = make_model(cfg.model, data.n_items).eval()
-    ev = Evaluator(split, "test", cfg.model.maxlen, sampled=(), batch_size=cfg.eval.batch_size)
+    ev = Evaluator(leave_one_out(data), "test", cfg.model.maxlen, sampled=(), batch_size=cfg.eval.batch_size)
     users, dim = len(ev), cfg.model.hidden_units
-    h = torch.randn(users, dim)
-    w = model.item_weights().detach().clone()
+    h, w = torch.randn(users, dim), model.item_weights().detach().clone()
     targets = torch.randint(1, data.n_items + 1, (users,))
-
     step = ev.score_users  # the evaluator's own scoring batch: the limit gets the same memory reuse
 
     @torch.no_grad()
@@ -133,39 +132,25 @@ def cmd_limit(args) -> None:
             t = scores.gather(1, targets[start:start + step].view(-1, 1))
             (scores >= t).sum(1, dtype=torch.int32)
 
-    ours_s, limit_s = [], []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        ev.run(model_score_fn(model))
-        ours_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        limit()
-        limit_s.append(time.perf_counter() - t0)
-    ours, lim = min(ours_s), min(limit_s)
+    times = [(timed(ev.run, model_score_fn(model))[1], timed(limit)[1]) for _ in range(3)]
+    ours, lim = (min(t) for t in zip(*times))
     command = f"python -m benchmarks.sequential limit --dataset {args.dataset} --model {args.model}"
     note = f"{users} users x {data.n_items + 1} items, d={dim}, batches of {step} users, {torch.get_num_threads()} threads, best of 3"
-    rows = [row(args.dataset, args.model, "full", "sec_per_full_eval_limit", lim, command=command, setting=note),
-            row(args.dataset, args.model, "full", "sec_per_full_eval_same_process", ours, command=command, setting=note),
-            row(args.dataset, args.model, "full", "eval_multiple_of_limit", ours / lim, command=command, setting=note)]
-    merge_rows(RESULTS / "sequential.json", rows, key=("dataset", "model", "protocol", "metric"))
-    for r in rows:
-        print(f"{r['metric']:34s} {r['value']:.3f}")
+    record([row(args.dataset, args.model, "full", metric, value, command=command, setting=note) for metric, value in (
+        ("sec_per_full_eval_limit", lim), ("sec_per_full_eval_same_process", ours), ("eval_multiple_of_limit", ours / lim))])
 
 
-def _recbole_python() -> Path:
-    py = WORK / "recbole-venv" / "bin" / "python"
+def recbole_argv(args, cfg, *mode) -> list[str]:
+    """benchmarks/recbole_side.py in RecBole's own virtualenv (made on first use), on our settings."""
+    py, m = WORK / "recbole-venv" / "bin" / "python", cfg.model
     if not py.is_file():
         subprocess.run(["bash", str(REPO / "benchmarks" / "recbole_env.sh")], check=True)
-    return py
-
-
-def _recbole_args(args, cfg) -> list[str]:
-    m = cfg.model
-    return ["--dataset-dir", str(REPO / "data" / args.dataset), "--model", {"sasrec": "SASRec", "bert4rec": "BERT4Rec"}[args.model],
-            "--hidden", str(m.hidden_units), "--layers", str(m.num_blocks), "--heads", str(m.num_heads),
-            "--inner", str(4 * m.hidden_units), "--maxlen", str(m.maxlen), "--batch", str(cfg.training.batch_size),
-            "--lr", str(cfg.training.learning_rate), "--dropout", str(m.dropout_rate), "--loss", "CE",
-            "--seed", str(args.seed), "--work-dir", str(WORK / "recbole" / args.dataset)]
+    return [str(py), str(REPO / "benchmarks" / "recbole_side.py"), "--dataset-dir", str(REPO / "data" / args.dataset),
+            "--model", {"sasrec": "SASRec", "bert4rec": "BERT4Rec"}[args.model], "--hidden", str(m.hidden_units),
+            "--layers", str(m.num_blocks), "--heads", str(m.num_heads), "--inner", str(4 * m.hidden_units),
+            "--maxlen", str(m.maxlen), "--batch", str(cfg.training.batch_size), "--lr", str(cfg.training.learning_rate),
+            "--dropout", str(m.dropout_rate), "--seed", str(args.seed), "--work-dir", str(WORK / "recbole" / args.dataset),
+            *mode]
 
 
 def _load_cfg(args):
@@ -175,44 +160,40 @@ def _load_cfg(args):
     return load_config(SeqRecConfig, REPO / f"configs/distillation/{args.model}/{args.dataset}.yaml", "device=cpu")
 
 
+def plain_env(**extra) -> dict:
+    """This process's environment without allocator settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    return {**env, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", **extra}
+
+
 def cmd_speed(args) -> None:
+    """ours vs RecBole 1.2.1: seconds per epoch, per full evaluation, peak RSS"""
     cfg = _load_cfg(args)
     WORK.mkdir(parents=True, exist_ok=True)
     theirs_json = WORK / f"speed-recbole-{args.dataset}-{args.model}.json"
-    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    default_env = {k: v for k, v in env.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    ours = ours_run(args, "bench-speed", default_env, args.epochs)
-    lean = ours_run(args, "bench-speed-lean", {**default_env, **LEAN_MEMORY_ENV}, args.epochs)
-    subprocess.run([str(_recbole_python()), str(REPO / "benchmarks" / "recbole_side.py"), *_recbole_args(args, cfg),
-                    "--mode", "speed", "--epochs", "1", "--max-batches", str(args.recbole_batches),
-                    "--out", str(theirs_json)], check=True, env=env)
+    ours = ours_run(args, "bench-speed", plain_env(), args.epochs)
+    lean = ours_run(args, "bench-speed-lean", plain_env(**LEAN_MEMORY_ENV), args.epochs)
+    subprocess.run(recbole_argv(args, cfg, "--mode", "speed", "--max-batches", str(args.recbole_batches),
+                                "--out", str(theirs_json)), check=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
     theirs = json.loads(theirs_json.read_text())
     command = f"python -m benchmarks.sequential speed --dataset {args.dataset} --model {args.model} --epochs {args.epochs}"
-    rb = f"recbole-{args.model}"
-    lean_note = "lean-memory recipe: " + " ".join(f"{k}={v}" for k, v in LEAN_MEMORY_ENV.items())
-    rows = [
-        row(args.dataset, args.model, "full", "sec_per_epoch", ours["sec_per_epoch"], command=command,
-            epoch="one pass over every user's training sequence, all positions at once"),
-        row(args.dataset, rb, "full", "sec_per_epoch", theirs["sec_per_epoch"], command=command,
-            epoch=f"one pass over {theirs.get('n_train_samples')} prefix-expanded samples",
-            method=theirs.get("sec_per_epoch_method")),
-        row(args.dataset, args.model, "full", "sec_per_full_eval", ours["sec_per_full_eval"], command=command),
-        row(args.dataset, rb, "full", "sec_per_full_eval", theirs["sec_per_full_eval"], command=command),
-        row(args.dataset, args.model, "full", "peak_rss_mb", ours["peak_rss_mb"], command=command),
-        row(args.dataset, rb, "full", "peak_rss_mb", theirs["peak_rss_mb"], command=command),
-        row(args.dataset, args.model, "full", "speedup_vs_recbole_epoch", theirs["sec_per_epoch"] / ours["sec_per_epoch"], command=command),
-        row(args.dataset, args.model, "full", "speedup_vs_recbole_eval", theirs["sec_per_full_eval"] / ours["sec_per_full_eval"], command=command),
-        row(args.dataset, args.model, "full", "ram_ratio_recbole_over_ours", theirs["peak_rss_mb"] / ours["peak_rss_mb"], command=command),
-        row(args.dataset, args.model, "full", "sec_per_epoch_lean_memory", lean["sec_per_epoch"], command=command, setting=lean_note),
-        row(args.dataset, args.model, "full", "peak_rss_mb_lean_memory", lean["peak_rss_mb"], command=command, setting=lean_note),
-        row(args.dataset, args.model, "full", "ram_ratio_recbole_over_ours_lean_memory",
-            theirs["peak_rss_mb"] / lean["peak_rss_mb"], command=command, setting=lean_note),
-        row(args.dataset, args.model, "full", "speedup_vs_recbole_epoch_lean_memory",
-            theirs["sec_per_epoch"] / lean["sec_per_epoch"], command=command, setting=lean_note),
-    ]
-    merge_rows(RESULTS / "sequential.json", rows, key=("dataset", "model", "protocol", "metric"))
-    for r in rows:
-        print(f"{r['model']:16s} {r['metric']:30s} {r['value']:.3f}")
+    r = lambda model, metric, value, **kw: row(args.dataset, model, "full", metric, value, command=command, **kw)  # noqa: E731
+    rb, lean_note = f"recbole-{args.model}", "lean-memory recipe: " + " ".join(f"{k}={v}" for k, v in LEAN_MEMORY_ENV.items())
+    record([r(args.model, "sec_per_epoch", ours["sec_per_epoch"],
+              epoch="one pass over every user's training sequence, all positions at once"),
+            r(rb, "sec_per_epoch", theirs["sec_per_epoch"], epoch=f"one pass over {theirs.get('n_train_samples')} "
+              "prefix-expanded samples", method=theirs.get("sec_per_epoch_method")),
+            *(r(model, k, side[k]) for k in ("sec_per_full_eval", "peak_rss_mb") for model, side in
+              ((args.model, ours), (rb, theirs))),
+            *(r(args.model, metric, theirs[k] / ours[k]) for metric, k in (
+                ("speedup_vs_recbole_epoch", "sec_per_epoch"), ("speedup_vs_recbole_eval", "sec_per_full_eval"))),
+            r(args.model, "ram_ratio_recbole_over_ours", theirs["peak_rss_mb"] / ours["peak_rss_mb"]),
+            r(args.model, "sec_per_epoch_lean_memory", lean["sec_per_epoch"], setting=lean_note),
+            r(args.model, "peak_rss_mb_lean_memory", lean["peak_rss_mb"], setting=lean_note),
+            r(args.model, "ram_ratio_recbole_over_ours_lean_memory", theirs["peak_rss_mb"] / lean["peak_rss_mb"],
+              setting=lean_note),
+            r(args.model, "speedup_vs_recbole_epoch_lean_memory", theirs["sec_per_epoch"] / lean["sec_per_epoch"],
+              setting=lean_note)])
 
 
 def prepare_ml1m_size() -> Path:
@@ -225,49 +206,40 @@ def prepare_ml1m_size() -> Path:
         subprocess.run([sys.executable, "-m", "core.data.prepare", "synthetic-large", "--interactions", "1000209",
                         "--items", "3706", "--users", "6040", "--seed", "0", "--name", "ml-1m-size", "--out", str(out)],
                        cwd=REPO, check=True)
-        offsets, items = np.load(out / "offsets.npy"), np.load(out / "items.npy")
-        np.savez(out / "sequences.npz", offsets=offsets, items=items)
+        np.savez(out / "sequences.npz", offsets=np.load(out / "offsets.npy"), items=np.load(out / "items.npy"))
         meta = json.loads((out / "meta.json").read_text())
-        meta["layout"] = "npz"
-        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        (out / "meta.json").write_text(json.dumps({**meta, "layout": "npz"}, indent=1))
         for name in ("offsets.npy", "items.npy"):
             (out / name).unlink()
     return out
 
 
 def cmd_memory(args) -> None:
-    """Peak RSS where data dominates: ML-1M's shape at max length 200 with RecBole's default
-    SASRec settings (configs/distillation/sasrec/ml-1m-size.yaml), the same number of training
-    batches plus one full evaluation on each side, each side in its own process."""
+    """peak RSS vs RecBole where data dominates (ML-1M's shape, max length 200)
+
+    RecBole's default SASRec settings (configs/distillation/sasrec/ml-1m-size.yaml), the same number
+    of training batches plus one full evaluation on each side, each side in its own process."""
     prepare_ml1m_size()
     cfg = _load_cfg(args)
     WORK.mkdir(parents=True, exist_ok=True)
     theirs_json = WORK / f"memory-recbole-{args.dataset}.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    ours = ours_run(args, "bench-memory", env, 1, args.batches)
+    ours = ours_run(args, "bench-memory", plain_env(), 1, args.batches)
     if not (args.reuse_recbole and theirs_json.is_file()):  # RecBole's peak does not depend on our side
-        subprocess.run([str(_recbole_python()), str(REPO / "benchmarks" / "recbole_side.py"), *_recbole_args(args, cfg),
-                        "--mode", "speed", "--epochs", "1", "--max-batches", str(args.batches), "--out", str(theirs_json)],
-                       check=True, env=env)
+        subprocess.run(recbole_argv(args, cfg, "--mode", "speed", "--max-batches", str(args.batches),
+                                    "--out", str(theirs_json)), check=True, env=plain_env())
     theirs = json.loads(theirs_json.read_text())
     command = f"python -m benchmarks.sequential memory --dataset {args.dataset} --model {args.model} --batches {args.batches}"
     if theirs.get("args", {}).get("max_batches") not in (None, args.batches):
         raise SystemExit(f"{theirs_json} was measured with another --batches; run without --reuse-recbole")
     setting = (f"{args.batches} training batches of {cfg.training.batch_size} + one full evaluation per side; maxlen "
                f"{cfg.model.maxlen}, d={cfg.model.hidden_units}, RecBole default SASRec settings")
-    rows = [row(args.dataset, args.model, "full", "peak_rss_mb", ours["peak_rss_mb"], command=command, setting=setting),
-            row(args.dataset, f"recbole-{args.model}", "full", "peak_rss_mb", theirs["peak_rss_mb"], command=command,
-                setting=setting),
-            row(args.dataset, args.model, "full", "ram_ratio_recbole_over_ours", theirs["peak_rss_mb"] / ours["peak_rss_mb"],
-                command=command, setting=setting)]
-    merge_rows(RESULTS / "sequential.json", rows, key=("dataset", "model", "protocol", "metric"))
-    for r in rows:
-        print(f"{r['model']:16s} {r['metric']:30s} {r['value']:.1f}")
+    record([row(args.dataset, model, "full", metric, value, command=command, setting=setting) for model, metric, value in (
+        (args.model, "peak_rss_mb", ours["peak_rss_mb"]), (f"recbole-{args.model}", "peak_rss_mb", theirs["peak_rss_mb"]),
+        (args.model, "ram_ratio_recbole_over_ours", theirs["peak_rss_mb"] / ours["peak_rss_mb"]))])
 
 
 def cmd_budget(args) -> None:
-    """Both sides train for the same wall-clock budget at the same time, one thread each."""
+    """both sides train for the same wall-clock budget at the same time, one thread each"""
     cfg = _load_cfg(args)
     budget = args.minutes * 60
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
@@ -279,70 +251,62 @@ def cmd_budget(args) -> None:
     if not args.collect_only:
         ours = subprocess.Popen([sys.executable, "-m", "distillation.training", "--config",
                                  f"configs/distillation/{args.model}/{args.dataset}.yaml", "--override", over], cwd=REPO, env=env)
-        theirs = subprocess.Popen([str(_recbole_python()), str(REPO / "benchmarks" / "recbole_side.py"),
-                                   *_recbole_args(args, cfg), "--mode", "budget", "--budget-s", str(budget),
-                                   "--out", str(theirs_json)], env=env)
+        theirs = subprocess.Popen(recbole_argv(args, cfg, "--mode", "budget", "--budget-s", str(budget),
+                                               "--out", str(theirs_json)), env=env)
         if ours.wait() or theirs.wait():
             raise SystemExit("a budget run failed")
     res = json.loads((REPO / "state_dict" / "distillation" / args.dataset / run_name / "results.json").read_text())
     rb = json.loads(theirs_json.read_text())
     command = f"python -m benchmarks.sequential budget --dataset {args.dataset} --model {args.model} --minutes {args.minutes:g}"
     metric = f"NDCG@10_at_budget_{args.minutes:g}min"
-    rows = [
-        row(args.dataset, args.model, "full", metric, res["test"]["NDCG@10"], seeds=[args.seed],
-            command=command, valid_ndcg10=res["valid"]["NDCG@10"], epochs=res["epochs_run"], budget_s=budget),
-        # RecBole's own evaluator: full ranking that does NOT remove the user's history
-        row(args.dataset, f"recbole-{args.model}", "full", metric, rb["test_ndcg@10"], seeds=[args.seed],
-            command=command, valid_ndcg10=rb["valid_ndcg@10"], epochs=rb["epochs_done"], budget_s=budget,
-            note="RecBole's evaluator (history not masked); epochs of prefix-expanded samples"),
-    ]
-    rows.append(row(args.dataset, args.model, "full", f"budget_{args.minutes:g}min_ratio_vs_recbole",
-                    res["test"]["NDCG@10"] / rb["test_ndcg@10"], seeds=[args.seed], command=command))
-    merge_rows(RESULTS / "sequential.json", rows, key=("dataset", "model", "protocol", "metric"))
-    for r in rows:
-        print(f"{r['model']:16s} {r['metric']} {r['value']:.4f}")
+    r = lambda model, metric, value, **kw: row(args.dataset, model, "full", metric, value, seeds=[args.seed],  # noqa: E731
+                                               command=command, **kw)
+    record([r(args.model, metric, res["test"]["NDCG@10"], valid_ndcg10=res["valid"]["NDCG@10"],
+              epochs=res["epochs_run"], budget_s=budget),
+            # RecBole's own evaluator: full ranking that does NOT remove the user's history
+            r(f"recbole-{args.model}", metric, rb["test_ndcg@10"], valid_ndcg10=rb["valid_ndcg@10"],
+              epochs=rb["epochs_done"], budget_s=budget,
+              note="RecBole's evaluator (history not masked); epochs of prefix-expanded samples"),
+            r(args.model, f"budget_{args.minutes:g}min_ratio_vs_recbole", res["test"]["NDCG@10"] / rb["test_ndcg@10"])])
 
 
 # --------------------------------------------------------------------------- summary
 def cmd_summarize(args) -> None:
-    runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else []
-    _, agg = aggregate(runs)
-    merge_rows(RESULTS / "sequential.json", agg, key=("dataset", "model", "protocol", "metric"))
-    _write_markdown(json.loads((RESULTS / "sequential.json").read_text()))
-    _plot_curves([r for r in runs if r["metric"] == "valid_curve"])
-
-
-def _write_markdown(rows: list[dict]) -> None:
+    """sequential.json / .md / _curves.png"""
     from core.report import format_table
-    from core.store import atomic_write_text
 
-    quality = [r for r in rows if r["metric"] in ("NDCG@10", "HR@10", "NDCG@20", "HR@20", "NDCG@5", "HR@5", "MRR")]
+    runs = load_rows(RUNS_FILE)
+    merge_rows(RESULTS / "sequential.json", aggregate(runs)[1], key=("dataset", "model", "protocol", "metric"))
+    rows = load_rows(RESULTS / "sequential.json")
+    quality = [r for r in rows if r["metric"] in QUALITY_METRICS]
     table = {}
     for r in quality:
-        key = (r["dataset"], r["model"], r["protocol"])
-        cell = f"{r['value']:.4f}" + (f" ± {r['std']:.4f}" if r.get("std") else "")
-        table.setdefault(key, {"dataset": r["dataset"], "model": r["model"], "protocol": r["protocol"],
-                               "seeds": len(r["seeds"])})[r["metric"]] = cell
-    cols = ["dataset", "model", "protocol", "seeds", "NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR"]
-    other = [r for r in rows if r not in quality]
-    lines = ["# Sequential models: quality, speed, memory", "",
-             "Test metrics at the validation-best epoch, leave-one-out, full ranking over all items with the "
-             "user's history excluded (sampled-100: 100 fixed-seed negatives). Mean ± std over seeds.", "",
-             format_table(sorted(table.values(), key=lambda r: (r["dataset"], r["model"], r["protocol"])), cols, markdown=True),
-             "", "## Against published anchors (test NDCG@10, full ranking)", "",
-             format_table([{"dataset": d, "model": m, "published": text, "must reach": must, "aim": aim,
-                            "ours": table.get((d, m, "full"), {}).get("NDCG@10", "not run yet"),
-                            "verdict": _verdict(rows, d, m, must, aim)}
-                           for (d, m), (text, must, aim) in ANCHORS.items()],
-                          ["dataset", "model", "published", "must reach", "aim", "ours", "verdict"], markdown=True),
-             "", "## Speed, memory and equal-budget rows", "",
-             format_table([{"dataset": r["dataset"], "model": r["model"], "metric": r["metric"],
-                            "value": f"{r['value']:.3f}" if isinstance(r["value"], float) else r["value"],
-                            "device": r["device"]} for r in other],
-                          ["dataset", "model", "metric", "value", "device"], markdown=True),
-             "", "Commands: see the `command` field of each row in `sequential.json`.", ""]
-    atomic_write_text(RESULTS / "sequential.md", "\n".join(lines))
-    print("\n".join(lines))
+        table.setdefault((r["dataset"], r["model"], r["protocol"]), {
+            "dataset": r["dataset"], "model": r["model"], "protocol": r["protocol"], "seeds": len(r["seeds"])
+        })[r["metric"]] = f"{r['value']:.4f}" + (f" ± {r['std']:.4f}" if r.get("std") else "")
+    md = lambda items, cols: format_table(items, cols, markdown=True)  # noqa: E731
+    write_md(RESULTS / "sequential.md", [
+        "# Sequential models: quality, speed, memory", "",
+        "Test metrics at the validation-best epoch, leave-one-out, full ranking over all items with the "
+        "user's history excluded (sampled-100: 100 fixed-seed negatives). Mean ± std over seeds.", "",
+        md(sorted(table.values(), key=lambda r: (r["dataset"], r["model"], r["protocol"])),
+           ["dataset", "model", "protocol", "seeds", "NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR"]),
+        "", "## Against published anchors (test NDCG@10, full ranking)", "",
+        md([{"dataset": d, "model": m, "published": text, "must reach": must, "aim": aim,
+             "ours": table.get((d, m, "full"), {}).get("NDCG@10", "not run yet"),
+             "verdict": _verdict(rows, d, m, must, aim)} for (d, m), (text, must, aim) in ANCHORS.items()],
+           ["dataset", "model", "published", "must reach", "aim", "ours", "verdict"]),
+        "", "## Speed, memory and equal-budget rows", "",
+        md([{"dataset": r["dataset"], "model": r["model"], "metric": r["metric"], "device": r["device"],
+             "value": f"{r['value']:.3f}" if isinstance(r["value"], float) else r["value"]}
+            for r in rows if r not in quality], ["dataset", "model", "metric", "value", "device"]),
+        "", "Commands: see the `command` field of each row in `sequential.json`."])
+    curves = [r for r in runs if r["metric"] == "valid_curve" and r["curve"]]
+    plot("sequential_curves.png", {ds: [(f"{c['model']} seed {c['seeds'][0]}", [p[0] for p in c["curve"]],
+                                         [p[2] for p in c["curve"]])
+                                        for c in curves if c["dataset"] == ds]
+                                   for ds in sorted({c["dataset"] for c in curves})},
+         "epoch", "valid NDCG@10 (full ranking)", size=(5, 3.6))
 
 
 def _verdict(rows, dataset, model, must, aim) -> str:
@@ -354,56 +318,25 @@ def _verdict(rows, dataset, model, must, aim) -> str:
     return verdict + ("" if n >= 3 else f" ({n} of 3 seeds)")
 
 
-def _plot_curves(curves: list[dict]) -> None:
-    plt = pyplot("the learning-curve plot")
-    if plt is None or not curves:
-        return
-    datasets = sorted({c["dataset"] for c in curves})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
-        for c in curves:
-            if c["dataset"] == ds and c["curve"]:
-                ep, _, nd = zip(*c["curve"])
-                ax.plot(ep, nd, marker=".", label=f"{c['model']} seed {c['seeds'][0]}")
-        ax.set_title(ds)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("valid NDCG@10 (full ranking)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "sequential_curves.png", dpi=110)
-    print(f"wrote {RESULTS / 'sequential_curves.png'}")
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("quality", "speed", "budget", "limit", "memory"):
-        s = sub.add_parser(name)
-        s.add_argument("--dataset", required=True,
-                       choices=["beauty", "sports", "toys", "ml-100k", "ml-1m", "ml-1m-size", "synthetic"])
-        s.add_argument("--model", default="sasrec", choices=["sasrec", "bert4rec"])
-        s.add_argument("--seed", type=int, default=1)
-        s.add_argument("--override", default="")
-        if name == "quality":
-            s.add_argument("--collect-only", action="store_true", help="read a finished run instead of training")
-            s.add_argument("--from-run", default="", help="collect this finished run folder (with --command)")
-            s.add_argument("--command", default="", help="the command that trained --from-run")
-        if name == "speed":
-            s.add_argument("--epochs", type=int, default=2)
-            s.add_argument("--recbole-batches", type=int, default=30, help="RecBole batches timed (epoch extrapolated)")
-        if name == "memory":
-            s.add_argument("--batches", type=int, default=30, help="training batches on each side")
-            s.add_argument("--reuse-recbole", action="store_true",
-                           help="keep RecBole's result of an earlier run with the same --batches")
-        if name == "budget":
-            s.add_argument("--minutes", type=float, default=20)
-            s.add_argument("--collect-only", action="store_true", help="re-read finished budget runs")
-    sub.add_parser("summarize")
-    args = p.parse_args()
-    {"quality": cmd_quality, "speed": cmd_speed, "budget": cmd_budget, "limit": cmd_limit,
-     "memory": cmd_memory,
-     "summarize": cmd_summarize}[args.cmd](args)
+    common = [opt("--dataset", required=True,
+                  choices=["beauty", "sports", "toys", "ml-100k", "ml-1m", "ml-1m-size", "synthetic"]),
+              opt("--model", default="sasrec", choices=["sasrec", "bert4rec"]), opt("--seed", type=int, default=1),
+              opt("--override", default="")]
+    cli(__doc__, {
+        "quality": (cmd_quality, common + [
+            opt("--collect-only", action="store_true", help="read a finished run instead of training"),
+            opt("--from-run", default="", help="collect this finished run folder (with --command)"),
+            opt("--command", default="", help="the command that trained --from-run")]),
+        "speed": (cmd_speed, common + [opt("--epochs", type=int, default=2), opt(
+            "--recbole-batches", type=int, default=30, help="RecBole batches timed (epoch extrapolated)")]),
+        "budget": (cmd_budget, common + [opt("--minutes", type=float, default=20),
+                                         opt("--collect-only", action="store_true", help="re-read finished budget runs")]),
+        "limit": (cmd_limit, common),
+        "memory": (cmd_memory, common + [
+            opt("--batches", type=int, default=30, help="training batches on each side"),
+            opt("--reuse-recbole", action="store_true", help="keep RecBole's result of an earlier run with the same --batches")]),
+        "summarize": (cmd_summarize, [])})
 
 
 if __name__ == "__main__":

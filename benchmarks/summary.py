@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
+from benchmarks.common import md_table
+from benchmarks.sequential import ANCHORS as SEQUENTIAL_ANCHORS
 from core.store import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,8 +41,7 @@ ANCHORS: dict[tuple[str, str, str, str, str], tuple[float, str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class Sel:
+class Sel(NamedTuple):
     """Selects one aggregated row; `subset` only matters for files that have it (cross_domain)."""
     dataset: str
     model: str
@@ -49,41 +49,24 @@ class Sel:
     protocol: str | None = None
     subset: str | None = None
 
-    def match(self, row: dict) -> bool:
-        return (row.get("dataset") == self.dataset and row.get("model") == self.model
-                and row.get("metric") == self.metric
-                and (self.protocol is None or row.get("protocol") == self.protocol)
-                and (self.subset is None or row.get("subset") == self.subset))
 
-
-@dataclass
-class Goal:
-    text: str    # the goal as benchmarks/README.md or the script states it
-    source: str
-    check: Callable[["Rows"], tuple[str, bool | None]]   # -> (measured, met?); None: rows missing
-
-
-@dataclass
-class Pipeline:
+class Pipeline(NamedTuple):
     title: str
     headline: list[Sel]
-    goals: list[Goal] = field(default_factory=list)
+    goals: list[tuple] = []  # (the goal as benchmarks/README.md or the script states it, source, check)
     note: str = ""
 
 
-class Rows:
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
+def get(rows: list[dict], sel: Sel) -> dict | None:
+    """The row ``sel`` picks; a file may hold the same key twice (e.g. per-thread-count reruns):
+    the last one wins, as in the scripts' own merge order."""
+    found = [r for r in rows if all(v is None or r.get(k) == v for k, v in sel._asdict().items())]
+    return found[-1] if found else None
 
-    def get(self, sel: Sel) -> dict | None:
-        # a file may hold the same key twice (e.g. per-thread-count reruns): the last one wins,
-        # as in the scripts' own merge order
-        found = [r for r in self.rows if sel.match(r)]
-        return found[-1] if found else None
 
-    def value(self, sel: Sel) -> float | None:
-        r = self.get(sel)
-        return None if r is None or r.get("value") is None else float(r["value"])
+def value(rows: list[dict], sel: Sel) -> float | None:
+    r = get(rows, sel)
+    return None if r is None or r.get("value") is None else float(r["value"])
 
 
 def fmt(v: float | None) -> str:
@@ -104,50 +87,34 @@ def spread(r: dict) -> str:
     return txt + (f" (n={n})" if n else " (single run)")
 
 
-# --- goal checks: thresholds are the stated goals, values always come from the rows ---------
-
-def at_least(sel: Sel, bar: float, label: str = "") -> Callable[[Rows], tuple[str, bool | None]]:
-    def check(rows: Rows):
-        v = rows.value(sel)
-        return (f"{label}{fmt(v)} vs ≥ {fmt(bar)}", None if v is None else v >= bar)
+# --- goal checks (rows -> (measured, met?), None: rows missing): thresholds are the stated goals,
+# values always come from the rows
+def bound(sel: Sel, bar: float, label: str = "", most: bool = False) -> Callable:
+    """The selected value is at least (``most``: at most) ``bar``."""
+    def check(rows):
+        v = value(rows, sel)
+        return (f"{label}{fmt(v)} vs {'≤' if most else '≥'} {fmt(bar)}",
+                None if v is None else v <= bar if most else v >= bar)
     return check
 
 
-def at_most(sel: Sel, bar: float, label: str = "") -> Callable[[Rows], tuple[str, bool | None]]:
-    def check(rows: Rows):
-        v = rows.value(sel)
-        return (f"{label}{fmt(v)} vs ≤ {fmt(bar)}", None if v is None else v <= bar)
-    return check
-
-
-def beats(main: Sel, others: list[Sel]) -> Callable[[Rows], tuple[str, bool | None]]:
-    """main > every other, and each listed other > the next (an ordering like trained > zero-shot > random)."""
-    def check(rows: Rows):
-        chain = [main, *others]
-        vals = [rows.value(s) for s in chain]
-        txt = " > ".join(f"{s.model} {fmt(v)}" for s, v in zip(chain, vals))
+def beats(main: Sel, *others: Sel, chain: bool = True) -> Callable:
+    """main > every other; with ``chain`` each listed other > the next too (trained > zero-shot > random)."""
+    def check(rows):
+        vals = [value(rows, s) for s in (main, *others)]
+        txt = " > ".join(f"{s.model} {fmt(v)}" for s, v in zip((main, *others), vals)) if chain else \
+            f"{main.model} {fmt(vals[0])} vs " + ", ".join(f"{s.model} {fmt(v)}" for s, v in zip(others, vals[1:]))
         if any(v is None for v in vals):
             return txt, None
-        return txt, all(a > b for a, b in zip(vals, vals[1:]))
-    return check
-
-
-def beats_all(main: Sel, others: list[Sel]) -> Callable[[Rows], tuple[str, bool | None]]:
-    def check(rows: Rows):
-        m = rows.value(main)
-        vals = [rows.value(s) for s in others]
-        txt = f"{main.model} {fmt(m)} vs " + ", ".join(f"{s.model} {fmt(v)}" for s, v in zip(others, vals))
-        if m is None or any(v is None for v in vals):
-            return txt, None
-        return txt, all(m > v for v in vals)
+        return txt, all(a > b for a, b in zip(vals, vals[1:])) if chain else all(vals[0] > v for v in vals[1:])
     return check
 
 
 def cold_gain(dataset: str, model: str, protocol: str, gain: float = 0.05, alpha: float = 0.05):
     """cross_domain.py's verdict: cold gain > +5% with p < 0.05, warm not significantly worse."""
-    def check(rows: Rows):
+    def check(rows):
         def v(m, subset, metric="NDCG@10"):
-            return rows.value(Sel(dataset, m, metric, protocol, subset))
+            return value(rows, Sel(dataset, m, metric, protocol, subset))
         b, m, p = v("baseline", "cold"), v(model, "cold"), v(model, "cold", "p_wilcoxon_vs_baseline")
         bw, mw, pw = v("baseline", "warm"), v(model, "warm"), v(model, "warm", "p_wilcoxon_vs_baseline")
         if None in (b, m, p, bw, mw, pw) or not b or not bw:
@@ -158,8 +125,6 @@ def cold_gain(dataset: str, model: str, protocol: str, gain: float = 0.05, alpha
     return check
 
 
-SEQ_MUST = {("beauty", "sasrec"): 0.0560, ("sports", "sasrec"): 0.0330, ("toys", "sasrec"): 0.0600,
-            ("beauty", "bert4rec"): 0.0443}   # "must reach" of ANCHORS in benchmarks/sequential.py (issue 20)
 SEQ_SRC = "issue 20's bar (benchmarks/sequential.py ANCHORS, 'must reach')"
 FK = {"food": "Food-Kitchen/Food", "kitchen": "Food-Kitchen/Kitchen"}
 ISSUE20 = "issue 20 (benchmarks/README.md, Sequential models)"
@@ -175,20 +140,19 @@ PIPELINES: dict[str, Pipeline] = {
            Sel("beauty", "sasrec", "speedup_vs_recbole_epoch", "full"),
            Sel("beauty", "sasrec", "eval_multiple_of_limit", "full"),
            Sel("ml-1m-size", "sasrec", "ram_ratio_recbole_over_ours", "full")],
-        [Goal(f"{d} {m} test NDCG@10 (full) ≥ {bar}", SEQ_SRC, at_least(Sel(d, m, "NDCG@10", "full"), bar))
-         for (d, m), bar in SEQ_MUST.items()]
-        + [Goal("beauty sasrec validation NDCG@10 ≥ 0.05 within 1 minute of training", ISSUE20,
-                at_most(Sel("beauty", "sasrec", "minutes_to_valid_NDCG@10_0.05", "full"), 1.0, "minutes ")),
-           Goal("beauty sasrec whole run ≤ 5 minutes", ISSUE20,
-                at_most(Sel("beauty", "sasrec", "train_minutes", "full"), 5.0, "minutes ")),
-           Goal("beauty bert4rec whole run ≤ 30 minutes", ISSUE20,
-                at_most(Sel("beauty", "bert4rec", "train_minutes", "full"), 30.0, "minutes ")),
-           Goal("equal 10-minute budget: test NDCG@10 ≥ 1.5x RecBole's (beauty)", ISSUE20,
-                at_least(Sel("beauty", "sasrec", "budget_10min_ratio_vs_recbole", "full"), 1.5, "ratio ")),
-           Goal("full evaluation ≥ 20x faster than RecBole (beauty)", ISSUE20,
-                at_least(Sel("beauty", "sasrec", "speedup_vs_recbole_eval", "full"), 20.0, "speedup ")),
-           Goal("peak RAM ≥ 8x below RecBole (ML-1M shape, max length 200)", ISSUE20,
-                at_least(Sel("ml-1m-size", "sasrec", "ram_ratio_recbole_over_ours", "full"), 8.0, "ratio "))]),
+        [(f"{d} {m} test NDCG@10 (full) ≥ {bar}", SEQ_SRC, bound(Sel(d, m, "NDCG@10", "full"), bar))
+         for (d, m), (_, bar, _) in SEQUENTIAL_ANCHORS.items()]
+        + [(text, ISSUE20, bound(Sel(d, m, metric, "full"), bar, label, most)) for text, d, m, metric, bar, label, most in (
+            ("beauty sasrec validation NDCG@10 ≥ 0.05 within 1 minute of training", "beauty", "sasrec",
+             "minutes_to_valid_NDCG@10_0.05", 1.0, "minutes ", True),
+            ("beauty sasrec whole run ≤ 5 minutes", "beauty", "sasrec", "train_minutes", 5.0, "minutes ", True),
+            ("beauty bert4rec whole run ≤ 30 minutes", "beauty", "bert4rec", "train_minutes", 30.0, "minutes ", True),
+            ("equal 10-minute budget: test NDCG@10 ≥ 1.5x RecBole's (beauty)", "beauty", "sasrec",
+             "budget_10min_ratio_vs_recbole", 1.5, "ratio ", False),
+            ("full evaluation ≥ 20x faster than RecBole (beauty)", "beauty", "sasrec", "speedup_vs_recbole_eval", 20.0,
+             "speedup ", False),
+            ("peak RAM ≥ 8x below RecBole (ML-1M shape, max length 200)", "ml-1m-size", "sasrec",
+             "ram_ratio_recbole_over_ours", 8.0, "ratio ", False))]),
     "distillation": Pipeline(
         "Profile distillation (ML-100K)",
         [Sel("ml-100k", m, "NDCG@10", "full") for m in ("sasrec", "sasrec+distill", "sasrec+distill-shuffled",
@@ -201,45 +165,44 @@ PIPELINES: dict[str, Pipeline] = {
         "TriGRec (Food-Kitchen, C2DSR protocol = sampled-999, %)",
         [Sel(FK[t], m, "NDCG@10", "sampled-999") for t in FK for m in ("trigrec", "trigrec-leakfree", "bert4rec")]
         + [Sel(FK[t], "trigrec-leakfree", "NDCG@10", "full") for t in FK],
-        [Goal(f"{t}: NDCG@10 ≥ {bar} (C2DSR protocol)", "benchmarks/trigrec.py GOALS",
-              at_least(Sel(FK[t], "trigrec", "NDCG@10", "sampled-999"), bar, "trigrec "))
+        [(f"{t}: NDCG@10 ≥ {bar} (C2DSR protocol)", "benchmarks/trigrec.py GOALS",
+          bound(Sel(FK[t], "trigrec", "NDCG@10", "sampled-999"), bar, "trigrec "))
          for t, bar in (("food", 10.7), ("kitchen", 5.4))]),
     "persona": Pipeline(
         "Persona training (reranker)",
         [Sel(d, "upstream", "HR@10", "candidates") for d in ("amazon", "yelp")]
         + [Sel(d, m, "NDCG@10", p) for d, p in (("amazon", "sampled-100"), ("yelp", "sampled-100"), ("synthetic", "full"))
            for m in ("trained", "zero-shot", "random", "popularity")],
-        [Goal(f"{d}: known answer HR@10 = {txt} reproduced", "benchmarks/README.md, persona `known`",
-              at_least(Sel(d, "upstream", "HR@10", "candidates"), ANCHORS[("persona", d, "upstream", "candidates", "HR@10")][0] - 5e-4))
+        [(f"{d}: known answer HR@10 = {txt} reproduced", "benchmarks/README.md, persona `known`", bound(
+            Sel(d, "upstream", "HR@10", "candidates"), ANCHORS[("persona", d, "upstream", "candidates", "HR@10")][0] - 5e-4))
          for d, txt in (("amazon", "21/46"), ("yelp", "14/77"))]
-        + [Goal(f"{d}: trained > zero-shot > random (NDCG@10)", "benchmarks/persona.py summarize goal",
-                beats(Sel(d, "trained", "NDCG@10", p), [Sel(d, "zero-shot", "NDCG@10", p), Sel(d, "random", "NDCG@10", p)]))
-           for d, p in (("amazon", "sampled-100"), ("yelp", "sampled-100"), ("synthetic", "full"))],
+        + [(f"{d}: trained > zero-shot > random (NDCG@10)", "benchmarks/persona.py summarize goal",
+            beats(*(Sel(d, m, "NDCG@10", p) for m in ("trained", "zero-shot", "random")))) for d, p in (
+                ("amazon", "sampled-100"), ("yelp", "sampled-100"), ("synthetic", "full"))],
         note="Persona rows use 5 folds over ~50 users (one seed; `std` 0): read the bootstrap intervals in persona.md."),
     "cross_domain": Pipeline(
         "Cross-domain transfer (cold-start users)",
         [Sel(d, m, "NDCG@10", p, "cold") for d in FK.values() for p in ("full", "sampled-100")
          for m in ("transfer", "ptupcdr", "baseline")],
-        [Goal(f"{t} {p}: cold gain > +5% (p < 0.05), warm not hurt", "benchmarks/README.md / cross_domain.py verdict",
-              cold_gain(FK[t], "transfer", p)) for t in FK for p in ("full", "sampled-100")]),
+        [(f"{t} {p}: cold gain > +5% (p < 0.05), warm not hurt", "benchmarks/README.md / cross_domain.py verdict",
+          cold_gain(FK[t], "transfer", p)) for t in FK for p in ("full", "sampled-100")]),
     "universal": Pipeline(
         "Universal two-tower",
         [Sel(d, m, "NDCG@10", "full") for d in ("ml-100k", "correlated")
          for m in ("universal-simple", "universal-attention", "mf", "popularity")]
         + [Sel("scale", "universal-simple", "load_seconds", "full")],
-        [Goal(f"{d}: universal-simple NDCG@10 beats popularity and MF", "benchmarks/universal.py summarize goal",
-              beats_all(Sel(d, "universal-simple", "NDCG@10", "full"),
-                        [Sel(d, "popularity", "NDCG@10", "full"), Sel(d, "mf", "NDCG@10", "full")]))
+        [(f"{d}: universal-simple NDCG@10 beats popularity and MF", "benchmarks/universal.py summarize goal",
+          beats(*(Sel(d, m, "NDCG@10", "full") for m in ("universal-simple", "popularity", "mf")), chain=False))
          for d in ("ml-100k", "correlated")]
-        + [Goal("1M-interaction data loads in under 60 s", "benchmarks/README.md, universal scale",
-                at_most(Sel("scale", "universal-simple", "load_seconds", "full"), 60.0, "load s "))]),
+        + [("1M-interaction data loads in under 60 s", "benchmarks/README.md, universal scale",
+            bound(Sel("scale", "universal-simple", "load_seconds", "full"), 60.0, "load s ", most=True))]),
     "scale": Pipeline(
         "Catalog scale (synthetic-large)",
         [Sel(f"synthetic-{s}", m, k) for s in ("1m", "10m") for m, k in (
             ("sasrec-chunked", "eval_peak_ram_gb"), ("sasrec-unchunked", "eval_peak_ram_gb"),
             ("sasrec-chunked", "eval_sec"), ("sasrec-sampled", "train_seq_per_sec"))],
-        [Goal("full ranking at 1M items under 4 GB peak RAM", "benchmarks/README.md, Catalog scale",
-              at_most(Sel("synthetic-10m", "sasrec-chunked", "eval_peak_ram_gb"), 4.0, "GB "))]),
+        [("full ranking at 1M items under 4 GB peak RAM", "benchmarks/README.md, Catalog scale",
+          bound(Sel("synthetic-10m", "sasrec-chunked", "eval_peak_ram_gb"), 4.0, "GB ", most=True))]),
 }
 
 
@@ -248,34 +211,33 @@ def cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render_pipeline(name: str, spec: Pipeline, rows: Rows, results: Path) -> list[str]:
+def render_pipeline(name: str, spec: Pipeline, rows: list[dict], results: Path) -> list[str]:
+    found = [(sel, r) for sel in spec.headline if (r := get(rows, sel))]
+    missing = [sel for sel in spec.headline if not get(rows, sel)]
+
+    def anchor(sel, r):
+        a = ANCHORS.get((name, sel.dataset, sel.model, r.get("protocol", ""), sel.metric))
+        return f"{fmt(a[0])} ({a[1]})" if a else ""
+
     out = [f"## {spec.title}", "",
-           f"Source: `{name}.json`; every other row, ablation and per-seed figure: [{name}.md]({name}.md).", ""]
-    out += ["| dataset | model | metric | protocol | published anchor | ours (mean ± std, n seeds) | machine | command |",
-            "|---|---|---|---|---|---|---|---|"]
-    missing = []
-    for sel in spec.headline:
-        r = rows.get(sel)
-        if r is None:
-            missing.append(sel)
-            continue
-        anchor = ANCHORS.get((name, sel.dataset, sel.model, r.get("protocol", ""), sel.metric))
-        anchor_txt = f"{fmt(anchor[0])} ({anchor[1]})" if anchor else ""
-        proto = r.get("protocol", "") + (f", {r['subset']} users" if r.get("subset") else "")
-        unit = f" {r['unit']}" if r.get("unit") and r["unit"] not in ("", None) else ""
-        out.append("| " + " | ".join(cell(c) for c in (
-            r.get("dataset", ""), r.get("model", ""), sel.metric + unit, proto, anchor_txt, spread(r),
-            r.get("device", "not recorded"), f"`{r['command']}`" if r.get("command") else "not recorded")) + " |")
+           f"Source: `{name}.json`; every other row, ablation and per-seed figure: [{name}.md]({name}.md).", "",
+           *md_table([(h, lambda x, f=f: cell(f(*x))) for h, f in (
+               ("dataset", lambda s, r: r.get("dataset", "")), ("model", lambda s, r: r.get("model", "")),
+               ("metric", lambda s, r: s.metric + (f" {r['unit']}" if r.get("unit") else "")),
+               ("protocol", lambda s, r: r.get("protocol", "") + (f", {r['subset']} users" if r.get("subset") else "")),
+               ("published anchor", anchor), ("ours (mean ± std, n seeds)", lambda s, r: spread(r)),
+               ("machine", lambda s, r: r.get("device", "not recorded")),
+               ("command", lambda s, r: f"`{r['command']}`" if r.get("command") else "not recorded"))], found)]
     if missing:
         out += ["", "Not in the results yet: " + "; ".join(
             f"{s.dataset} / {s.model} / {s.metric}" + (f" / {s.protocol}" if s.protocol else "")
             + (f" / {s.subset}" if s.subset else "") for s in missing) + "."]
     if spec.goals:
-        out += ["", "| goal | source | measured | verdict |", "|---|---|---|---|"]
-        for g in spec.goals:
-            measured, ok = g.check(rows)
-            verdict = "open (rows missing)" if ok is None else "**met**" if ok else "**not met**"
-            out.append(f"| {cell(g.text)} | {cell(g.source)} | {cell(measured)} | {verdict} |")
+        checked = [(text, source, *check(rows)) for text, source, check in spec.goals]
+        out += ["", *md_table([("goal", lambda g: cell(g[0])), ("source", lambda g: cell(g[1])),
+                               ("measured", lambda g: cell(g[2])),
+                               ("verdict", lambda g: "open (rows missing)" if g[3] is None else
+                                "**met**" if g[3] else "**not met**")], checked)]
     if spec.note:
         out += ["", spec.note]
     plots = sorted(p.name for p in results.glob(f"{name}*.png"))
@@ -303,7 +265,7 @@ def build(results: Path) -> tuple[str, list[str]]:
         if not isinstance(data, list):
             notes.append(f"`{name}.json`: not a list of rows, skipped")
             continue
-        sections += render_pipeline(name, spec, Rows([r for r in data if isinstance(r, dict)]), results)
+        sections += render_pipeline(name, spec, [r for r in data if isinstance(r, dict)], results)
     head = ["# Benchmark summary", "",
             "Written by `python -m benchmarks.summary` from the aggregated `benchmarks/results/<name>.json` files "
             "(regenerate: `make bench-summary`). Headline rows only: the main model against its baseline(s); "

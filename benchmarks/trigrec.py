@@ -10,16 +10,15 @@ variants export the ``.holdout1`` vectors on first use and train with ``model.ve
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, aggregate, load_rows, merge_rows, ndcg_by_id, pyplot, rel, row, seed_averaged_paired
+from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, md_table, merge_rows, ndcg_by_id, opt, \
+    overrides, plot, pm, read_jsonl, rel, row, run_module, seed_averaged_paired, write_md
 from core.train import mean_epoch_seconds
 
 RUNS_FILE = RESULTS / "trigrec_runs.json"
@@ -53,56 +52,49 @@ def home(target: str, seed: int, suffix: str = "") -> Path:
     return REPO / "state_dict" / "bench" / "trigrec" / target / f"seed{seed}{suffix}"
 
 
-def _run(module: str, config: str, over: str) -> None:
-    cmd = [sys.executable, "-m", module, "--config", config, "--override", over]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
-
-
 def cmd_stage1(args) -> None:
+    """stage 1 (the encoders) of one target and seed: time per epoch, discriminator accuracy"""
     suffix = "-nogrl" if args.no_grl else ""
     h = home(args.target, args.seed, suffix)
     config = f"configs/trigrec/rep/{args.target}.yaml"
-    over = ",".join(x for x in (f"seed={args.seed},home={rel(h)},overwrite=true", "use_grl=false" if args.no_grl else "", args.override) if x)
-    if not (args.collect_only and (h / "rep" / args.target / "results.json").is_file()):
-        _run("user_representation_module.train", config, over)
-        _run("user_representation_module.inference", config, over)
-    metrics = [json.loads(x) for x in (h / "rep" / args.target / "metrics.jsonl").read_text().splitlines()]
-    command = f"python -m user_representation_module.train --config {config} --override \"{over}\""
-    name = "trigrec-stage1" + suffix
+    over = overrides(f"seed={args.seed},home={rel(h)},overwrite=true", "use_grl=false" if args.no_grl else "", args.override)
+    train = not (args.collect_only and (h / "rep" / args.target / "results.json").is_file())
+    command = run_module("user_representation_module.train", config, over, run=train)
+    if train:
+        run_module("user_representation_module.inference", config, over)
+    metrics = read_jsonl(h / "rep" / args.target / "metrics.jsonl")
+    r = partial(row, TARGETS[args.target], "trigrec-stage1" + suffix, "full", seeds=[args.seed], command=command)
     # from metrics.jsonl, not results.json: the same definition (training only) for every run, resumed or not
-    sec = mean_epoch_seconds(h / "rep" / args.target)
-    rows = [row(TARGETS[args.target], name, "full", "sec_per_epoch", sec, seeds=[args.seed], command=command),
-            row(TARGETS[args.target], name, "full", "disc_acc_last_epoch", metrics[-1].get("disc_acc"),
-                seeds=[args.seed], command=command, disc_acc_curve=[m.get("disc_acc") for m in metrics])]
+    rows = [r("sec_per_epoch", mean_epoch_seconds(h / "rep" / args.target)),
+            r("disc_acc_last_epoch", metrics[-1].get("disc_acc"), disc_acc_curve=[m.get("disc_acc") for m in metrics])]
     # validation only (the target's specific encoder, full ranking): shows what the reversal costs the encoders
     if "valid" in metrics[-1]:
-        rows.append(row(TARGETS[args.target], name, "full", "valid NDCG@10 (last epoch)", 100 * metrics[-1]["valid"]["NDCG@10"],
-                        seeds=[args.seed], command=command, unit="%", epoch=metrics[-1]["epoch"]))
+        rows.append(r("valid NDCG@10 (last epoch)", 100 * metrics[-1]["valid"]["NDCG@10"], unit="%",
+                      epoch=metrics[-1]["epoch"]))
     merge_rows(RUNS_FILE, rows)
-    print(f"stage 1 {args.target} seed {args.seed}{suffix}: {sec:.1f}s/epoch, "
+    print(f"stage 1 {args.target} seed {args.seed}{suffix}: {rows[0]['value']:.1f}s/epoch, "
           f"discriminator accuracy {metrics[-1].get('disc_acc'):.3f} at the last epoch")
 
 
 def cmd_stage1_loss(args) -> None:
-    """Stage 1 trained with the full softmax over the catalog (``model.loss=ce``) and with the
+    """stage 1 with full vs sampled softmax: time per epoch, validation
+
+    Stage 1 trained with the full softmax over the catalog (``model.loss=ce``) and with the
     shipped sampled softmax, one after the other in this call (same machine, same load): seconds
     per epoch and the target's validation NDCG@10 after ``--epochs`` epochs, for both."""
-    config = f"configs/trigrec/rep/{args.target}.yaml"
+    command = f"python -m benchmarks.trigrec stage1-loss --target {args.target} --seed {args.seed} --epochs {args.epochs}"
     rows = []
     for loss in ("ce", "sampled_softmax"):
         h = home(args.target, args.seed, f"-loss-{loss}-{args.epochs}ep")
-        over = (f"seed={args.seed},home={rel(h)},overwrite=true,model.loss={loss},training.epochs={args.epochs},"
-                f"training.eval_every={args.epochs},save_every={args.epochs}" + (f",{args.override}" if args.override else ""))
-        _run("user_representation_module.train", config, over)
-        metrics = [json.loads(x) for x in (h / "rep" / args.target / "metrics.jsonl").read_text().splitlines()]
-        command = f"python -m benchmarks.trigrec stage1-loss --target {args.target} --seed {args.seed} --epochs {args.epochs}"
-        name = f"trigrec-stage1-{loss}"
-        threads = json.loads((h / "rep" / args.target / "results.json").read_text()).get("threads")
-        rows += [row(TARGETS[args.target], name, "full", "sec_per_epoch", mean_epoch_seconds(h / "rep" / args.target),
-                     seeds=[args.seed], command=command, threads=threads, epochs=args.epochs),
-                 row(TARGETS[args.target], name, "full", f"valid NDCG@10 (epoch {args.epochs})",
-                     100 * metrics[-1]["valid"]["NDCG@10"], seeds=[args.seed], command=command, unit="%")]
+        run_module("user_representation_module.train", f"configs/trigrec/rep/{args.target}.yaml", overrides(
+            f"seed={args.seed},home={rel(h)},overwrite=true,model.loss={loss},training.epochs={args.epochs},"
+            f"training.eval_every={args.epochs},save_every={args.epochs}", args.override))
+        out = h / "rep" / args.target
+        r = partial(row, TARGETS[args.target], f"trigrec-stage1-{loss}", "full", seeds=[args.seed], command=command)
+        rows += [r("sec_per_epoch", mean_epoch_seconds(out),
+                   threads=json.loads((out / "results.json").read_text()).get("threads"), epochs=args.epochs),
+                 r(f"valid NDCG@10 (epoch {args.epochs})", 100 * read_jsonl(out / "metrics.jsonl")[-1]["valid"]["NDCG@10"],
+                   unit="%")]
     merge_rows(RUNS_FILE, rows)
     for r in rows:
         print(f"{r['model']:28s} {r['metric']:26s} {r['value']:.3f}")
@@ -117,22 +109,20 @@ def ensure_export(h: Path, args, code: str, holdout: int = 0) -> None:
     exported = sorted(int(m[1]) for p in folder.glob(f"spe_emb_ep*_{code}.npy") if (m := pat.match(p.name)))
     asked = re.search(r"(?:EPOCH_TO_LOAD|epoch_to_load)=(\d+)", args.override)
     epoch = int(asked[1]) if asked and int(asked[1]) else (exported[-1] if exported else 0)
-    have = epoch in exported and all((folder / f"{k}_emb_ep{epoch}_{code}.holdout{holdout}.npy").is_file()
-                                     for k in ("spe", "cross") if holdout)
-    if not have:
-        over = f"seed={args.seed},home={rel(h)},SPE_DOMAIN={code}" + (f",EPOCH_TO_LOAD={epoch}" if epoch else "")
-        _run("user_representation_module.inference", f"configs/trigrec/rep/{args.target}.yaml",
-             over + (f",export.holdout_last={holdout}" if holdout else ""))
+    if not (epoch in exported and all((folder / f"{k}_emb_ep{epoch}_{code}.holdout{holdout}.npy").is_file()
+                                      for k in ("spe", "cross") if holdout)):
+        run_module("user_representation_module.inference", f"configs/trigrec/rep/{args.target}.yaml", overrides(
+            f"seed={args.seed},home={rel(h)},SPE_DOMAIN={code}", f"EPOCH_TO_LOAD={epoch}" if epoch else "",
+            f"export.holdout_last={holdout}" if holdout else ""))
 
 
 def cmd_stage2(args) -> None:
+    """stage 2 of one target, seed and variant on that seed's stage-1 vectors"""
     name, over_v, suffix = VARIANTS[args.variant]
-    h = home(args.target, args.seed, suffix)
-    config = f"configs/trigrec/rec/{args.target}.yaml"
-    if args.tag:
-        name = f"{name}-{args.tag}"
+    name, h, config = name + (f"-{args.tag}" if args.tag else ""), home(args.target, args.seed, suffix), \
+        f"configs/trigrec/rec/{args.target}.yaml"
     run_name = f"bench-{args.variant}" + (f"-{args.tag}" if args.tag else "")
-    over = ",".join(x for x in (f"seed={args.seed},home={rel(h)},run_name={run_name},overwrite=true", over_v, args.override) if x)
+    over = overrides(f"seed={args.seed},home={rel(h)},run_name={run_name},overwrite=true", over_v, args.override)
     out = h / "rec" / args.target / run_name
     code = "A" if args.target == "food" else "B"
     if args.variant in OTHER_SPE:
@@ -140,80 +130,73 @@ def cmd_stage2(args) -> None:
         over += f",SPE_DOMAIN={code}"
     if args.ranks_only:  # an older run without per-line ranks: evaluate its checkpoint again
         if not (out / "test_c2dsr_ranks.npz").is_file():
-            _run("recommendation_model.train_eval", config, over + ",eval_only=true")
+            run_module("recommendation_model.train_eval", config, over + ",eval_only=true")
         return
-    if not (args.collect_only and (out / "results.json").is_file()):
-        if args.variant in OTHER_SPE or args.variant in HOLDOUT:
-            ensure_export(h, args, code, HOLDOUT.get(args.variant, 0))
-        _run("recommendation_model.train_eval", config, over)
+    train = not (args.collect_only and (out / "results.json").is_file())
+    if train and (args.variant in OTHER_SPE or args.variant in HOLDOUT):
+        ensure_export(h, args, code, HOLDOUT.get(args.variant, 0))
+    r = partial(row, TARGETS[args.target], name, seeds=[args.seed],
+                command=run_module("recommendation_model.train_eval", config, over, run=train))
     res = json.loads((out / "results.json").read_text())
-    command = f"python -m recommendation_model.train_eval --config {config} --override \"{over}\""
-    ds = TARGETS[args.target]
-    extra = {"best_epoch": res["best_epoch"]}
-    rows = [row(ds, name, "sampled-999", m, 100 * res["test_c2dsr"][m], seeds=[args.seed], command=command, unit="%",
-                **extra) for m in C2DSR_METRICS if "test_c2dsr" in res]
+    pct = {"unit": "%", "best_epoch": res["best_epoch"]}
     by_target = res.get("test_c2dsr_by_target", {})
-    rows += [row(ds, name, "sampled-999", f"{m} (seen targets)", 100 * by_target["seen"][m], seeds=[args.seed],
-                 command=command, unit="%", unseen_target_share=by_target["unseen_target_share"], **extra)
+    rows = [r("sampled-999", m, 100 * res["test_c2dsr"][m], **pct) for m in C2DSR_METRICS if "test_c2dsr" in res]
+    rows += [r("sampled-999", f"{m} (seen targets)", 100 * by_target["seen"][m], unit="%",
+               unseen_target_share=by_target["unseen_target_share"], best_epoch=res["best_epoch"])
              for m in ("MRR", "NDCG@10", "HR@10") if "seen" in by_target]
-    rows += [row(ds, name, "full", m, 100 * res["test_full"][m], seeds=[args.seed], command=command, unit="%", **extra)
-             for m in FULL_METRICS]
-    rows.append(row(ds, name, "full", "sec_per_epoch", mean_epoch_seconds(out), seeds=[args.seed], command=command))
+    rows += [r("full", m, 100 * res["test_full"][m], **pct) for m in FULL_METRICS]
+    rows.append(r("full", "sec_per_epoch", mean_epoch_seconds(out)))
     merge_rows(RUNS_FILE, rows)
     c2 = res.get("test_c2dsr", {})
-    print(f"{ds} {name} seed {args.seed}: C2DSR NDCG@10 {100 * c2.get('NDCG@10', float('nan')):.2f}% "
+    print(f"{TARGETS[args.target]} {name} seed {args.seed}: C2DSR NDCG@10 {100 * c2.get('NDCG@10', float('nan')):.2f}% "
           f"MRR {100 * c2.get('MRR', float('nan')):.2f}%; full NDCG@10 {100 * res['test_full']['NDCG@10']:.2f}%")
 
 
 def cmd_summarize(args) -> None:
-    from core.store import atomic_write_json, atomic_write_text
+    """trigrec.json / trigrec.md / trigrec.png, paired tests on the C2DSR test lines"""
+    from core.store import atomic_write_json
 
     runs = load_rows(RUNS_FILE)
     _, out = aggregate(runs, skip=())
     tests = paired_tests()
     atomic_write_json(RESULTS / "trigrec.json", out + tests)
     by = {(r["dataset"], r["model"], r["protocol"], r["metric"]): r for r in out}
-    fmt = lambda r: f"{r['value']:.2f} ± {r['std']:.2f}" if r else ""  # noqa: E731
-    lines = ["# TriGRec on Food-Kitchen (test; C2DSR protocol = target vs 999 sampled items of its domain, %)", "",
-             "| target | model | seeds | MRR | NDCG@5 | NDCG@10 | HR@1 | HR@5 | HR@10 | full NDCG@10 | s/epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    stage1 = (("trigrec-stage1", "stage 1 (encoders)", "with GRL"), ("trigrec-stage1-nogrl", "stage 1, no GRL", "no GRL"))
+    table, encoders = [], []
     for t, ds in TARGETS.items():
         p = PUBLISHED[t]
-        lines.append(f"| {t} | C2DSR (published) | | {p['MRR']:.2f} | | {p['NDCG@10']:.2f} | | | {p['HR@10']:.2f} | | |")
+        table.append([t, "C2DSR (published)", None, f"{p['MRR']:.2f}", None, f"{p['NDCG@10']:.2f}", None, None,
+                      f"{p['HR@10']:.2f}", None, None])
         for model in sorted({m for (d, m, _, _) in by if d == ds and not m.startswith("trigrec-stage1")}):
             g = lambda proto, m: by.get((ds, model, proto, m))  # noqa: E731
-            n = g("sampled-999", "NDCG@10") or g("full", "NDCG@10")
-            if not n:
-                continue
-            sec = g("full", "sec_per_epoch")
-            lines.append(f"| {t} | {model} | {len(n['seeds'])} | " + " | ".join(fmt(g("sampled-999", m)) for m in C2DSR_METRICS)
-                         + f" | {fmt(g('full', 'NDCG@10'))} | {format(sec['value'], '.1f') if sec else ''} |")
-        for stage1, label in (("trigrec-stage1", "stage 1 (encoders)"), ("trigrec-stage1-nogrl", "stage 1, no GRL")):
-            s1 = by.get((ds, stage1, "full", "sec_per_epoch"))
-            if s1:
-                lines.append(f"| {t} | {label} | {len(s1['seeds'])} | | | | | | | | {s1['value']:.1f} |")
-    lines += ["", "Stage 1 at its last epoch (validation; discriminator accuracy over 3 classes, chance 0.33):", "",
-              "| target | encoders | seeds | discriminator accuracy | specific encoder valid NDCG@10 (full, %) |",
-              "|---|---|---|---|---|"]
-    for t, ds in TARGETS.items():
-        for stage1, label in (("trigrec-stage1", "with GRL"), ("trigrec-stage1-nogrl", "no GRL")):
-            acc = by.get((ds, stage1, "full", "disc_acc_last_epoch"))
-            if acc:
-                val = by.get((ds, stage1, "full", "valid NDCG@10 (last epoch)"))
-                lines.append(f"| {t} | {label} | {len(acc['seeds'])} | {acc['value']:.3f} ± {acc['std']:.3f} | {fmt(val)} |")
-    lines += ["", "Goals: NDCG@10 >= " + ", ".join(f"{GOALS[t]} ({t})" for t in TARGETS) + " under the C2DSR protocol.",
-              f"Device: {'; '.join(sorted({r['device'] for r in runs}))}. Commands: the `command` field in trigrec.json."]
+            n, sec = g("sampled-999", "NDCG@10") or g("full", "NDCG@10"), g("full", "sec_per_epoch")
+            if n:
+                table.append([t, model, len(n["seeds"]), *(pm(g("sampled-999", m), 2) for m in C2DSR_METRICS),
+                              pm(g("full", "NDCG@10"), 2), format(sec["value"], ".1f") if sec else ""])
+        for name, label, enc in stage1:
+            if s1 := by.get((ds, name, "full", "sec_per_epoch")):
+                table.append([t, label, len(s1["seeds"]), *[None] * 7, f"{s1['value']:.1f}"])
+            if acc := by.get((ds, name, "full", "disc_acc_last_epoch")):
+                encoders.append([t, enc, len(acc["seeds"]), pm(acc, 3),
+                                 pm(by.get((ds, name, "full", "valid NDCG@10 (last epoch)")), 2)])
+    lines = ["# TriGRec on Food-Kitchen (test; C2DSR protocol = target vs 999 sampled items of its domain, %)", "",
+             *md_table(["target", "model", "seeds", *C2DSR_METRICS, "full NDCG@10", "s/epoch"], table),
+             "", "Stage 1 at its last epoch (validation; discriminator accuracy over 3 classes, chance 0.33):", "",
+             *md_table(["target", "encoders", "seeds", "discriminator accuracy",
+                        "specific encoder valid NDCG@10 (full, %)"], encoders),
+             "", "Goals: NDCG@10 >= " + ", ".join(f"{GOALS[t]} ({t})" for t in TARGETS) + " under the C2DSR protocol.",
+             f"Device: {devices(runs)}. Commands: the `command` field in trigrec.json."]
     if tests:
         lines += ["", "Paired tests on the C2DSR test lines (NDCG@10 per line, %): each line's mean over the seeds both "
                   "runs have, Wilcoxon signed-rank; per seed: the difference of the means.", "",
-                  "| target | model | vs | seeds | lines | difference | per seed | p |", "|---|---|---|---|---|---|---|---|"]
-        for r in tests:
-            lines.append(f"| {r['dataset'].split('/')[1].lower()} | {r['model']} | {r['vs']} | {len(r['seeds'])} | "
-                         f"{r['lines']} | {r['mean_diff']:+.2f} | {' / '.join(f'{d:+.2f}' for d in r['per_seed_diff'])} | "
-                         f"{r['value']:.2g} |")
-    atomic_write_text(RESULTS / "trigrec.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    _plot(runs)
+                  *md_table(["target", "model", "vs", "seeds", "lines", "difference", "per seed", "p"],
+                            [[r["dataset"].split("/")[1].lower(), r["model"], r["vs"], len(r["seeds"]), r["lines"],
+                              f"{r['mean_diff']:+.2f}", " / ".join(f"{d:+.2f}" for d in r["per_seed_diff"]),
+                              f"{r['value']:.2g}"] for r in tests])]
+    write_md(RESULTS / "trigrec.md", lines)
+    plot("trigrec.png", {f"{ds} (dots: seeds)": (t, [r for r in runs if r["dataset"] == ds and r["protocol"] ==
+                                                    "sampled-999" and r["metric"] == "NDCG@10"])
+                         for t, ds in TARGETS.items()}, "", "test NDCG@10 (%), target vs 999 negatives", draw=_bars)
 
 
 PAIRED = {  # model -> the runs it is tested against (rows "paired_wilcoxon_p_NDCG@10")
@@ -251,57 +234,34 @@ def paired_tests() -> list[dict]:
     return rows
 
 
-def _plot(runs: list[dict]) -> None:
-    """trigrec.png: C2DSR-protocol test NDCG@10 per model, one dot per seed, bar = mean."""
-    plt = pyplot("trigrec.png")
-    if plt is None:
-        return
-    fig, axes = plt.subplots(1, len(TARGETS), figsize=(6 * len(TARGETS), 4.2), squeeze=False)
-    for ax, (t, ds) in zip(axes[0], TARGETS.items()):
-        per_model: dict[str, list[float]] = {}
-        for r in runs:
-            if r["dataset"] == ds and r["protocol"] == "sampled-999" and r["metric"] == "NDCG@10":
-                per_model.setdefault(r["model"], []).append(r["value"])
-        models = sorted(per_model, key=lambda m: (m != "bert4rec", m != "trigrec", m))
-        for x, m in enumerate(models):
-            ax.bar(x, np.mean(per_model[m]), color="#9ecae1" if m != "bert4rec" else "#bdbdbd")
-            ax.plot([x] * len(per_model[m]), per_model[m], "k.", ms=5)
-        ax.axhline(PUBLISHED[t]["NDCG@10"], color="tab:red", ls="--", lw=1, label="C2DSR (published)")
-        ax.axhline(GOALS[t], color="tab:green", ls=":", lw=1, label="goal")
-        ax.set_xticks(range(len(models)), [m.replace("trigrec-", "") for m in models], rotation=35, ha="right", fontsize=8)
-        ax.set_ylabel("test NDCG@10 (%), target vs 999 negatives")
-        ax.set_title(f"{ds} (dots: seeds)")
-        ax.legend(fontsize=7)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "trigrec.png", dpi=110)
-    print(f"wrote {RESULTS / 'trigrec.png'}")
+def _bars(ax, title: str, data) -> None:
+    """One target's C2DSR-protocol test NDCG@10 per model: bar = mean, one dot per seed."""
+    target, rows = data
+    per_model: dict[str, list[float]] = {}
+    for r in rows:
+        per_model.setdefault(r["model"], []).append(r["value"])
+    models = sorted(per_model, key=lambda m: (m != "bert4rec", m != "trigrec", m))
+    for x, m in enumerate(models):
+        ax.bar(x, np.mean(per_model[m]), color="#9ecae1" if m != "bert4rec" else "#bdbdbd")
+        ax.plot([x] * len(per_model[m]), per_model[m], "k.", ms=5)
+    ax.axhline(PUBLISHED[target]["NDCG@10"], color="tab:red", ls="--", lw=1, label="C2DSR (published)")
+    ax.axhline(GOALS[target], color="tab:green", ls=":", lw=1, label="goal")
+    ax.set_xticks(range(len(models)), [m.replace("trigrec-", "") for m in models], rotation=35, ha="right", fontsize=8)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("stage1", "stage2"):
-        s = sub.add_parser(name)
-        s.add_argument("--target", choices=sorted(TARGETS), required=True)
-        s.add_argument("--seed", type=int, default=1)
-        s.add_argument("--override", default="")
-        s.add_argument("--collect-only", action="store_true")
-        if name == "stage1":
-            s.add_argument("--no-grl", action="store_true", help="common encoder without gradient reversal")
-        else:
-            s.add_argument("--variant", choices=sorted(VARIANTS), default="trigrec")
-            s.add_argument("--tag", default="", help="suffix of the row and run name for a variant with --override")
-            s.add_argument("--ranks-only", action="store_true",
-                           help="write the per-line C2DSR test ranks of a finished run (eval_only), no rows")
-    s = sub.add_parser("stage1-loss", help="stage 1 with full vs sampled softmax: time per epoch, validation")
-    s.add_argument("--target", choices=sorted(TARGETS), required=True)
-    s.add_argument("--seed", type=int, default=1)
-    s.add_argument("--epochs", type=int, default=2)
-    s.add_argument("--override", default="")
-    sub.add_parser("summarize")
-    args = p.parse_args()
-    {"stage1": cmd_stage1, "stage2": cmd_stage2, "stage1-loss": cmd_stage1_loss, "summarize": cmd_summarize}[args.cmd](args)
+    run = [opt("--target", choices=sorted(TARGETS), required=True), opt("--seed", type=int, default=1),
+           opt("--override", default="")]
+    cli(__doc__, {
+        "stage1": (cmd_stage1, run + [opt("--collect-only", action="store_true"),
+                                      opt("--no-grl", action="store_true", help="common encoder without gradient reversal")]),
+        "stage2": (cmd_stage2, run + [
+            opt("--collect-only", action="store_true"), opt("--variant", choices=sorted(VARIANTS), default="trigrec"),
+            opt("--tag", default="", help="suffix of the row and run name for a variant with --override"),
+            opt("--ranks-only", action="store_true",
+                help="write the per-line C2DSR test ranks of a finished run (eval_only), no rows")]),
+        "stage1-loss": (cmd_stage1_loss, run + [opt("--epochs", type=int, default=2)]),
+        "summarize": (cmd_summarize, [])})
 
 
 if __name__ == "__main__":

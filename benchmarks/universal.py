@@ -10,7 +10,6 @@ on a GPU (the ``device`` field records it).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, aggregate, generic_command, load_rows, machine, merge_rows, rel, row
+from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, generic_command, load_rows, machine, md_table, \
+    merge_rows, opt, pm, read_jsonl, rel, row, run_module, sample_std, timed, write_md
 
 RUNS_FILE = RESULTS / "universal_runs.json"
 SHARED = REPO.parent / "shared" / "data"
@@ -31,26 +31,17 @@ TYPES = ("text", "categorical", "continuous", "temporal", "image")
 ML_ATTENTION = ("user_use_simple_fusion=false,item_use_simple_fusion=false,user_num_attention_layers=2,"
                 "item_num_attention_layers=2,user_num_heads=4,item_num_heads=4,user_dropout=0.1,item_dropout=0.1,"
                 "user_use_cls_token=true,item_use_cls_token=true,user_use_layer_norm=true,item_use_layer_norm=true")
-DATASETS = {
-    # name -> data file, simple config, attention config, attention overrides, MF settings, how to prepare
-    "correlated": {
-        "data": SHARED / "universal" / "correlated_dataset.json",
-        "simple": SHARED / "universal" / "sample_config_simple_fusion.json",
-        "attention": SHARED / "universal" / "sample_config_attention_fusion.json",
-        "attention_overrides": "",
-        "mf": {"dim": 64, "epochs": 100, "batch_size": 256, "learning_rate": 0.01, "negatives": 4, "reg": 1e-4,
-               "patience": 10},
-        "prepare": None,
-    },
-    "ml-100k": {
-        "data": REPO / "data" / "universal-ml-100k" / "data.json",
-        "simple": REPO / "configs" / "universal" / "ml-100k.yaml",
-        "attention": REPO / "configs" / "universal" / "ml-100k.yaml",
-        "attention_overrides": ML_ATTENTION,
-        "mf": {"dim": 64, "epochs": 100, "batch_size": 256, "learning_rate": 0.002, "negatives": 4, "reg": 1e-4,
-               "patience": 5},
-        "prepare": ["-m", "core.data.prepare", "universal-movielens", "--path", str(SHARED / "ml-100k")],
-    },
+MF = {"dim": 64, "epochs": 100, "batch_size": 256, "negatives": 4, "reg": 1e-4}  # BPR-MF settings (+ per dataset)
+DATASETS = {  # name -> data file, simple config, attention config (+ overrides), MF settings, how to prepare the data
+    "correlated": {"data": SHARED / "universal" / "correlated_dataset.json", "attention_overrides": "",
+                   "simple": SHARED / "universal" / "sample_config_simple_fusion.json",
+                   "attention": SHARED / "universal" / "sample_config_attention_fusion.json",
+                   "mf": {**MF, "learning_rate": 0.01, "patience": 10}, "prepare": None},
+    "ml-100k": {"data": REPO / "data" / "universal-ml-100k" / "data.json", "attention_overrides": ML_ATTENTION,
+                "simple": REPO / "configs" / "universal" / "ml-100k.yaml",
+                "attention": REPO / "configs" / "universal" / "ml-100k.yaml",
+                "mf": {**MF, "learning_rate": 0.002, "patience": 5},
+                "prepare": ["-m", "core.data.prepare", "universal-movielens", "--path", str(SHARED / "ml-100k")]},
 }
 QUALITY = ("NDCG@10", "HR@10", "Recall@10")
 MODELS = ("popularity", "mf", "universal-simple", "universal-attention", *(f"universal-simple-no-{t}" for t in TYPES),
@@ -98,6 +89,7 @@ def quality_rows(dataset, model, seed, command, test, protocol_auc, auc_info, **
 
 # --------------------------------------------------------------------------- run
 def cmd_run(args) -> None:
+    """one dataset / model / seed, scored on the dataset's shared hold-out"""
     import torch
 
     from core.store import state_root
@@ -114,61 +106,36 @@ def cmd_run(args) -> None:
         subprocess.run([sys.executable, *spec["prepare"]], cwd=REPO, check=True)
     command = f"python -m benchmarks.universal run --dataset {args.dataset} --model {args.model} --seed {args.seed}" \
               + (f" --device {args.device}" if args.device != "cpu" else "")
-    label = device_label(args.device)
     base = load_cfg(spec["simple"], f"device={args.device}")
     split = holdout(base, data_path, args.device)
     proto, auc_info = auc_protocol(split)
     common = {"users_test": len(split.evals["test"]), "config": rel(spec["simple"])}
-
     if args.model == "popularity":
         res = popularity(split)
         rows = quality_rows(args.dataset, "popularity", args.seed, command, res["test"], proto, auc_info,
                             valid_ndcg10=res["valid"]["NDCG@10"], **common)
-    elif args.model == "mf":
-        settings = MFSettings(**spec["mf"])
-        out = state_root() / "universal" / dataset_name(base, data_path) / f"bench-mf-seed{args.seed}"
-        res = train_mf(split, settings, out, seed=args.seed, metric="NDCG@10", device=args.device)
-        extra = {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"], "train_seconds": res["train_seconds"],
-                 "valid_ndcg10": res["valid"]["NDCG@10"], "mf": res["settings"], "run_dir": rel(out), **common}
-        rows = quality_rows(args.dataset, "mf", args.seed, command, res["test"], proto, auc_info, **extra)
-        rows.append(row(args.dataset, "mf", "full", "sec_per_epoch", mean_epoch_seconds(out), seeds=[args.seed],
-                        command=command, unit="s", **extra))
     else:
-        config = spec["attention"] if args.model == "universal-attention" else spec["simple"]
-        over = [f"seed={args.seed}", f"run_name=bench-{args.model}-seed{args.seed}", "overwrite=true", f"device={args.device}"]
-        if args.model == "universal-attention" and spec["attention_overrides"]:
-            over.append(spec["attention_overrides"])
-        if args.model.startswith("universal-simple-no-"):
-            ftype = args.model.removeprefix("universal-simple-no-")
-            have = present_types(split.data)
-            if ftype not in have:
-                raise SystemExit(f"{args.dataset} has no {ftype} features (it has {', '.join(sorted(have))}): "
-                                 f"universal-simple-no-{ftype} would be universal-simple")
-            over.append(f"drop_feature_types=[{ftype}]")
-        if args.model == "universal-simple-ids-only":
-            if not base.user.use_id_embedding:
-                raise SystemExit(f"{args.dataset}: the simple config has no user id embedding, so without features "
-                                 "the user tower has no input; universal-simple-ids-only needs user_use_id_embedding")
-            over.append(f"drop_feature_types=[{','.join(sorted(present_types(split.data)))}]")
-        over = ",".join(over)
-        argv = [sys.executable, "-m", "universal.train", "--config", rel(config), "--data", rel(data_path),
-                "--override", over]
-        train_command = f"python -m universal.train --config {rel(config)} --data {rel(data_path)} --override \"{over}\""
-        print(f"== {train_command}", flush=True)
-        subprocess.run(argv, cwd=REPO, check=True)
-        cfg = load_cfg(config, over)
-        run_dir = state_root() / "universal" / dataset_name(cfg, data_path) / cfg.run_name
-        res = json.loads((run_dir / "results.json").read_text())
-        if res["popularity"]["test"] != popularity(split)["test"]:
-            raise SystemExit(f"{run_dir}: the run's split differs from the benchmark's (popularity does not match)")
+        if args.model == "mf":
+            run_dir = state_root() / "universal" / dataset_name(base, data_path) / f"bench-mf-seed{args.seed}"
+            res = train_mf(split, MFSettings(**spec["mf"]), run_dir, seed=args.seed, metric="NDCG@10", device=args.device)
+            own = {"mf": res["settings"]}
+        else:
+            config, over = universal_overrides(args, spec, base, split)
+            train_command = run_module("universal.train", rel(config), over, "--data", rel(data_path))
+            cfg = load_cfg(config, over)
+            run_dir = state_root() / "universal" / dataset_name(cfg, data_path) / cfg.run_name
+            res = json.loads((run_dir / "results.json").read_text())
+            if res["popularity"]["test"] != popularity(split)["test"]:
+                raise SystemExit(f"{run_dir}: the run's split differs from the benchmark's (popularity does not match)")
+            own = {"train_command": train_command}
+            common["config"] = rel(config)
         extra = {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"], "train_seconds": res["train_seconds"],
-                 "valid_ndcg10": res["valid"]["NDCG@10"], "train_command": train_command, "run_dir": rel(run_dir),
-                 **common, "config": rel(config)}
+                 "valid_ndcg10": res["valid"]["NDCG@10"], **own, "run_dir": rel(run_dir), **common}
         rows = quality_rows(args.dataset, args.model, args.seed, command, res["test"], proto, auc_info, **extra)
         rows.append(row(args.dataset, args.model, "full", "sec_per_epoch", mean_epoch_seconds(run_dir), seeds=[args.seed],
                         command=command, unit="s", **extra))
     for r in rows:
-        r["device"] = label
+        r["device"] = device_label(args.device)
     merge_rows(RUNS_FILE, rows)
     q = {r["metric"]: r["value"] for r in rows}
     print(f"{args.dataset} {args.model} seed {args.seed}: test NDCG@10 {q['NDCG@10']:.4f} HR@10 {q['HR@10']:.4f} "
@@ -176,95 +143,40 @@ def cmd_run(args) -> None:
           + (f", {q['sec_per_epoch']:.1f} s/epoch, best epoch {rows[0]['best_epoch']}" if "sec_per_epoch" in q else ""))
 
 
+def universal_overrides(args, spec: dict, base, split) -> tuple[Path, str]:
+    """The config and the overrides of a ``universal-*`` model's ``python -m universal.train`` run."""
+    config = spec["attention"] if args.model == "universal-attention" else spec["simple"]
+    over = [f"seed={args.seed}", f"run_name=bench-{args.model}-seed{args.seed}", "overwrite=true", f"device={args.device}"]
+    if args.model == "universal-attention" and spec["attention_overrides"]:
+        over.append(spec["attention_overrides"])
+    have = present_types(split.data)
+    if args.model.startswith("universal-simple-no-"):
+        ftype = args.model.removeprefix("universal-simple-no-")
+        if ftype not in have:
+            raise SystemExit(f"{args.dataset} has no {ftype} features (it has {', '.join(sorted(have))}): "
+                             f"universal-simple-no-{ftype} would be universal-simple")
+        over.append(f"drop_feature_types=[{ftype}]")
+    if args.model == "universal-simple-ids-only":
+        if not base.user.use_id_embedding:
+            raise SystemExit(f"{args.dataset}: the simple config has no user id embedding, so without features "
+                             "the user tower has no input; universal-simple-ids-only needs user_use_id_embedding")
+        over.append(f"drop_feature_types=[{','.join(sorted(have))}]")
+    return config, ",".join(over)
+
+
 # --------------------------------------------------------------------------- scale
-ADJ = ["classic", "compact", "deluxe", "handmade", "modern", "portable", "rugged", "vintage", "smart", "eco"]
-NOUN = ["lamp", "kettle", "chair", "backpack", "speaker", "jacket", "drill", "blender", "tent", "watch", "novel",
-        "puzzle", "racket", "guitar", "camera", "mug", "scarf", "helmet", "board", "clock"]
-
-
-def generate_scale(out_dir: Path, n_inter: int, n_users: int, n_items: int, seed: int = 0, img_dim: int = 32) -> dict:
-    """Write ``out_dir/data.json`` (streamed, never one object in memory) and ``out_dir/images/<item>.npy``.
-
-    Users: categorical occupation/country, continuous age/income, temporal recent_items (their
-    items in time order: the leak guard restricts it). Items: text title (unique), categorical
-    category + tags (a list), continuous price, temporal weekly_views (a numeric series), image
-    (a 32-float vector). Each user draws from their occupation's preferred categories with
-    probability 0.7, else by popularity; ``n_inter`` is exact."""
-    rng = np.random.default_rng(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "images").mkdir(exist_ok=True)
-    n_cat, n_occ = 50, 20
-    item_cat = rng.integers(n_cat, size=n_items)
-    pop = 1.0 / np.arange(1, n_items + 1) ** 0.9
-    pop = pop[rng.permutation(n_items)]
-    pop /= pop.sum()
-    by_cat = [np.flatnonzero(item_cat == c) for c in range(n_cat)]
-    occ = rng.integers(n_occ, size=n_users)
-    prefers = [rng.choice(n_cat, 3, replace=False) for _ in range(n_occ)]
-    lengths = np.full(n_users, n_inter // n_users)
-    lengths[: n_inter - lengths.sum()] += 1
-    lengths = np.maximum(lengths + rng.integers(-4, 5, size=n_users), 3)
-    diff = n_inter - int(lengths.sum())  # restore the exact total
-    while diff:
-        idx = rng.integers(n_users, size=abs(diff))
-        step = 1 if diff > 0 else -1
-        lengths = lengths.copy()
-        np.add.at(lengths, idx, step)
-        lengths = np.maximum(lengths, 3)
-        diff = n_inter - int(lengths.sum())
-    titles = []
-    for i in range(n_items):
-        np.save(out_dir / "images" / f"{i + 1}.npy", (rng.standard_normal(img_dim) + item_cat[i] % 7).astype(np.float32))
-        titles.append(f"{ADJ[i % len(ADJ)]} {NOUN[(i // len(ADJ)) % len(NOUN)]} {i + 1} for category {item_cat[i]}")
-    t0 = 1_700_000_000
-    with open(out_dir / "data.json.tmp", "w") as fh:
-        fh.write('{"item_data": [')
-        for i in range(n_items):
-            rec = {"item_id": i + 1, "text": {"title": titles[i]},
-                   "categorical": {"category": f"c{item_cat[i]}", "tags": [f"t{x}" for x in rng.choice(200, 1 + i % 3, replace=False)]},
-                   "continuous": {"price": round(float(rng.lognormal(3, 0.5)), 2)},
-                   "temporal": {"weekly_views": [int(x) for x in rng.poisson(5 + 50 * pop[i] * n_items / 10, 8)]},
-                   "image": {"thumb": f"images/{i + 1}.npy"}}
-            fh.write(("," if i else "") + json.dumps(rec, separators=(",", ":")))
-        fh.write('], "user_data": [')
-        inter_chunks = []
-        for u in range(n_users):
-            n = int(lengths[u])
-            own = np.concatenate([by_cat[c] for c in prefers[occ[u]]])
-            k_own = int(rng.binomial(n, 0.7))
-            picks = set(rng.choice(own, min(k_own, len(own)), replace=False).tolist()) if len(own) else set()
-            while len(picks) < n:
-                picks.update(rng.choice(n_items, n - len(picks), p=pop).tolist())
-            items = rng.permutation(np.fromiter(picks, np.int64))[:n] + 1
-            times = t0 + np.sort(rng.choice(365 * 86400, n, replace=False))
-            rec = {"user_id": u + 1, "categorical": {"occupation": f"o{occ[u]}", "country": f"k{rng.integers(50)}"},
-                   "continuous": {"age": float(rng.integers(18, 80)), "income": round(float(rng.lognormal(10, 0.6)), 0)},
-                   "temporal": {"recent_items": items.tolist()}}
-            fh.write(("," if u else "") + json.dumps(rec, separators=(",", ":")))
-            inter_chunks.append(",".join(f'{{"user_id":{u + 1},"item_id":{i},"timestamp":{t}}}'
-                                         for i, t in zip(items.tolist(), times.tolist())))
-        fh.write('], "interactions": [')
-        fh.write(",".join(inter_chunks))
-        fh.write("]}")
-    (out_dir / "data.json.tmp").replace(out_dir / "data.json")
-    return {"titles": titles, "interactions": int(lengths.sum())}
-
-
 def scale_dir(args) -> Path:
     return REPO / "data" / f"universal-scale-{args.interactions}"
 
 
-def cmd_scale_generate(args) -> None:
-    """Child: write the data, then encode the item titles once into the text cache (timed apart)."""
+def scale_generate(args) -> None:
+    """Write the data, then encode the item titles once into the text cache (timed apart)."""
     from core.text import encode_texts
+    from universal.synthetic import generate_scale
 
     out = scale_dir(args)
-    t0 = time.perf_counter()
-    info = generate_scale(out, args.interactions, args.users, args.items, seed=args.seed)
-    gen_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    encode_texts(info["titles"], show_progress=False)
-    text_s = time.perf_counter() - t0
+    info, gen_s = timed(generate_scale, out, args.interactions, args.users, args.items, seed=args.seed)
+    _, text_s = timed(encode_texts, info["titles"], show_progress=False)
     meta = {"generate_seconds": round(gen_s, 1), "text_encode_seconds": round(text_s, 1), "texts": len(info["titles"]),
             "interactions": info["interactions"], "users": args.users, "items": args.items,
             "bytes": (out / "data.json").stat().st_size}
@@ -293,13 +205,12 @@ def cmd_scale_measure(args) -> None:
 
     t0 = time.perf_counter()
     report = Pipeline(cfg, log=log).fit(scale_dir(args) / "data.json")
-    epoch = next(r for r in map(json.loads, filter(str.strip, (Path(report["run_dir"]) / "metrics.jsonl").read_text()
-                                                    .splitlines())) if "epoch_seconds" in r)
+    epoch = next(r for r in read_jsonl(Path(report["run_dir"]) / "metrics.jsonl") if "epoch_seconds" in r)
     n, bs = report["counts"], cfg.training.batch_size
-    timed = min(n["train"], args.batches * bs)
-    rate = timed / epoch["epoch_seconds"]
+    rows_timed = min(n["train"], args.batches * bs)
+    rate = rows_timed / epoch["epoch_seconds"]
     out = {"load_seconds": mark["load"] - t0, "interactions": n["interactions"], "train_interactions": n["train"],
-           "users": n["users"], "items": n["items"], "batches_timed": -(-timed // bs), "rows_timed": timed,
+           "users": n["users"], "items": n["items"], "batches_timed": -(-rows_timed // bs), "rows_timed": rows_timed,
            "train_seconds_timed": epoch["epoch_seconds"], "interactions_per_s": rate, "sec_per_epoch": n["train"] / rate,
            "batch_size": bs, "negatives_per_row": cfg.negative_sampling_ratio, "final_loss": epoch["train_loss"],
            "peak_rss_after_load_mb": mark["rss"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -311,11 +222,12 @@ def cmd_scale_measure(args) -> None:
 
 
 def cmd_scale(args) -> None:
+    """generate the scale file (once), then time Pipeline.fit on it in a fresh process"""
     folder = scale_dir(args)
     flags = ["--interactions", str(args.interactions), "--users", str(args.users), "--items", str(args.items),
              "--seed", str(args.seed)]
     if not (folder / "generation.json").is_file():
-        subprocess.run([sys.executable, "-m", "benchmarks.universal", "scale-generate", *flags], cwd=REPO, check=True)
+        scale_generate(args)
     gen = json.loads((folder / "generation.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "measure.json"
@@ -331,23 +243,23 @@ def cmd_scale(args) -> None:
              "image": "one .npy file of 32 float32 per item (image_vector encoder)",
              "text_cache": f"warm: the {gen['texts']} item titles were encoded once at generation "
                            f"({gen['text_encode_seconds']} s, not in load_seconds)"}
-    m = "universal-simple"
-    rows = [
-        row("scale", m, "full", "load_seconds", res["load_seconds"], command=command, unit="s",
-            note="Pipeline.fit up to its fit loop: read, validate, split, schema, feature tables, model, evaluators",
-            peak_rss_after_load_mb=res["peak_rss_after_load_mb"], **extra),
-        row("scale", m, "full", "interactions_per_s", res["interactions_per_s"], command=command, unit="1/s",
-            batch_size=res["batch_size"], negatives_per_row=res["negatives_per_row"], batches_timed=res["batches_timed"],
-            train_seconds_timed=res["train_seconds_timed"], threads=res["threads"], **extra),
-        row("scale", m, "full", "sec_per_epoch", res["sec_per_epoch"], command=command, unit="s",
-            note="extrapolated: training interactions / interactions_per_s (validation excluded)", **extra),
-        row("scale", m, "full", "peak_rss_mb", res["peak_rss_mb"], command=command, unit="MB",
-            note="ru_maxrss of the measuring process (Pipeline.fit: load, training, validation, test)", **extra),
-        row("scale", m, "full", "text_encode_seconds", gen["text_encode_seconds"], command=command, unit="s",
-            texts=gen["texts"], note="MiniLM, cold cache, at generation", **extra),
-    ]
+
+    def scale_row(metric, value, unit, **kw):
+        return row("scale", "universal-simple", "full", metric, value, command=command, unit=unit, **kw, **extra)
+
+    rows = [scale_row("load_seconds", res["load_seconds"], "s", note="Pipeline.fit up to its fit loop: read, validate, "
+                      "split, schema, feature tables, model, evaluators", peak_rss_after_load_mb=res["peak_rss_after_load_mb"]),
+            scale_row("interactions_per_s", res["interactions_per_s"], "1/s",
+                      **{k: res[k] for k in ("batch_size", "negatives_per_row", "batches_timed", "train_seconds_timed",
+                                             "threads")}),
+            scale_row("sec_per_epoch", res["sec_per_epoch"], "s",
+                      note="extrapolated: training interactions / interactions_per_s (validation excluded)"),
+            scale_row("peak_rss_mb", res["peak_rss_mb"], "MB",
+                      note="ru_maxrss of the measuring process (Pipeline.fit: load, training, validation, test)"),
+            scale_row("text_encode_seconds", gen["text_encode_seconds"], "s", texts=gen["texts"],
+                      note="MiniLM, cold cache, at generation")]
     if "peak_gpu_mb" in res:
-        rows.append(row("scale", m, "full", "peak_gpu_mb", res["peak_gpu_mb"], command=command, unit="MB", **extra))
+        rows.append(scale_row("peak_gpu_mb", res["peak_gpu_mb"], "MB"))
     for r in rows:
         r["device"] = device_label(args.device)
     merge_rows(RUNS_FILE, rows)
@@ -356,12 +268,22 @@ def cmd_scale(args) -> None:
 
 
 # --------------------------------------------------------------------------- summary
+SCALE_HOW = {  # scale metric -> how its row was measured (the "how" column)
+    "load_seconds": lambda r: f"read + validate {r['read_validate_s']:.1f} s, split + schema {r['split_schema_s']:.1f} s, "
+                              f"feature tables {r['tables_s']:.1f} s" if "tables_s" in r else r.get("note", ""),
+    "interactions_per_s": lambda r: f"training interactions (each with {r['negatives_per_row']:g} sampled negatives), batch "
+                                    f"{r['batch_size']}, {r['batches_timed']} batches in {r['train_seconds_timed']:.0f} s, "
+                                    f"{r['threads']} torch thread(s)",
+    "sec_per_epoch": lambda r: r.get("note", ""), "peak_rss_mb": lambda r: r.get("note", ""),
+    "text_encode_seconds": lambda r: f"{r.get('texts')} titles, {r.get('note', '')}", "peak_gpu_mb": lambda r: ""}
+
+
 def cmd_summarize(args) -> None:
-    from core.store import atomic_write_json, atomic_write_text
+    """universal.json / universal.md (+ per-run universal_runs.json)"""
+    from core.store import atomic_write_json
 
     runs = load_rows(RUNS_FILE)
     _, out = aggregate([r for r in runs if r["seeds"]])  # model rows: mean and std over seeds
-    scale = [r for r in runs if not r["seeds"]]  # scale rows: one measurement each, as they are
     for r in out:  # keep the AUC negative counts (and what the row was run with) with the aggregated row
         src = next(x for x in runs if (x["dataset"], x["model"], x["protocol"], x["metric"]) ==
                    (r["dataset"], r["model"], r["protocol"], r["metric"]))
@@ -372,61 +294,41 @@ def cmd_summarize(args) -> None:
         r["command"] = r["command"].replace(f"--seed {src['seeds'][0]}", "--seed <N>")
         if "train_command" in r:
             r["train_command"] = generic_command(r["train_command"], src["seeds"][0])
-    out += scale
+    out += [r for r in runs if not r["seeds"]]  # scale rows: one measurement each, as they are
     atomic_write_json(RESULTS / "universal.json", out)
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
-    fmt = lambda r, d=4: (f"{r['value']:.{d}f}" + (f" ± {r['std']:.{d}f}" if len(r["seeds"]) > 1 else "")) if r else ""  # noqa: E731
     lines = ["# Universal two-tower: baselines, fusion, feature ablations (test, mean ± std over seeds)", "",
              "Same per-user temporal hold-out and evaluator for every model of a dataset; NDCG/HR/Recall@10 under "
              "full ranking with the user's known items excluded; AUC of held-out items against never-interacted "
              "items (protocol in the column). Epoch chosen on validation NDCG@10, test scored once.", ""]
     for ds in [d for d in DATASETS if any(r["dataset"] == d for r in out)]:
         auc_proto = next((r["protocol"] for r in out if r["dataset"] == ds and r["metric"] == "AUC"), "")
-        lines += [f"## {ds}", "", f"| model | seeds | NDCG@10 | HR@10 | Recall@10 | AUC ({auc_proto}) | valid NDCG@10 | "
-                  "s/epoch | best epoch |", "|---|---|---|---|---|---|---|---|---|"]
-        for m in MODELS:
-            g = lambda metric: by.get((ds, m, metric))  # noqa: E731
-            if not g("NDCG@10"):
-                continue
-            best = sorted({str(x.get("best_epoch")) for x in runs if x["dataset"] == ds and x["model"] == m
-                           and x["metric"] == "NDCG@10" and "best_epoch" in x})
-            valid = [x["valid_ndcg10"] for x in runs if x["dataset"] == ds and x["model"] == m
-                     and x["metric"] == "NDCG@10" and "valid_ndcg10" in x]
-            vcell = f"{np.mean(valid):.4f}" + (f" ± {np.std(valid, ddof=1):.4f}" if len(valid) > 1 else "") if valid else ""
-            lines.append(f"| {m} | {len(g('NDCG@10')['seeds'])} | {fmt(g('NDCG@10'))} | {fmt(g('HR@10'))} | "
-                         f"{fmt(g('Recall@10'))} | {fmt(g('AUC'))} | {vcell} | {fmt(g('sec_per_epoch'), 1)} | "
-                         f"{', '.join(best)} |")
-        lines += ["", _verdict(ds, by, runs), ""]
-    sc = [r for r in out if r["dataset"] == "scale"]
-    if sc:
-        s = {r["metric"]: r for r in sc}
-        r0 = sc[0]
+        ndcg = {m: [x for x in runs if x["dataset"] == ds and x["model"] == m and x["metric"] == "NDCG@10"] for m in MODELS}
+        valid = lambda m: [x["valid_ndcg10"] for x in ndcg[m] if "valid_ndcg10" in x]  # noqa: E731
+        cols = [("model", lambda m: m), ("seeds", lambda m: len(by[(ds, m, "NDCG@10")]["seeds"])),
+                *((k, lambda m, k=k: pm(by.get((ds, m, k)), always=False)) for k in QUALITY),
+                (f"AUC ({auc_proto})", lambda m: pm(by.get((ds, m, "AUC")), always=False)),
+                ("valid NDCG@10", lambda m: (f"{np.mean(valid(m)):.4f}" + (f" ± {sample_std(valid(m)):.4f}"
+                                                                          if len(valid(m)) > 1 else "")) if valid(m) else ""),
+                ("s/epoch", lambda m: pm(by.get((ds, m, "sec_per_epoch")), 1, always=False)),
+                ("best epoch", lambda m: ", ".join(sorted({str(x["best_epoch"]) for x in ndcg[m] if "best_epoch" in x})))]
+        lines += [f"## {ds}", "", *md_table(cols, [m for m in MODELS if (ds, m, "NDCG@10") in by]),
+                  "", _verdict(ds, by, runs), ""]
+    s = {r["metric"]: r for r in out if r["dataset"] == "scale"}
+    if s:
+        r0 = next(r for r in out if r["dataset"] == "scale")
         lines += ["## scale", "",
                   f"Generated file: {r0.get('interactions')} interactions, {r0.get('users')} users, {r0.get('items')} items, "
                   f"every feature type ({r0.get('image', '')}); text cache {r0.get('text_cache', '')}.", "",
-                  "| metric | value |", "|---|---|"]
-        notes = {"load_seconds": lambda r: f"read + validate {r['read_validate_s']:.1f} s, split + schema "
-                                           f"{r['split_schema_s']:.1f} s, feature tables {r['tables_s']:.1f} s"
-                                           if "tables_s" in r else r.get("note", ""),
-                 "interactions_per_s": lambda r: f"training interactions (each with {r['negatives_per_row']:g} sampled "
-                                                 f"negatives), batch {r['batch_size']}, {r['batches_timed']} batches in "
-                                                 f"{r['train_seconds_timed']:.0f} s, {r['threads']} torch thread(s)",
-                 "sec_per_epoch": lambda r: r.get("note", ""), "peak_rss_mb": lambda r: r.get("note", ""),
-                 "text_encode_seconds": lambda r: f"{r.get('texts')} titles, {r.get('note', '')}"}
-        lines[-2:] = ["| metric | value | how |", "|---|---|---|"]
-        for k in ("load_seconds", "interactions_per_s", "sec_per_epoch", "peak_rss_mb", "text_encode_seconds", "peak_gpu_mb"):
-            if k in s:
-                lines.append(f"| {k} | {s[k]['value']:.1f} | {notes.get(k, lambda r: '')(s[k])} |")
-        lines += ["", f"Device: {s['load_seconds']['device'] if 'load_seconds' in s else ''}; batch "
+                  *md_table([("metric", lambda k: k), ("value", lambda k: f"{s[k]['value']:.1f}"),
+                             ("how", lambda k: SCALE_HOW[k](s[k]))], [k for k in SCALE_HOW if k in s]),
+                  "", f"Device: {s['load_seconds']['device'] if 'load_seconds' in s else ''}; batch "
                       f"{s.get('interactions_per_s', {}).get('batch_size', '')}. Goal: loads in under 60 s: "
                       + ("met" if s.get("load_seconds") and s["load_seconds"]["value"] < 60 else "MISSED")
                       + (" (at 1,000,000 interactions)" if r0.get("interactions") == 1_000_000
                          else f" (at {r0.get('interactions')} interactions, not the 1,000,000 of the goal)"), ""]
-    devices = sorted({r["device"] for r in runs})
-    lines += [f"Device: {'; '.join(devices) or machine()}. Commands: the `command` (and `train_command`) fields "
-              "of `universal.json` / `universal_runs.json`."]
-    atomic_write_text(RESULTS / "universal.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_md(RESULTS / "universal.md", lines + [f"Device: {devices(runs) or machine()}. Commands: the `command` (and "
+                                                "`train_command`) fields of `universal.json` / `universal_runs.json`."])
 
 
 def _compare(full: dict, pop: dict | None, mf: dict | None) -> tuple[list[str], str]:
@@ -472,31 +374,18 @@ def _verdict(ds: str, by: dict, runs: list[dict]) -> str:
             + ("Test NDCG@10 change vs universal-simple when a feature type is removed (mean ± std of the per-seed differences over the seeds both ran): " + ", ".join(abl) + "." if abl else "No ablations run yet."))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="one dataset / model / seed")
-    r.add_argument("--dataset", choices=sorted(DATASETS), required=True)
-    r.add_argument("--model", choices=MODELS, required=True)
-    r.add_argument("--seed", type=int, default=1)
-    r.add_argument("--device", default="cpu", help="cpu or cuda")
-    for name in ("scale", "scale-generate", "scale-measure"):
-        s = sub.add_parser(name)
-        s.add_argument("--interactions", type=int, default=1_000_000)
-        s.add_argument("--users", type=int, default=100_000)
-        s.add_argument("--items", type=int, default=20_000)
-        s.add_argument("--seed", type=int, default=0)
-        if name != "scale-generate":
-            s.add_argument("--device", default="cpu")
-            s.add_argument("--batches", type=int, default=500, help="training batches timed (one capped epoch)")
-            s.add_argument("--batch-size", type=int, default=1024)
-        if name == "scale-measure":
-            s.add_argument("--out", required=True)
-    sub.add_parser("summarize")
-    args = p.parse_args()
+def main(argv=None) -> None:
+    size = [opt("--interactions", type=int, default=1_000_000), opt("--users", type=int, default=100_000),
+            opt("--items", type=int, default=20_000), opt("--seed", type=int, default=0)]
+    measure = [opt("--device", default="cpu"), opt("--batch-size", type=int, default=1024),
+               opt("--batches", type=int, default=500, help="training batches timed (one capped epoch)")]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    {"run": cmd_run, "scale": cmd_scale, "scale-generate": cmd_scale_generate, "scale-measure": cmd_scale_measure,
-     "summarize": cmd_summarize}[args.cmd](args)
+    cli(__doc__, {"run": (cmd_run, [opt("--dataset", choices=sorted(DATASETS), required=True),
+                                    opt("--model", choices=MODELS, required=True), opt("--seed", type=int, default=1),
+                                    opt("--device", default="cpu", help="cpu or cuda")]),
+                  "scale": (cmd_scale, size + measure),
+                  "scale-measure": (cmd_scale_measure, size + measure + [opt("--out", required=True)]),
+                  "summarize": (cmd_summarize, [])}, argv)
 
 
 if __name__ == "__main__":

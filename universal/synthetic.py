@@ -13,6 +13,7 @@ correlated dataset, so the leak guard is exercised by default.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -85,6 +86,85 @@ def ensure(path: str | Path, spec: UniversalSpec = UniversalSpec(), log=print) -
         atomic_write_json(path, generate(spec), indent=None)
         log(f"generated the default universal dataset -> {path}")
     return path
+
+
+# the scale benchmark's file (benchmarks/universal.py scale): every feature type, streamed to disk
+SCALE_ADJ = ["classic", "compact", "deluxe", "handmade", "modern", "portable", "rugged", "vintage", "smart", "eco"]
+SCALE_NOUN = ["lamp", "kettle", "chair", "backpack", "speaker", "jacket", "drill", "blender", "tent", "watch", "novel",
+              "puzzle", "racket", "guitar", "camera", "mug", "scarf", "helmet", "board", "clock"]
+
+
+def generate_scale(out_dir: str | Path, interactions: int, users: int, items: int, seed: int = 0,
+                   img_dim: int = 32) -> dict:
+    """Write ``out_dir/data.json`` (streamed, never one object in memory) and ``out_dir/images/<item>.npy``;
+    return ``{"titles": item titles, "interactions": count}``.
+
+    Users: categorical occupation/country, continuous age/income, temporal recent_items (their
+    items in time order: the leak guard restricts it). Items: text title (unique), categorical
+    category + tags (a list), continuous price, temporal weekly_views (a numeric series), image
+    (an ``img_dim``-float vector). Each user draws from their occupation's preferred categories
+    with probability 0.7, else by popularity; ``interactions`` is exact."""
+    out_dir, n_inter, n_users, n_items = Path(out_dir), interactions, users, items
+    rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "images").mkdir(exist_ok=True)
+    n_cat, n_occ = 50, 20
+    item_cat = rng.integers(n_cat, size=n_items)
+    pop = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    pop = pop[rng.permutation(n_items)]
+    pop /= pop.sum()
+    by_cat = [np.flatnonzero(item_cat == c) for c in range(n_cat)]
+    occ = rng.integers(n_occ, size=n_users)
+    prefers = [rng.choice(n_cat, 3, replace=False) for _ in range(n_occ)]
+    lengths = np.full(n_users, n_inter // n_users)
+    lengths[: n_inter - lengths.sum()] += 1
+    lengths = np.maximum(lengths + rng.integers(-4, 5, size=n_users), 3)
+    diff = n_inter - int(lengths.sum())  # restore the exact total
+    while diff:
+        idx = rng.integers(n_users, size=abs(diff))
+        step = 1 if diff > 0 else -1
+        lengths = lengths.copy()
+        np.add.at(lengths, idx, step)
+        lengths = np.maximum(lengths, 3)
+        diff = n_inter - int(lengths.sum())
+    titles = []
+    for i in range(n_items):
+        np.save(out_dir / "images" / f"{i + 1}.npy", (rng.standard_normal(img_dim) + item_cat[i] % 7).astype(np.float32))
+        titles.append(f"{SCALE_ADJ[i % len(SCALE_ADJ)]} {SCALE_NOUN[(i // len(SCALE_ADJ)) % len(SCALE_NOUN)]} {i + 1} "
+                      f"for category {item_cat[i]}")
+    t0 = 1_700_000_000
+    with open(out_dir / "data.json.tmp", "w") as fh:
+        fh.write('{"item_data": [')
+        for i in range(n_items):
+            rec = {"item_id": i + 1, "text": {"title": titles[i]},
+                   "categorical": {"category": f"c{item_cat[i]}",
+                                   "tags": [f"t{x}" for x in rng.choice(200, 1 + i % 3, replace=False)]},
+                   "continuous": {"price": round(float(rng.lognormal(3, 0.5)), 2)},
+                   "temporal": {"weekly_views": [int(x) for x in rng.poisson(5 + 50 * pop[i] * n_items / 10, 8)]},
+                   "image": {"thumb": f"images/{i + 1}.npy"}}
+            fh.write(("," if i else "") + json.dumps(rec, separators=(",", ":")))
+        fh.write('], "user_data": [')
+        inter_chunks = []
+        for u in range(n_users):
+            n = int(lengths[u])
+            own = np.concatenate([by_cat[c] for c in prefers[occ[u]]])
+            k_own = int(rng.binomial(n, 0.7))
+            picks = set(rng.choice(own, min(k_own, len(own)), replace=False).tolist()) if len(own) else set()
+            while len(picks) < n:
+                picks.update(rng.choice(n_items, n - len(picks), p=pop).tolist())
+            chosen = rng.permutation(np.fromiter(picks, np.int64))[:n] + 1
+            times = t0 + np.sort(rng.choice(365 * 86400, n, replace=False))
+            rec = {"user_id": u + 1, "categorical": {"occupation": f"o{occ[u]}", "country": f"k{rng.integers(50)}"},
+                   "continuous": {"age": float(rng.integers(18, 80)), "income": round(float(rng.lognormal(10, 0.6)), 0)},
+                   "temporal": {"recent_items": chosen.tolist()}}
+            fh.write(("," if u else "") + json.dumps(rec, separators=(",", ":")))
+            inter_chunks.append(",".join(f'{{"user_id":{u + 1},"item_id":{i},"timestamp":{t}}}'
+                                         for i, t in zip(chosen.tolist(), times.tolist())))
+        fh.write('], "interactions": [')
+        fh.write(",".join(inter_chunks))
+        fh.write("]}")
+    (out_dir / "data.json.tmp").replace(out_dir / "data.json")
+    return {"titles": titles, "interactions": int(lengths.sum())}
 
 
 def main(argv=None) -> int:
