@@ -196,9 +196,12 @@ def with_bos(inputs: torch.Tensor, bos: int) -> torch.Tensor:
 class BosRows:
     """Next-item rows over each user's first ``train_len`` items: input ``[BOS, i1 .. i(n-1)]``
     predicts ``[i1 .. in]`` (the last ``maxlen`` items). Every user with at least one item
-    trains, the first item from the begin token."""
+    trains, the first item from the begin token. With ``side``, batches also carry each user's
+    source side (``source``, ``source_history``), which the model's loss reads from the batch."""
 
-    def __init__(self, data: SequenceData, train_len: np.ndarray, maxlen: int, bos: int, device=None) -> None:
+    def __init__(self, data: SequenceData, train_len: np.ndarray, maxlen: int, bos: int, device=None,
+                 side: "SourceInputs | None" = None) -> None:
+        self.side = side
         users = np.flatnonzero(train_len >= 1) + 1
         targets = torch.as_tensor(padded_prefixes(data, users, train_len[users - 1], maxlen))
         self.users = torch.as_tensor(users, device=device)
@@ -211,7 +214,9 @@ class BosRows:
 
     def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         targets = trim_padding(self.targets[index])
-        return {"input": self.inputs[index][:, -targets.shape[1]:], "target": targets, "users": self.users[index]}
+        users = self.users[index]
+        side = self.side(users) if self.side is not None else {}
+        return {"input": self.inputs[index][:, -targets.shape[1]:], "target": targets, "users": users, **side}
 
 
 # --------------------------------------------------------------------------- source inputs

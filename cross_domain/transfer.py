@@ -73,11 +73,11 @@ def claim_stage(cfg, out: Path, log) -> store.RunClaim:
                                ignore=("rl",), log=log)  # rl.*: the rl-demo's settings, not this stage's
 
 
-def _fit(cfg, model, rows, validate, out: Path, device, log, meta: dict, loss_fn):
+def _fit(cfg, model, rows, validate, out: Path, device, log, meta: dict, loss_fn=None):
     prepare_out_dir(out, cfg, cfg.training.resume)
     meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg), **meta}
     result = fit(model, rows, validate, cfg.training, out, device=device, seed=cfg.seed, checkpoint_meta=meta,
-                 loss_fn=loss_fn, log=log)
+                 log=log, **({"loss_fn": loss_fn} if loss_fn is not None else {}))
     model.eval()
     return {"run_dir": str(out), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "train_seconds": round(result.seconds, 2), "threads": result.threads, "sec_per_epoch": mean_epoch_seconds(out), "stopped": result.stopped,
@@ -122,8 +122,7 @@ def train_source(cfg, log=print) -> dict:
     path = vectors_path(cfg, dom)
     with claim_stage(cfg, out, log):  # the exported vectors belong to this run too
         res = _fit(cfg, model, rows, lambda m: valid.run(score_fn(m, none)), out, device, log,
-                   {"data_fingerprint": dom.source.fingerprint(), "stage": "source"},
-                   lambda m, batch, gen: m.training_loss(batch, gen))
+                   {"data_fingerprint": dom.source.fingerprint(), "stage": "source"})
         users, vectors = encode_users(model, dom.source, device, cfg.transfer.source_vector, e.batch_size)
         if is_main():
             store.save_embeddings(path.parent, path.stem, vectors, [dom.user_ids[u - 1] for u in users])
@@ -204,7 +203,7 @@ def train_target(cfg, kind: str, log=print) -> dict:
     side, info, items = load_source_side(cfg, dom, kind, device)
     model = build_target_model(cfg, dom, kind, side, items).to(device)
     out = stage_dir(cfg, dom, kind)
-    rows = BosRows(proto.train, proto.train.lengths, cfg.model.maxlen, model.bos, device)
+    rows = BosRows(proto.train, proto.train.lengths, cfg.model.maxlen, model.bos, device, side=side)
     e = cfg.eval
     valid = Evaluator(proto.valid, "valid", cfg.model.maxlen - 1, e.ks, sampled=(), sample_seed=e.sample_seed,
                       batch_size=e.batch_size, device=device, max_users=e.valid_max_users,
@@ -216,8 +215,7 @@ def train_target(cfg, kind: str, log=print) -> dict:
         f"{counts['no_target_history']} of them to none) + {counts['warm']} warm -> {out}")
     with claim_stage(cfg, out, log):
         res = _fit(cfg, model, rows, lambda m: valid.run(score_fn(m, side)), out, device, log,
-                   {"data_fingerprint": proto.train.fingerprint(), "stage": kind, **info},
-                   lambda m, batch, gen: m.training_loss(batch, gen, **side(batch["users"])))
+                   {"data_fingerprint": proto.train.fingerprint(), "stage": kind, **info})
         report = protocol_report(model, proto, side, cfg, device)
         res.update(stage=kind, dataset=dom.folder.name, source=dom.source_name, target=dom.target_name,
                    test=report["metrics"], users=report["users"], protocol=counts, **info)

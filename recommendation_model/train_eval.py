@@ -39,7 +39,7 @@ from core.report import format_table
 from core.errors import CheckpointError
 from core.train import FitResult, fit, mean_epoch_seconds, prepare_out_dir
 from recommendation_model.config import RecConfig
-from recommendation_model.data import (HoldoutClozeDataset, aligned_vectors, c2dsr_companion,
+from recommendation_model.data import (HoldoutClozeDataset, UserVectorRows, aligned_vectors, c2dsr_companion,
                                        holdout_companion, latest_export)
 from recommendation_model.model import TriGRecRecommender
 
@@ -108,9 +108,9 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
     else:
         train_data = ClozeDataset(split, m.maxlen, m.mask_prob, device=device, last_mask_prob=m.last_mask_prob)
 
-    def loss_fn(model, batch, generator):
-        # vector holdout: training reads the cut vectors; validation and test the full ones
-        return model.training_loss(batch, generator, *vectors(batch["users"], holdout=m.vector_holdout > 0))
+    # the batches carry the user vectors (vector holdout: the cut ones; validation and test read the full ones)
+    held = "_holdout" if m.vector_holdout else ""
+    train_data = UserVectorRows(train_data, {what: on_device[what + held] for what in ("spe", "cross")})
 
     def full_score_fn(model):
         return lambda inputs, users: model.full_scores(inputs, *vectors(users))
@@ -155,7 +155,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
             result = load_saved(model, out / f"maxlen{m.maxlen}.pt", meta, device)
         else:
             result = fit(model, train_data, validate, cfg.training, out, device=device, seed=cfg.seed,
-                         checkpoint_meta=meta, loss_fn=loss_fn, log=log)
+                         checkpoint_meta=meta, log=log)
         model.eval()
         test_full = Evaluator(split, "test", m.maxlen, cfg.eval.ks, sampled=cfg.eval.sampled,
                               sample_seed=cfg.eval.sample_seed, batch_size=cfg.eval.batch_size, device=device,
