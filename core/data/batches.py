@@ -39,7 +39,7 @@ class CausalDataset(Dataset):
                  prefixes: bool = False) -> None:
         users = split.train_users
         if materialize is None:
-            materialize = not is_memory_mapped(split.data.items) or prefixes
+            materialize = not is_memory_mapped(split.data.items)
         self.data, self.maxlen, self.device = split.data, maxlen, device
         self.train_len = split.train_len
         self.prefixes = prefixes
@@ -48,8 +48,10 @@ class CausalDataset(Dataset):
             # last position only. Every prediction is then made from the scoring position
             # (maxlen - 1) with positions counted back from it, exactly as at evaluation time.
             lens = split.train_len[users - 1].astype(np.int64)
-            ends = np.concatenate([np.arange(2, n + 1) for n in lens]) if len(lens) else np.zeros(0, np.int64)
-            owners = np.repeat(users, np.maximum(lens - 1, 0))
+            counts = np.maximum(lens - 1, 0)
+            # prefix lengths 2..len of each user, without a Python loop over users
+            ends = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + 2
+            owners = np.repeat(users, counts)
             rows = padded_prefixes(split.data, owners, ends, maxlen + 1)
             self.users = torch.as_tensor(owners, device=device)
             self.rows = torch.as_tensor(rows, device=device)
@@ -79,7 +81,9 @@ class CausalDataset(Dataset):
     def __getitem__(self, i: int):
         row = self._rows(torch.as_tensor([i]))[0]
         if self.prefixes:
-            return row[:-1], torch.zeros_like(row[1:]).index_fill_(0, torch.tensor([len(row) - 2]), int(row[-1]))
+            target = torch.zeros_like(row[1:])
+            target[-1] = row[-1]
+            return row[:-1], target
         return row[:-1], row[1:].masked_fill(row[:-1] == 0, 0)
 
     def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
