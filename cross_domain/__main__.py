@@ -3,6 +3,7 @@
     python -m cross_domain train-source [--source B]                    # synthetic default (generated on first use)
     python -m cross_domain train-target-transfer [--source B --target A]
     python -m cross_domain train-target-baseline [--target A]
+    python -m cross_domain train-target-merged [--source B --target A]  # one SASRec over both domains
     python -m cross_domain eval-compare [--target A]
     python -m cross_domain recommend --user u00042 --k 10 [--use-transfer]
     python -m cross_domain rl-demo --steps 5 [--events events.jsonl] [--use-transfer]
@@ -28,6 +29,7 @@ COMMANDS = {  # subcommand -> its own flags (beyond --config/--override/--device
     "train-source": ("source", "max_items"),
     "train-target-transfer": ("source", "target", "max_items_src", "max_items_tgt"),
     "train-target-baseline": ("target", "max_items_tgt"),
+    "train-target-merged": ("source", "target"),
     "eval-compare": ("source", "target", "max_items_src", "max_items_tgt"),
     "recommend": ("source", "target", "user", "k", "use_transfer", "max_items_src", "max_items_tgt"),
     "rl-demo": ("source", "target", "steps", "events", "use_transfer", "max_items_src", "max_items_tgt"),
@@ -89,11 +91,11 @@ def main(argv=None) -> int:
         if is_main():
             print(f"{res['sec_per_epoch']}s per epoch; next: python -m cross_domain train-target-transfer"
                   + (f" --config {args.config}" if args.config != DEFAULT_CONFIG else ""))
-    elif cmd in ("train-target-transfer", "train-target-baseline"):
+    elif cmd in ("train-target-transfer", "train-target-baseline", "train-target-merged"):
         from cross_domain.transfer import train_target
 
-        kind = "baseline" if cmd == "train-target-baseline" else (
-            "ptupcdr" if cfg.transfer.bridge == "ptupcdr" else "transfer")
+        kind = {"train-target-baseline": "baseline", "train-target-merged": "merged"}.get(
+            cmd, "ptupcdr" if cfg.transfer.bridge == "ptupcdr" else "transfer")
         res = train_target(cfg, kind)
         if is_main():
             print(f"\nTest, {kind}, target {res['target']} (best validation epoch {res['best_epoch']}, "

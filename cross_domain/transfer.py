@@ -4,15 +4,16 @@
   epoch), then every user's source vector = the model's last hidden state over their whole
   source sequence, written to ``state_dict/embeddings/cross_domain/<dataset>/<run>/source-<S>.npy``
   (+ ``.ids.json``, + ``.meta.json`` with the source data's fingerprint).
-- ``train_target(cfg, kind)``: ``baseline`` (target only), ``transfer`` (MLP bridge + gate)
-  or ``ptupcdr`` (personalised bridge) on the target's cold-start protocol; the epoch is
+- ``train_target(cfg, kind)``: ``baseline`` (target only), ``transfer`` (MLP bridge + gate),
+  ``ptupcdr`` (personalised bridge) or ``merged`` (one SASRec over both domains' merged
+  sequence, ``cross_domain.merged``) on the target's cold-start protocol; the epoch is
   chosen on validation, then test is scored once for all / cold / warm users under full
   ranking and the sampled protocol. Returns the report with per-user ranks (also written
   as ``test_ranks.npz``) for paired tests.
 - ``run_experiment(cfg, kinds)``: source, then each target model, for one config and seed.
 
 Runs live in ``state_dict/cross_domain/<dataset>/<run_name>/<stage>/`` with stages
-``source-<S>``, ``baseline-<T>``, ``transfer-<S>-<T>``, ``ptupcdr-<S>-<T>``.
+``source-<S>``, ``baseline-<T>``, ``transfer-<S>-<T>``, ``ptupcdr-<S>-<T>``, ``merged-<S>-<T>``.
 """
 from __future__ import annotations
 
@@ -33,10 +34,12 @@ from core.seqrec import encoder_args
 from core.train import fit, mean_epoch_seconds, prepare_out_dir
 from cross_domain.data import (BosRows, Domains, SourceInputs, aligned_vectors, cold_protocol, load_domains,
                                source_histories)
-from cross_domain.evaluate import protocol_report, score_fn
+from cross_domain.evaluate import score_fn, test_report
+from cross_domain.merged import merged_data, merged_score_fn
 from cross_domain.model import CrossDomainSASRec
 
-KINDS = ("baseline", "transfer", "ptupcdr")
+KINDS = ("baseline", "transfer", "ptupcdr", "merged")
+EXPERIMENT_KINDS = KINDS[:3]  # run_experiment's default: the seed's models and the PTUPCDR bridge
 
 
 # --------------------------------------------------------------------------- paths
@@ -146,7 +149,7 @@ def load_source_side(cfg, dom: Domains, kind: str, device, path: str | Path | No
                      expect_fingerprint: str | None = None) -> tuple[SourceInputs, dict, torch.Tensor | None]:
     """The source vectors (and, for ``ptupcdr``, source histories + the source model's item
     vectors) of every target user; checks they belong to this data."""
-    if kind == "baseline":
+    if kind in ("baseline", "merged"):  # merged: the source items are in its input sequence
         return SourceInputs(None, None), {}, None
     default = vectors_path(cfg, dom)
     path = Path(path or cfg.transfer.source_vectors or default)
@@ -201,22 +204,32 @@ def train_target(cfg, kind: str, log=print) -> dict:
     dom = load_domains(cfg.data)
     proto = cold_protocol(dom.target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed)
     side, info, items = load_source_side(cfg, dom, kind, device)
-    model = build_target_model(cfg, dom, kind, side, items).to(device)
     out = stage_dir(cfg, dom, kind)
-    rows = BosRows(proto.train, proto.train.lengths, cfg.model.maxlen, model.bos, device, side=side)
     e = cfg.eval
+    if kind == "merged":
+        merged = merged_data(dom, proto, cfg.model.maxlen - 1, (cfg.data.max_items_src, cfg.data.max_items_tgt))
+        model = new_model(cfg, merged.train.n_items).to(device)
+        rows = BosRows(merged.train, merged.train.lengths, cfg.model.maxlen, model.bos, device)
+        valid_rows, test_rows = (torch.as_tensor(r, device=device) for r in (merged.valid_rows, merged.test_rows))
+        valid_score = lambda m: merged_score_fn(m, valid_rows, merged.n_target)  # noqa: E731
+        test_score = lambda m: merged_score_fn(m, test_rows, merged.n_target)  # noqa: E731
+        info = {"merged_items": merged.train.n_items, "merged_interactions": merged.train.n_interactions}
+    else:
+        model = build_target_model(cfg, dom, kind, side, items).to(device)
+        rows = BosRows(proto.train, proto.train.lengths, cfg.model.maxlen, model.bos, device, side=side)
+        valid_score = test_score = lambda m: score_fn(m, side)  # noqa: E731
     valid = Evaluator(proto.valid, "valid", cfg.model.maxlen - 1, e.ks, sampled=(), sample_seed=e.sample_seed,
                       batch_size=e.batch_size, device=device, max_users=e.valid_max_users,
                       repeat_targets=e.repeat_targets)
     counts = proto.counts()
     log(f"target {dom.target_name} of {dom.folder.name} ({kind}" + (f", source {dom.source_name}: vectors for "
-        f"{info['users_with_source']} of {dom.target.n_users} users" if info else "") + f"): {dom.target.n_items} items; "
+        f"{info['users_with_source']} of {dom.target.n_users} users" if "users_with_source" in info else "") + f"): {dom.target.n_items} items; "
         f"test users {counts['all']} = {counts['cold']} cold ({counts['cut']} cut to <= {cfg.cold.k} items, "
         f"{counts['no_target_history']} of them to none) + {counts['warm']} warm -> {out}")
     with claim_stage(cfg, out, log):
-        res = _fit(cfg, model, rows, lambda m: valid.run(score_fn(m, side)), out, device, log,
+        res = _fit(cfg, model, rows, lambda m: valid.run(valid_score(m)), out, device, log,
                    {"data_fingerprint": proto.train.fingerprint(), "stage": kind, **info})
-        report = protocol_report(model, proto, side, cfg, device)
+        report = test_report(test_score(model), proto.test, proto.is_cold, cfg, device)
         res.update(stage=kind, dataset=dom.folder.name, source=dom.source_name, target=dom.target_name,
                    test=report["metrics"], users=report["users"], protocol=counts, **info)
         if is_main():
@@ -230,7 +243,7 @@ def train_target(cfg, kind: str, log=print) -> dict:
     return res
 
 
-def run_experiment(cfg, kinds=KINDS, log=print) -> dict:
+def run_experiment(cfg, kinds=EXPERIMENT_KINDS, log=print) -> dict:
     """Source model and vectors, then each target model, for one config (seed = ``cfg.seed``;
     give each seed its own ``run_name``). ``{"source": ..., kind: report}``."""
     out = {"source": train_source(cfg, log)}

@@ -206,6 +206,57 @@ def test_sampled_protocol_metrics_on_a_hand_made_case():
     assert rep["users"] == {"all": 3, "cold": 1, "warm": 2}
 
 
+def test_cold_none_mask_marks_the_users_cut_to_no_target_item(tmp_path):
+    from cross_domain.evaluate import cold_none_mask
+
+    prepare_synthetic(tmp_path / "data" / "syn", SyntheticSpec(n_users=200, n_items_per_domain=60))
+    cfg = _cfg(tmp_path, "cold.k=2,cold.fraction=0.5")
+    mask = cold_none_mask(cfg)
+    proto = cold_protocol(load_domains(cfg.data).target, 2, 0.5, 0)
+    ev = proto.test.test
+    assert mask.shape == (proto.train.n_users + 1,) and 0 < mask.sum() < proto.is_cold.sum()
+    assert proto.is_cold[mask].all()
+    for u, hl in zip(ev.users, ev.hist_len):  # nothing of theirs before the test target, in training neither
+        assert (hl == 0 and len(proto.train.sequence(int(u))) == 0) == bool(mask[u])
+
+
+def _ranks_file(path: Path, users, cold, **ranks) -> Path:
+    np.savez(path, users=np.asarray(users), cold=np.asarray(cold), **{k: np.asarray(v) for k, v in ranks.items()})
+    return path
+
+
+def test_masked_reports_and_the_seed_averaged_test_on_saved_ranks(tmp_path):
+    pytest.importorskip("scipy")
+    from scipy import stats
+
+    from cross_domain.evaluate import masked_reports, seed_averaged_test
+
+    users, cold = [3, 5, 8, 9], [True, True, False, True]
+    ranks = {"baseline": np.load(_ranks_file(tmp_path / "b.npz", users, cold, full=[0, 9, 2, 30])),
+             "transfer": np.load(_ranks_file(tmp_path / "t.npz", users, cold, full=[0, 1, 50, 2]))}
+    mask = np.array([False, True, True, True])
+    rep = masked_reports(ranks, mask, [10])
+    (mb, tb), (mt, tt) = rep["baseline"]["full"], rep["transfer"]["full"]
+    nd = lambda r: 1 / math.log2(r + 2) if r < 10 else 0.0  # noqa: E731
+    assert mb["NDCG@10"] == pytest.approx((nd(9) + nd(2) + nd(30)) / 3) and mb["HR@10"] == pytest.approx(2 / 3)
+    assert mt["NDCG@10"] == pytest.approx((nd(1) + nd(50) + nd(2)) / 3)
+    assert tb is None and tt["users"] == 3 and tt["better"] == 2 and tt["worse"] == 1
+    assert tt["mean_diff"] == pytest.approx(mt["NDCG@10"] - mb["NDCG@10"])
+    assert masked_reports(ranks, np.zeros(4, bool), [10]) == {}
+
+    # two seeds; the second ranks a user the first does not: only users 3, 5, 9 are shared (cold)
+    base = [tmp_path / "b.npz", _ranks_file(tmp_path / "b2.npz", [3, 5, 9, 11], [True] * 4, full=[1, 9, 30, 0])]
+    other = [tmp_path / "t.npz", _ranks_file(tmp_path / "t2.npz", [3, 5, 9, 11], [True] * 4, full=[0, 0, 4, 0])]
+    t = seed_averaged_test(base, other, "full", "cold")
+    x = np.array([(nd(0) + nd(1)) / 2, (nd(9) + nd(9)) / 2, (nd(30) + nd(30)) / 2])
+    y = np.array([(nd(0) + nd(0)) / 2, (nd(1) + nd(0)) / 2, (nd(2) + nd(4)) / 2])
+    assert t["users"] == 3 and t["mean_diff"] == pytest.approx(float((y - x).mean()))
+    assert t["wilcoxon_p"] == pytest.approx(stats.wilcoxon(y, x, zero_method="wilcox").pvalue)
+    none = np.zeros(12, bool)
+    none[[5, 9, 11]] = True  # cold-none: users 5 and 9 (11 is in one seed's files only)
+    assert seed_averaged_test(base, other, "full", "cold-none", none)["users"] == 2
+
+
 # --------------------------------------------------------------------------- end to end
 def test_transfer_beats_the_baseline_for_cold_users_with_a_planted_source_signal(trained):
     """Users share a taste cluster across the two domains. Cold users here keep no target item,
@@ -391,3 +442,56 @@ def test_amazon_2023_preparer_needs_two_categories(tmp_path):
         amazon2023.load([a])
     with pytest.raises(DataError, match="needs --categories"):
         amazon2023.load([tmp_path / "raw"])
+
+
+# --------------------------------------------------------------------------- merged-domain peer
+def test_merged_sequences_keep_the_baseline_target_items_and_the_whole_source(tmp_path):
+    from core.data.domains import load_domain_views
+    from cross_domain.merged import merged_data
+
+    prepare_synthetic(tmp_path / "data" / "syn", SyntheticSpec(n_users=120, n_items_per_domain=40))
+    cfg = _cfg(tmp_path, "cold.fraction=0.5")
+    dom = load_domains(cfg.data)
+    proto = cold_protocol(dom.target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed)
+    merged = merged_data(dom, proto, width=cfg.model.maxlen - 1)
+    n_t = merged.n_target
+    assert n_t == dom.target.n_items and merged.train.n_items == n_t + dom.source.n_items
+    cross = load_domain_views(dom.folder, dom.target_code).cross
+    cut = 0
+    for u in range(1, dom.target.n_users + 1):
+        seq = merged.train.sequence(u)
+        target_part, source_part = seq[seq <= n_t], seq[seq > n_t] - n_t
+        assert target_part.tolist() == proto.train.sequence(u).tolist()  # what the baseline trains on
+        assert source_part.tolist() == dom.source.sequence(u).tolist()
+        assert len(seq) == len(cross.sequence(u)) - (len(dom.target.sequence(u)) - 2 - len(target_part)
+                                                   if len(dom.target.sequence(u)) >= 3 else 0)
+        cut += proto.kept[u] >= 0
+        full = dom.target.sequence(u)
+        test_row, valid_row = merged.test_rows[u], merged.valid_rows[u]
+        if len(full) >= 3:  # the test history = the validation history + the validation target
+            assert test_row[-1] == full[-2]
+            assert test_row[test_row > 0][:-1].tolist()[-10:] == valid_row[valid_row > 0].tolist()[-10:]
+    assert cut > 0
+
+
+def test_merged_needs_uncapped_domains(tmp_path):
+    from core.errors import ConfigError
+    from cross_domain.merged import merged_data
+
+    with pytest.raises(ConfigError, match="max_items_src=0"):
+        merged_data(None, None, 5, caps=(100, 0))
+
+
+def test_merged_peer_reads_the_source_taste_of_cold_users(trained):
+    """The merged SASRec sees the planted taste in the source items of its input, so cold users'
+    test items rank higher than under the target-only baseline (same protocol, same users)."""
+    from cross_domain.transfer import train_target
+
+    root, res = trained
+    merged = train_target(_cfg(root, SIGNAL), "merged", log=lambda *a: None)
+    base = res["baseline"]
+    assert merged["users"] == base["users"] and merged["stage"] == "merged"
+    assert np.array_equal(merged["ranks"]["users"], base["ranks"]["users"])
+    ndcg = {m: r["test"]["sampled-99"]["cold"]["NDCG@10"] for m, r in (("base", base), ("merged", merged))}
+    assert ndcg["merged"] > 1.1 * ndcg["base"], ndcg
+    assert Path(merged["run_dir"]).name == "merged-B-A" and (Path(merged["run_dir"]) / "test_ranks.npz").is_file()
