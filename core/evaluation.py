@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from core.data.batches import trim_padding
 from core.data.c2dsr import C2DSREval
+from core.data.leakage import leak_free_users
 from core.data.splits import EvalSplit, Split, history_mask, padded_prefixes, prefix_positions
 from core.dist import dist_info
 from core.errors import DataError, UserError
@@ -376,6 +377,18 @@ def popularity_score_fn(split: Split) -> ScoreFn:
     return lambda inputs, users: ranked.to(inputs.device).expand(len(inputs), -1)
 
 
+def leak_controlled_metrics(ev: Evaluator, split: Split, ks: Sequence[int]) -> dict:
+    """Full-ranking metrics of ``ev``'s last run over the users whose event's transition
+    (previous item -> target) no training sequence of ``split`` holds verbatim
+    (``core.data.leakage``), with their count as ``users``; this process's users under torchrun."""
+    users, ranks = ev.last_ranks
+    free = leak_free_users(split.data, split.train_len, ev.data, ev.part.users, ev.part.hist_len)[users]
+    out: dict = {"users": int(free.sum())}
+    if free.any():
+        out.update({k: float(v.mean()) for k, v in rank_metrics(torch.as_tensor(ranks[free]), ks).items()})
+    return out
+
+
 # --------------------------------------------------------------------------- the C2DSR protocol
 C2DSR_KS = (1, 5, 10)
 
@@ -414,6 +427,8 @@ class C2DSRProtocol:
         self.spe = torch.as_tensor(spe, dtype=torch.float32) if spe is not None else None
         self.cross = torch.as_tensor(cross, dtype=torch.float32) if cross is not None else None
         self.targets = torch.as_tensor(targets, dtype=torch.long)  # local ids
+        # each line's last target-domain item before its target (0: none), for the leak-controlled view
+        self.previous = np.array([int(h[-1]) if len(h) else 0 for h in hist], dtype=np.int64)
         self.lines = np.asarray(ev.lines)  # 0-based line numbers in the C2DSR file, for per-line ranks
         self.last_ranks: torch.Tensor | None = None  # 0-based rank of each line's target, last run
 
@@ -441,11 +456,19 @@ class C2DSRProtocol:
         which is not available; ~40% of its Food-Kitchen test targets never occur in the pickles,
         and no model trained on them can rank such an item (its embedding only ever got pushed
         down as a sampled negative)."""
+        seen = item_counts[self.targets.numpy()] > 0
+        out: dict = {"unseen_target_share": float((~seen).mean()) if len(seen) else 0.0}
+        out.update(self.subset_metrics({"seen": seen, "unseen": ~seen}))
+        return out
+
+    def subset_metrics(self, masks: dict[str, np.ndarray]) -> dict:
+        """``{name: metrics}`` of the last run over the lines of each boolean mask (a mask that
+        selects no line is left out)."""
         if self.last_ranks is None:
             raise RuntimeError("run() first")
-        seen = torch.as_tensor(item_counts[self.targets.numpy()] > 0)
-        out: dict = {"unseen_target_share": float((~seen).float().mean()) if len(seen) else 0.0}
-        for name, mask in (("seen", seen), ("unseen", ~seen)):
+        out = {}
+        for name, mask in masks.items():
+            mask = torch.as_tensor(np.asarray(mask, dtype=bool))
             if mask.any():
                 m = rank_metrics(self.last_ranks[mask], C2DSR_KS)
                 out[name] = {k: float(v.mean()) for k, v in m.items() if k == "MRR" or k.startswith(("HR@", "NDCG@"))}

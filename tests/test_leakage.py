@@ -39,3 +39,14 @@ def test_last_item_of_domain():
     g2l = np.array([0, 1, 0, 2, 0])  # global items 1 and 3 are the domain's local 1 and 2
     hists = [np.array([1, 2, 3, 4]), np.array([2, 4]), np.array([], dtype=np.int64)]
     assert last_item_of_domain(hists, g2l).tolist() == [2, 0, 0]
+
+
+def test_leak_free_users_marks_each_users_event():
+    from core.data.leakage import leak_free_users
+
+    train = _data([[1, 2], [3, 4], [5]])
+    events = _data([[1, 2, 3], [3, 4, 5], [5, 6]])
+    # user 1: 2 -> 3 stands in no training sequence; user 2 (history [3], target 4): 3 -> 4 does;
+    # user 3: history cut to nothing -> no transition, leak-free
+    free = leak_free_users(train, None, events, np.array([1, 2, 3]), np.array([2, 1, 0]))
+    assert free.tolist() == [False, True, False, True]

@@ -167,6 +167,8 @@ def test_stage2_trains_on_exported_vectors_and_writes_the_seed_checkpoint(tmp_pa
     ckpt = torch.load(res["checkpoint"], weights_only=True)
     assert ckpt["kind"] == "trigrec-rec" and ckpt["model_args"]["spe_dim"] == 8
     assert res["spe_emb_path"].endswith("spe_emb_ep3_A.npy") and 0 <= res["test_full"]["NDCG@10"] <= 1
+    leak_free = res["test_full_leak_controlled"]  # users whose test transition no training sequence holds
+    assert 0 < leak_free["users"] < 200 and 0 <= leak_free["NDCG@10"] <= 1
 
     # eval_only: the saved checkpoint scores the same, results.json is left as training wrote it
     run_dir = Path(res["run_dir"])
@@ -510,3 +512,7 @@ def test_c2dsr_protocol_splits_lines_by_whether_training_saw_the_target():
     assert split["seen"]["MRR"] == pytest.approx(np.mean([expected_mrr[t] for t in (1, 2, 6)]))
     assert split["unseen"]["MRR"] == pytest.approx(expected_mrr[5])
     assert overall["MRR"] == pytest.approx(np.mean(list(expected_mrr.values())))
+    # the leak-controlled view reads each line's last target-domain item
+    assert prot.previous.tolist() == [3, 4, 3, 4]
+    only = prot.subset_metrics({"two": np.array([True, False, False, True]), "none": np.zeros(4, bool)})
+    assert set(only) == {"two"} and only["two"]["MRR"] == pytest.approx((expected_mrr[1] + expected_mrr[6]) / 2)

@@ -55,3 +55,18 @@ def last_item_of_domain(histories: list[np.ndarray], global_to_local: np.ndarray
         if len(local):
             out[i] = local[-1]
     return out
+
+
+def leak_free_users(train: SequenceData, train_len: np.ndarray | None, events: SequenceData, users: np.ndarray,
+                    hist_len: np.ndarray) -> np.ndarray:
+    """[n_users + 1] bool by 1-based user index: the user's evaluation event (history = first
+    ``hist_len`` items of ``events``, target the next one) has a transition that no training
+    sequence (``train``'s first ``train_len`` items per user) holds verbatim; users without an
+    event are False."""
+    users, hist_len = np.asarray(users, dtype=np.int64), np.asarray(hist_len, dtype=np.int64)
+    targets = events.items[events.offsets[users - 1] + hist_len].astype(np.int64)
+    seen = seen_transition(transition_codes(train, train_len), previous_items(events, users, hist_len), targets,
+                           train.n_items)
+    out = np.zeros(events.n_users + 1, dtype=bool)
+    out[users] = ~seen
+    return out
