@@ -1,5 +1,5 @@
-"""What the benchmarks share: rows, merging, aggregation over seeds, paired tests, the command
-line, Markdown tables and plots."""
+"""What the benchmarks share: rows, merging, aggregation over seeds, the command line, Markdown
+tables and plots (the paired tests over users are ``core.metrics``')."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +50,16 @@ def generic_command(command: str, seed: int) -> str:
     return command
 
 
+def with_placeholders(command: str, flags: dict[str, str]) -> str:
+    """``command`` with the value after each flag of ``flags`` written as its placeholder
+    (``{"--seed": "<N>"}``: ``... --seed 2`` -> ``... --seed <N>``)."""
+    parts = command.split(" ")
+    for flag, placeholder in flags.items():
+        if flag in parts and parts.index(flag) + 1 < len(parts):
+            parts[parts.index(flag) + 1] = placeholder
+    return " ".join(parts)
+
+
 def aggregate(runs: list[dict], skip: tuple = ("valid_curve",)) -> tuple[dict, list[dict]]:
     """Per-seed rows -> (groups by dataset/model/protocol/metric, rows of mean and sample std
     over the seeds). Rows without a value and metrics in ``skip`` are left out."""
@@ -75,38 +85,6 @@ def sample_std(values) -> float:
 def by_seed(rows: list[dict]) -> dict:
     """{seed: value} of one-seed rows."""
     return {r["seeds"][0]: r["value"] for r in rows}
-
-
-def ndcg_by_id(ids, ranks, k: int = 10) -> dict:
-    """{id: NDCG@k} from 0-based ranks of one target each (core.metrics does the maths)."""
-    from core.metrics import rank_metrics
-
-    return dict(zip(np.asarray(ids).tolist(), rank_metrics(np.asarray(ranks), [k])[f"NDCG@{k}"].tolist()))
-
-
-def seed_averaged_paired(base_runs: list[dict], other_runs: list[dict]) -> dict:
-    """Paired comparison of two models, one {id: value} per seed and model: over the ids every
-    run scored, each id's value averaged over the seeds, then Wilcoxon signed-rank and paired t
-    (``other`` minus ``base``)."""
-    from scipy import stats
-
-    ids = sorted(set.intersection(*(set(r) for r in base_runs + other_runs)))
-    x = np.mean([[r[i] for i in ids] for r in base_runs], axis=0)
-    y = np.mean([[r[i] for i in ids] for r in other_runs], axis=0)
-    diff = y - x
-    return {"users": len(ids), "mean_diff": float(diff.mean()),
-            "t_p": float(stats.ttest_rel(y, x).pvalue) if diff.any() else 1.0,
-            "wilcoxon_p": float(stats.wilcoxon(y, x, zero_method="wilcox").pvalue) if np.count_nonzero(diff) else 1.0}
-
-
-def run_measured(argv: list[str], env: dict | None = None) -> float:
-    """Run ``argv`` from the repository root and return the child's own peak RSS in MB."""
-    proc = subprocess.Popen(argv, cwd=REPO, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, argv)
-    return usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def overrides(*parts: str) -> str:

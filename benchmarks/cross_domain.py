@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, machine, md_table, merge_rows, ndcg_by_id, \
-    opt, pm, row, seed_averaged_paired, write_md
+from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, machine, md_table, merge_rows, opt, pm, \
+    row, write_md
 
 RUNS_FILE = RESULTS / "cross_domain_runs.json"
 DATASETS = {  # benchmark name -> (config, row label, folder under state_dict/cross_domain, source, target)
@@ -101,14 +101,6 @@ def p_row(r, kind: str, proto: str, test: dict, subset: str, users: int) -> dict
              mean_ndcg10_diff=test["mean_diff"], better=test["better"], worse=test["worse"])
 
 
-def kept_none(cfg) -> np.ndarray:
-    """[n_users + 1] bool by 1-based user index: cut by the cold-start protocol of ``cfg`` to no
-    target item at all."""
-    from cross_domain.data import cold_protocol, load_domains
-
-    return cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed).kept == 0
-
-
 def load_cfg(config: str, over: str = ""):
     from core.config import load_config
     from cross_domain.config import CrossDomainConfig
@@ -118,36 +110,38 @@ def load_cfg(config: str, over: str = ""):
 
 @functools.lru_cache
 def kept_none_of(label: str) -> np.ndarray:
-    """``kept_none`` of a row label's config (the cold split does not depend on the seed)."""
-    return kept_none(load_cfg(next(v[0] for v in DATASETS.values() if v[1] == label)))
+    """``cold_none_mask`` of a row label's config (the cold split does not depend on the seed)."""
+    from cross_domain.evaluate import cold_none_mask
+
+    return cold_none_mask(load_cfg(next(v[0] for v in DATASETS.values() if v[1] == label)))
 
 
 def no_history_rows(args, home: Path, r) -> list[dict]:
     """Rows of subset ``cold-none``: the cold users cut to no target history at all, where only
     the source can say anything about the user (a finer cut of ``cold``, from the runs'
     ``test_ranks.npz`` and the protocol's ``kept``)."""
-    from cross_domain.evaluate import paired_test, subset_metrics
+    from cross_domain.evaluate import cold_none_mask, masked_reports
 
     config, _, _, source, target = DATASETS[args.dataset]
     cfg = load_cfg(config, ",".join(x for x in (args.override, f"data.source={source},data.target={target}") if x))
     ranks = {k: np.load(home / stage_folder(args.dataset, k) / "test_ranks.npz") for k in KINDS}
-    mask = kept_none(cfg)[ranks["baseline"]["users"]]
+    mask = cold_none_mask(cfg)[ranks["baseline"]["users"]]
     rows, users = [], int(mask.sum())
-    for kind, z in ranks.items() if mask.any() else ():
-        for name in (k for k in z.files if k not in ("users", "cold")):
-            m = subset_metrics(z[name], mask, cfg.eval.ks)
+    for kind, by_protocol in masked_reports(ranks, mask, cfg.eval.ks).items():
+        for name, (m, test) in by_protocol.items():
             rows += [r(kind, protocol_label(name), metric, m[metric], subset="cold-none", users=users)
                      for metric in METRICS if metric in m]
-            if kind != "baseline":
-                rows.append(p_row(r, kind, protocol_label(name), paired_test(ranks["baseline"][name][mask], z[name][mask]),
-                                  "cold-none", users))
+            if test:
+                rows.append(p_row(r, kind, protocol_label(name), test, "cold-none", users))
     return rows
 
 
 # --------------------------------------------------------------------------- summary
 def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subset: str) -> dict | None:
-    """Wilcoxon over users of NDCG@10 averaged across seeds (kind vs baseline), from the runs'
-    ``test_ranks.npz``; None when a seed's ranks are no longer on disk."""
+    """``cross_domain.evaluate.seed_averaged_test`` of ``kind`` vs the baseline over the seeds
+    whose runs' ``test_ranks.npz`` are still on disk (None with fewer than two)."""
+    from cross_domain.evaluate import seed_averaged_test as ranks_test
+
     dirs = {}
     for r in runs:
         if r["dataset"] == label and r["metric"] == "sec_per_epoch" and r["model"] in (kind, "baseline"):
@@ -155,15 +149,9 @@ def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subs
     seeds = sorted(set(dirs.get(kind, {})) & set(dirs.get("baseline", {})))
     if len(seeds) < 2 or not all(dirs[m][s].is_file() for m in (kind, "baseline") for s in seeds):
         return None
-    key = {"sampled-100": "sampled-99"}.get(proto, proto)
-
-    def per_user(model: str, seed: int) -> dict:
-        z = np.load(dirs[model][seed])
-        mask = kept_none_of(label)[z["users"]] if subset == "cold-none" else \
-            {"all": np.ones(len(z["users"]), bool), "cold": z["cold"], "warm": ~z["cold"]}[subset]
-        return ndcg_by_id(z["users"][mask], z[key][mask])
-
-    t = seed_averaged_paired([per_user("baseline", s) for s in seeds], [per_user(kind, s) for s in seeds])
+    t = ranks_test([dirs["baseline"][s] for s in seeds], [dirs[kind][s] for s in seeds],
+                   {"sampled-100": "sampled-99"}.get(proto, proto), subset,
+                   kept_none_of(label) if subset == "cold-none" else None)
     return {"p": t["wilcoxon_p"], "mean_diff": t["mean_diff"], "users": t["users"], "seeds": seeds}
 
 
@@ -181,8 +169,16 @@ def cmd_summarize(args) -> None:
     for r in runs:
         if r["metric"] == "p_wilcoxon_vs_baseline":
             tests.setdefault((r["dataset"], r["model"], r["protocol"], r["subset"]), []).append(r)
+    # a seed-averaged test needs the runs' test_ranks.npz: on a machine without them (a fresh
+    # clone) the row computed where they were is kept, as cross_domain.json holds it
+    stored = {(r["dataset"], r["model"], r["protocol"], r["subset"]): r for r in load_rows(RESULTS / "cross_domain.json")
+              if r["metric"] == "p_wilcoxon_vs_baseline" and r.get("test") == "seed-averaged NDCG@10 per user"}
     for (label, kind, proto, subset), rs in sorted(tests.items()):
         pooled = seed_averaged_test(runs, label, kind, proto, subset)
+        old = stored.get((label, kind, proto, subset))
+        if pooled is None and old and old["seeds"] == sorted(s for r in rs for s in r["seeds"]):
+            out.append(old)
+            continue
         out.append(row(label, kind, proto, "p_wilcoxon_vs_baseline", pooled["p"] if pooled else max(r["value"] for r in rs),
                        seeds=sorted(s for r in rs for s in r["seeds"]), command=rs[0]["command"], subset=subset,
                        test="seed-averaged NDCG@10 per user" if pooled else "largest per-seed p",

@@ -15,8 +15,8 @@ from functools import partial
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, aggregate, by_seed, cli, devices, load_rows, md_table, merge_rows, ndcg_by_id, \
-    opt, overrides, plot, pm, read_jsonl, row, run_module, seed_averaged_paired, write_md
+from benchmarks.common import REPO, RESULTS, aggregate, by_seed, cli, devices, load_rows, md_table, merge_rows, opt, \
+    overrides, plot, pm, read_jsonl, row, run_module, write_md
 
 RUNS_FILE = RESULTS / "distillation_runs.json"
 # per-user test ranks of every run, kept beside the rows so the paired tests can be recomputed
@@ -79,6 +79,8 @@ def store_user_ranks(run_dirs) -> dict:
 
 
 def paired_test(ranks_table: dict, base_dirs: dict[int, str], other_dirs: dict[int, str]) -> dict:
+    from core.metrics import ndcg_by_id, seed_averaged_paired
+
     seeds = sorted(s for s in set(base_dirs) & set(other_dirs)
                    if str(base_dirs[s]) in ranks_table and str(other_dirs[s]) in ranks_table)
     if not seeds:
@@ -104,6 +106,8 @@ def cmd_summarize(args) -> None:
         if base == model or (ds, base) not in dirs:
             continue
         test = paired_test(ranks_table, dirs[(ds, base)], model_dirs)
+        # derived rows carry the device of the runs they compare, not of the machine that summarizes
+        dev = devices(groups.get((ds, model, "full", "NDCG@10"), []))
         old = previous_tests.get((ds, model))
         if old and len(old["seeds"]) > len(test.get("seeds", [])):
             # runs from before per-user ranks were stored: keep the test computed when their folders existed
@@ -118,17 +122,17 @@ def cmd_summarize(args) -> None:
                 per_seed = [100 * (pm_[s] / pb[s] - 1) for s in shared]
                 gain = 100 * (np.mean([pm_[s] for s in shared]) / np.mean([pb[s] for s in shared]) - 1)
                 out.append(row(ds, model, "full", f"gain_pct_{metric}", gain, float(np.std(per_seed)), seeds=shared,
-                               command="summarize", per_seed=per_seed))
+                               command="summarize", per_seed=per_seed, device=dev))
         if test:
             out.append(row(ds, model, "full", "paired_wilcoxon_p_NDCG@10", test["wilcoxon_p"], seeds=test["seeds"],
-                           command="summarize", users=test["users"], mean_diff=test["mean_diff"], t_p=test["t_p"]))
+                           command="summarize", users=test["users"], mean_diff=test["mean_diff"], t_p=test["t_p"], device=dev))
         # over the seeds both share (runs of one seed ran side by side in one queue)
         sb, sm = (by_seed(groups.get((ds, m, "full", "train_seconds"), [])) for m in (base, model))
         shared = sorted(set(sb) & set(sm))
         if shared:
             out.append(row(ds, model, "full", "train_time_ratio_vs_base",
                            float(np.mean([sm[s] for s in shared]) / np.mean([sb[s] for s in shared])),
-                           seeds=shared, command="summarize"))
+                           seeds=shared, command="summarize", device=dev))
     atomic_write_json(RESULTS / "distillation.json", out)
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
     g = lambda key, metric: by.get((*key, metric))  # noqa: E731

@@ -3,30 +3,28 @@ training throughput and cache build time.
 
 Pieces (``known``, ``rerank``, ``synthetic``, ``speed``, ``cache``, ``summarize``: see
 benchmarks/README.md) merge their rows into ``benchmarks/results/persona_runs.json``. The
-protocol itself (sample, folds, candidates, training pairs, baselines, ranks and metrics with
-``core.metrics``' tie rule) is ``persona_training.evaluate``; this module drives it, trains the
-fold encoders with ``persona_training.encoder.train_pairs`` and writes the tables: ``summarize``
-pools the folds' per-user ranks and reports HR/MRR/NDCG@5/10/20 with 95% bootstrap intervals
-over users (``ci_low``/``ci_high``).
+protocol itself (sample, folds, candidates, training pairs, the fold encoders, baselines, ranks
+and metrics with ``core.metrics``' tie rule, the planted-structure test set, pooling the folds
+and the bootstrap intervals) is ``persona_training.evaluate``; this module drives it and writes
+the rows and tables: ``summarize`` pools the folds' per-user ranks and reports HR/MRR/NDCG@5/10/20
+with 95% bootstrap intervals over users (``ci_low``/``ci_high``).
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
 import tempfile
-import time
-from collections import Counter
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import REPO, RESULTS, cli, devices, load_rows, machine, merge_rows, opt, row, sample_std, timed, \
-    write_md
-from persona_training.evaluate import METRICS, Sample, baseline_ranks, bootstrap_ci, known_answer, pooled_metrics, \
-    scorer_ranks, stable_seed, synthetic_ranks, user_metrics
+    with_placeholders, write_md
+from core.errors import DataError
+from persona_training.evaluate import METRICS, Encoders, PlantedSample, Sample, bootstrap_summary, evaluate_fold, \
+    known_answer, pool_folds, user_metrics
 
 DATA = REPO.parent / "shared" / "data" / "persona4rec"
 MODELS = ("random", "popularity", "zero-shot", "trained")
@@ -74,39 +72,16 @@ def xrow(args, dataset, model, protocol, metric, value, seeds=True, **extra) -> 
                piece=args.cmd, **extra) | {"device": device_label(args)}
 
 
-def encoder_on(args, seq_len: int):
-    from persona_training.encoder import load_encoder
-
-    return load_encoder(args.model, str(device_of(args)), seq_len)
-
-
-def scorer(args, model, agg=True):
-    from persona_training.scoring import Scorer
-
-    return Scorer(model, amp=args.amp == "on", **({"agg": args.agg} if agg else {}))
-
-
-def trained_encoder(args, pairs, warmup: bool = False):
-    """A fresh base encoder trained on ``pairs`` (after ``--warmup`` untimed steps if ``warmup``):
-    (model set to the scoring length, the last training's result)."""
-    from persona_training.encoder import train_pairs
-
-    model = encoder_on(args, args.train_max_seq_length if warmup else args.eval_max_seq_length)
-    if warmup and args.warmup:
-        train_pairs(pairs, train_section(args, args.warmup), model=model, show_progress=False, log=lambda s: None)
-    res = train_pairs(pairs, train_section(args), model=model, show_progress=False, log=lambda s: print("  " + s))
-    model.max_seq_length = args.eval_max_seq_length
-    return model, res
-
-
-def train_section(args, steps: int | None = None):
+def encoders(args) -> Encoders:
+    """This call's encoders: the base model on its device, trained (pieces with ``--steps``) as the flags say."""
     from persona_training.config import TrainSection
 
-    steps = steps or args.steps
-    return TrainSection(model=args.model, max_steps=steps, batch_size=args.batch_size, learning_rate=args.lr,
-                        temperature=args.temperature, max_seq_length=args.train_max_seq_length,
-                        train_layers=args.train_layers, warmup_steps=args.warmup_steps, amp=args.amp == "on",
-                        device=str(device_of(args)), seed=args.seed, log_every=max(1, steps // 4 or 1))
+    device, amp = str(device_of(args)), args.amp == "on"
+    train = TrainSection(model=args.model, max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                         temperature=args.temperature, max_seq_length=args.train_max_seq_length,
+                         train_layers=args.train_layers, warmup_steps=args.warmup_steps, amp=amp, device=device,
+                         seed=args.seed, log_every=max(1, args.steps // 4)) if hasattr(args, "steps") else None
+    return Encoders(args.model, device, amp, args.agg, args.eval_max_seq_length, train)
 
 
 def print_table(title: str, ranks: dict[str, list], n_users: int) -> None:
@@ -120,14 +95,6 @@ def sample_of(args) -> Sample:
     return Sample(args.data_dir, args.dataset, args.fields, args.pool, args.folds, args.fold_seed)
 
 
-def synthetic_files(args, tmp: str, keys: tuple):
-    """The synthetic persona-format default written to ``tmp``: (its files, the ``keys`` files loaded)."""
-    from persona_training import schema, synthetic
-
-    files = synthetic.generate(tmp, seed=args.data_seed)
-    return files, schema.load_data({k: files[k] for k in keys}, "synthetic", with_selections=True)
-
-
 # --------------------------------------------------------------------------- 1. known answer
 def cmd_known(args) -> None:
     """1. known answer on the example candidates + a rerank that can score nothing
@@ -138,7 +105,8 @@ def cmd_known(args) -> None:
 
     def zero_shot():  # the model is loaded only if something can be scored
         if "s" not in state:
-            state["s"] = scorer(args, encoder_on(args, args.eval_max_seq_length), agg=False)
+            enc = encoders(args)
+            state["s"] = enc.scorer(enc.base(), agg=False)
         return state["s"]
 
     res = known_answer(args.data_dir, ds, zero_shot, args.fields, args.max_history)
@@ -180,37 +148,29 @@ def cmd_rerank(args) -> None:
     folds = [args.fold] if args.fold is not None else list(range(args.folds))
     print(f"{ds}: {len(sample.users)} users, {len(sample.scorable)} with a target that has text; pool {len(sample.pool)} "
           f"items ({len(set(sample.pool) & sample.from_personas)} with personas), folds {folds} of {args.folds}")
-    zs = scorer(args, encoder_on(args, args.eval_max_seq_length))  # one memo for all folds
+    enc = encoders(args)
+    zs = enc.scorer(enc.base())  # one memo for all folds
     for fold in folds:
-        t_fold = time.perf_counter()
-        test, skipped, train_users = sample.fold(fold)
-        test = test[: args.limit] if args.limit else test
-        cands = {u: sample.candidates(u, args.negatives, args.sample_seed) for u in test}
-        hist = sample.histories(test, args.max_history)
-        ranks = baseline_ranks(sample, test, cands, args.sample_seed)
-        ranks["zero-shot"], zs_seconds = timed(scorer_ranks, zs, hist, sample.item_text, test, cands)
-        # the trained encoder: a fresh copy of the base model, other folds' users only
-        pairs = sample.training_pairs(train_users, args.seed, args.train_max_history, args.pair_positions)
-        assert not {p.user_id for p in pairs} & set(test)
-        model, res = trained_encoder(args, pairs)
-        ranks["trained"], tr_seconds = timed(scorer_ranks, scorer(args, model), hist, sample.item_text, test, cands)
-        fold_seconds = time.perf_counter() - t_fold
+        f = evaluate_fold(sample, fold, enc, zs, negatives=args.negatives, sample_seed=args.sample_seed,
+                          max_history=args.max_history, seed=args.seed, train_max_history=args.train_max_history,
+                          pair_positions=args.pair_positions, limit=args.limit, log=lambda s: print("  " + s))
+        test, ranks, res = f["test"], f["ranks"], f["train"]
         common = {"fold": fold, "folds": args.folds, "settings": {n: getattr(args, n) for n in RERANK_SETTINGS}}
-        persona_cands = sum(i in sample.from_personas for u in test for i in cands[u])
+        persona_cands = sum(i in sample.from_personas for u in test for i in f["candidates"][u])
         rows = [xrow(args, ds, name, "sampled-100", "user_ranks", None, users=test, ranks=[ranks[name][u] for u in test],
-                     skipped_users=skipped, candidates_with_personas=persona_cands, **common) for name in MODELS]
-        rows += [xrow(args, ds, "trained", "sampled-100", "pairs_per_s", res.pairs_per_s, train_pairs=len(pairs),
-                      train_users=len(train_users), **train_info(res), **common),
-                 xrow(args, ds, "trained", "sampled-100", "fold_seconds", fold_seconds, zero_shot_eval_seconds=zs_seconds,
-                      trained_eval_seconds=tr_seconds, **common)]
+                     skipped_users=f["skipped"], candidates_with_personas=persona_cands, **common) for name in MODELS]
+        rows += [xrow(args, ds, "trained", "sampled-100", "pairs_per_s", res.pairs_per_s, train_pairs=len(f["pairs"]),
+                      train_users=len(f["train_users"]), **train_info(res), **common),
+                 xrow(args, ds, "trained", "sampled-100", "fold_seconds", f["fold_seconds"],
+                      zero_shot_eval_seconds=f["zero_shot_seconds"], trained_eval_seconds=f["trained_seconds"], **common)]
         merge_rows(runs_file(args), rows, key=QUALITY_KEY)
-        print_table(f"{ds} fold {fold}: sampled-100 ({args.negatives} negatives), {len(pairs)} training pairs from "
-                    f"{len(train_users)} other users, {res.steps} steps, loss {res.first_loss:.3f} -> {res.last_loss:.3f}, "
-                    f"{res.pairs_per_s:.1f} pairs/s; fold {fold_seconds:.0f}s (zero-shot eval {zs_seconds:.0f}s, "
-                    f"training {res.seconds:.0f}s, trained eval {tr_seconds:.0f}s)",
+        print_table(f"{ds} fold {fold}: sampled-100 ({args.negatives} negatives), {len(f['pairs'])} training pairs from "
+                    f"{len(f['train_users'])} other users, {res.steps} steps, loss {res.first_loss:.3f} -> "
+                    f"{res.last_loss:.3f}, {res.pairs_per_s:.1f} pairs/s; fold {f['fold_seconds']:.0f}s (zero-shot eval "
+                    f"{f['zero_shot_seconds']:.0f}s, training {res.seconds:.0f}s, trained eval {f['trained_seconds']:.0f}s)",
                     {name: [ranks[name][u] for u in test] for name in MODELS}, len(test))
-        if skipped:
-            print(f"  not scored (target has no text in the sample): {len(skipped)} user(s)")
+        if f["skipped"]:
+            print(f"  not scored (target has no text in the sample): {len(f['skipped'])} user(s)")
 
 
 def train_info(res) -> dict:
@@ -224,32 +184,13 @@ SYNTHETIC_SETTINGS = ("data_seed", "fields", "max_history", "eval_max_seq_length
 
 def cmd_synthetic(args) -> None:
     """3. planted structure: trained > zero-shot > random"""
-    from core.candidates import read_ground_truth, read_scored_candidates
-    from persona_training import texts
-
-    with tempfile.TemporaryDirectory(prefix="persona-syn-") as tmp:
-        files, data = synthetic_files(args, tmp, ("persona", "loo_history", "selected", "item_summary"))
-        meta = json.loads(files["meta"].read_text())
-        target = {u: next(iter(i)) for u, i in read_ground_truth(files["gt_loo"]).items()}
-        candidates = read_scored_candidates(files["candidates"])
-    test = sorted(u for u, m in meta["users"].items() if m["split"] == "test")
-    pairs, stats = texts.build_pairs(data, fields=args.fields, max_history=args.max_history, source="selected",
-                                     seed=args.seed)
-    assert not {p.user_id for p in pairs} & set(test)
-    items = sorted(data.personas)
-    item_text = {i: [texts.persona_text(p, args.fields) for p in data.personas[i]] for i in items}
-    popularity = Counter(r.item_id for rs in data.history.values() for r in rs)
-    hist = {u: texts.history_texts(data.history[u], "summary", args.max_history) for u in test}
-    zero_shot = scorer(args, encoder_on(args, args.eval_max_seq_length))
-    model, res = trained_encoder(args, pairs)
-    score_fns = {  # model -> (user, items) -> scores
-        "random": lambda u, its: np.random.default_rng(stable_seed(args.seed, u, "random")).random(len(its)),
-        "popularity": lambda u, its: np.array([popularity.get(i, 0) for i in its], float),
-        **{name: (lambda s: lambda u, its: s.scores([hist[u]], [item_text[i] for i in its])[0])(s)
-           for name, s in (("zero-shot", zero_shot), ("trained", scorer(args, model)))},
-    }
-    ranks = synthetic_ranks(score_fns, test, target, items, {u: {r.item_id for r in data.history[u]} for u in test},
-                            candidates)
+    planted = PlantedSample(args.data_seed, args.fields, args.max_history)
+    test, items = planted.test, planted.items
+    pairs, stats = planted.training_pairs(args.seed)
+    enc = encoders(args)
+    zero_shot = enc.scorer(enc.base())
+    model, res = enc.trained(pairs, log=lambda s: print("  " + s))
+    ranks = planted.ranks({"zero-shot": zero_shot, "trained": enc.scorer(model)}, args.seed)
     settings = {n: getattr(args, n) for n in SYNTHETIC_SETTINGS}
     rows = [xrow(args, "synthetic", name, proto, "user_ranks", None, users=test, ranks=[rk[u] for u in test],
                  settings=settings, items=len(items)) for (proto, name), rk in ranks.items()]
@@ -267,15 +208,17 @@ def cmd_synthetic(args) -> None:
 def cmd_speed(args) -> None:
     """training pairs/s on a fixed workload (all users' pairs of one dataset), after warm-up steps"""
     if args.dataset == "synthetic":
-        from persona_training import texts
+        from persona_training import schema, synthetic, texts
 
         with tempfile.TemporaryDirectory(prefix="persona-syn-") as tmp:
-            _, data = synthetic_files(args, tmp, ("persona", "loo_history", "selected"))
+            files = synthetic.generate(tmp, seed=args.data_seed)
+            data = schema.load_data({k: files[k] for k in ("persona", "loo_history", "selected")}, "synthetic",
+                                    with_selections=True)
         pairs, _ = texts.build_pairs(data, fields=args.fields, max_history=args.train_max_history, source="selected")
     else:
         sample = sample_of(args)
         pairs = sample.training_pairs(sample.users, args.seed, args.train_max_history, args.pair_positions)
-    _, res = trained_encoder(args, pairs, warmup=True)
+    _, res = encoders(args).trained(pairs, warmup=args.warmup, log=lambda s: print("  " + s))
     texts_per_pair = float(np.mean([len(p[0]) + 1 for p in pairs]))
     merge_rows(runs_file(args), [xrow(
         args, args.dataset, "trained", "full", "pairs_per_s", res.pairs_per_s, amp=args.amp == "on" and
@@ -325,39 +268,19 @@ def cmd_cache(args) -> None:
 # --------------------------------------------------------------------------- summary
 def generic_command(command: str, seeds: bool = True) -> str:
     """A piece's command with its fold (and, over several seeds, its seed) written as ``<F>`` / ``<N>``."""
-    parts = command.split(" ")
-    for flag, name in (("--fold", "<F>"), ("--seed", "<N>")):
-        if flag in parts and parts.index(flag) + 1 < len(parts) and (flag == "--fold" or seeds):
-            parts[parts.index(flag) + 1] = name
-    return " ".join(parts)
+    return with_placeholders(command, {"--fold": "<F>", **({"--seed": "<N>"} if seeds else {})})
 
 
 def pooled(runs: list[dict], dataset: str, protocol: str) -> dict:
-    """Per model: users -> metric arrays averaged over the seeds that scored them, plus bookkeeping."""
-    rank_rows = [r for r in runs if r["metric"] == "user_ranks" and r["dataset"] == dataset and r["protocol"] == protocol]
-    out: dict = {}
-    for model in sorted({r["model"] for r in rank_rows}):
-        per_seed: dict[int, dict[str, object]] = {}
-        folds, settings, devices, commands = set(), {}, set(), []
-        for r in rank_rows:
-            if r["model"] != model:
-                continue
-            seed = r["seeds"][0]
-            got = per_seed.setdefault(seed, {})
-            for u, k in zip(r["users"], r["ranks"]):
-                if u in got:
-                    raise SystemExit(f"{dataset}/{model} seed {seed}: user {u} scored by two folds; rerun with one fold layout")
-                got[u] = k
-            folds.add(r.get("fold"))
-            key = json.dumps({k: v for k, v in (r.get("settings") or {}).items() if k != "limit"}, sort_keys=True)
-            settings.setdefault(key, []).append(r.get("fold"))
-            devices.add(r["device"])
-            commands.append(r["command"])
-        users, values, seed_means = pooled_metrics(per_seed)
-        out[model] = {"users": users, "values": values, "seeds": sorted(per_seed),
-                      "folds": sorted(f for f in folds if f is not None), "settings": settings, "devices": sorted(devices),
-                      "command": generic_command(commands[0], len(per_seed) > 1) if commands else "", "seed_means": seed_means,
-                      "limited": any(r.get("settings", {}).get("limit") for r in rank_rows if r["model"] == model)}
+    """``pool_folds`` of one dataset's and protocol's ``user_ranks`` rows, with their devices and command."""
+    try:
+        out = pool_folds([r for r in runs if r["metric"] == "user_ranks" and r["dataset"] == dataset
+                          and r["protocol"] == protocol])
+    except DataError as exc:
+        raise SystemExit(f"{dataset}/{exc}") from None
+    for d in out.values():
+        d["devices"] = sorted({r["device"] for r in d["records"]})
+        d["command"] = generic_command(d["records"][0]["command"], len(d["seeds"]) > 1)
     return out
 
 
@@ -365,32 +288,17 @@ def quality_rows(runs, dataset, protocol, args) -> tuple[list[dict], dict]:
     data = pooled(runs, dataset, protocol)
     if not data:
         return [], {}
-    users = sorted(set.intersection(*(set(d["users"]) for d in data.values())))
-    idx = np.random.default_rng(args.bootstrap_seed).integers(0, len(users), size=(args.bootstrap, len(users)))
-    rows = []
-    vecs: dict[str, dict[str, np.ndarray]] = {}
-    for model, d in data.items():
-        pos = {u: j for j, u in enumerate(d["users"])}
-        sel = np.array([pos[u] for u in users], dtype=int)
-        vecs[model] = {m: d["values"][m][sel] for m in METRICS}
-        note = f"{len(users)} users: a small sample, read the intervals"
-        for m in METRICS:
-            v, sm = vecs[model][m], d["seed_means"][m]
-            low, high, boots = bootstrap_ci(v, idx)
-            rows.append(row(dataset, model, protocol, m, float(v.mean()), sample_std(sm),
-                            d["seeds"], d["command"], ci_low=low, ci_high=high, se_users=float(boots.std(ddof=1)), users=len(users),
-                            folds=d["folds"], bootstrap=args.bootstrap, note=note)
-                        | {"device": "; ".join(d["devices"])})
-    # paired differences on NDCG@10 (same bootstrap resamples of users for both models)
-    for a, b in (("trained", "zero-shot"), ("trained", "random"), ("zero-shot", "random"), ("trained", "popularity")):
-        if a in vecs and b in vecs:
-            diff = vecs[a]["NDCG@10"] - vecs[b]["NDCG@10"]
-            low, high, boots = bootstrap_ci(diff, idx)
-            rows.append(row(dataset, a, protocol, f"NDCG@10_minus_{b}", float(diff.mean()), 0.0, data[a]["seeds"],
-                            "summarize", ci_low=low, ci_high=high,
-                            p_boot=float((boots <= 0).mean()), users=len(users), bootstrap=args.bootstrap,
-                            note="paired over users; p_boot = share of bootstrap resamples with difference <= 0")
-                        | {"device": "; ".join(data[a]["devices"])})
+    users, stats, diffs = bootstrap_summary(data, args.bootstrap, args.bootstrap_seed)
+    note = f"{len(users)} users: a small sample, read the intervals"
+    rows = [row(dataset, model, protocol, m, s["mean"], sample_std(d["seed_means"][m]), d["seeds"], d["command"],
+                ci_low=s["ci_low"], ci_high=s["ci_high"], se_users=s["se"], users=len(users), folds=d["folds"],
+                bootstrap=args.bootstrap, note=note) | {"device": "; ".join(d["devices"])}
+            for model, d in data.items() for m, s in stats[model].items()]
+    # paired differences on NDCG@10 (the same bootstrap resamples of users for both models)
+    rows += [row(dataset, a, protocol, f"NDCG@10_minus_{b}", t["mean"], 0.0, data[a]["seeds"], "summarize",
+                 ci_low=t["ci_low"], ci_high=t["ci_high"], p_boot=t["p_boot"], users=len(users), bootstrap=args.bootstrap,
+                 note="paired over users; p_boot = share of bootstrap resamples with difference <= 0")
+             | {"device": "; ".join(data[a]["devices"])} for (a, b), t in diffs.items()]
     return rows, data
 
 

@@ -2,7 +2,8 @@
 
 Pieces (``run --size S --piece P``, ``summarize``: benchmarks/README.md, "Catalog scale"); each
 piece runs in a fresh subprocess, so its peak RAM (VmHWM) is its own, and merges its rows into
-benchmarks/results/scale.json. Sizes keep the 10M / 1M / 500k proportions.
+benchmarks/results/scale.json. Sizes keep the 10M / 1M / 500k proportions. The measurements
+are ``core.cost``'s (training throughput, full-ranking time, peak RAM).
 """
 from __future__ import annotations
 
@@ -30,19 +31,9 @@ def data_dir(size: str) -> Path:
     return REPO / "data" / f"synthetic-{size}"
 
 
-def peak_rss_gb() -> float:
-    """VmHWM of this process in GB (falls back to ru_maxrss, KiB on Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e9
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-
-
 # --------------------------------------------------------------------------- pieces (in a child process)
 def piece_prep(size: str) -> list[dict]:
+    from core.cost import peak_rss_gb
     from core.data.synthetic_large import LargeSpec, fit_popularity_exponent, generate_large
 
     n, items, users = SIZES[size]
@@ -69,15 +60,13 @@ def _load(size: str):
 
 
 def piece_train(size: str) -> list[dict]:
-    import tempfile
-
     import torch
 
+    from core.cost import fit_throughput, peak_rss_gb
     from core.data.batches import CausalDataset
     from core.data.splits import item_popularity
     from core.models import build_model
     from core.models.sampled_softmax import full_softmax_bytes
-    from core.train import TrainConfig, fit
 
     data, split = _load(size)
     torch.manual_seed(0)
@@ -85,44 +74,30 @@ def piece_train(size: str) -> list[dict]:
                         negative_sampler=SAMPLER, **MODEL)
     model.set_item_counts(item_popularity(data, split.train_len))
     train = CausalDataset(split, MODEL["maxlen"])  # memory-mapped data: rows gathered per batch
-    cfg = TrainConfig(epochs=1, batch_size=TRAIN_BATCH, max_steps_per_epoch=TRAIN_STEPS, patience=0,
-                      save_checkpoints=False)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        fit(model, train, lambda m: {"NDCG@10": 0.0}, cfg, Path(tmp), device=torch.device("cpu"), seed=0,
-            checkpoint_meta={"kind": "sasrec", "model_args": model.model_args, "config": {}}, log=lambda *a: None)
-        row = json.loads((Path(tmp) / "metrics.jsonl").read_text().splitlines()[-1])
-    # CPU seconds per wall second (2.0 = both cores all the time): how much of the shared machine it had
-    cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-    steps = min(TRAIN_STEPS, math.ceil(len(train) / TRAIN_BATCH))
-    seqs = min(len(train), steps * TRAIN_BATCH)
-    extra = {"steps": steps, "batch_size": TRAIN_BATCH, "num_negatives": NEGATIVES, "negative_sampler": SAMPLER,
-             "train_loss": row["train_loss"], "train_seconds": row["epoch_seconds"], "cpu_share": round(cpu_share, 2),
+    res = fit_throughput(model, train, TRAIN_BATCH, TRAIN_STEPS)
+    extra = {"steps": res["steps"], "batch_size": TRAIN_BATCH, "num_negatives": NEGATIVES, "negative_sampler": SAMPLER,
+             "train_loss": res["train_loss"], "train_seconds": res["epoch_seconds"], "cpu_share": round(res["cpu_share"], 2),
              "full_softmax_logits_gb": round(full_softmax_bytes(TRAIN_BATCH, MODEL["maxlen"], data.n_items) / 1e9, 2)}
-    return [("sasrec-sampled", "train_seq_per_sec", seqs / row["epoch_seconds"], extra),
+    return [("sasrec-sampled", "train_seq_per_sec", res["rows_per_sec"], extra),
             ("sasrec-sampled", "peak_ram_gb", peak_rss_gb(), {})]
 
 
 def piece_eval(size: str, chunked: bool = True) -> list[dict]:
     import torch
 
-    from core.evaluation import Evaluator
+    from core.cost import full_ranking_cost, peak_rss_gb
     from core.models import build_model
     from core.seqrec import model_score_fn
 
     data, split = _load(size)
     torch.manual_seed(0)
     model = build_model("sasrec", n_items=data.n_items, **MODEL).eval()  # untrained: the cost does not depend on weights
-    t, cpu0 = time.perf_counter(), time.process_time()
-    ev = Evaluator(split, "test", MODEL["maxlen"], sampled=(), max_users=EVAL_USERS, batch_size=EVAL_BATCH,
-                   item_chunk=ITEM_CHUNK if chunked else 0)
-    res = ev.run(model_score_fn(model))
-    sec = time.perf_counter() - t
-    cpu_share = (time.process_time() - cpu0) / sec
+    res = full_ranking_cost(split, "test", MODEL["maxlen"], model_score_fn(model), sampled=(), max_users=EVAL_USERS,
+                            batch_size=EVAL_BATCH, item_chunk=ITEM_CHUNK if chunked else 0)
     name = "sasrec-chunked" if chunked else "sasrec-unchunked"
-    extra = {"users": len(ev), "items": data.n_items, "item_chunk": ITEM_CHUNK if chunked else 0,
-             "eval_batch": EVAL_BATCH, "NDCG@10": res.get("NDCG@10"), "cpu_share": round(cpu_share, 2)}
-    return [(name, "eval_sec", sec, extra), (name, "eval_peak_ram_gb", peak_rss_gb(), {})]
+    extra = {"users": res["users"], "items": data.n_items, "item_chunk": ITEM_CHUNK if chunked else 0,
+             "eval_batch": EVAL_BATCH, "NDCG@10": res["metrics"].get("NDCG@10"), "cpu_share": round(res["cpu_share"], 2)}
+    return [(name, "eval_sec", res["seconds"], extra), (name, "eval_peak_ram_gb", peak_rss_gb(), {})]
 
 
 def child(size: str, piece: str, threads: int) -> None:

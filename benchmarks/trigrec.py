@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, md_table, merge_rows, ndcg_by_id, opt, \
-    overrides, plot, pm, read_jsonl, rel, row, run_module, seed_averaged_paired, write_md
+from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, md_table, merge_rows, opt, overrides, \
+    plot, pm, read_jsonl, rel, row, run_module, write_md
+from core.metrics import ndcg_by_id, seed_averaged_paired
 from core.train import mean_epoch_seconds
+from recommendation_model.data import exported as exported_files
 
 RUNS_FILE = RESULTS / "trigrec_runs.json"
 TARGETS = {"food": "Food-Kitchen/Food", "kitchen": "Food-Kitchen/Kitchen"}
@@ -105,8 +107,7 @@ def ensure_export(h: Path, args, code: str, holdout: int = 0) -> None:
     the files stage 2 will read exist: the epoch it picks (EPOCH_TO_LOAD in ``--override``, else
     the latest exported) and, with ``holdout``, that epoch's ``.holdout{m}`` spe and cross files."""
     folder = h / "embeddings" / "user_representation_module" / args.target
-    pat = re.compile(rf"^spe_emb_ep(\d+)_{code}\.npy$")
-    exported = sorted(int(m[1]) for p in folder.glob(f"spe_emb_ep*_{code}.npy") if (m := pat.match(p.name)))
+    exported = sorted(exported_files(folder, "spe", code))
     asked = re.search(r"(?:EPOCH_TO_LOAD|epoch_to_load)=(\d+)", args.override)
     epoch = int(asked[1]) if asked and int(asked[1]) else (exported[-1] if exported else 0)
     if not (epoch in exported and all((folder / f"{k}_emb_ep{epoch}_{code}.holdout{holdout}.npy").is_file()
@@ -215,13 +216,21 @@ def line_ndcg(target: str, seed: int, variant: str) -> dict[int, float] | None:
     return {line: 100 * v for line, v in ndcg_by_id(z["lines"], z["ranks"]).items()}
 
 
-def paired_tests() -> list[dict]:
+def paired_tests(stored_in: Path | None = RESULTS / "trigrec.json") -> list[dict]:
+    """One row per PAIRED comparison; where the runs' rank files are not on this machine (a fresh
+    clone), the row computed when they were, as ``stored_in`` (trigrec.json) holds it."""
+    stored = {(r["dataset"], r["model"], r["vs"]): r for r in (load_rows(stored_in) if stored_in else [])
+              if r["metric"] == "paired_wilcoxon_p_NDCG@10"}
     rows = []
     for t, ds in TARGETS.items():
         for variant, baselines in PAIRED.items():
             for base in baselines:
                 pairs = {s: (line_ndcg(t, s, variant), line_ndcg(t, s, base)) for s in (1, 2, 3)}
                 seeds = sorted(s for s, (a, b) in pairs.items() if a is not None and b is not None)
+                old = stored.get((ds, VARIANTS[variant][0], VARIANTS[base][0]))
+                if old and len(old["seeds"]) > len(seeds):
+                    rows.append(old)
+                    continue
                 if not seeds:
                     continue
                 test = seed_averaged_paired([pairs[s][1] for s in seeds], [pairs[s][0] for s in seeds])

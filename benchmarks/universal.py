@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, generic_command, load_rows, machine, md_table, \
-    merge_rows, opt, pm, read_jsonl, rel, row, run_module, sample_std, timed, write_md
+    merge_rows, opt, pm, rel, row, run_module, sample_std, with_placeholders, write_md
 
 RUNS_FILE = RESULTS / "universal_runs.json"
 SHARED = REPO.parent / "shared" / "data"
@@ -63,23 +61,6 @@ def load_cfg(path: Path, overrides: str = ""):
     return load_config(UniversalConfig, path, overrides)
 
 
-def present_types(data) -> set[str]:
-    return {t for side in (data.users, data.items) for feats in side.features for t in feats}
-
-
-def auc_protocol(split) -> tuple[str, dict]:
-    ev = split.evals["test"]
-    counts = (ev.negatives > 0).sum(1).numpy()
-    want = ev.negatives.shape[1]
-    info = {"auc_negatives_min": int(counts.min()), "auc_negatives_mean": round(float(counts.mean()), 2),
-            "auc_negatives_max": int(counts.max())}
-    if counts.min() == want:
-        return f"sampled-{want}", info
-    if counts.max() < want:
-        return "all-unseen", info
-    return f"sampled-upto-{want}", info
-
-
 def quality_rows(dataset, model, seed, command, test, protocol_auc, auc_info, **extra) -> list[dict]:
     rows = [row(dataset, model, "full", m, float(test[m]), seeds=[seed], command=command, **extra) for m in QUALITY]
     rows.append(row(dataset, model, protocol_auc, "AUC", float(test["AUC"]), seeds=[seed], command=command,
@@ -96,6 +77,7 @@ def cmd_run(args) -> None:
     from core.train import mean_epoch_seconds
     from universal.baselines import MFSettings, holdout, popularity, train_mf
     from universal.config import dataset_name
+    from universal.evaluate import auc_protocol
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     spec = DATASETS[args.dataset]
@@ -108,7 +90,7 @@ def cmd_run(args) -> None:
               + (f" --device {args.device}" if args.device != "cpu" else "")
     base = load_cfg(spec["simple"], f"device={args.device}")
     split = holdout(base, data_path, args.device)
-    proto, auc_info = auc_protocol(split)
+    proto, auc_info = auc_protocol(split.evals["test"])
     common = {"users_test": len(split.evals["test"]), "config": rel(spec["simple"])}
     if args.model == "popularity":
         res = popularity(split)
@@ -149,7 +131,7 @@ def universal_overrides(args, spec: dict, base, split) -> tuple[Path, str]:
     over = [f"seed={args.seed}", f"run_name=bench-{args.model}-seed{args.seed}", "overwrite=true", f"device={args.device}"]
     if args.model == "universal-attention" and spec["attention_overrides"]:
         over.append(spec["attention_overrides"])
-    have = present_types(split.data)
+    have = split.data.types_present()
     if args.model.startswith("universal-simple-no-"):
         ftype = args.model.removeprefix("universal-simple-no-")
         if ftype not in have:
@@ -169,54 +151,19 @@ def scale_dir(args) -> Path:
     return REPO / "data" / f"universal-scale-{args.interactions}"
 
 
-def scale_generate(args) -> None:
-    """Write the data, then encode the item titles once into the text cache (timed apart)."""
-    from core.text import encode_texts
-    from universal.synthetic import generate_scale
-
-    out = scale_dir(args)
-    info, gen_s = timed(generate_scale, out, args.interactions, args.users, args.items, seed=args.seed)
-    _, text_s = timed(encode_texts, info["titles"], show_progress=False)
-    meta = {"generate_seconds": round(gen_s, 1), "text_encode_seconds": round(text_s, 1), "texts": len(info["titles"]),
-            "interactions": info["interactions"], "users": args.users, "items": args.items,
-            "bytes": (out / "data.json").stat().st_size}
-    (out / "generation.json").write_text(json.dumps(meta, indent=1))
-    print(json.dumps(meta))
-
-
 def cmd_scale_measure(args) -> None:
-    """Child: ``Pipeline.fit`` on the scale data (configs/universal/synthetic.yaml), one epoch of at
-    most ``--batches`` batches: load seconds up to the fit loop, the training rate from the epoch
-    time the fit logs, and this process's peak RSS."""
+    """Child: ``universal.pipeline.measure_fit`` on the scale data (configs/universal/synthetic.yaml),
+    one epoch of at most ``--batches`` batches: load seconds up to the fit loop, the training rate
+    from the epoch time the fit logs, and this process's peak RSS."""
     import torch
 
-    from universal.pipeline import Pipeline
+    from universal.pipeline import measure_fit
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     cfg = load_cfg(REPO / "configs/universal/synthetic.yaml", f"device={args.device},seed={args.seed},training.epochs=1,"
                    f"training.batch_size={args.batch_size},training.max_steps_per_epoch={args.batches},"
                    "training.save_checkpoints=false,run_name=bench-scale,overwrite=true")
-    mark: dict = {}
-
-    def log(msg: str) -> None:  # the fit loop starts right after the line that gives the split and the run folder
-        print(msg, flush=True)
-        if "load" not in mark and " interactions (train " in msg:
-            mark.update(load=time.perf_counter(), rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-    t0 = time.perf_counter()
-    report = Pipeline(cfg, log=log).fit(scale_dir(args) / "data.json")
-    epoch = next(r for r in read_jsonl(Path(report["run_dir"]) / "metrics.jsonl") if "epoch_seconds" in r)
-    n, bs = report["counts"], cfg.training.batch_size
-    rows_timed = min(n["train"], args.batches * bs)
-    rate = rows_timed / epoch["epoch_seconds"]
-    out = {"load_seconds": mark["load"] - t0, "interactions": n["interactions"], "train_interactions": n["train"],
-           "users": n["users"], "items": n["items"], "batches_timed": -(-rows_timed // bs), "rows_timed": rows_timed,
-           "train_seconds_timed": epoch["epoch_seconds"], "interactions_per_s": rate, "sec_per_epoch": n["train"] / rate,
-           "batch_size": bs, "negatives_per_row": cfg.negative_sampling_ratio, "final_loss": epoch["train_loss"],
-           "peak_rss_after_load_mb": mark["rss"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "threads": torch.get_num_threads()}
-    if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
-        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    out = measure_fit(cfg, scale_dir(args) / "data.json", log=lambda msg: print(msg, flush=True))
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(json.dumps(out))
 
@@ -226,8 +173,12 @@ def cmd_scale(args) -> None:
     folder = scale_dir(args)
     flags = ["--interactions", str(args.interactions), "--users", str(args.users), "--items", str(args.items),
              "--seed", str(args.seed)]
-    if not (folder / "generation.json").is_file():
-        scale_generate(args)
+    if not (folder / "generation.json").is_file():  # the data, then the item titles encoded once into the text cache
+        from universal.synthetic import generate_scale_warm
+
+        meta = generate_scale_warm(folder, args.interactions, args.users, args.items, seed=args.seed)
+        (folder / "generation.json").write_text(json.dumps(meta, indent=1))
+        print(json.dumps(meta))
     gen = json.loads((folder / "generation.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "measure.json"
@@ -291,7 +242,7 @@ def cmd_summarize(args) -> None:
                   "train_command", "interactions", "users", "items", "text_cache", "image", "batch_size", "threads"):
             if k in src:
                 r[k] = src[k]
-        r["command"] = r["command"].replace(f"--seed {src['seeds'][0]}", "--seed <N>")
+        r["command"] = with_placeholders(r["command"], {"--seed": "<N>"})
         if "train_command" in r:
             r["train_command"] = generic_command(r["train_command"], src["seeds"][0])
     out += [r for r in runs if not r["seeds"]]  # scale rows: one measurement each, as they are

@@ -9,6 +9,9 @@ Three protocols share the same formulas:
 - candidate lists: a ranked list per user and a set of ground-truth items (``list_metrics``);
   an item counts at its first position only (``first_hits``), so Recall and NDCG stay <= 1.
 
+Two models are compared over the same users with ``seed_averaged_paired`` (per-user NDCG from
+``ndcg_by_id``, averaged over seeds, then Wilcoxon signed-rank and paired t).
+
 Ties are broken pessimistically (the target is ranked below every item with an equal
 score), so a model that scores everything equally gets the worst rank, not the best.
 Everything is vectorised over users with torch; nothing loops over users in Python.
@@ -170,6 +173,27 @@ def sample_negatives(
     keys = keys.masked_fill(exclude, -math.inf)
     keys[:, 0] = -math.inf
     return keys.topk(num, dim=1).indices
+
+
+def ndcg_by_id(ids, ranks, k: int = 10) -> dict:
+    """{id: NDCG@k} from 0-based ranks of one target each (``rank_metrics``)."""
+    return dict(zip(np.asarray(ids).tolist(), rank_metrics(np.asarray(ranks), [k])[f"NDCG@{k}"].tolist()))
+
+
+def seed_averaged_paired(base_runs: list[dict], other_runs: list[dict]) -> dict:
+    """Paired comparison of two models, one {id: value} per seed and model: over the ids every
+    run scored, each id's value averaged over the seeds, then Wilcoxon signed-rank and paired t
+    (``other`` minus ``base``). Returns ``users``, ``mean_diff``, ``t_p`` and ``wilcoxon_p`` (1.0
+    when the two never differ)."""
+    from scipy import stats
+
+    ids = sorted(set.intersection(*(set(r) for r in base_runs + other_runs)))
+    x = np.mean([[r[i] for i in ids] for r in base_runs], axis=0)
+    y = np.mean([[r[i] for i in ids] for r in other_runs], axis=0)
+    diff = y - x
+    return {"users": len(ids), "mean_diff": float(diff.mean()),
+            "t_p": float(stats.ttest_rel(y, x).pvalue) if diff.any() else 1.0,
+            "wilcoxon_p": float(stats.wilcoxon(y, x, zero_method="wilcox").pvalue) if np.count_nonzero(diff) else 1.0}
 
 
 def summarize(results: dict[str, float], ks: Iterable[int] = (10,), names: Iterable[str] = ("HR", "NDCG")) -> str:

@@ -3,7 +3,10 @@ the sampled protocol, per-user ranks, and the paired test between two models.
 
 The ranks come from ``core.evaluation.Evaluator`` (one pass over all test users, so the
 sampled negatives are the same fixed-seed draws for every model); subset metrics are the
-core's ``rank_metrics`` averaged over the subset's users.
+core's ``rank_metrics`` averaged over the subset's users. From the saved ranks
+(``test_ranks.npz``): ``masked_reports`` scores any subset of the users (``cold_none_mask``:
+the cold users cut to no target item at all), ``seed_averaged_test`` compares two models on
+per-user NDCG@10 averaged over seeds.
 """
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ import torch
 from core.data.splits import Split
 from core.dist import dist_info
 from core.evaluation import Evaluator
-from core.metrics import rank_metrics
-from cross_domain.data import SourceInputs, TargetProtocol
+from core.metrics import ndcg_by_id, rank_metrics, seed_averaged_paired
+from cross_domain.data import SourceInputs, TargetProtocol, cold_protocol, load_domains
 
 SUBSETS = ("all", "cold", "warm")
 
@@ -89,3 +92,34 @@ def paired_tests(base: dict, other: dict, k: int = 10) -> dict:
     masks = {"all": np.ones(len(rb["users"]), dtype=bool), "cold": rb["cold"], "warm": ~rb["cold"]}
     protocols = [p for p in rb if p not in ("users", "cold")]
     return {p: {s: paired_test(rb[p][m], ro[p][m], k) for s, m in masks.items() if m.any()} for p in protocols}
+
+
+def cold_none_mask(cfg) -> np.ndarray:
+    """[n_users + 1] bool by 1-based user index: the users that the cold-start protocol of
+    ``cfg`` cuts to no target item at all (only the source can say anything about them)."""
+    return cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed).kept == 0
+
+
+def masked_reports(ranks: dict, mask: np.ndarray, ks, base: str = "baseline") -> dict:
+    """Saved test ranks (model -> its ``test_ranks.npz``, the same users in the same order)
+    restricted to the users where ``mask`` is true: ``{model: {protocol: (metrics, paired test
+    against base)}}``, the test None for ``base`` itself; empty when ``mask`` selects nobody."""
+    if not mask.any():
+        return {}
+    return {kind: {name: (subset_metrics(z[name], mask, ks),
+                          None if kind == base else paired_test(ranks[base][name][mask], z[name][mask]))
+                   for name in z if name not in ("users", "cold")} for kind, z in ranks.items()}
+
+
+def seed_averaged_test(base_files: list, other_files: list, protocol: str, subset: str,
+                       none_mask: np.ndarray | None = None) -> dict:
+    """``core.metrics.seed_averaged_paired`` on per-user NDCG@10 under ``protocol``, from one
+    ``test_ranks.npz`` per seed and model (``other`` minus ``base``, seeds in the same order);
+    ``subset``: all, cold, warm, or cold-none (the users of ``none_mask``, see ``cold_none_mask``)."""
+    def per_user(path) -> dict:
+        z = np.load(path)
+        mask = none_mask[z["users"]] if subset == "cold-none" else \
+            {"all": np.ones(len(z["users"]), bool), "cold": z["cold"], "warm": ~z["cold"]}[subset]
+        return ndcg_by_id(z["users"][mask], z[protocol][mask])
+
+    return seed_averaged_paired([per_user(p) for p in base_files], [per_user(p) for p in other_files])

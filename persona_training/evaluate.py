@@ -10,22 +10,34 @@
 - ``baseline_ranks`` (random, popularity), ``scorer_ranks`` (an encoder through ``Scorer``),
   ``synthetic_ranks`` (the planted-structure default: full ranking and the upstream candidates
   through ``scoring.rerank_lists``), ``known_answer`` (the example candidate files).
-- ``pooled_metrics``: per-user metrics pooled over folds and averaged over seeds;
-  ``bootstrap_ci``: 95% percentile intervals over resampled users.
+- ``Encoders``: the zero-shot base model and fresh copies trained on a fold's pairs;
+  ``evaluate_fold``: one fold of the rerank (every model's ranks of the fold's users);
+  ``PlantedSample``: the planted-structure default as a test set.
+- ``pool_folds``: per-user metrics pooled over folds and averaged over seeds;
+  ``bootstrap_ci``: 95% percentile intervals over resampled users; ``bootstrap_summary``: the
+  intervals of every model and the paired differences on NDCG@10.
 """
 from __future__ import annotations
 
+import json
+import tempfile
+import time
 import zlib
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from core.errors import DataError
 from core.metrics import rank_metrics, ranks_from_scores
 
 KS = (5, 10, 20)
 METRICS = [f"{m}@{k}" for m in ("HR", "NDCG") for k in KS] + ["MRR"]
+# the paired differences on NDCG@10 that ``bootstrap_summary`` reports (a minus b)
+PAIRS = (("trained", "zero-shot"), ("trained", "random"), ("zero-shot", "random"), ("trained", "popularity"))
 
 
 def stable_seed(*parts) -> list[int]:
@@ -68,6 +80,64 @@ def bootstrap_ci(values: np.ndarray, idx: np.ndarray) -> tuple[float, float, np.
     """95% percentile interval of the mean of ``values`` over the resamples ``idx`` [B, n]."""
     boots = values[idx].mean(1)
     return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)), boots
+
+
+def pool_folds(records: Sequence[dict]) -> dict[str, dict]:
+    """Per model, the per-user ranks of its folds pooled: ``records`` hold one model, fold and
+    seed each (``model``, ``seeds`` = [seed], ``users``, ``ranks``, optional ``fold`` and
+    ``settings``: the ``user_ranks`` rows of ``python -m benchmarks.persona rerank``). Per model:
+    ``users``, ``values`` and ``seed_means`` (``pooled_metrics``), ``seeds``, ``folds``,
+    ``settings`` (each distinct setting but ``limit`` -> its folds), ``limited`` (a fold scored
+    only some of its users) and its ``records``. A user scored by two folds of one seed raises
+    ``DataError``."""
+    out: dict[str, dict] = {}
+    for model in sorted({r["model"] for r in records}):
+        mine = [r for r in records if r["model"] == model]
+        per_seed: dict[int, dict[str, object]] = {}
+        folds, settings = set(), {}
+        for r in mine:
+            seed = r["seeds"][0]
+            got = per_seed.setdefault(seed, {})
+            for u, k in zip(r["users"], r["ranks"]):
+                if u in got:
+                    raise DataError(f"{model} seed {seed}: user {u} scored by two folds; rerun with one fold layout")
+                got[u] = k
+            folds.add(r.get("fold"))
+            key = json.dumps({k: v for k, v in (r.get("settings") or {}).items() if k != "limit"}, sort_keys=True)
+            settings.setdefault(key, []).append(r.get("fold"))
+        users, values, seed_means = pooled_metrics(per_seed)
+        out[model] = {"users": users, "values": values, "seeds": sorted(per_seed), "seed_means": seed_means,
+                      "folds": sorted(f for f in folds if f is not None), "settings": settings, "records": mine,
+                      "limited": any(r.get("settings", {}).get("limit") for r in mine)}
+    return out
+
+
+def bootstrap_summary(pooled: dict[str, dict], resamples: int, seed: int = 0,
+                      pairs: Sequence[tuple[str, str]] = PAIRS) -> tuple[list[str], dict, dict]:
+    """Over the users every model of ``pooled`` (``pool_folds``) scored, one set of ``resamples``
+    bootstrap resamples of users serves every model and pair: (those users, per model and metric
+    ``mean`` / ``ci_low`` / ``ci_high`` / ``se`` (the std of the resampled means), per pair (a, b)
+    present the NDCG@10 difference a - b with ``mean`` / ``ci_low`` / ``ci_high`` / ``p_boot``,
+    the share of resamples where it is <= 0)."""
+    users = sorted(set.intersection(*(set(d["users"]) for d in pooled.values())))
+    idx = np.random.default_rng(seed).integers(0, len(users), size=(resamples, len(users)))
+    vecs: dict[str, dict[str, np.ndarray]] = {}
+    stats: dict[str, dict[str, dict]] = {}
+    for model, d in pooled.items():
+        pos = {u: j for j, u in enumerate(d["users"])}
+        sel = np.array([pos[u] for u in users], dtype=int)
+        vecs[model] = {m: d["values"][m][sel] for m in METRICS}
+        stats[model] = {}
+        for m, v in vecs[model].items():
+            low, high, boots = bootstrap_ci(v, idx)
+            stats[model][m] = {"mean": float(v.mean()), "ci_low": low, "ci_high": high, "se": float(boots.std(ddof=1))}
+    diffs = {}
+    for a, b in pairs:
+        if a in vecs and b in vecs:
+            diff = vecs[a]["NDCG@10"] - vecs[b]["NDCG@10"]
+            low, high, boots = bootstrap_ci(diff, idx)
+            diffs[(a, b)] = {"mean": float(diff.mean()), "ci_low": low, "ci_high": high, "p_boot": float((boots <= 0).mean())}
+    return users, stats, diffs
 
 
 class Sample:
@@ -222,3 +292,118 @@ def known_answer(root: str | Path, dataset: str, scorer: Callable, fields: str =
     moved = sum(1 for es in reranked.values() for j, e in enumerate(es) if not e["scored"] and e["upstream_rank"] != j + 1)
     return {"upstream": upstream, "reranked": candidate_metrics(as_ranked(reranked), truth, list(KS)),
             "counts": counts, "unscored_moved": moved}
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """The encoders the protocol compares, on one device: the base model (``zero-shot``) and
+    fresh copies of it trained on a fold's pairs (``trained``); both score with
+    ``max_seq_length`` tokens per text and ``agg`` over an item's personas. ``train`` (a
+    ``persona_training.config.TrainSection``) says how a copy is trained (None: nothing is)."""
+    model: str = "default"
+    device: str = "cpu"
+    amp: bool = True
+    agg: str = "max"
+    max_seq_length: int = 128
+    train: object | None = None
+
+    def base(self, max_seq_length: int | None = None):
+        """The base model, cutting texts at ``max_seq_length`` tokens (default: the scoring length)."""
+        from persona_training.encoder import load_encoder
+
+        return load_encoder(self.model, self.device, self.max_seq_length if max_seq_length is None else max_seq_length)
+
+    def scorer(self, model, agg: bool = True):
+        """A ``scoring.Scorer`` of ``model`` (``agg`` false: the Scorer's own default)."""
+        from persona_training.scoring import Scorer
+
+        return Scorer(model, amp=self.amp, **({"agg": self.agg} if agg else {}))
+
+    def trained(self, pairs, warmup: int | None = None, log: Callable[[str], None] = print):
+        """A fresh base model trained on ``pairs`` as ``train`` says: (the model, set back to the
+        scoring length, and the ``TrainResult``). ``warmup`` (a speed measurement): the model is
+        loaded at the training length and trained that many untimed steps first."""
+        from persona_training.encoder import train_pairs
+
+        model = self.base(self.train.max_seq_length if warmup is not None else None)
+        if warmup:
+            train_pairs(pairs, replace(self.train, max_steps=warmup, log_every=max(1, warmup // 4)), model=model,
+                        show_progress=False, log=lambda s: None)
+        res = train_pairs(pairs, self.train, model=model, show_progress=False, log=log)
+        model.max_seq_length = self.max_seq_length
+        return model, res
+
+
+def evaluate_fold(sample: Sample, fold: int, encoders: Encoders, zero_shot, *, negatives: int, sample_seed: int,
+                  max_history: int, seed: int, train_max_history: int, pair_positions: str = "all", limit: int = 0,
+                  log: Callable[[str], None] = print) -> dict:
+    """One fold of the rerank: its scorable users (the first ``limit`` only if given) rank their
+    target among ``negatives`` sampled items by ``random``, ``popularity``, ``zero_shot`` (a
+    ``Scorer`` of the base model, shared by the folds) and a fresh encoder trained on the other
+    folds' users (``training_pairs`` with ``seed``). Returns ``test`` / ``skipped`` /
+    ``train_users``, ``candidates``, ``ranks`` (model -> {user: rank}), ``pairs``, the
+    ``TrainResult`` (``train``) and the seconds of the zero-shot and trained scoring and of the fold."""
+    t_fold = time.perf_counter()
+    test, skipped, train_users = sample.fold(fold)
+    test = test[:limit] if limit else test
+    cands = {u: sample.candidates(u, negatives, sample_seed) for u in test}
+    hist = sample.histories(test, max_history)
+    ranks = baseline_ranks(sample, test, cands, sample_seed)
+    t = time.perf_counter()
+    ranks["zero-shot"] = scorer_ranks(zero_shot, hist, sample.item_text, test, cands)
+    zero_shot_seconds = time.perf_counter() - t
+    pairs = sample.training_pairs(train_users, seed, train_max_history, pair_positions)
+    assert not {p.user_id for p in pairs} & set(test)
+    model, res = encoders.trained(pairs, log=log)
+    t = time.perf_counter()
+    ranks["trained"] = scorer_ranks(encoders.scorer(model), hist, sample.item_text, test, cands)
+    trained_seconds = time.perf_counter() - t
+    return {"test": test, "skipped": skipped, "train_users": train_users, "candidates": cands, "ranks": ranks,
+            "pairs": pairs, "train": res, "zero_shot_seconds": zero_shot_seconds, "trained_seconds": trained_seconds,
+            "fold_seconds": time.perf_counter() - t_fold}
+
+
+class PlantedSample:
+    """The planted-structure default of ``persona_training.synthetic`` (seed ``data_seed``) as a
+    test set: its test users (never in a training pair), one target each and their upstream
+    candidates; item texts from the personas (``fields``), popularity over every history, the
+    test users' last ``max_history`` interaction texts; training pairs from the selections."""
+
+    def __init__(self, data_seed: int = 0, fields: str = "N,D,I", max_history: int = 20) -> None:
+        from core.candidates import read_ground_truth, read_scored_candidates
+        from persona_training import schema, synthetic, texts
+
+        with tempfile.TemporaryDirectory(prefix="persona-syn-") as tmp:
+            files = synthetic.generate(tmp, seed=data_seed)
+            keys = ("persona", "loo_history", "selected", "item_summary")
+            self.data = schema.load_data({k: files[k] for k in keys}, "synthetic", with_selections=True)
+            meta = json.loads(files["meta"].read_text())
+            self.target = {u: next(iter(i)) for u, i in read_ground_truth(files["gt_loo"]).items()}
+            self.candidates = read_scored_candidates(files["candidates"])
+        self.fields, self.max_history = fields, max_history
+        self.test = sorted(u for u, m in meta["users"].items() if m["split"] == "test")
+        self.items = sorted(self.data.personas)
+        self.item_text = {i: [texts.persona_text(p, fields) for p in self.data.personas[i]] for i in self.items}
+        self.popularity = Counter(r.item_id for rs in self.data.history.values() for r in rs)
+        self.hist = {u: texts.history_texts(self.data.history[u], "summary", max_history) for u in self.test}
+        self.own = {u: {r.item_id for r in self.data.history[u]} for u in self.test}
+
+    def training_pairs(self, seed: int) -> tuple[list, dict]:
+        """``texts.build_pairs`` from the selected personas, and its counts."""
+        from persona_training import texts
+
+        pairs, stats = texts.build_pairs(self.data, fields=self.fields, max_history=self.max_history,
+                                         source="selected", seed=seed)
+        assert not {p.user_id for p in pairs} & set(self.test)
+        return pairs, stats
+
+    def ranks(self, scorers: dict, seed: int) -> dict[tuple[str, str], dict]:
+        """``synthetic_ranks`` of ``random`` (seeded by ``seed``), ``popularity`` and each
+        ``Scorer`` of ``scorers`` (name -> scorer)."""
+        def scored_by(s):
+            return lambda u, its: s.scores([self.hist[u]], [self.item_text[i] for i in its])[0]
+
+        score_fns = {"random": lambda u, its: np.random.default_rng(stable_seed(seed, u, "random")).random(len(its)),
+                     "popularity": lambda u, its: np.array([self.popularity.get(i, 0) for i in its], float),
+                     **{name: scored_by(s) for name, s in scorers.items()}}
+        return synthetic_ranks(score_fns, self.test, self.target, self.items, self.own, self.candidates)

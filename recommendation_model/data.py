@@ -14,10 +14,15 @@ from core.errors import DataError
 from core.store import aligned_vectors as align_rows, load_embeddings
 
 
+def exported(folder: Path, kind: str, domain_code: str) -> dict[int, Path]:
+    """{epoch: ``<folder>/<kind>_emb_ep{E}_{D}.npy``} of every epoch stage 1 exported there."""
+    pat = re.compile(rf"^{kind}_emb_ep(\d+)_{domain_code}\.npy$")
+    return {int(m.group(1)): p for p in Path(folder).glob(f"{kind}_emb_ep*_{domain_code}.npy") if (m := pat.match(p.name))}
+
+
 def latest_export(folder: Path, kind: str, domain_code: str, epoch: int = 0) -> Path:
     """``<folder>/<kind>_emb_ep{E}_{D}.npy`` for ``epoch`` (0 = the highest exported)."""
-    pat = re.compile(rf"^{kind}_emb_ep(\d+)_{domain_code}\.npy$")
-    found = {int(m.group(1)): p for p in folder.glob(f"{kind}_emb_ep*_{domain_code}.npy") if (m := pat.match(p.name))}
+    found = exported(folder, kind, domain_code)
     if not found:
         raise DataError(f"{folder}: no {kind}_emb_ep*_{domain_code}.npy; run python -m user_representation_module.inference "
                         f"first or set {kind}_emb_path")

@@ -2,6 +2,8 @@
 seed-averaged difference, the per-seed differences and a p-value that tells a real gap from none."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -31,7 +33,7 @@ def test_paired_tests_on_rank_files(tmp_path, monkeypatch):
     _ranks(mod, "food", 1, "spe_other", lines, same)
     _ranks(mod, "food", 1, "bert4rec", lines, same)
 
-    rows = {(r["dataset"], r["model"], r["vs"]): r for r in mod.paired_tests()}
+    rows = {(r["dataset"], r["model"], r["vs"]): r for r in mod.paired_tests(stored_in=None)}
     assert set(rows) == {("Food-Kitchen/Kitchen", "trigrec-cross_only", "trigrec-shuffled"),
                          ("Food-Kitchen/Food", "trigrec-spe_other_only", "bert4rec")}
     gap = rows[("Food-Kitchen/Kitchen", "trigrec-cross_only", "trigrec-shuffled")]
@@ -40,3 +42,14 @@ def test_paired_tests_on_rank_files(tmp_path, monkeypatch):
     assert gap["metric"] == "paired_wilcoxon_p_NDCG@10" and gap["value"] < 1e-5
     none = rows[("Food-Kitchen/Food", "trigrec-spe_other_only", "bert4rec")]
     assert none["mean_diff"] == 0.0 and none["value"] == 1.0 and none["seeds"] == [1]
+
+    # a fresh clone lacks most rank files: a stored test over more seeds is kept, a stored test over
+    # fewer seeds than the files on disk is computed again, and a comparison with no files at all
+    # keeps its stored row
+    stored = [dict(gap, seeds=[1, 2, 3], value=0.5), dict(none, seeds=[], value=0.25),
+              dict(gap, dataset="Food-Kitchen/Food", model="trigrec", vs="bert4rec", value=0.125)]
+    (tmp_path / "trigrec.json").write_text(json.dumps(stored))
+    again = {(r["dataset"], r["model"], r["vs"]): r for r in mod.paired_tests(stored_in=tmp_path / "trigrec.json")}
+    assert again[("Food-Kitchen/Kitchen", "trigrec-cross_only", "trigrec-shuffled")]["value"] == 0.5
+    assert again[("Food-Kitchen/Food", "trigrec-spe_other_only", "bert4rec")]["value"] == 1.0
+    assert again[("Food-Kitchen/Food", "trigrec", "bert4rec")]["value"] == 0.125 and len(again) == 3

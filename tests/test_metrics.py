@@ -8,7 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import ndcg_score
 
-from core.metrics import MetricAccumulator, list_metrics, rank_metrics, ranks_from_scores, sample_negatives, summarize
+from core.metrics import MetricAccumulator, list_metrics, ndcg_by_id, rank_metrics, ranks_from_scores, sample_negatives, \
+    seed_averaged_paired, summarize
 
 
 def vals(t):
@@ -275,3 +276,26 @@ def test_evaluator_metrics_do_not_depend_on_batching():
         assert metrics == pytest.approx(runs[0][0], abs=1e-12)
         order, order0 = np.argsort(users), np.argsort(runs[0][1][0])
         assert np.array_equal(ranks[order], runs[0][1][1][order0])
+
+
+# --------------------------------------------------------------------------- paired comparisons
+def test_ndcg_by_id_hand_computed():
+    out = ndcg_by_id(np.array([7, 3, 9]), np.array([0, 2, 10]), k=10)
+    assert list(out) == [7, 3, 9]  # plain ints, the given order
+    assert out[7] == pytest.approx(1.0) and out[3] == pytest.approx(1 / math.log2(4)) and out[9] == 0.0
+
+
+def test_seed_averaged_paired_averages_over_seeds_on_the_shared_ids():
+    pytest.importorskip("scipy")
+    from scipy import stats
+
+    # two seeds per model; id 99 is scored by one run only and leaves the comparison
+    base = [{1: 0.0, 2: 0.5, 3: 0.2, 4: 0.1, 99: 1.0}, {1: 0.2, 2: 0.3, 3: 0.2, 4: 0.3}]
+    other = [{1: 1.0, 2: 0.5, 3: 0.6, 4: 0.2}, {1: 0.6, 2: 0.7, 3: 0.4, 4: 0.2}]
+    t = seed_averaged_paired(base, other)
+    x, y = np.array([0.1, 0.4, 0.2, 0.2]), np.array([0.8, 0.6, 0.5, 0.2])  # per-id means over the seeds
+    assert t["users"] == 4 and t["mean_diff"] == pytest.approx(float((y - x).mean()))
+    assert t["wilcoxon_p"] == pytest.approx(stats.wilcoxon(y, x, zero_method="wilcox").pvalue)
+    assert t["t_p"] == pytest.approx(stats.ttest_rel(y, x).pvalue)
+    same = seed_averaged_paired(base[1:], base[1:])
+    assert same["mean_diff"] == 0.0 and same["wilcoxon_p"] == 1.0 and same["t_p"] == 1.0

@@ -1,5 +1,6 @@
 """Catalog scale: streamed generator, memory-mapped data, sampled softmax, chunked evaluation,
-the full-softmax guard, and a 2-process torchrun run (c10d rendezvous, gloo)."""
+the full-softmax guard, a 2-process torchrun run (c10d rendezvous, gloo), and the cost
+measurements the benchmarks drive (``core.cost``)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ import torch
 from core.data.batches import CausalDataset, is_memory_mapped
 from core.data.sequences import SequenceData
 from core.data.splits import item_popularity, leave_one_out
-from core.data.synthetic_large import LargeSpec, fit_popularity_exponent, generate_large
+from core.data.synthetic_large import LargeSpec, fit_popularity_exponent, generate_large, repack_npz
 from core.errors import ConfigError, DataError
 from core.evaluation import Evaluator, popularity_score_fn, topk_items
 from core.models import build_model
@@ -99,6 +100,47 @@ def test_prepare_cli_and_npy_roundtrip(tmp_path):
     data2.save(tmp_path / "copy", layout="npy")
     back = SequenceData.load(tmp_path / "copy")
     assert is_memory_mapped(back.items) and back.fingerprint() == data.fingerprint()
+
+
+def test_repack_npz_keeps_the_data_in_memory_layout(tmp_path):
+    out = tmp_path / "small"
+    generate_large(out, LargeSpec(interactions=20_000, items=500, users=800, seed=2), "small", progress=False)
+    before = SequenceData.load(out)
+    offsets, items, fingerprint = np.array(before.offsets), np.array(before.items), before.fingerprint()
+    repack_npz(out)
+    assert (out / "sequences.npz").is_file() and not list(out.glob("*.npy"))
+    after = SequenceData.load(out)
+    assert not is_memory_mapped(after.items) and after.meta["layout"] == "npz" and after.meta["name"] == "small"
+    assert np.array_equal(after.offsets, offsets) and np.array_equal(after.items, items)
+    assert after.fingerprint() == fingerprint == after.meta["fingerprint"]
+
+
+def test_cost_measurements_on_a_small_model(tmp_path):
+    from core.cost import fit_throughput, full_ranking_cost, peak_rss_gb, ranking_vs_limit, run_measured
+
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.integers(1, 81, int(n))) for n in rng.integers(4, 15, 150)]
+    split = leave_one_out(SequenceData.from_lists(seqs, 80, list(range(150)), list(range(80))))
+    torch.manual_seed(0)
+    model = build_model("sasrec", n_items=80, maxlen=10, hidden_units=16, num_blocks=1, num_heads=1, dropout_rate=0.0)
+    train = CausalDataset(split, 10)
+    res = fit_throughput(model, train, batch_size=32, steps=3)
+    assert res["steps"] == 3 and res["rows"] == 96 and res["rows_per_sec"] == pytest.approx(96 / res["epoch_seconds"])
+    assert math.isfinite(res["train_loss"]) and res["cpu_share"] > 0
+    assert fit_throughput(model, train, batch_size=100, steps=10)["rows"] == len(train) == 150  # two batches: all rows
+    model.eval()
+    cost = full_ranking_cost(split, "test", 10, model_score_fn(model), sampled=(), max_users=100, batch_size=64)
+    assert cost["users"] == 100 and cost["seconds"] > 0
+    same = Evaluator(split, "test", 10, sampled=(), max_users=100).run(model_score_fn(model))
+    assert cost["metrics"] == pytest.approx(same)  # the same users (fixed-seed subset), batching aside
+    ev = Evaluator(split, "test", 10, sampled=())
+    lim = ranking_vs_limit(ev, model_score_fn(model), model.item_weights(), repeats=2)
+    assert (lim["users"], lim["items"], lim["dim"], lim["batch"]) == (150, 81, 16, ev.score_users)
+    assert lim["seconds"] > 0 and lim["limit_seconds"] > 0
+    assert peak_rss_gb() > 0.01
+    assert run_measured([sys.executable, "-c", "b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096])"]) > 150
+    with pytest.raises(subprocess.CalledProcessError):
+        run_measured([sys.executable, "-c", "raise SystemExit(3)"], cwd=tmp_path)
 
 
 def test_lazy_rows_equal_materialized(large):

@@ -8,6 +8,7 @@ One module fixture trains once on a small generated dataset; everything runs in 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,53 @@ def test_planted_generated_data_beats_popularity(trained):
     assert len(lines) == 8 and "AUC" in json.loads(lines[0])["valid"]
     assert json.loads((run_dir / "results.json").read_text())["best_epoch"] == report["best_epoch"]
 
+
+
+def test_measure_fit_times_the_load_and_a_capped_epoch(tmp_path):
+    from universal.pipeline import measure_fit
+
+    path = tmp_path / "planted.json"
+    atomic_write_json(path, generate(UniversalSpec(n_users=120, n_items=60, seed=4)))
+    cfg = _cfg(tmp_path / "home", "num_epochs=1,batch_size=64,training.max_steps_per_epoch=2,"
+                                  "training.save_checkpoints=false", YAML)
+    lines = []
+    out = measure_fit(cfg, path, log=lines.append)
+    assert any(" interactions (train " in x for x in lines)  # the fit's own log goes through
+    assert out["rows_timed"] == 128 and out["batches_timed"] == 2 and out["batch_size"] == 64
+    assert out["interactions_per_s"] == pytest.approx(128 / out["train_seconds_timed"])
+    assert out["sec_per_epoch"] == pytest.approx(out["train_interactions"] / out["interactions_per_s"])
+    assert out["users"] == 120 and out["items"] == 60 and out["train_interactions"] < out["interactions"]
+    assert 0 < out["load_seconds"] and 0 < out["peak_rss_after_load_mb"] <= out["peak_rss_mb"]
+    assert math.isfinite(out["final_loss"]) and out["threads"] == torch.get_num_threads()
+
+
+def test_auc_protocol_and_the_feature_types_present(tmp_path):
+    from types import SimpleNamespace
+
+    from universal.evaluate import auc_protocol
+
+    full = SimpleNamespace(negatives=torch.tensor([[4, 5], [6, 7]]))
+    some = SimpleNamespace(negatives=torch.tensor([[4, 5], [6, 0]]))
+    none = SimpleNamespace(negatives=torch.tensor([[4, 0], [0, 0]]))
+    assert auc_protocol(full) == ("sampled-2", {"auc_negatives_min": 2, "auc_negatives_mean": 2.0, "auc_negatives_max": 2})
+    assert auc_protocol(some) == ("sampled-upto-2", {"auc_negatives_min": 1, "auc_negatives_mean": 1.5,
+                                                     "auc_negatives_max": 2})
+    assert auc_protocol(none)[0] == "all-unseen"
+    data, *_ = _tiny(tmp_path)
+    assert data.types_present() == {"categorical", "temporal", "continuous"}
+
+
+def test_generate_scale_warm_encodes_the_titles_once(tmp_path, monkeypatch):
+    import core.text
+    from universal.synthetic import generate_scale_warm
+
+    encoded = []
+    monkeypatch.setattr(core.text, "encode_texts", lambda texts, show_progress=True: encoded.append(list(texts)))
+    meta = generate_scale_warm(tmp_path / "s", interactions=400, users=40, items=30, seed=1)
+    assert len(encoded) == 1 and len(encoded[0]) == 30 == meta["texts"] and len(set(encoded[0])) == 30
+    assert (meta["interactions"], meta["users"], meta["items"]) == (400, 40, 30)
+    assert meta["bytes"] == (tmp_path / "s" / "data.json").stat().st_size
+    assert meta["generate_seconds"] >= 0 and meta["text_encode_seconds"] >= 0
 
 
 def test_baselines_share_the_pipeline_split_and_evaluator(trained):

@@ -70,6 +70,10 @@ class Dataset:
     def n_items(self) -> int:
         return len(self.items)
 
+    def types_present(self) -> set[str]:
+        """The feature types some user or item has (``drop_feature_types`` can only drop these)."""
+        return {t for side in (self.users, self.items) for feats in side.features for t in feats}
+
 
 def id_key(raw) -> str:
     """Ids compare by text, so ``7`` in a JSON file and ``"7"`` in a CSV column are one id."""

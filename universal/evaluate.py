@@ -110,3 +110,18 @@ def popularity_score_fn(data: Dataset, part: np.ndarray) -> ScoreFn:
     ranked = torch.zeros(data.n_items + 1)
     ranked[order] = torch.arange(len(order), 0, -1, dtype=torch.float32)
     return lambda users: ranked.expand(len(users), -1)
+
+
+def auc_protocol(ev: HoldoutEvaluator) -> tuple[str, dict]:
+    """The name of ``ev``'s AUC protocol and the spread of its negatives per user:
+    ``sampled-N`` when every user got the ``N`` it asks for, ``all-unseen`` when none did (each
+    user's AUC then uses all their never-interacted items), else ``sampled-upto-N``."""
+    counts = (ev.negatives > 0).sum(1).numpy()
+    want = ev.negatives.shape[1]
+    info = {"auc_negatives_min": int(counts.min()), "auc_negatives_mean": round(float(counts.mean()), 2),
+            "auc_negatives_max": int(counts.max())}
+    if counts.min() == want:
+        return f"sampled-{want}", info
+    if counts.max() < want:
+        return "all-unseen", info
+    return f"sampled-upto-{want}", info

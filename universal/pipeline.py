@@ -14,7 +14,9 @@ which items come next).
 """
 from __future__ import annotations
 
+import json
 import math
+import resource
 import time
 from pathlib import Path
 
@@ -333,3 +335,35 @@ class Pipeline:
             result["scores"] = {str(u): dict(zip(map(str, data.items.ids), scores[r].cpu().tolist()))
                                 for r, u in enumerate(data.users.ids)}
         return result
+
+
+def measure_fit(cfg: UniversalConfig, data_path: str | Path, log=print) -> dict:
+    """``Pipeline(cfg).fit(data_path)`` measured in this process: ``load_seconds`` (from the call
+    to the start of its fit loop: read, validate, split, schema, feature tables, model,
+    evaluators), the training rate over the first epoch's logged time (the rows it trained:
+    ``cfg.training.max_steps_per_epoch`` batches at most) with ``sec_per_epoch`` extrapolated to
+    every training row, and this process's peak RSS after the load and at the end (MB; the peak
+    GPU memory too when CUDA was used)."""
+    mark: dict = {}
+
+    def watch(msg: str) -> None:  # the fit loop starts right after the line that gives the split and the run folder
+        log(msg)
+        if "load" not in mark and " interactions (train " in msg:
+            mark.update(load=time.perf_counter(), rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    t0 = time.perf_counter()
+    report = Pipeline(cfg, log=watch).fit(data_path)
+    lines = (Path(report["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    epoch = next(r for r in (json.loads(x) for x in lines if x.strip()) if "epoch_seconds" in r)
+    n, bs, cap = report["counts"], cfg.training.batch_size, cfg.training.max_steps_per_epoch
+    rows_timed = min(n["train"], cap * bs) if cap else n["train"]
+    rate = rows_timed / epoch["epoch_seconds"]
+    out = {"load_seconds": mark["load"] - t0, "interactions": n["interactions"], "train_interactions": n["train"],
+           "users": n["users"], "items": n["items"], "batches_timed": -(-rows_timed // bs), "rows_timed": rows_timed,
+           "train_seconds_timed": epoch["epoch_seconds"], "interactions_per_s": rate, "sec_per_epoch": n["train"] / rate,
+           "batch_size": bs, "negatives_per_row": cfg.negative_sampling_ratio, "final_loss": epoch["train_loss"],
+           "peak_rss_after_load_mb": mark["rss"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "threads": torch.get_num_threads()}
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out

@@ -170,6 +170,17 @@ def generate_large(out: str | Path, spec: LargeSpec, name: str | None = None, pr
     return meta
 
 
+def repack_npz(out: str | Path) -> None:
+    """Rewrite a generated folder in the ``sequences.npz`` layout: loaded whole into memory
+    instead of memory-mapped (a like-for-like comparison with tools that hold their data in RAM)."""
+    out = Path(out)
+    np.savez(out / "sequences.npz", offsets=np.load(out / "offsets.npy"), items=np.load(out / "items.npy"))
+    meta = read_meta(out)
+    (out / "meta.json").write_text(json.dumps({**meta, "layout": "npz"}, indent=1))
+    for name in ("offsets.npy", "items.npy"):
+        (out / name).unlink()
+
+
 def fit_popularity_exponent(items: np.ndarray, n_items: int, min_count: int = 20) -> float:
     """Slope of log(frequency) against log(rank) over the ranks with at least ``min_count``
     interactions (the noisy tail would bias it), returned as a positive exponent."""
