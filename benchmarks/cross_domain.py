@@ -1,6 +1,6 @@
 """Cross-domain transfer for cold-start users (issue 8): transfer vs baseline vs PTUPCDR-style bridge.
 
-Pieces (``run --dataset D --seed N``, ``summarize``: benchmarks/README.md, "Cross-domain
+Pieces (``run --dataset D --seed N``, ``peer --dataset D --seed N``, ``summarize``: benchmarks/README.md, "Cross-domain
 transfer"). A ``run`` calls ``python -m cross_domain`` stage by stage (``train-source``,
 ``train-target-baseline``, ``train-target-transfer`` with ``transfer.bridge`` mlp and ptupcdr,
 ``eval-compare``) under ``run_name=bench-seed<N>``, reusing a stage whose ``results.json``
@@ -136,6 +136,57 @@ def no_history_rows(args, home: Path, r) -> list[dict]:
     return rows
 
 
+PEER_SUBSETS = ("all", "cold", "warm", "cold-none", "leak-controlled", "cold-leak-controlled")
+
+
+def cmd_peer(args) -> None:
+    """one dataset and seed (issue 23): the target-only baseline and the merged-domain SASRec
+    (model sasrec-merged), both on the cold protocol, with the leak-controlled view"""
+    from cross_domain.evaluate import cold_none_mask, leak_free_mask, masked_reports
+
+    config, label, _, source, target = DATASETS[args.dataset]
+    name = f"bench-{args.tag}-seed{args.seed}" if args.tag else f"bench-seed{args.seed}"
+    suffix = f"-{args.tag}" if args.tag else ""
+    over = ",".join(x for x in (f"seed={args.seed},run_name={name}", args.override) if x)
+    stages = {"baseline": ("train-target-baseline", ["--config", config, "--target", target]),
+              "merged": ("train-target-merged", ["--config", config, "--source", source, "--target", target])}
+    home, commands = run_dir(args.dataset, args.seed).with_name(name), {}
+    for stage, (sub, flags) in stages.items():
+        commands[stage] = f"python -m cross_domain {sub} {' '.join(flags)} --override \"{over}\""
+        if args.retrain or not (home / stage_folder(args.dataset, stage) / "results.json").is_file():
+            print(f"== {commands[stage]}", flush=True)
+            subprocess.run([sys.executable, "-m", "cross_domain", sub, *flags, "--override", over], cwd=REPO, check=True)
+    cfg = load_cfg(config, ",".join(x for x in (args.override, f"data.source={source},data.target={target}") if x))
+    ranks = {k: np.load(home / stage_folder(args.dataset, k) / "test_ranks.npz") for k in stages}
+    users = ranks["baseline"]["users"]
+    cold, free = ranks["baseline"]["cold"], leak_free_mask(cfg)[users]
+    masks = {"all": np.ones(len(users), bool), "cold": cold, "warm": ~cold, "cold-none": cold_none_mask(cfg)[users],
+             "leak-controlled": free, "cold-leak-controlled": cold & free}
+    rows = []
+    for subset, mask in masks.items():
+        r = partial(row, label, seeds=[args.seed], subset=subset, users=int(mask.sum()))
+        for kind, by_protocol in masked_reports(ranks, mask, cfg.eval.ks).items():
+            model = ("sasrec-merged" if kind == "merged" else kind) + suffix
+            stage = json.loads((home / stage_folder(args.dataset, kind) / "results.json").read_text())
+            extra = {"command": commands[kind], "best_epoch": stage["best_epoch"], "epochs_run": stage["epochs_run"],
+                     "run_dir": str((home / stage_folder(args.dataset, kind)).relative_to(REPO))}
+            for name, (m, test) in by_protocol.items():
+                rows += [r(model, protocol_label(name), metric, m[metric], **extra) for metric in METRICS if metric in m]
+                if test:
+                    rows.append(p_row(partial(r, **extra), model, protocol_label(name), test, subset, int(mask.sum())))
+    get = {(x["model"].removesuffix(suffix), x["protocol"], x["subset"], x["metric"]): x["value"] for x in rows}
+    # untagged, the baseline's all / cold / warm / cold-none rows are the `run` piece's (same seed
+    # and run folder): only its leak-controlled subsets are new here
+    merge_rows(RUNS_FILE, [x for x in rows if suffix or x["model"] != "baseline" or x["subset"].endswith("leak-controlled")],
+               key=KEY)
+    for subset, mask in masks.items():
+        if mask.any():
+            print(f"{label} seed {args.seed} {subset} ({int(mask.sum())} users), full NDCG@10: baseline "
+                  f"{get[('baseline', 'full', subset, 'NDCG@10')]:.4f}, sasrec-merged "
+                  f"{get[('sasrec-merged', 'full', subset, 'NDCG@10')]:.4f} "
+                  f"(p={get[('sasrec-merged', 'full', subset, 'p_wilcoxon_vs_baseline')]:.2g})")
+
+
 # --------------------------------------------------------------------------- summary
 def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subset: str) -> dict | None:
     """``cross_domain.evaluate.seed_averaged_test`` of ``kind`` vs the baseline over the seeds
@@ -247,6 +298,11 @@ def main() -> None:
         opt("--dataset", choices=sorted(DATASETS), required=True), opt("--seed", type=int, default=1),
         opt("--override", default="", help="extra config overrides for every stage"),
         opt("--retrain", action="store_true", help="train stages again even when their results exist")]),
+        "peer": (cmd_peer, [
+            opt("--dataset", choices=sorted(DATASETS), required=True), opt("--seed", type=int, default=1),
+            opt("--override", default="", help="extra config overrides for both stages"),
+            opt("--tag", default="", help="a training budget of its own: run bench-<tag>-seed<N>, models <name>-<tag>"),
+            opt("--retrain", action="store_true", help="train stages again even when their results exist")]),
         "summarize": (cmd_summarize, [])})
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from core.data.leakage import leak_free_users
 from core.data.splits import Split
 from core.dist import dist_info
 from core.evaluation import Evaluator
@@ -98,6 +99,19 @@ def cold_none_mask(cfg) -> np.ndarray:
     """[n_users + 1] bool by 1-based user index: the users that the cold-start protocol of
     ``cfg`` cuts to no target item at all (only the source can say anything about them)."""
     return cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed).kept == 0
+
+
+def leak_free_mask(cfg) -> np.ndarray:
+    """[n_users + 1] bool by 1-based user index: the user's test transition (the item before the
+    test target in the uncut sequence -> the target) stands verbatim in no training sequence of
+    the cold protocol of ``cfg`` (``core.data.leakage``). Food-Kitchen's "users" are overlapping
+    windows of the same people: this is the view where another window of the same person cannot
+    hand the model the answer. The uncut transition is used for cut cold users too, so that the
+    view is the same set of events whatever a model is shown."""
+    target = load_domains(cfg.data).target
+    proto = cold_protocol(target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed)
+    users = proto.test.test.users
+    return leak_free_users(proto.train, None, target, users, target.lengths[users - 1] - 1)
 
 
 def masked_reports(ranks: dict, mask: np.ndarray, ks, base: str = "baseline") -> dict:

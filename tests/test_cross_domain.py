@@ -495,3 +495,20 @@ def test_merged_peer_reads_the_source_taste_of_cold_users(trained):
     ndcg = {m: r["test"]["sampled-99"]["cold"]["NDCG@10"] for m, r in (("base", base), ("merged", merged))}
     assert ndcg["merged"] > 1.1 * ndcg["base"], ndcg
     assert Path(merged["run_dir"]).name == "merged-B-A" and (Path(merged["run_dir"]) / "test_ranks.npz").is_file()
+
+
+def test_leak_free_mask_matches_a_brute_force_scan(tmp_path):
+    from cross_domain.evaluate import leak_free_mask
+
+    prepare_synthetic(tmp_path / "data" / "syn", SyntheticSpec(n_users=150, n_items_per_domain=60))
+    cfg = _cfg(tmp_path, "cold.fraction=0.5")
+    target = load_domains(cfg.data).target
+    proto = cold_protocol(target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed)
+    pairs = {(int(a), int(b)) for u in range(1, proto.train.n_users + 1)
+             for a, b in zip(proto.train.sequence(u)[:-1], proto.train.sequence(u)[1:])}
+    mask = leak_free_mask(cfg)
+    assert not mask[0]
+    for u in proto.test.test.users:
+        full = target.sequence(int(u))  # the uncut transition, also for users cut to fewer items
+        assert mask[u] == ((int(full[-2]), int(full[-1])) not in pairs)
+    assert 0 < mask.sum() < len(proto.test.test.users)
