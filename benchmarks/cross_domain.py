@@ -142,7 +142,7 @@ PEER_SUBSETS = ("all", "cold", "warm", "cold-none", "leak-controlled", "cold-lea
 def cmd_peer(args) -> None:
     """one dataset and seed (issue 23): the target-only baseline and the merged-domain SASRec
     (model sasrec-merged), both on the cold protocol, with the leak-controlled view"""
-    from cross_domain.evaluate import cold_none_mask, leak_free_mask, masked_reports
+    from cross_domain.evaluate import cold_none_mask, leak_free_mask, masked_reports, subset_metrics
 
     config, label, _, source, target = DATASETS[args.dataset]
     name = f"bench-{args.tag}-seed{args.seed}" if args.tag else f"bench-seed{args.seed}"
@@ -169,22 +169,44 @@ def cmd_peer(args) -> None:
             model = ("sasrec-merged" if kind == "merged" else kind) + suffix
             stage = json.loads((home / stage_folder(args.dataset, kind) / "results.json").read_text())
             extra = {"command": commands[kind], "best_epoch": stage["best_epoch"], "epochs_run": stage["epochs_run"],
+                     "device": machine(stage["threads"]),
                      "run_dir": str((home / stage_folder(args.dataset, kind)).relative_to(REPO))}
             for name, (m, test) in by_protocol.items():
                 rows += [r(model, protocol_label(name), metric, m[metric], **extra) for metric in METRICS if metric in m]
                 if test:
                     rows.append(p_row(partial(r, **extra), model, protocol_label(name), test, subset, int(mask.sum())))
     get = {(x["model"].removesuffix(suffix), x["protocol"], x["subset"], x["metric"]): x["value"] for x in rows}
+    # popularity over the same training data, for scale: the leak-controlled events are the hard ones
+    pop = popularity_ranks(cfg)
+    if not np.array_equal(pop["users"], users):
+        raise SystemExit("popularity scored other users than the baseline's test_ranks.npz")
+    for subset, mask in masks.items():
+        if subset not in ("all", "cold", "warm") and mask.any():  # those three are the `run` piece's rows
+            m = subset_metrics(pop["full"], mask, cfg.eval.ks)
+            rows.append(row(label, "popularity", "full", "NDCG@10", m["NDCG@10"], seeds=[args.seed], subset=subset,
+                            users=int(mask.sum()), command=commands["baseline"], device=machine(1)))
     # untagged, the baseline's all / cold / warm / cold-none rows are the `run` piece's (same seed
     # and run folder): only its leak-controlled subsets are new here
-    merge_rows(RUNS_FILE, [x for x in rows if suffix or x["model"] != "baseline" or x["subset"].endswith("leak-controlled")],
-               key=KEY)
+    merge_rows(RUNS_FILE, [x for x in rows if suffix or x["model"] not in ("baseline", "popularity")
+                           or x["subset"] not in ("all", "cold", "warm", "cold-none")], key=KEY)
     for subset, mask in masks.items():
         if mask.any():
-            print(f"{label} seed {args.seed} {subset} ({int(mask.sum())} users), full NDCG@10: baseline "
+            print(f"{label} seed {args.seed} {subset} ({int(mask.sum())} users), full NDCG@10: popularity "
+                  f"{subset_metrics(pop['full'], mask, cfg.eval.ks)['NDCG@10']:.4f}, baseline "
                   f"{get[('baseline', 'full', subset, 'NDCG@10')]:.4f}, sasrec-merged "
                   f"{get[('sasrec-merged', 'full', subset, 'NDCG@10')]:.4f} "
                   f"(p={get[('sasrec-merged', 'full', subset, 'p_wilcoxon_vs_baseline')]:.2g})")
+
+
+def popularity_ranks(cfg) -> dict:
+    """Per-user test ranks of the popularity baseline on the cold protocol of ``cfg`` (its
+    training data's counts), as ``cross_domain.evaluate.test_report`` gives them."""
+    from core.evaluation import popularity_score_fn
+    from cross_domain.data import cold_protocol, load_domains, training_split
+    from cross_domain.evaluate import test_report
+
+    proto = cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed)
+    return test_report(popularity_score_fn(training_split(proto.train)), proto.test, proto.is_cold, cfg, "cpu")["ranks"]
 
 
 # --------------------------------------------------------------------------- summary
@@ -267,11 +289,51 @@ def cmd_summarize(args) -> None:
         "", "Seconds per training epoch (mean over seeds; the source stage is shared by both transfer models):", "",
         *md_table([("dataset", lambda label: label), ("source", sec("transfer", "source_sec_per_epoch")),
                    *((kind, sec(kind)) for kind in KINDS)], labels),
+        *peer_table(runs),
         "", "Goal: transfer beats the target-only baseline on cold users by a clear, significant margin on "
         "Food-Kitchen, and does not hurt warm users.",
         *[f"- {_verdict(label, by)}" for label in labels if label.startswith("Food-Kitchen")], "",
         f"Device: {devices(runs) or machine()}. Commands: the `command` and `train_command` fields of "
         "cross_domain_runs.json."])
+
+
+def peer_table(runs: list[dict]) -> list[str]:
+    """The `peer` piece's rows (issue 23): popularity, the target-only baseline and the
+    merged-domain SASRec per training budget, on every subset including the leak-controlled
+    view; full ranking, NDCG@10, mean over seeds, the largest per-seed p of merged vs baseline."""
+    peer = [r for r in runs if r.get("subset") in PEER_SUBSETS and r["protocol"] == "full"
+            and r["metric"] in ("NDCG@10", "p_wilcoxon_vs_baseline")
+            and r["model"].split("-e")[0] in ("popularity", "baseline", "sasrec-merged")]
+    tags = sorted({r["model"].removeprefix("sasrec-merged") for r in peer if r["model"].startswith("sasrec-merged")})
+    if not tags:
+        return []
+    val = {}
+    for r in peer:
+        val.setdefault((r["dataset"], r["model"], r["subset"], r["metric"]), []).append(r)
+    mean = lambda rs: f"{np.mean([r['value'] for r in rs]):.4f}" if rs else ""  # noqa: E731
+    items = []
+    for label in sorted({r["dataset"] for r in peer}):
+        for tag in tags:
+            budget = "20 epochs (patience 3)" if not tag else tag.lstrip("-")
+            for subset in PEER_SUBSETS:
+                b, m = val.get((label, "baseline" + tag, subset, "NDCG@10")), val.get((label, "sasrec-merged" + tag, subset, "NDCG@10"))
+                seeds = {r["seeds"][0] for r in m or []}  # the baseline over the seeds the merged model has
+                b = [r for r in b or [] if r["seeds"][0] in seeds]
+                if not (b and m):
+                    continue
+                p = val.get((label, "sasrec-merged" + tag, subset, "p_wilcoxon_vs_baseline"), [])
+                pop = val.get((label, "popularity", subset, "NDCG@10")) or [
+                    r for r in runs if (r["dataset"], r["model"], r["protocol"], r.get("subset"), r["metric"])
+                    == (label, "popularity", "full", subset, "NDCG@10")]
+                gain = float(np.mean([r["value"] for r in m]) / np.mean([r["value"] for r in b]) - 1)
+                items.append([label, budget, f"{subset} {b[0].get('users', '')}", mean(pop), mean(b), mean(m),
+                              f"{100 * gain:+.1f}%" + (f" (p={max(r['value'] for r in p):.2g})" if p else ""), len(m)])
+    return ["", "Merged-domain peer (`peer` piece, issue 23): one SASRec over both domains' merged sequence "
+            "(sasrec-merged) against the target-only baseline, same cold protocol, full ranking, NDCG@10. "
+            "leak-controlled: the users whose test transition (previous target item -> target) stands in no "
+            "training sequence (core.data.leakage); p: the largest per-seed Wilcoxon p over users.", "",
+            *md_table(["dataset", "budget", "users", "popularity", "baseline", "sasrec-merged", "merged vs base",
+                       "seeds"], items)]
 
 
 def _verdict(label: str, by: dict) -> str:
