@@ -136,13 +136,13 @@ def no_history_rows(args, home: Path, r) -> list[dict]:
     return rows
 
 
-PEER_SUBSETS = ("all", "cold", "warm", "cold-none", "leak-controlled", "cold-leak-controlled")
+PEER_SUBSETS = ("all", "cold", "warm", "cold-none", "leak-controlled", "cold-leak-controlled")  # cross_domain.evaluate.subset_masks
 
 
 def cmd_peer(args) -> None:
     """one dataset and seed (issue 23): the target-only baseline and the merged-domain SASRec
     (model sasrec-merged), both on the cold protocol, with the leak-controlled view"""
-    from cross_domain.evaluate import cold_none_mask, leak_free_mask, masked_reports, subset_metrics
+    from cross_domain.evaluate import masked_reports, popularity_ranks, subset_masks, subset_metrics
 
     config, label, _, source, target = DATASETS[args.dataset]
     name = f"bench-{args.tag}-seed{args.seed}" if args.tag else f"bench-seed{args.seed}"
@@ -159,9 +159,7 @@ def cmd_peer(args) -> None:
     cfg = load_cfg(config, ",".join(x for x in (args.override, f"data.source={source},data.target={target}") if x))
     ranks = {k: np.load(home / stage_folder(args.dataset, k) / "test_ranks.npz") for k in stages}
     users = ranks["baseline"]["users"]
-    cold, free = ranks["baseline"]["cold"], leak_free_mask(cfg)[users]
-    masks = {"all": np.ones(len(users), bool), "cold": cold, "warm": ~cold, "cold-none": cold_none_mask(cfg)[users],
-             "leak-controlled": free, "cold-leak-controlled": cold & free}
+    masks = subset_masks(cfg, users, ranks["baseline"]["cold"])
     rows = []
     for subset, mask in masks.items():
         r = partial(row, label, seeds=[args.seed], subset=subset, users=int(mask.sum()))
@@ -196,17 +194,6 @@ def cmd_peer(args) -> None:
                   f"{get[('baseline', 'full', subset, 'NDCG@10')]:.4f}, sasrec-merged "
                   f"{get[('sasrec-merged', 'full', subset, 'NDCG@10')]:.4f} "
                   f"(p={get[('sasrec-merged', 'full', subset, 'p_wilcoxon_vs_baseline')]:.2g})")
-
-
-def popularity_ranks(cfg) -> dict:
-    """Per-user test ranks of the popularity baseline on the cold protocol of ``cfg`` (its
-    training data's counts), as ``cross_domain.evaluate.test_report`` gives them."""
-    from core.evaluation import popularity_score_fn
-    from cross_domain.data import cold_protocol, load_domains, training_split
-    from cross_domain.evaluate import test_report
-
-    proto = cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed)
-    return test_report(popularity_score_fn(training_split(proto.train)), proto.test, proto.is_cold, cfg, "cpu")["ranks"]
 
 
 # --------------------------------------------------------------------------- summary

@@ -114,6 +114,25 @@ def leak_free_mask(cfg) -> np.ndarray:
     return leak_free_users(proto.train, None, target, users, target.lengths[users - 1] - 1)
 
 
+def subset_masks(cfg, users: np.ndarray, cold: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks over test users (``users``, 1-based, with their ``cold`` flags as in
+    ``test_ranks.npz``): all, cold, warm, cold-none (``cold_none_mask``), leak-controlled
+    (``leak_free_mask``) and the cold users among those."""
+    free = leak_free_mask(cfg)[users]
+    return {"all": np.ones(len(users), bool), "cold": cold, "warm": ~cold, "cold-none": cold_none_mask(cfg)[users],
+            "leak-controlled": free, "cold-leak-controlled": cold & free}
+
+
+def popularity_ranks(cfg, device="cpu") -> dict:
+    """``test_report`` ranks of the popularity baseline (counts of the cold protocol's training
+    data) on the cold protocol of ``cfg``."""
+    from core.evaluation import popularity_score_fn
+    from cross_domain.data import training_split
+
+    proto = cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed)
+    return test_report(popularity_score_fn(training_split(proto.train)), proto.test, proto.is_cold, cfg, device)["ranks"]
+
+
 def masked_reports(ranks: dict, mask: np.ndarray, ks, base: str = "baseline") -> dict:
     """Saved test ranks (model -> its ``test_ranks.npz``, the same users in the same order)
     restricted to the users where ``mask`` is true: ``{model: {protocol: (metrics, paired test
