@@ -30,7 +30,7 @@ DATASETS = {  # benchmark name -> (config, row label, folder under state_dict/cr
 }
 KINDS = ("baseline", "transfer", "ptupcdr")
 METRICS = ("NDCG@10", "HR@10", "MRR", "NDCG@20", "HR@20")
-SUBSETS = ("all", "cold", "warm", "cold-none")
+SUBSETS = ("all", "cold", "warm", "cold-none", "leak-controlled", "cold-leak-controlled")  # evaluate.subset_masks
 KEY = ("dataset", "model", "protocol", "subset", "metric", "seeds")
 
 
@@ -109,34 +109,44 @@ def load_cfg(config: str, over: str = ""):
 
 
 @functools.lru_cache
-def kept_none_of(label: str) -> np.ndarray:
-    """``cold_none_mask`` of a row label's config (the cold split does not depend on the seed)."""
-    from cross_domain.evaluate import cold_none_mask
+def user_mask_of(label: str, subset: str) -> np.ndarray | None:
+    """[n_users + 1] mask by user index of a finer subset (cold-none, leak-controlled,
+    cold-leak-controlled) for a row label's config (the cold split does not depend on the seed)."""
+    from cross_domain.data import cold_protocol, load_domains
+    from cross_domain.evaluate import cold_none_mask, leak_free_mask
 
-    return cold_none_mask(load_cfg(next(v[0] for v in DATASETS.values() if v[1] == label)))
+    cfg = load_cfg(next(v[0] for v in DATASETS.values() if v[1] == label))
+    if subset == "cold-none":
+        return cold_none_mask(cfg)
+    free = leak_free_mask(cfg)
+    if subset == "cold-leak-controlled":
+        free &= cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed).is_cold
+    return free
 
 
 def no_history_rows(args, home: Path, r) -> list[dict]:
-    """Rows of subset ``cold-none``: the cold users cut to no target history at all, where only
-    the source can say anything about the user (a finer cut of ``cold``, from the runs'
-    ``test_ranks.npz`` and the protocol's ``kept``)."""
-    from cross_domain.evaluate import cold_none_mask, masked_reports
+    """Rows of the finer subsets, from the runs' ``test_ranks.npz``: ``cold-none`` (the cold users
+    cut to no target history at all, where only the source can say anything about the user) and
+    the leak-controlled view (``cross_domain.evaluate.subset_masks``)."""
+    from cross_domain.evaluate import masked_reports, subset_masks
 
     config, _, _, source, target = DATASETS[args.dataset]
     cfg = load_cfg(config, ",".join(x for x in (args.override, f"data.source={source},data.target={target}") if x))
     ranks = {k: np.load(home / stage_folder(args.dataset, k) / "test_ranks.npz") for k in KINDS}
-    mask = cold_none_mask(cfg)[ranks["baseline"]["users"]]
-    rows, users = [], int(mask.sum())
-    for kind, by_protocol in masked_reports(ranks, mask, cfg.eval.ks).items():
-        for name, (m, test) in by_protocol.items():
-            rows += [r(kind, protocol_label(name), metric, m[metric], subset="cold-none", users=users)
-                     for metric in METRICS if metric in m]
-            if test:
-                rows.append(p_row(r, kind, protocol_label(name), test, "cold-none", users))
+    masks = subset_masks(cfg, ranks["baseline"]["users"], ranks["baseline"]["cold"])
+    rows = []
+    for subset in ("cold-none", "leak-controlled", "cold-leak-controlled"):
+        users = int(masks[subset].sum())
+        for kind, by_protocol in masked_reports(ranks, masks[subset], cfg.eval.ks).items():
+            for name, (m, test) in by_protocol.items():
+                rows += [r(kind, protocol_label(name), metric, m[metric], subset=subset, users=users)
+                         for metric in METRICS if metric in m]
+                if test:
+                    rows.append(p_row(r, kind, protocol_label(name), test, subset, users))
     return rows
 
 
-PEER_SUBSETS = ("all", "cold", "warm", "cold-none", "leak-controlled", "cold-leak-controlled")  # cross_domain.evaluate.subset_masks
+PEER_SUBSETS = SUBSETS
 
 
 def cmd_peer(args) -> None:
@@ -211,7 +221,7 @@ def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subs
         return None
     t = ranks_test([dirs["baseline"][s] for s in seeds], [dirs[kind][s] for s in seeds],
                    {"sampled-100": "sampled-99"}.get(proto, proto), subset,
-                   kept_none_of(label) if subset == "cold-none" else None)
+                   None if subset in ("all", "cold", "warm") else user_mask_of(label, subset))
     return {"p": t["wilcoxon_p"], "mean_diff": t["mean_diff"], "users": t["users"], "seeds": seeds}
 
 

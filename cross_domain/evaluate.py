@@ -145,14 +145,16 @@ def masked_reports(ranks: dict, mask: np.ndarray, ks, base: str = "baseline") ->
 
 
 def seed_averaged_test(base_files: list, other_files: list, protocol: str, subset: str,
-                       none_mask: np.ndarray | None = None) -> dict:
+                       user_mask: np.ndarray | None = None) -> dict:
     """``core.metrics.seed_averaged_paired`` on per-user NDCG@10 under ``protocol``, from one
     ``test_ranks.npz`` per seed and model (``other`` minus ``base``, seeds in the same order);
-    ``subset``: all, cold, warm, or cold-none (the users of ``none_mask``, see ``cold_none_mask``)."""
+    ``subset``: all, cold, warm, or any finer one given as ``user_mask`` ([n_users + 1] bool by
+    user index, e.g. ``cold_none_mask``, ``leak_free_mask``; the cold protocol is the same for
+    every seed)."""
     def per_user(path) -> dict:
         z = np.load(path)
-        mask = none_mask[z["users"]] if subset == "cold-none" else \
-            {"all": np.ones(len(z["users"]), bool), "cold": z["cold"], "warm": ~z["cold"]}[subset]
+        flags = {"all": np.ones(len(z["users"]), bool), "cold": z["cold"], "warm": ~z["cold"]}
+        mask = flags[subset] if subset in flags else user_mask[z["users"]]
         return ndcg_by_id(z["users"][mask], z[protocol][mask])
 
     return seed_averaged_paired([per_user(p) for p in base_files], [per_user(p) for p in other_files])
