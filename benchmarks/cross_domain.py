@@ -109,19 +109,12 @@ def load_cfg(config: str, over: str = ""):
 
 
 @functools.lru_cache
-def user_mask_of(label: str, subset: str) -> np.ndarray | None:
-    """[n_users + 1] mask by user index of a finer subset (cold-none, leak-controlled,
-    cold-leak-controlled) for a row label's config (the cold split does not depend on the seed)."""
-    from cross_domain.data import cold_protocol, load_domains
-    from cross_domain.evaluate import cold_none_mask, leak_free_mask
+def user_masks_of(label: str) -> dict[str, np.ndarray]:
+    """``cross_domain.evaluate.user_masks`` of a row label's config (the cold split does not
+    depend on the seed)."""
+    from cross_domain.evaluate import user_masks
 
-    cfg = load_cfg(next(v[0] for v in DATASETS.values() if v[1] == label))
-    if subset == "cold-none":
-        return cold_none_mask(cfg)
-    free = leak_free_mask(cfg)
-    if subset == "cold-leak-controlled":
-        free &= cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed).is_cold
-    return free
+    return user_masks(load_cfg(next(v[0] for v in DATASETS.values() if v[1] == label)))
 
 
 def no_history_rows(args, home: Path, r) -> list[dict]:
@@ -221,7 +214,7 @@ def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subs
         return None
     t = ranks_test([dirs["baseline"][s] for s in seeds], [dirs[kind][s] for s in seeds],
                    {"sampled-100": "sampled-99"}.get(proto, proto), subset,
-                   None if subset in ("all", "cold", "warm") else user_mask_of(label, subset))
+                   None if subset in ("all", "cold", "warm") else user_masks_of(label)[subset])
     return {"p": t["wilcoxon_p"], "mean_diff": t["mean_diff"], "users": t["users"], "seeds": seeds}
 
 
@@ -300,7 +293,7 @@ def peer_table(runs: list[dict]) -> list[str]:
     view; full ranking, NDCG@10, mean over seeds, the largest per-seed p of merged vs baseline."""
     peer = [r for r in runs if r.get("subset") in PEER_SUBSETS and r["protocol"] == "full"
             and r["metric"] in ("NDCG@10", "p_wilcoxon_vs_baseline")
-            and r["model"].split("-e")[0] in ("popularity", "baseline", "sasrec-merged")]
+            and r["model"].startswith(("popularity", "baseline", "sasrec-merged"))]
     tags = sorted({r["model"].removeprefix("sasrec-merged") for r in peer if r["model"].startswith("sasrec-merged")})
     if not tags:
         return []

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from core import store
 from core.cli import resolve_device, seed_everything
-from core.evaluation import popularity_score_fn
 from core.report import format_table
-from cross_domain.data import cold_protocol, load_domains, training_split
-from cross_domain.evaluate import SUBSETS, paired_tests, protocol_report, test_report
+from cross_domain.data import cold_protocol, load_domains
+from cross_domain.evaluate import SUBSETS, paired_tests, popularity_report, protocol_report
 from cross_domain.transfer import load_trained, stage_dir
 
 METRICS = ("HR@10", "NDCG@10")
@@ -28,7 +27,7 @@ def compare(cfg, log=print) -> dict:
         model, side, path = load_trained(cfg, dom, kind, fingerprint, device)
         log(f"scoring {kind} ({path})")
         reports[kind] = protocol_report(model, proto, side, cfg, device)
-    pop = test_report(popularity_score_fn(training_split(proto.train)), proto.test, proto.is_cold, cfg, device)
+    pop = popularity_report(proto, cfg, device)
     tests = {kind: paired_tests(reports["baseline"], r) for kind, r in reports.items() if kind != "baseline"}
     out_dir = stage_dir(cfg, dom, "compare")
     result = {"dataset": dom.folder.name, "source": dom.source_name, "target": dom.target_name,

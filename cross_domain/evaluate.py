@@ -95,42 +95,61 @@ def paired_tests(base: dict, other: dict, k: int = 10) -> dict:
     return {p: {s: paired_test(rb[p][m], ro[p][m], k) for s, m in masks.items() if m.any()} for p in protocols}
 
 
+def _target_protocol(cfg):
+    target = load_domains(cfg.data).target
+    return target, cold_protocol(target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed)
+
+
+def user_masks(cfg) -> dict[str, np.ndarray]:
+    """[n_users + 1] bool masks by 1-based user index under the cold protocol of ``cfg`` (the same
+    for every seed), from one load of the data:
+
+    - ``cold``: the protocol's cold users;
+    - ``cold-none``: the cold users cut to no target item at all (only the source can say
+      anything about them);
+    - ``leak-controlled``: the user's test transition (the item before the test target in the
+      uncut sequence -> the target) stands verbatim in no training sequence of the protocol
+      (``core.data.leakage``). Food-Kitchen's "users" are overlapping windows of the same people:
+      this is the view where another window of the same person cannot hand the model the answer.
+      The uncut transition is used for cut cold users too, so that the view is the same set of
+      events whatever a model is shown;
+    - ``cold-leak-controlled``: the cold users among those."""
+    target, proto = _target_protocol(cfg)
+    users = proto.test.test.users
+    free = leak_free_users(proto.train, None, target, users, target.lengths[users - 1] - 1)
+    return {"cold": proto.is_cold, "cold-none": proto.kept == 0, "leak-controlled": free,
+            "cold-leak-controlled": free & proto.is_cold}
+
+
 def cold_none_mask(cfg) -> np.ndarray:
-    """[n_users + 1] bool by 1-based user index: the users that the cold-start protocol of
-    ``cfg`` cuts to no target item at all (only the source can say anything about them)."""
-    return cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed).kept == 0
+    """``user_masks(cfg)["cold-none"]``."""
+    return _target_protocol(cfg)[1].kept == 0
 
 
 def leak_free_mask(cfg) -> np.ndarray:
-    """[n_users + 1] bool by 1-based user index: the user's test transition (the item before the
-    test target in the uncut sequence -> the target) stands verbatim in no training sequence of
-    the cold protocol of ``cfg`` (``core.data.leakage``). Food-Kitchen's "users" are overlapping
-    windows of the same people: this is the view where another window of the same person cannot
-    hand the model the answer. The uncut transition is used for cut cold users too, so that the
-    view is the same set of events whatever a model is shown."""
-    target = load_domains(cfg.data).target
-    proto = cold_protocol(target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed)
-    users = proto.test.test.users
-    return leak_free_users(proto.train, None, target, users, target.lengths[users - 1] - 1)
+    """``user_masks(cfg)["leak-controlled"]``."""
+    return user_masks(cfg)["leak-controlled"]
 
 
 def subset_masks(cfg, users: np.ndarray, cold: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean masks over test users (``users``, 1-based, with their ``cold`` flags as in
-    ``test_ranks.npz``): all, cold, warm, cold-none (``cold_none_mask``), leak-controlled
-    (``leak_free_mask``) and the cold users among those."""
-    free = leak_free_mask(cfg)[users]
-    return {"all": np.ones(len(users), bool), "cold": cold, "warm": ~cold, "cold-none": cold_none_mask(cfg)[users],
-            "leak-controlled": free, "cold-leak-controlled": cold & free}
+    ``test_ranks.npz``): all, cold, warm and the finer subsets of ``user_masks``."""
+    by_user = user_masks(cfg)
+    return {"all": np.ones(len(users), bool), "cold": cold, "warm": ~cold,
+            **{name: by_user[name][users] for name in ("cold-none", "leak-controlled", "cold-leak-controlled")}}
 
 
-def popularity_ranks(cfg, device="cpu") -> dict:
-    """``test_report`` ranks of the popularity baseline (counts of the cold protocol's training
-    data) on the cold protocol of ``cfg``."""
+def popularity_report(proto: TargetProtocol, cfg, device="cpu") -> dict:
+    """``test_report`` of the popularity baseline (counts of ``proto``'s training data)."""
     from core.evaluation import popularity_score_fn
     from cross_domain.data import training_split
 
-    proto = cold_protocol(load_domains(cfg.data).target, cfg.cold.k, cfg.cold.fraction, cfg.cold.seed)
-    return test_report(popularity_score_fn(training_split(proto.train)), proto.test, proto.is_cold, cfg, device)["ranks"]
+    return test_report(popularity_score_fn(training_split(proto.train)), proto.test, proto.is_cold, cfg, device)
+
+
+def popularity_ranks(cfg, device="cpu") -> dict:
+    """``popularity_report`` ranks on the cold protocol of ``cfg``."""
+    return popularity_report(_target_protocol(cfg)[1], cfg, device)["ranks"]
 
 
 def masked_reports(ranks: dict, mask: np.ndarray, ks, base: str = "baseline") -> dict:

@@ -1,7 +1,7 @@
 """core.data.leakage: the leak-controlled view's transition test, checked by hand."""
 import numpy as np
 
-from core.data.leakage import last_item_of_domain, previous_items, seen_transition, transition_codes
+from core.data.leakage import previous_items, seen_transition, transition_codes
 from core.data.sequences import SequenceData
 
 
@@ -33,12 +33,6 @@ def test_seen_transition_and_previous_items():
     assert prev.tolist() == [3, 2, 6, 0]
     # 3->4 new; 2->5 in training; 6->2 new; no previous item: never seen
     assert seen_transition(codes, prev, targets, 6).tolist() == [False, True, False, False]
-
-
-def test_last_item_of_domain():
-    g2l = np.array([0, 1, 0, 2, 0])  # global items 1 and 3 are the domain's local 1 and 2
-    hists = [np.array([1, 2, 3, 4]), np.array([2, 4]), np.array([], dtype=np.int64)]
-    assert last_item_of_domain(hists, g2l).tolist() == [2, 0, 0]
 
 
 def test_leak_free_users_marks_each_users_event():

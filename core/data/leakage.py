@@ -44,19 +44,6 @@ def previous_items(data: SequenceData, users: np.ndarray, hist_len: np.ndarray) 
     return out
 
 
-def last_item_of_domain(histories: list[np.ndarray], global_to_local: np.ndarray) -> np.ndarray:
-    """[E] the last item of each history that belongs to a domain (``global_to_local`` maps it to
-    a local index > 0), as that local index; 0 where the history has none (C2DSR lines mix both
-    domains)."""
-    out = np.zeros(len(histories), dtype=np.int64)
-    for i, h in enumerate(histories):
-        local = global_to_local[np.asarray(h, dtype=np.int64)]
-        local = local[local > 0]
-        if len(local):
-            out[i] = local[-1]
-    return out
-
-
 def leak_free_users(train: SequenceData, train_len: np.ndarray | None, events: SequenceData, users: np.ndarray,
                     hist_len: np.ndarray) -> np.ndarray:
     """[n_users + 1] bool by 1-based user index: the user's evaluation event (history = first
