@@ -56,6 +56,7 @@ class ModelConfig:
     train_samples: Literal["sequences", "prefixes"] = "sequences"
     filter_alpha: float = 0.7  # bsarec: weight of the Fourier filter against self-attention
     filter_c: int = 5  # bsarec: low-pass cut-off (c // 2 + 1 frequency components kept)
+    padding: Literal["zero", "position"] = "zero"  # bsarec: padded positions zero, or position embeddings (authors' code)
 
     def __post_init__(self) -> None:
         if self.hidden_units % self.num_heads:
@@ -169,7 +170,8 @@ def encoder_args(cfg: ModelConfig) -> dict:
                 dropout_rate=cfg.dropout_rate, initializer_range=cfg.initializer_range, loss=cfg.loss,
                 num_negatives=cfg.num_negatives, negative_sampler=cfg.negative_sampler)
     if cfg.model_type == "bsarec":
-        return {**args, "filter_alpha": cfg.filter_alpha, "filter_c": cfg.filter_c}
+        extra = {"padding": cfg.padding} if cfg.padding != "zero" else {}
+        return {**args, "filter_alpha": cfg.filter_alpha, "filter_c": cfg.filter_c, **extra}
     return args if cfg.model_type == "sasrec" else {**args, "output_bias": cfg.output_bias}
 
 

@@ -234,6 +234,31 @@ def test_bsarec_scores_do_not_depend_on_padding_width_and_rebuild_from_args():
         assert torch.equal(clone.eval().full_scores(rows), full)
 
 
+def test_bsarec_position_padding_follows_the_authors_code():
+    from core.models.transformer import attention_mask
+    mask = attention_mask(torch.tensor([[0, 0, 3, 4]]), causal=True, empty_rows="all")[0, 0]
+    # padded queries see no key, so (as with an additive -10000 mask) they attend to every one
+    expected = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+    torch.manual_seed(0)
+    args = dict(n_items=30, maxlen=12, hidden_units=16, num_blocks=2, num_heads=1, dropout_rate=0.0)
+    zero = build_model("bsarec", **args).eval()
+    model = build_model("bsarec", padding="position", **args).eval()
+    model.load_state_dict(zero.state_dict())
+    rows = torch.tensor([[0] * 8 + [3, 4, 5, 6], list(range(1, 13))])
+    with torch.no_grad():
+        full = model.full_scores(rows)
+        # a trimmed window is padded back to maxlen, so the width of the caller's batch is free
+        assert torch.allclose(full[:1, 1:], model.full_scores(rows[:1, -4:])[:, 1:], atol=1e-5)
+        assert model(rows[:, -4:]).shape == (2, 4, 16)
+        # padded positions carry state into the short row only; a full window is the same in both
+        assert not torch.allclose(full[0, 1:], zero.full_scores(rows)[0, 1:], atol=1e-3)
+        assert torch.allclose(full[1, 1:], zero.full_scores(rows)[1, 1:], atol=1e-5)
+    assert model.model_args["padding"] == "position" and "padding" not in zero.model_args
+    with pytest.raises(ValueError, match="padding"):
+        build_model("bsarec", padding="mirror", **args)
+
+
 def test_bsarec_learns_a_planted_successor():
     torch.manual_seed(0)
     n_items = 20

@@ -110,6 +110,8 @@ class SequentialRecommender(nn.Module):
 
     # pre-LayerNorm blocks need a norm after the last one; post-LayerNorm blocks end normalised
     final_norm: bool = True
+    # what padded positions hold: "zero" (ours) or "position" (BSARec's code; see core.models.bsarec)
+    padding: str = "zero"
 
     def make_block(self, hidden: int, heads: int, dropout: float) -> nn.Module:
         return TransformerBlock(hidden, heads, dropout)
@@ -139,15 +141,20 @@ class SequentialRecommender(nn.Module):
         """Hidden states [B, L, D]; with ``return_layers`` also a list of each block's output;
         with ``last_only`` the last position's state alone, [B, 1, D] (what scoring reads)."""
         input_ids = input_ids[:, -self.maxlen :]
+        width = input_ids.shape[1]
+        if self.padding == "position":  # the whole window, as the padded positions carry state
+            input_ids = F.pad(input_ids, (self.maxlen - width, 0))
         length = input_ids.shape[1]
         positions = torch.arange(self.maxlen - length, self.maxlen, device=input_ids.device)
         x = self.item_emb(input_ids)
         if self.scale_item_embeddings:
             x = x * math.sqrt(self.item_emb.embedding_dim)
         x = self.emb_norm(x + self.pos_emb(positions))
-        real = (input_ids > 0).unsqueeze(-1)
-        x = self.emb_drop(x) * real  # padding rows are zero everywhere (the Fourier filter mixes positions)
-        mask = attention_mask(input_ids, self.causal)
+        # "zero": padding rows are zero everywhere (the Fourier filter mixes positions);
+        # "position": they keep their position embedding and whatever the blocks make of it
+        real = (input_ids > 0).unsqueeze(-1) if self.padding == "zero" else torch.ones_like(input_ids[..., None], dtype=torch.bool)
+        x = self.emb_drop(x) * real
+        mask = attention_mask(input_ids, self.causal, "self" if self.padding == "zero" else "all")
         layers = []
         for i, block in enumerate(self.blocks):
             last = last_only and i == len(self.blocks) - 1
@@ -156,6 +163,8 @@ class SequentialRecommender(nn.Module):
             x = block(x, mask, last) * real
             layers.append(x)
         h = self.final_ln(x) * real
+        if width < length and not last_only:  # back to the caller's (trimmed) width
+            h, layers = h[:, -width:], [layer[:, -width:] for layer in layers]
         return (h, layers) if return_layers else h
 
     def item_weights(self) -> torch.Tensor:

@@ -2,9 +2,14 @@
 low-pass / high-pass filter of the sequence (``core.models.transformer.FrequencyMixBlock``).
 
 Causal like SASRec and trained the same way; embeddings are item + position, then LayerNorm
-(no sqrt(d) scaling), and the blocks are post-LayerNorm, as in the paper's code. Differences
-from that code: padded positions are zeros (ours) rather than position embeddings, so the
-filter sees only the user's items, and attention is causal over real items only.
+(no sqrt(d) scaling), and the blocks are post-LayerNorm, as in the paper's code.
+
+``padding`` chooses what the padded positions of a window hold:
+- ``"zero"`` (default): zeros, so the filter sees only the user's items and batches can be
+  trimmed to their longest row;
+- ``"position"``: as in the authors' code, each padded position keeps its position embedding,
+  its attention row (no visible key) attends to every position, and the filter mixes these
+  states into the real positions; every window is then ``maxlen`` wide.
 """
 from __future__ import annotations
 
@@ -20,10 +25,16 @@ class BSARec(SequentialRecommender):
     scale_item_embeddings = False
     final_norm = False
 
-    def __init__(self, n_items: int, filter_alpha: float = 0.7, filter_c: int = 5, **kwargs) -> None:
+    def __init__(self, n_items: int, filter_alpha: float = 0.7, filter_c: int = 5, padding: str = "zero",
+                 **kwargs) -> None:
+        if padding not in ("zero", "position"):
+            raise ValueError(f"padding must be 'zero' or 'position', got {padding!r}")
         self._filter = (filter_alpha, filter_c, kwargs.get("maxlen", 50))
         super().__init__(n_items, **kwargs)
+        self.padding = padding
         self._args.update(filter_alpha=filter_alpha, filter_c=filter_c)
+        if padding != "zero":  # only then: checkpoints of existing configs keep their exact args
+            self._args["padding"] = padding
 
     def make_block(self, hidden: int, heads: int, dropout: float) -> nn.Module:
         alpha, c, maxlen = self._filter

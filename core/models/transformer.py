@@ -46,17 +46,20 @@ class TransformerBlock(nn.Module):
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
-def attention_mask(input_ids: torch.Tensor, causal: bool) -> torch.Tensor:
+def attention_mask(input_ids: torch.Tensor, causal: bool, empty_rows: str = "self") -> torch.Tensor:
     """[B, 1, L, L] bool, True where a query may attend to a key.
 
     Padding keys (id 0) are hidden from every query; with ``causal`` a query sees only
-    earlier positions. Every position may attend to itself so fully padded query rows stay
-    finite (their outputs are zeroed by the caller).
+    earlier positions. A query row with no visible key (a padded position) attends to itself
+    (``empty_rows="self"``: finite, and the caller zeroes it) or to every key
+    (``"all"``: what an additive -10000 mask does, as in the BSARec authors' code).
     """
     length = input_ids.shape[1]
     keep = (input_ids > 0)[:, None, None, :]
     if causal:
         keep = keep & torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
+    if empty_rows == "all":
+        return keep | ~keep.any(-1, keepdim=True)
     eye = torch.eye(length, dtype=torch.bool, device=input_ids.device)
     return keep | eye
 
