@@ -4,6 +4,8 @@
     python -m cross_domain train-target-transfer [--source B --target A]
     python -m cross_domain train-target-baseline [--target A]
     python -m cross_domain train-target-merged [--source B --target A]  # one SASRec over both domains
+    python -m cross_domain fuse [--source B --target A]                 # late fusion of baseline + merged
+    python -m cross_domain fuse --partner-run NAME                      # control: baseline + another run's baseline
     python -m cross_domain eval-compare [--target A]
     python -m cross_domain recommend --user u00042 --k 10 [--use-transfer]
     python -m cross_domain rl-demo --steps 5 [--events events.jsonl] [--use-transfer]
@@ -30,6 +32,7 @@ COMMANDS = {  # subcommand -> its own flags (beyond --config/--override/--device
     "train-target-transfer": ("source", "target", "max_items_src", "max_items_tgt"),
     "train-target-baseline": ("target", "max_items_tgt"),
     "train-target-merged": ("source", "target"),
+    "fuse": ("source", "target", "partner_run"),
     "eval-compare": ("source", "target", "max_items_src", "max_items_tgt"),
     "recommend": ("source", "target", "user", "k", "use_transfer", "max_items_src", "max_items_tgt"),
     "rl-demo": ("source", "target", "steps", "events", "use_transfer", "max_items_src", "max_items_tgt"),
@@ -47,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=name.replace("-", " "))
         add_common_args(p, default_config=DEFAULT_CONFIG)
         for f in flags:
-            if f == "use_transfer":
+            if f == "partner_run":
+                p.add_argument("--partner-run", default=None, help="fuse with this run's baseline instead of the "
+                               "merged model (the target-only ensemble control)")
+            elif f == "use_transfer":
                 p.add_argument("--use-transfer", action="store_true", help="the transfer model (default: the baseline)")
             elif f == "user":
                 p.add_argument("--user", required=True, help="raw user id as in the data")
@@ -101,6 +107,13 @@ def main(argv=None) -> int:
             print(f"\nTest, {kind}, target {res['target']} (best validation epoch {res['best_epoch']}, "
                   f"{res['sec_per_epoch']}s per epoch):\n" + metrics_table(res["test"], res["users"])
                   + f"\nresults: {res['run_dir']}/results.json")
+    elif cmd == "fuse":
+        from cross_domain.fusion import fuse
+
+        res = fuse(cfg, args.partner_run)
+        c = res["choice"]
+        print(f"\nTest, {res['stage']} (weight of the second model: cold {c['w_cold']}, warm {c['w_warm']}), target "
+              f"{res['target']}:\n" + metrics_table(res["test"], res["users"]) + f"\nresults: {res['run_dir']}/results.json")
     elif cmd == "eval-compare":
         from cross_domain.compare import compare, format_compare
 

@@ -13,7 +13,8 @@
 - ``run_experiment(cfg, kinds)``: source, then each target model, for one config and seed.
 
 Runs live in ``state_dict/cross_domain/<dataset>/<run_name>/<stage>/`` with stages
-``source-<S>``, ``baseline-<T>``, ``transfer-<S>-<T>``, ``ptupcdr-<S>-<T>``, ``merged-<S>-<T>``.
+``source-<S>``, ``baseline-<T>``, ``transfer-<S>-<T>``, ``ptupcdr-<S>-<T>``, ``merged-<S>-<T>``,
+``fusion-<S>-<T>`` and ``ensemble-<S>-<T>`` (``cross_domain.fusion``, no training).
 """
 from __future__ import annotations
 

@@ -512,3 +512,61 @@ def test_leak_free_mask_matches_a_brute_force_scan(tmp_path):
         full = target.sequence(int(u))  # the uncut transition, also for users cut to fewer items
         assert mask[u] == ((int(full[-2]), int(full[-1])) not in pairs)
     assert 0 < mask.sum() < len(proto.test.test.users)
+
+
+# --------------------------------------------------------------------------- fusion
+def test_fused_scores_mix_log_probabilities_by_user_group():
+    from cross_domain.fusion import fused_score_fn
+
+    a = torch.tensor([[0.0, 2.0, 1.0, 0.0], [0.0, 0.0, 1.0, 3.0]])
+    b = torch.tensor([[0.0, 0.0, 0.0, 4.0], [0.0, 1.0, 1.0, 1.0]])
+    cold = torch.tensor([False, True, False])  # by user index; user 0 unused
+    score = fused_score_fn(lambda i, u: a, lambda i, u: b, cold, w_cold=0.5, w_warm=0.0)
+    out = score(None, torch.tensor([1, 2]))
+    la, lb = torch.log_softmax(a, 1), torch.log_softmax(b, 1)
+    assert torch.allclose(out[0, 1:], 0.5 * la[0, 1:] + 0.5 * lb[0, 1:])  # user 1: cold
+    assert torch.allclose(out[1, 1:], la[1, 1:])  # user 2: warm, weight 0 = the first model alone
+    assert torch.isneginf(out[:, 0]).all()
+    only_b = fused_score_fn(lambda i, u: a, lambda i, u: b, cold, 1.0, 1.0)(None, torch.tensor([1, 2]))
+    assert torch.allclose(only_b[:, 1:], lb[:, 1:]) and not torch.isnan(only_b).any()
+
+
+def test_fusion_weights_are_chosen_per_group_on_validation():
+    from cross_domain.fusion import choose_weights
+
+    users = np.array([1, 2, 3, 4])
+    is_cold = np.array([False, True, True, False, False])
+
+    def run_valid(w):  # cold users (1, 2) rank their target first at w = 0.5 only; warm ones at w = 0
+        return users, np.array([0 if w == 0.5 else 9, 0 if w == 0.5 else 9, 0 if w == 0 else 3, 0 if w == 0 else 3])
+
+    choice = choose_weights(run_valid, lambda u: is_cold[u], weights=(0.0, 0.5, 1.0))
+    assert (choice["w_cold"], choice["w_warm"]) == (0.5, 0.0)
+    assert choice["valid_cold"] == pytest.approx([1 / np.log2(11), 1.0, 1 / np.log2(11)])
+    assert choice["valid_warm"] == pytest.approx([1.0, 1 / np.log2(5), 1 / np.log2(5)])
+
+
+def test_fuse_cli_beats_the_baseline_on_cold_users_and_runs_the_ensemble_control(trained, capsys):
+    """On planted source taste the validation-chosen fusion of the baseline and the merged model
+    keeps the merged model's lead for cold users; the control fuses two baselines."""
+    from cross_domain.transfer import train_target
+
+    root, res = trained
+    quiet = lambda *a: None  # noqa: E731
+    run = Path(res["baseline"]["run_dir"]).parent
+    if not (run / "merged-B-A/best.pt").is_file():
+        train_target(_cfg(root, SIGNAL), "merged", log=quiet)
+    train_target(_cfg(root, SIGNAL + ",run_name=second,seed=7"), "baseline", log=quiet)
+    code, out, _ = _cli(["fuse", "--config", str(YAML), "--override", _over(root, SIGNAL)], capsys)
+    assert code == 0 and "Test, fusion" in out
+    fused = json.loads((run / "fusion-B-A/results.json").read_text())
+    assert fused["choice"]["w_cold"] > 0  # validation prefers the source-informed model for cold users
+    base = res["baseline"]["test"]["sampled-99"]["cold"]["NDCG@10"]
+    assert fused["test"]["sampled-99"]["cold"]["NDCG@10"] > 1.1 * base
+    code, out, _ = _cli(["fuse", "--config", str(YAML), "--partner-run", "second", "--override", _over(root, SIGNAL)],
+                        capsys)
+    assert code == 0 and "Test, ensemble" in out
+    ens = json.loads((run / "ensemble-B-A/results.json").read_text())
+    assert ens["models"]["partner"].endswith("second/baseline-A/best.pt")
+    code, _, err = _cli(["fuse", "--config", str(YAML), "--partner-run", "nothing", "--override", _over(root, SIGNAL)], capsys)
+    assert code != 0 and "nothing/baseline-A/best.pt" in err and "train-target-baseline" in err
