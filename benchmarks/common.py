@@ -94,11 +94,13 @@ def overrides(*parts: str) -> str:
 
 def run_module(module: str, config: str, over: str, *extra: str, run: bool = True) -> str:
     """``python -m module --config config [extra] --override over`` from the repository root (unless
-    ``run`` is false): the command line, as recorded in rows."""
+    ``run`` is false): the command line, as recorded in rows. ``module`` may end in a subcommand
+    (``"cross_domain train-source"``)."""
     command = f"python -m {module} --config {config}{''.join(' ' + e for e in extra)} --override \"{over}\""
     if run:
         print(f"== {command}", flush=True)
-        subprocess.run([sys.executable, "-m", module, "--config", config, *extra, "--override", over], cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-m", *module.split(), "--config", config, *extra, "--override", over], cwd=REPO,
+                       check=True)
     return command
 
 
@@ -163,6 +165,13 @@ def pm(r: dict | None, digits: int = 4, always: bool = True) -> str:
 
 def devices(rows: list[dict]) -> str:
     return "; ".join(sorted({r["device"] for r in rows}))
+
+
+def write_json(path: Path, obj: list | dict) -> None:
+    """Write (atomically) a results file."""
+    from core.store import atomic_write_json
+
+    atomic_write_json(path, obj)
 
 
 def write_md(path: Path, lines: list[str]) -> None:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, machine, md_table, merge_rows, opt, pm, \
-    row, write_md
+from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, machine, md_table, merge_rows, opt, \
+    overrides, pm, row, run_module, write_json, write_md
 
 RUNS_FILE = RESULTS / "cross_domain_runs.json"
 DATASETS = {  # benchmark name -> (config, row label, folder under state_dict/cross_domain, source, target)
@@ -50,20 +48,14 @@ def run_dir(dataset: str, seed: int) -> Path:
 
 def cmd_run(args) -> None:
     """one dataset and seed: source, baseline, transfer, ptupcdr, compare"""
-    config, label, _, source, target = DATASETS[args.dataset]
-    over = ",".join(x for x in (f"seed={args.seed},run_name=bench-seed{args.seed},overwrite=true", args.override) if x)
-    base = ["--config", config, "--source", source, "--target", target]
-    stages = {  # stage -> its CLI subcommand, flags and extra override
-        "source": ("train-source", base[:4], ""), "baseline": ("train-target-baseline", base[:2] + base[4:], ""),
-        "transfer": ("train-target-transfer", base, ",transfer.bridge=mlp"),
-        "ptupcdr": ("train-target-transfer", base, ",transfer.bridge=ptupcdr"), "compare": ("eval-compare", base, "")}
-    home, commands = run_dir(args.dataset, args.seed), {}
-    for stage, (sub, flags, extra) in stages.items():
-        commands[stage] = f"python -m cross_domain {sub} {' '.join(flags)} --override \"{over + extra}\""
-        if stage == "compare" or args.retrain or not (home / stage_folder(args.dataset, stage) / "results.json").is_file():
-            print(f"== {commands[stage]}", flush=True)
-            subprocess.run([sys.executable, "-m", "cross_domain", sub, *flags, "--override", over + extra], cwd=REPO,
-                           check=True)
+    _, label, _, source, target = DATASETS[args.dataset]
+    src, tgt = ["--source", source], ["--target", target]
+    home = run_dir(args.dataset, args.seed)
+    commands = run_stages(args, f"run_name=bench-seed{args.seed},overwrite=true", {  # stage -> subcommand, flags, override
+        "source": ("train-source", src, ""), "baseline": ("train-target-baseline", tgt, ""),
+        "transfer": ("train-target-transfer", src + tgt, ",transfer.bridge=mlp"),
+        "ptupcdr": ("train-target-transfer", src + tgt, ",transfer.bridge=ptupcdr"),
+        "compare": ("eval-compare", src + tgt, "")}, home, always=("compare",))
     comp = json.loads((home / stage_folder(args.dataset, "compare") / "compare.json").read_text())
     r = partial(row, label, seeds=[args.seed], command=commands["compare"])
     rows = []
@@ -88,11 +80,50 @@ def cmd_run(args) -> None:
                users=comp["users"][subset]) for proto, by_subset in comp["test"]["popularity"].items()
              for subset in ("all", "cold", "warm") if "NDCG@10" in by_subset.get(subset, {})]
     rows.append(r("protocol", "full", "users", None, subset="all", counts=comp["protocol"]))
-    rows += no_history_rows(args, home, r)
+    # the finer subsets, from the runs' test_ranks.npz: cold-none (the cold users cut to no target history at all,
+    # where only the source can say anything about the user) and the leak-controlled view
+    cfg, ranks, masks = stage_ranks(args, home, KINDS)
+    rows += [x for subset in SUBSETS[3:] for x in subset_rows(r, ranks, masks[subset], cfg.eval.ks, subset)]
     merge_rows(RUNS_FILE, rows, key=KEY)
     t = comp["test"]
     print(f"{label} seed {args.seed}, full NDCG@10 (cold / warm): " + "; ".join(
         f"{k} {t[k]['full']['cold']['NDCG@10']:.4f} / {t[k]['full']['warm']['NDCG@10']:.4f}" for k in KINDS))
+
+
+def run_stages(args, run: str, stages: dict, home: Path, always=()) -> dict[str, str]:
+    """``python -m cross_domain`` stage by stage (stage -> its subcommand, flags and extra override;
+    every stage gets ``--config``, this seed and ``run`` and ``--override``), each unless its
+    ``results.json`` exists (``--retrain``, or a stage in ``always``: in any case); the command lines."""
+    over = overrides(f"seed={args.seed},{run}", args.override)
+    return {stage: run_module(f"cross_domain {sub}", DATASETS[args.dataset][0], over + extra, *flags, run=stage in always
+                              or args.retrain or not (home / stage_folder(args.dataset, stage) / "results.json").is_file())
+            for stage, (sub, flags, extra) in stages.items()}
+
+
+def stage_ranks(args, home: Path, kinds) -> tuple:
+    """The dataset's config (this call's source and target), the stages' ``test_ranks.npz`` and
+    ``cross_domain.evaluate.subset_masks`` over the baseline's test users."""
+    from cross_domain.evaluate import subset_masks
+
+    config, _, _, source, target = DATASETS[args.dataset]
+    cfg = load_cfg(config, overrides(args.override, f"data.source={source},data.target={target}"))
+    ranks = {k: np.load(home / stage_folder(args.dataset, k) / "test_ranks.npz") for k in kinds}
+    return cfg, ranks, subset_masks(cfg, ranks["baseline"]["users"], ranks["baseline"]["cold"])
+
+
+def subset_rows(r, ranks: dict, mask, ks, subset: str, model=lambda kind: kind, extra=lambda kind: {}) -> list[dict]:
+    """The metric and paired-test rows of ``cross_domain.evaluate.masked_reports`` on one subset
+    (``r``: the run's ``row``; ``model`` and ``extra``: a stage's row name and fields)."""
+    from cross_domain.evaluate import masked_reports
+
+    users, rows = int(mask.sum()), []
+    for kind, by_protocol in masked_reports(ranks, mask, ks).items():
+        name, rk = model(kind), partial(r, subset=subset, users=users, **extra(kind))
+        for proto, (m, test) in by_protocol.items():
+            rows += [rk(name, protocol_label(proto), metric, m[metric]) for metric in METRICS if metric in m]
+            if test:
+                rows.append(p_row(rk, name, protocol_label(proto), test, subset, users))
+    return rows
 
 
 def p_row(r, kind: str, proto: str, test: dict, subset: str, users: int) -> dict:
@@ -117,65 +148,29 @@ def user_masks_of(label: str) -> dict[str, np.ndarray]:
     return user_masks(load_cfg(next(v[0] for v in DATASETS.values() if v[1] == label)))
 
 
-def no_history_rows(args, home: Path, r) -> list[dict]:
-    """Rows of the finer subsets, from the runs' ``test_ranks.npz``: ``cold-none`` (the cold users
-    cut to no target history at all, where only the source can say anything about the user) and
-    the leak-controlled view (``cross_domain.evaluate.subset_masks``)."""
-    from cross_domain.evaluate import masked_reports, subset_masks
-
-    config, _, _, source, target = DATASETS[args.dataset]
-    cfg = load_cfg(config, ",".join(x for x in (args.override, f"data.source={source},data.target={target}") if x))
-    ranks = {k: np.load(home / stage_folder(args.dataset, k) / "test_ranks.npz") for k in KINDS}
-    masks = subset_masks(cfg, ranks["baseline"]["users"], ranks["baseline"]["cold"])
-    rows = []
-    for subset in ("cold-none", "leak-controlled", "cold-leak-controlled"):
-        users = int(masks[subset].sum())
-        for kind, by_protocol in masked_reports(ranks, masks[subset], cfg.eval.ks).items():
-            for name, (m, test) in by_protocol.items():
-                rows += [r(kind, protocol_label(name), metric, m[metric], subset=subset, users=users)
-                         for metric in METRICS if metric in m]
-                if test:
-                    rows.append(p_row(r, kind, protocol_label(name), test, subset, users))
-    return rows
-
-
-PEER_SUBSETS = SUBSETS
-
-
 def cmd_peer(args) -> None:
     """one dataset and seed (issue 23): the target-only baseline and the merged-domain SASRec
     (model sasrec-merged), both on the cold protocol, with the leak-controlled view"""
-    from cross_domain.evaluate import masked_reports, popularity_ranks, subset_masks, subset_metrics
+    from cross_domain.evaluate import popularity_ranks, subset_metrics
 
-    config, label, _, source, target = DATASETS[args.dataset]
+    _, label, _, source, target = DATASETS[args.dataset]
     name = f"bench-{args.tag}-seed{args.seed}" if args.tag else f"bench-seed{args.seed}"
     suffix = f"-{args.tag}" if args.tag else ""
-    over = ",".join(x for x in (f"seed={args.seed},run_name={name}", args.override) if x)
-    stages = {"baseline": ("train-target-baseline", ["--config", config, "--target", target]),
-              "merged": ("train-target-merged", ["--config", config, "--source", source, "--target", target])}
-    home, commands = run_dir(args.dataset, args.seed).with_name(name), {}
-    for stage, (sub, flags) in stages.items():
-        commands[stage] = f"python -m cross_domain {sub} {' '.join(flags)} --override \"{over}\""
-        if args.retrain or not (home / stage_folder(args.dataset, stage) / "results.json").is_file():
-            print(f"== {commands[stage]}", flush=True)
-            subprocess.run([sys.executable, "-m", "cross_domain", sub, *flags, "--override", over], cwd=REPO, check=True)
-    cfg = load_cfg(config, ",".join(x for x in (args.override, f"data.source={source},data.target={target}") if x))
-    ranks = {k: np.load(home / stage_folder(args.dataset, k) / "test_ranks.npz") for k in stages}
+    home = run_dir(args.dataset, args.seed).with_name(name)
+    commands = run_stages(args, f"run_name={name}", {"baseline": ("train-target-baseline", ["--target", target], ""),
+                                                    "merged": ("train-target-merged", ["--source", source, "--target", target],
+                                                               "")}, home)
+    cfg, ranks, masks = stage_ranks(args, home, commands)
     users = ranks["baseline"]["users"]
-    masks = subset_masks(cfg, users, ranks["baseline"]["cold"])
-    rows = []
-    for subset, mask in masks.items():
-        r = partial(row, label, seeds=[args.seed], subset=subset, users=int(mask.sum()))
-        for kind, by_protocol in masked_reports(ranks, mask, cfg.eval.ks).items():
-            model = ("sasrec-merged" if kind == "merged" else kind) + suffix
-            stage = json.loads((home / stage_folder(args.dataset, kind) / "results.json").read_text())
-            extra = {"command": commands[kind], "best_epoch": stage["best_epoch"], "epochs_run": stage["epochs_run"],
-                     "device": machine(stage["threads"]),
-                     "run_dir": str((home / stage_folder(args.dataset, kind)).relative_to(REPO))}
-            for name, (m, test) in by_protocol.items():
-                rows += [r(model, protocol_label(name), metric, m[metric], **extra) for metric in METRICS if metric in m]
-                if test:
-                    rows.append(p_row(partial(r, **extra), model, protocol_label(name), test, subset, int(mask.sum())))
+
+    def extra(kind):
+        stage = json.loads((home / stage_folder(args.dataset, kind) / "results.json").read_text())
+        return {"command": commands[kind], "best_epoch": stage["best_epoch"], "epochs_run": stage["epochs_run"],
+                "device": machine(stage["threads"]), "run_dir": str((home / stage_folder(args.dataset, kind)).relative_to(REPO))}
+
+    rows = [x for subset, mask in masks.items() for x in subset_rows(
+        partial(row, label, seeds=[args.seed]), ranks, mask, cfg.eval.ks, subset,
+        lambda kind: ("sasrec-merged" if kind == "merged" else kind) + suffix, extra)]
     get = {(x["model"].removesuffix(suffix), x["protocol"], x["subset"], x["metric"]): x["value"] for x in rows}
     # popularity over the same training data, for scale: the leak-controlled events are the hard ones
     pop = popularity_ranks(cfg)
@@ -220,8 +215,6 @@ def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subs
 
 def cmd_summarize(args) -> None:
     """cross_domain.json / cross_domain.md: means over seeds, seed-averaged paired tests, the verdict"""
-    from core.store import atomic_write_json
-
     runs = load_rows(RUNS_FILE)
     value_runs = [r for r in runs if r["model"] in KINDS and r["metric"] != "p_wilcoxon_vs_baseline"]
     out = []
@@ -247,7 +240,7 @@ def cmd_summarize(args) -> None:
                        test="seed-averaged NDCG@10 per user" if pooled else "largest per-seed p",
                        per_seed_p=[r["value"] for r in sorted(rs, key=lambda r: r["seeds"])],
                        mean_ndcg10_diff=pooled["mean_diff"] if pooled else float(np.mean([r["mean_ndcg10_diff"] for r in rs]))))
-    atomic_write_json(RESULTS / "cross_domain.json", out)
+    write_json(RESULTS / "cross_domain.json", out)
 
     by = {(r["dataset"], r["model"], r["protocol"], r["subset"], r["metric"]): r for r in out}
     pop = {}
@@ -291,7 +284,7 @@ def peer_table(runs: list[dict]) -> list[str]:
     """The `peer` piece's rows (issue 23): popularity, the target-only baseline and the
     merged-domain SASRec per training budget, on every subset including the leak-controlled
     view; full ranking, NDCG@10, mean over seeds, the largest per-seed p of merged vs baseline."""
-    peer = [r for r in runs if r.get("subset") in PEER_SUBSETS and r["protocol"] == "full"
+    peer = [r for r in runs if r.get("subset") in SUBSETS and r["protocol"] == "full"
             and r["metric"] in ("NDCG@10", "p_wilcoxon_vs_baseline")
             and r["model"].startswith(("popularity", "baseline", "sasrec-merged"))]
     tags = sorted({r["model"].removeprefix("sasrec-merged") for r in peer if r["model"].startswith("sasrec-merged")})
@@ -305,7 +298,7 @@ def peer_table(runs: list[dict]) -> list[str]:
     for label in sorted({r["dataset"] for r in peer}):
         for tag in tags:
             budget = "20 epochs (patience 3)" if not tag else tag.lstrip("-")
-            for subset in PEER_SUBSETS:
+            for subset in SUBSETS:
                 b, m = val.get((label, "baseline" + tag, subset, "NDCG@10")), val.get((label, "sasrec-merged" + tag, subset, "NDCG@10"))
                 seeds = {r["seeds"][0] for r in m or []}  # the baseline over the seeds the merged model has
                 b = [r for r in b or [] if r["seeds"][0] in seeds]
@@ -346,16 +339,15 @@ def _verdict(label: str, by: dict) -> str:
 
 
 def main() -> None:
-    cli(__doc__, {"run": (cmd_run, [
-        opt("--dataset", choices=sorted(DATASETS), required=True), opt("--seed", type=int, default=1),
-        opt("--override", default="", help="extra config overrides for every stage"),
-        opt("--retrain", action="store_true", help="train stages again even when their results exist")]),
-        "peer": (cmd_peer, [
-            opt("--dataset", choices=sorted(DATASETS), required=True), opt("--seed", type=int, default=1),
-            opt("--override", default="", help="extra config overrides for both stages"),
-            opt("--tag", default="", help="a training budget of its own: run bench-<tag>-seed<N>, models <name>-<tag>"),
-            opt("--retrain", action="store_true", help="train stages again even when their results exist")]),
-        "summarize": (cmd_summarize, [])})
+    piece = [opt("--dataset", choices=sorted(DATASETS), required=True), opt("--seed", type=int, default=1)]
+    retrain = opt("--retrain", action="store_true", help="train stages again even when their results exist")
+    cli(__doc__, {"run": (cmd_run, piece + [opt("--override", default="", help="extra config overrides for every stage"),
+                                           retrain]),
+                  "peer": (cmd_peer, piece + [
+                      opt("--override", default="", help="extra config overrides for both stages"),
+                      opt("--tag", default="", help="a training budget of its own: run bench-<tag>-seed<N>, models <name>-<tag>"),
+                      retrain]),
+                  "summarize": (cmd_summarize, [])})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from functools import partial
 import numpy as np
 
 from benchmarks.common import REPO, RESULTS, aggregate, by_seed, cli, devices, load_rows, md_table, merge_rows, opt, \
-    overrides, plot, pm, read_jsonl, row, run_module, write_md
+    overrides, plot, pm, read_jsonl, row, run_module, write_json, write_md
 
 RUNS_FILE = RESULTS / "distillation_runs.json"
 # per-user test ranks of every run, kept beside the rows so the paired tests can be recomputed
@@ -63,8 +63,6 @@ def cmd_run(args) -> None:
 
 def store_user_ranks(run_dirs) -> dict:
     """Copy ``test_ranks.npz`` of the given run folders (those still on disk) into RANKS_FILE."""
-    from core.store import atomic_write_json
-
     table = json.loads(RANKS_FILE.read_text()) if RANKS_FILE.is_file() else {}
     fresh = {}
     for run_dir in run_dirs:
@@ -74,25 +72,21 @@ def store_user_ranks(run_dirs) -> dict:
             fresh[str(run_dir)] = {"users": z["users"].tolist(), "ranks": z["ranks"].tolist()}
     if any(table.get(k) != v for k, v in fresh.items()):
         table.update(fresh)
-        atomic_write_json(RANKS_FILE, table)
+        write_json(RANKS_FILE, table)
     return table
 
 
-def paired_test(ranks_table: dict, base_dirs: dict[int, str], other_dirs: dict[int, str]) -> dict:
-    from core.metrics import ndcg_by_id, seed_averaged_paired
+def user_ndcg(ranks_table: dict, run_dirs: dict[int, str]) -> dict[int, dict | None]:
+    """{seed: {user: NDCG@10}} of the runs whose ranks RANKS_FILE holds (None for the others)."""
+    from core.metrics import ndcg_by_id
 
-    seeds = sorted(s for s in set(base_dirs) & set(other_dirs)
-                   if str(base_dirs[s]) in ranks_table and str(other_dirs[s]) in ranks_table)
-    if not seeds:
-        return {}
-    ndcg = lambda run_dir: ndcg_by_id(*(ranks_table[str(run_dir)][k] for k in ("users", "ranks")))  # noqa: E731
-    return {**seed_averaged_paired([ndcg(base_dirs[s]) for s in seeds], [ndcg(other_dirs[s]) for s in seeds]),
-            "seeds": seeds}
+    return {s: ndcg_by_id(*(ranks_table[str(d)][k] for k in ("users", "ranks"))) if str(d) in ranks_table else None
+            for s, d in run_dirs.items()}
 
 
 def cmd_summarize(args) -> None:
     """tables, gains, paired Wilcoxon over users, plot"""
-    from core.store import atomic_write_json
+    from core.metrics import paired_over_seeds, ratio_over_seeds
 
     runs = load_rows(RUNS_FILE)
     groups, out = aggregate(runs)
@@ -105,7 +99,7 @@ def cmd_summarize(args) -> None:
         base = model.split("+")[0]
         if base == model or (ds, base) not in dirs:
             continue
-        test = paired_test(ranks_table, dirs[(ds, base)], model_dirs)
+        test = paired_over_seeds(user_ndcg(ranks_table, dirs[(ds, base)]), user_ndcg(ranks_table, model_dirs))
         # derived rows carry the device of the runs they compare, not of the machine that summarizes
         dev = devices(groups.get((ds, model, "full", "NDCG@10"), []))
         old = previous_tests.get((ds, model))
@@ -116,24 +110,18 @@ def cmd_summarize(args) -> None:
         for metric in ("NDCG@10", "Recall@10", "HR@10"):
             # the gain compares the means over the seeds both share (a variant run on fewer seeds is not
             # compared with the baseline's mean over others); its spread is the std of the per-seed gains
-            pb, pm_ = (by_seed(groups.get((ds, m, "full", metric), [])) for m in (base, model))
-            shared = sorted(set(pb) & set(pm_))
-            if shared:
-                per_seed = [100 * (pm_[s] / pb[s] - 1) for s in shared]
-                gain = 100 * (np.mean([pm_[s] for s in shared]) / np.mean([pb[s] for s in shared]) - 1)
-                out.append(row(ds, model, "full", f"gain_pct_{metric}", gain, float(np.std(per_seed)), seeds=shared,
-                               command="summarize", per_seed=per_seed, device=dev))
+            if ratio := ratio_over_seeds(*(by_seed(groups.get((ds, m, "full", metric), [])) for m in (base, model))):
+                per_seed = [100 * (r - 1) for r in ratio[2]]
+                out.append(row(ds, model, "full", f"gain_pct_{metric}", 100 * (ratio[0] - 1), float(np.std(per_seed)),
+                               seeds=ratio[1], command="summarize", per_seed=per_seed, device=dev))
         if test:
             out.append(row(ds, model, "full", "paired_wilcoxon_p_NDCG@10", test["wilcoxon_p"], seeds=test["seeds"],
                            command="summarize", users=test["users"], mean_diff=test["mean_diff"], t_p=test["t_p"], device=dev))
         # over the seeds both share (runs of one seed ran side by side in one queue)
-        sb, sm = (by_seed(groups.get((ds, m, "full", "train_seconds"), [])) for m in (base, model))
-        shared = sorted(set(sb) & set(sm))
-        if shared:
-            out.append(row(ds, model, "full", "train_time_ratio_vs_base",
-                           float(np.mean([sm[s] for s in shared]) / np.mean([sb[s] for s in shared])),
-                           seeds=shared, command="summarize", device=dev))
-    atomic_write_json(RESULTS / "distillation.json", out)
+        if ratio := ratio_over_seeds(*(by_seed(groups.get((ds, m, "full", "train_seconds"), [])) for m in (base, model))):
+            out.append(row(ds, model, "full", "train_time_ratio_vs_base", float(ratio[0]), seeds=ratio[1],
+                           command="summarize", device=dev))
+    write_json(RESULTS / "distillation.json", out)
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
     g = lambda key, metric: by.get((*key, metric))  # noqa: E731
     gain = lambda metric: lambda k: f"{g(k, metric)['value']:+.1f}% ± {g(k, metric)['std']:.1f}" if g(k, metric) else ""  # noqa: E731

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import REPO, RESULTS, cli, devices, load_rows, machine, merge_rows, opt, row, sample_std, timed, \
-    with_placeholders, write_md
+    with_placeholders, write_json, write_md
 from core.errors import DataError
 from persona_training.evaluate import METRICS, Encoders, PlantedSample, Sample, bootstrap_summary, evaluate_fold, \
     known_answer, pool_folds, user_metrics
@@ -336,7 +336,6 @@ def fmt_ci(r) -> str:
 def cmd_summarize(args) -> None:
     """persona.json / persona.md: pooled folds, bootstrap intervals over users, paired differences"""
     from core.report import format_table
-    from core.store import atomic_write_json
 
     md = lambda items, cols: format_table(items, cols, markdown=True)  # noqa: E731
     results = Path(args.results_dir)
@@ -414,7 +413,7 @@ def cmd_summarize(args) -> None:
               "one fold (zero-shot scoring, training, trained scoring). `cache_build_s`: `pipeline.build_caches` "
               "from scratch; `cache_reuse_s`: the same call when both caches are fresh.", "",
               f"Commands: the `command` field of each row in `persona.json`. Devices: {devices(runs) or 'none yet'}."]
-    atomic_write_json(results / "persona.json", out)
+    write_json(results / "persona.json", out)
     write_md(results / "persona.md", lines)
 
 

@@ -192,7 +192,7 @@ class BatchTap:
 
 # --------------------------------------------------------------------------- main
 def build_config_dict(args, work_dir: Path) -> dict:
-    cfg = {
+    return {
         # environment
         "data_path": str(work_dir), "checkpoint_dir": str(work_dir / "saved"),
         "use_gpu": False, "gpu_id": "", "worker": 0, "seed": args.seed, "reproducibility": True,
@@ -221,7 +221,6 @@ def build_config_dict(args, work_dir: Path) -> dict:
         "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 20], "valid_metric": "NDCG@10",
         "valid_metric_bigger": True, "eval_batch_size": 2048, "metric_decimal_place": 6,
     }
-    return cfg
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS, cli, load_rows, machine, md_table, merge_rows, opt, plot, timed, write_md
+from benchmarks.common import REPO, RESULTS, cli, load_rows, machine, md_table, merge_rows, opt, plot, write_md
 
 RESULTS_FILE = RESULTS / "scale.json"
 SIZES = {"100k": (100_000, 10_000, 5_000), "1m": (1_000_000, 100_000, 50_000),  # interactions, items, users
@@ -33,77 +33,44 @@ def data_dir(size: str) -> Path:
 
 # --------------------------------------------------------------------------- pieces (in a child process)
 def piece_prep(size: str) -> list[dict]:
-    from core.cost import peak_rss_gb
-    from core.data.synthetic_large import LargeSpec, fit_popularity_exponent, generate_large
+    from core.cost import generation_cost
+    from core.data.synthetic_large import LargeSpec
 
     n, items, users = SIZES[size]
-    meta, prep = timed(generate_large, data_dir(size), LargeSpec(interactions=n, items=items, users=users, alpha=1.0, seed=0))
-    ram = peak_rss_gb()  # before the check below reads the items
-    from core.data.sequences import SequenceData
-
-    data, load = timed(SequenceData.load, data_dir(size))
-    alpha = fit_popularity_exponent(data.items, data.n_items)
-    return [("generator", "prep_sec", prep, {"fingerprint": meta["fingerprint"]}),
-            ("generator", "peak_ram_gb", ram, {}),
-            ("generator", "load_sec", load, {"note": "SequenceData.load: memory-mapped, validated"}),
-            ("generator", "fitted_alpha", alpha, {"note": "rank-frequency slope; parameter alpha = 1.0"})]
-
-
-def _load(size: str):
-    from core.data.sequences import SequenceData
-    from core.data.splits import leave_one_out
-
-    if not (data_dir(size) / "meta.json").is_file():
-        raise SystemExit(f"error: {data_dir(size)} missing; run `python -m benchmarks.scale run --size {size} --piece prep`")
-    data = SequenceData.load(data_dir(size))
-    return data, leave_one_out(data)
+    res = generation_cost(data_dir(size), LargeSpec(interactions=n, items=items, users=users, alpha=1.0, seed=0))
+    return [("generator", "prep_sec", res["seconds"], {"fingerprint": res["fingerprint"]}),
+            ("generator", "peak_ram_gb", res["peak_ram_gb"], {}),
+            ("generator", "load_sec", res["load_seconds"], {"note": "SequenceData.load: memory-mapped, validated"}),
+            ("generator", "fitted_alpha", res["fitted_alpha"], {"note": "rank-frequency slope; parameter alpha = 1.0"})]
 
 
 def piece_train(size: str) -> list[dict]:
-    import torch
+    from core.cost import sampled_training_cost
 
-    from core.cost import fit_throughput, peak_rss_gb
-    from core.data.batches import CausalDataset
-    from core.data.splits import item_popularity
-    from core.models import build_model
-    from core.models.sampled_softmax import full_softmax_bytes
-
-    data, split = _load(size)
-    torch.manual_seed(0)
-    model = build_model("sasrec", n_items=data.n_items, loss="sampled_softmax", num_negatives=NEGATIVES,
-                        negative_sampler=SAMPLER, **MODEL)
-    model.set_item_counts(item_popularity(data, split.train_len))
-    train = CausalDataset(split, MODEL["maxlen"])  # memory-mapped data: rows gathered per batch
-    res = fit_throughput(model, train, TRAIN_BATCH, TRAIN_STEPS)
+    res = sampled_training_cost(data_dir(size), MODEL, TRAIN_BATCH, TRAIN_STEPS, NEGATIVES, SAMPLER)
     extra = {"steps": res["steps"], "batch_size": TRAIN_BATCH, "num_negatives": NEGATIVES, "negative_sampler": SAMPLER,
              "train_loss": res["train_loss"], "train_seconds": res["epoch_seconds"], "cpu_share": round(res["cpu_share"], 2),
-             "full_softmax_logits_gb": round(full_softmax_bytes(TRAIN_BATCH, MODEL["maxlen"], data.n_items) / 1e9, 2)}
+             "full_softmax_logits_gb": round(res["full_softmax_logits_gb"], 2)}
     return [("sasrec-sampled", "train_seq_per_sec", res["rows_per_sec"], extra),
-            ("sasrec-sampled", "peak_ram_gb", peak_rss_gb(), {})]
+            ("sasrec-sampled", "peak_ram_gb", res["peak_ram_gb"], {})]
 
 
 def piece_eval(size: str, chunked: bool = True) -> list[dict]:
-    import torch
+    from core.cost import untrained_ranking_cost
 
-    from core.cost import full_ranking_cost, peak_rss_gb
-    from core.models import build_model
-    from core.seqrec import model_score_fn
-
-    data, split = _load(size)
-    torch.manual_seed(0)
-    model = build_model("sasrec", n_items=data.n_items, **MODEL).eval()  # untrained: the cost does not depend on weights
-    res = full_ranking_cost(split, "test", MODEL["maxlen"], model_score_fn(model), sampled=(), max_users=EVAL_USERS,
-                            batch_size=EVAL_BATCH, item_chunk=ITEM_CHUNK if chunked else 0)
+    res = untrained_ranking_cost(data_dir(size), MODEL, EVAL_USERS, EVAL_BATCH, ITEM_CHUNK if chunked else 0)
     name = "sasrec-chunked" if chunked else "sasrec-unchunked"
-    extra = {"users": res["users"], "items": data.n_items, "item_chunk": ITEM_CHUNK if chunked else 0,
+    extra = {"users": res["users"], "items": res["items"], "item_chunk": ITEM_CHUNK if chunked else 0,
              "eval_batch": EVAL_BATCH, "NDCG@10": res["metrics"].get("NDCG@10"), "cpu_share": round(res["cpu_share"], 2)}
-    return [(name, "eval_sec", res["seconds"], extra), (name, "eval_peak_ram_gb", peak_rss_gb(), {})]
+    return [(name, "eval_sec", res["seconds"], extra), (name, "eval_peak_ram_gb", res["peak_ram_gb"], {})]
 
 
 def child(size: str, piece: str, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    if piece != "prep" and not (data_dir(size) / "meta.json").is_file():
+        raise SystemExit(f"error: {data_dir(size)} missing; run `python -m benchmarks.scale run --size {size} --piece prep`")
     fn = {"prep": piece_prep, "train": piece_train, "eval": piece_eval,
           "eval-unchunked": lambda s: piece_eval(s, chunked=False)}[piece]
     out = [{"model": m, "metric": k, "value": round(float(v), 4), **e} for m, k, v, e in fn(size)]

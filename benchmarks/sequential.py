@@ -92,18 +92,15 @@ def ours_run(args, run_name: str, env: dict, epochs: int, max_steps: int = 0) ->
     at ``max_steps`` batches, 0 = full passes), validated after each: seconds per training epoch
     (mean of the ``epoch_seconds`` it logs), seconds of its first validation (a full ranking of
     every validation user) and the process's peak RSS."""
-    from core.cost import run_measured
+    from core.cost import training_run_cost
     from core.seqrec import dataset_dir
 
     over = overrides(f"device=cpu,run_name={run_name},overwrite=true,training.epochs={epochs},training.max_steps_per_epoch="
                      f"{max_steps},training.eval_every=1,training.patience=0,training.save_checkpoints=false,"
                      "eval.valid_max_users=0", args.override)
-    peak = run_measured([sys.executable, "-m", "distillation.training", "--config",
-                         f"configs/distillation/{args.model}/{args.dataset}.yaml", "--override", over], REPO, env)
     log = REPO / "state_dict" / "distillation" / dataset_dir(_load_cfg(args).data).name / run_name / "metrics.jsonl"
-    epochs_log = [r for r in read_jsonl(log) if "epoch_seconds" in r]
-    return {"sec_per_epoch": sum(r["epoch_seconds"] for r in epochs_log) / len(epochs_log),
-            "sec_per_full_eval": epochs_log[0]["seconds"] - epochs_log[0]["epoch_seconds"], "peak_rss_mb": peak}
+    return training_run_cost([sys.executable, "-m", "distillation.training", "--config",
+                              f"configs/distillation/{args.model}/{args.dataset}.yaml", "--override", over], log, REPO, env)
 
 
 def cmd_limit(args) -> None:
@@ -114,18 +111,10 @@ def cmd_limit(args) -> None:
     import torch
 
     from core.cli import keep_freed_memory
-    from core.cost import ranking_vs_limit
-    from core.data.sequences import SequenceData
-    from core.data.splits import leave_one_out
-    from core.evaluation import Evaluator
-    from core.seqrec import make_model, model_score_fn
+    from core.cost import seqrec_ranking_vs_limit
 
     keep_freed_memory()  # what every entry point does (core.cli.run): time the allocator users get
-    cfg = _load_cfg(args)
-    data = SequenceData.load(REPO / "data" / args.dataset)
-    model = make_model(cfg.model, data.n_items).eval()
-    ev = Evaluator(leave_one_out(data), "test", cfg.model.maxlen, sampled=(), batch_size=cfg.eval.batch_size)
-    t = ranking_vs_limit(ev, model_score_fn(model), model.item_weights())
+    t = seqrec_ranking_vs_limit(_load_cfg(args), REPO / "data" / args.dataset)
     command = f"python -m benchmarks.sequential limit --dataset {args.dataset} --model {args.model}"
     note = (f"{t['users']} users x {t['items']} items, d={t['dim']}, batches of {t['batch']} users, "
             f"{torch.get_num_threads()} threads, best of 3")
@@ -182,12 +171,10 @@ def cmd_speed(args) -> None:
             *(r(args.model, metric, theirs[k] / ours[k]) for metric, k in (
                 ("speedup_vs_recbole_epoch", "sec_per_epoch"), ("speedup_vs_recbole_eval", "sec_per_full_eval"))),
             r(args.model, "ram_ratio_recbole_over_ours", theirs["peak_rss_mb"] / ours["peak_rss_mb"]),
-            r(args.model, "sec_per_epoch_lean_memory", lean["sec_per_epoch"], setting=lean_note),
-            r(args.model, "peak_rss_mb_lean_memory", lean["peak_rss_mb"], setting=lean_note),
-            r(args.model, "ram_ratio_recbole_over_ours_lean_memory", theirs["peak_rss_mb"] / lean["peak_rss_mb"],
-              setting=lean_note),
-            r(args.model, "speedup_vs_recbole_epoch_lean_memory", theirs["sec_per_epoch"] / lean["sec_per_epoch"],
-              setting=lean_note)])
+            *(r(args.model, f"{metric}_lean_memory", value, setting=lean_note) for metric, value in (
+                ("sec_per_epoch", lean["sec_per_epoch"]), ("peak_rss_mb", lean["peak_rss_mb"]),
+                ("ram_ratio_recbole_over_ours", theirs["peak_rss_mb"] / lean["peak_rss_mb"]),
+                ("speedup_vs_recbole_epoch", theirs["sec_per_epoch"] / lean["sec_per_epoch"])))])
 
 
 def prepare_ml1m_size() -> Path:

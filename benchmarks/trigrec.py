@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, md_table, merge_rows, opt, overrides, \
-    plot, pm, read_jsonl, rel, row, run_module, write_md
-from core.metrics import ndcg_by_id, seed_averaged_paired
+    plot, pm, read_jsonl, rel, row, run_module, write_json, write_md
+from core.metrics import ndcg_by_id, paired_over_seeds
 from core.train import mean_epoch_seconds
 from recommendation_model.data import exported as exported_files
 
@@ -164,12 +164,10 @@ def cmd_stage2(args) -> None:
 
 def cmd_summarize(args) -> None:
     """trigrec.json / trigrec.md / trigrec.png, paired tests on the C2DSR test lines"""
-    from core.store import atomic_write_json
-
     runs = load_rows(RUNS_FILE)
     _, out = aggregate(runs, skip=())
     tests = paired_tests()
-    atomic_write_json(RESULTS / "trigrec.json", out + tests)
+    write_json(RESULTS / "trigrec.json", out + tests)
     by = {(r["dataset"], r["model"], r["protocol"], r["metric"]): r for r in out}
     stage1 = (("trigrec-stage1", "stage 1 (encoders)", "with GRL"), ("trigrec-stage1-nogrl", "stage 1, no GRL", "no GRL"))
     table, encoders = [], []
@@ -234,21 +232,15 @@ def paired_tests(stored_in: Path | None = RESULTS / "trigrec.json") -> list[dict
     for t, ds in TARGETS.items():
         for variant, baselines in PAIRED.items():
             for base in baselines:
-                pairs = {s: (line_ndcg(t, s, variant), line_ndcg(t, s, base)) for s in (1, 2, 3)}
-                seeds = sorted(s for s, (a, b) in pairs.items() if a is not None and b is not None)
+                test = paired_over_seeds(*({s: line_ndcg(t, s, v) for s in (1, 2, 3)} for v in (base, variant)))
                 old = stored.get((ds, VARIANTS[variant][0], VARIANTS[base][0]))
-                if old and len(old["seeds"]) > len(seeds):
+                if old and len(old["seeds"]) > len(test.get("seeds", [])):
                     rows.append(old)
-                    continue
-                if not seeds:
-                    continue
-                test = seed_averaged_paired([pairs[s][1] for s in seeds], [pairs[s][0] for s in seeds])
-                per_seed = [float(np.mean(list(pairs[s][0].values())) - np.mean(list(pairs[s][1].values())))
-                            for s in seeds]
-                rows.append(row(ds, VARIANTS[variant][0], "sampled-999", "paired_wilcoxon_p_NDCG@10",
-                                test["wilcoxon_p"], seeds=seeds, vs=VARIANTS[base][0], lines=test["users"],
-                                mean_diff=test["mean_diff"], per_seed_diff=per_seed,
-                                command="python -m benchmarks.trigrec summarize"))
+                elif test:
+                    rows.append(row(ds, VARIANTS[variant][0], "sampled-999", "paired_wilcoxon_p_NDCG@10",
+                                    test["wilcoxon_p"], seeds=test["seeds"], vs=VARIANTS[base][0], lines=test["users"],
+                                    mean_diff=test["mean_diff"], per_seed_diff=test["per_seed_diff"],
+                                    command="python -m benchmarks.trigrec summarize"))
     return rows
 
 

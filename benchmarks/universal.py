@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, generic_command, load_rows, machine, md_table, \
-    merge_rows, opt, pm, rel, row, run_module, sample_std, with_placeholders, write_md
+from benchmarks.common import REPO, RESULTS, aggregate, by_seed, cli, devices, generic_command, load_rows, machine, md_table, \
+    merge_rows, opt, pm, rel, row, run_module, sample_std, with_placeholders, write_json, write_md
 
 RUNS_FILE = RESULTS / "universal_runs.json"
 SHARED = REPO.parent / "shared" / "data"
@@ -231,13 +231,10 @@ SCALE_HOW = {  # scale metric -> how its row was measured (the "how" column)
 
 def cmd_summarize(args) -> None:
     """universal.json / universal.md (+ per-run universal_runs.json)"""
-    from core.store import atomic_write_json
-
     runs = load_rows(RUNS_FILE)
-    _, out = aggregate([r for r in runs if r["seeds"]])  # model rows: mean and std over seeds
+    groups, out = aggregate([r for r in runs if r["seeds"]])  # model rows: mean and std over seeds
     for r in out:  # keep the AUC negative counts (and what the row was run with) with the aggregated row
-        src = next(x for x in runs if (x["dataset"], x["model"], x["protocol"], x["metric"]) ==
-                   (r["dataset"], r["model"], r["protocol"], r["metric"]))
+        src = groups[(r["dataset"], r["model"], r["protocol"], r["metric"])][0]
         for k in ("auc_negatives_min", "auc_negatives_mean", "auc_negatives_max", "users_test", "config", "note",
                   "train_command", "interactions", "users", "items", "text_cache", "image", "batch_size", "threads"):
             if k in src:
@@ -246,7 +243,7 @@ def cmd_summarize(args) -> None:
         if "train_command" in r:
             r["train_command"] = generic_command(r["train_command"], src["seeds"][0])
     out += [r for r in runs if not r["seeds"]]  # scale rows: one measurement each, as they are
-    atomic_write_json(RESULTS / "universal.json", out)
+    write_json(RESULTS / "universal.json", out)
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
     lines = ["# Universal two-tower: baselines, fusion, feature ablations (test, mean ± std over seeds)", "",
              "Same per-user temporal hold-out and evaluator for every model of a dataset; NDCG/HR/Recall@10 under "
@@ -264,7 +261,7 @@ def cmd_summarize(args) -> None:
                 ("s/epoch", lambda m: pm(by.get((ds, m, "sec_per_epoch")), 1, always=False)),
                 ("best epoch", lambda m: ", ".join(sorted({str(x["best_epoch"]) for x in ndcg[m] if "best_epoch" in x})))]
         lines += [f"## {ds}", "", *md_table(cols, [m for m in MODELS if (ds, m, "NDCG@10") in by]),
-                  "", _verdict(ds, by, runs), ""]
+                  "", _verdict(ds, by, groups), ""]
     s = {r["metric"]: r for r in out if r["dataset"] == "scale"}
     if s:
         r0 = next(r for r in out if r["dataset"] == "scale")
@@ -295,7 +292,7 @@ def _compare(full: dict, pop: dict | None, mf: dict | None) -> tuple[list[str], 
     return parts, goal
 
 
-def _verdict(ds: str, by: dict, runs: list[dict]) -> str:
+def _verdict(ds: str, by: dict, groups: dict) -> str:
     full, pop, mf = (by.get((ds, m, "NDCG@10")) for m in ("universal-simple", "popularity", "mf"))
     if not full:
         return f"Verdict ({ds}): universal-simple not run yet."
@@ -305,14 +302,11 @@ def _verdict(ds: str, by: dict, runs: list[dict]) -> str:
     if attn:
         a_parts, a_goal = _compare(attn, pop, mf)
         attn_txt = " universal-attention " + "; ".join(a_parts) + f" -> {a_goal}."
-    per_seed = {}  # model -> {seed: test NDCG@10}
-    for r in runs:
-        if r["dataset"] == ds and r["metric"] == "NDCG@10" and r["seeds"]:
-            per_seed.setdefault(r["model"], {})[r["seeds"][0]] = r["value"]
+    per_seed = {m: by_seed(groups.get((ds, m, "full", "NDCG@10"), [])) for m in MODELS}  # model -> {seed: test NDCG@10}
     abl = []
     for t in (*TYPES, "ids-only"):
         m = f"universal-simple-no-{t}" if t != "ids-only" else "universal-simple-ids-only"
-        shared = sorted(set(per_seed.get(m, {})) & set(per_seed.get("universal-simple", {})))
+        shared = sorted(set(per_seed[m]) & set(per_seed["universal-simple"]))
         if not shared:
             continue
         d = [per_seed[m][x] - per_seed["universal-simple"][x] for x in shared]

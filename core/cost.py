@@ -2,12 +2,16 @@
 
 - ``peak_rss_gb``: this process's resident high-water mark (VmHWM, memory-mapped pages it
   touched included); ``run_measured``: a command in a child process and the child's own peak;
+  ``training_run_cost``: that and the epoch and validation seconds the command logs;
 - ``fit_throughput``: rows per second of one epoch of ``core.train.fit``, capped at a number of
   batches (no validation, no checkpoint);
 - ``full_ranking_cost``: wall seconds (and CPU share) of building an ``Evaluator`` and one full
   ranking of its users;
 - ``ranking_vs_limit``: an evaluator's full ranking against its arithmetic limit, one users x
-  items score product plus one pass over the scores, on the same shapes and batches.
+  items score product plus one pass over the scores, on the same shapes and batches
+  (``seqrec_ranking_vs_limit``: that of a sequential model's test evaluation);
+- ``generation_cost``, ``sampled_training_cost``, ``untrained_ranking_cost``: the catalog-scale
+  workloads (``benchmarks/scale.py``) on a generated ``core.data.synthetic_large`` folder.
 
 CPU share = CPU seconds of this process per wall second (2.0: both cores all the time), the
 share of a shared machine the measured call had. Importing this module loads the standard
@@ -45,6 +49,17 @@ def run_measured(argv: list[str], cwd: str | Path | None = None, env: dict | Non
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, argv)
     return usage.ru_maxrss / 1024  # Linux: KiB
+
+
+def training_run_cost(argv: list[str], metrics: str | Path, cwd: str | Path | None = None, env: dict | None = None) -> dict:
+    """Run a training command that validates after every epoch (``argv``, ``run_measured``) and
+    read the ``metrics.jsonl`` it writes (``metrics``): ``sec_per_epoch``, the mean of the
+    ``epoch_seconds`` it logs; ``sec_per_full_eval``, its first validation (``seconds`` minus
+    ``epoch_seconds`` of the first epoch); ``peak_rss_mb``, the child's own peak."""
+    peak = run_measured(argv, cwd, env)
+    epochs = [r for r in map(json.loads, filter(str.strip, Path(metrics).read_text().splitlines())) if "epoch_seconds" in r]
+    return {"sec_per_epoch": sum(r["epoch_seconds"] for r in epochs) / len(epochs),
+            "sec_per_full_eval": epochs[0]["seconds"] - epochs[0]["epoch_seconds"], "peak_rss_mb": peak}
 
 
 def fit_throughput(model, train, batch_size: int, steps: int, seed: int = 0) -> dict:
@@ -108,3 +123,87 @@ def ranking_vs_limit(ev, score_fn, item_weights, repeats: int = 3) -> dict:
     times = [(seconds(ev.run, score_fn), seconds(limit)) for _ in range(repeats)]
     ours, lim = (min(t) for t in zip(*times))
     return {"seconds": ours, "limit_seconds": lim, "users": users, "items": w.shape[0], "dim": w.shape[1], "batch": step}
+
+
+def seqrec_ranking_vs_limit(cfg, data_dir: str | Path, repeats: int = 3) -> dict:
+    """``ranking_vs_limit`` of the full-ranking test evaluation (leave-one-out, no sampled
+    negatives, batches of ``cfg.eval.batch_size`` users) of ``cfg.model``, untrained, on the
+    prepared data in ``data_dir`` (a ``core.seqrec`` config)."""
+    from core.data.sequences import SequenceData
+    from core.data.splits import leave_one_out
+    from core.evaluation import Evaluator
+    from core.seqrec import make_model, model_score_fn
+
+    data = SequenceData.load(data_dir)
+    model = make_model(cfg.model, data.n_items).eval()
+    ev = Evaluator(leave_one_out(data), "test", cfg.model.maxlen, sampled=(), batch_size=cfg.eval.batch_size)
+    return ranking_vs_limit(ev, model_score_fn(model), model.item_weights(), repeats)
+
+
+# --------------------------------------------------------------------------- catalog-scale workloads
+def generation_cost(out: str | Path, spec) -> dict:
+    """``generate_large(out, spec)``: its ``seconds`` and ``fingerprint`` and this process's
+    ``peak_ram_gb`` after it; then the ``load_seconds`` of ``SequenceData.load`` (memory-mapped,
+    validated) and the ``fitted_alpha`` (``fit_popularity_exponent``) of the loaded items."""
+    from core.data.synthetic_large import fit_popularity_exponent, generate_large
+
+    t = time.perf_counter()
+    meta = generate_large(out, spec)
+    seconds, ram = time.perf_counter() - t, peak_rss_gb()  # before the check below reads the items
+    from core.data.sequences import SequenceData
+
+    t = time.perf_counter()
+    data = SequenceData.load(out)
+    load_seconds = time.perf_counter() - t
+    return {"seconds": seconds, "fingerprint": meta["fingerprint"], "peak_ram_gb": ram, "load_seconds": load_seconds,
+            "fitted_alpha": fit_popularity_exponent(data.items, data.n_items)}
+
+
+def _leave_one_out(folder: str | Path) -> tuple:
+    from core.data.sequences import SequenceData
+    from core.data.splits import leave_one_out
+
+    data = SequenceData.load(folder)
+    return data, leave_one_out(data)
+
+
+def sampled_training_cost(folder: str | Path, model_args: dict, batch_size: int, steps: int, negatives: int,
+                          sampler: str) -> dict:
+    """``fit_throughput`` of an SASRec (``model_args``, seed 0) trained with sampled softmax over
+    ``negatives`` ``sampler`` negatives (item counts of the training part) on the leave-one-out
+    training rows of the prepared data in ``folder`` (memory-mapped: rows gathered per batch);
+    also this process's ``peak_ram_gb`` after it and the ``full_softmax_logits_gb`` that one batch's
+    full-softmax logits (and their gradient) would take instead."""
+    import torch
+
+    from core.data.batches import CausalDataset
+    from core.data.splits import item_popularity
+    from core.models import build_model
+    from core.models.sampled_softmax import full_softmax_bytes
+
+    data, split = _leave_one_out(folder)
+    torch.manual_seed(0)
+    model = build_model("sasrec", n_items=data.n_items, loss="sampled_softmax", num_negatives=negatives,
+                        negative_sampler=sampler, **model_args)
+    model.set_item_counts(item_popularity(data, split.train_len))
+    res = fit_throughput(model, CausalDataset(split, model_args["maxlen"]), batch_size, steps)
+    return {**res, "peak_ram_gb": peak_rss_gb(),
+            "full_softmax_logits_gb": full_softmax_bytes(batch_size, model_args["maxlen"], data.n_items) / 1e9}
+
+
+def untrained_ranking_cost(folder: str | Path, model_args: dict, max_users: int, batch_size: int, item_chunk: int) -> dict:
+    """``full_ranking_cost`` of the leave-one-out test users (at most ``max_users``) of the prepared
+    data in ``folder`` under an untrained SASRec (``model_args``, seed 0: the cost does not depend
+    on the weights), ``batch_size`` users at a time over chunks of ``item_chunk`` items (0: the
+    whole catalog at once); also the catalog's ``items`` and this process's ``peak_ram_gb`` after it."""
+    import torch
+
+    from core.models import build_model
+    from core.seqrec import model_score_fn
+
+    data, split = _leave_one_out(folder)
+    torch.manual_seed(0)
+    model = build_model("sasrec", n_items=data.n_items, **model_args).eval()
+    res = full_ranking_cost(split, "test", model_args["maxlen"], model_score_fn(model), sampled=(), max_users=max_users,
+                            batch_size=batch_size, item_chunk=item_chunk)
+    return {**res, "items": data.n_items, "peak_ram_gb": peak_rss_gb()}

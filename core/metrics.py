@@ -10,7 +10,9 @@ Three protocols share the same formulas:
   an item counts at its first position only (``first_hits``), so Recall and NDCG stay <= 1.
 
 Two models are compared over the same users with ``seed_averaged_paired`` (per-user NDCG from
-``ndcg_by_id``, averaged over seeds, then Wilcoxon signed-rank and paired t).
+``ndcg_by_id``, averaged over seeds, then Wilcoxon signed-rank and paired t), over the seeds
+both ran with ``paired_over_seeds``; ``ratio_over_seeds`` compares their per-seed figures
+(a gain, a time ratio) over those seeds only.
 
 Ties are broken pessimistically (the target is ranked below every item with an equal
 score), so a model that scores everything equally gets the worst rank, not the best.
@@ -194,6 +196,34 @@ def seed_averaged_paired(base_runs: list[dict], other_runs: list[dict]) -> dict:
     return {"users": len(ids), "mean_diff": float(diff.mean()),
             "t_p": float(stats.ttest_rel(y, x).pvalue) if diff.any() else 1.0,
             "wilcoxon_p": float(stats.wilcoxon(y, x, zero_method="wilcox").pvalue) if np.count_nonzero(diff) else 1.0}
+
+
+def shared_seeds(*by_seed: dict) -> list:
+    """The seeds (keys) that every ``{seed: value}`` of ``by_seed`` holds with a value other than None, sorted."""
+    return sorted(s for s in set.intersection(*(set(d) for d in by_seed)) if all(d[s] is not None for d in by_seed))
+
+
+def paired_over_seeds(base: dict, other: dict) -> dict:
+    """``seed_averaged_paired`` of two models given as ``{seed: {id: value} or None}``, over the
+    ``seeds`` both have, with each seed's ``per_seed_diff`` (the mean over its ids of ``other``
+    minus that of ``base``); {} when they share no seed."""
+    seeds = shared_seeds(base, other)
+    if not seeds:
+        return {}
+    test = seed_averaged_paired([base[s] for s in seeds], [other[s] for s in seeds])
+    per_seed = [float(np.mean(list(other[s].values())) - np.mean(list(base[s].values()))) for s in seeds]
+    return {**test, "seeds": seeds, "per_seed_diff": per_seed}
+
+
+def ratio_over_seeds(base: dict, other: dict) -> tuple[float, list, list] | None:
+    """``other``'s mean over the seeds both ``{seed: value}`` have divided by ``base``'s: (that
+    ratio, the seeds, each seed's own ratio); None when they share no seed. A model run on fewer
+    seeds is so never compared with the other's mean over seeds it lacks."""
+    seeds = shared_seeds(base, other)
+    if not seeds:
+        return None
+    ratio = np.mean([other[s] for s in seeds]) / np.mean([base[s] for s in seeds])
+    return ratio, seeds, [other[s] / base[s] for s in seeds]
 
 
 def summarize(results: dict[str, float], ks: Iterable[int] = (10,), names: Iterable[str] = ("HR", "NDCG")) -> str:

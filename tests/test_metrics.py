@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import ndcg_score
 
 from core.metrics import MetricAccumulator, list_metrics, ndcg_by_id, rank_metrics, ranks_from_scores, sample_negatives, \
-    seed_averaged_paired, summarize
+    paired_over_seeds, ratio_over_seeds, seed_averaged_paired, shared_seeds, summarize
 
 
 def vals(t):
@@ -299,3 +299,23 @@ def test_seed_averaged_paired_averages_over_seeds_on_the_shared_ids():
     assert t["t_p"] == pytest.approx(stats.ttest_rel(y, x).pvalue)
     same = seed_averaged_paired(base[1:], base[1:])
     assert same["mean_diff"] == 0.0 and same["wilcoxon_p"] == 1.0 and same["t_p"] == 1.0
+
+
+def test_shared_seeds_and_ratio_over_them():
+    # seed 3 only in base, seed 4's other value missing: seeds 1 and 2 are compared
+    base, other = {1: 0.2, 2: 0.4, 3: 9.0, 4: 0.1}, {1: 0.3, 2: 0.3, 4: None}
+    assert shared_seeds(base, other) == [1, 2] and shared_seeds(base) == [1, 2, 3, 4]
+    ratio, seeds, per_seed = ratio_over_seeds(base, other)
+    assert seeds == [1, 2] and ratio == pytest.approx(0.3 / 0.3) and per_seed == pytest.approx([1.5, 0.75])
+    assert ratio_over_seeds({1: 1.0}, {2: 1.0}) is None
+
+
+def test_paired_over_seeds_uses_the_shared_seeds_only():
+    pytest.importorskip("scipy")
+    # seed 2 lacks the other model's file (None), seed 3 lacks the base: only seed 1 is paired
+    base = {1: {10: 0.0, 11: 0.5, 12: 0.25}, 2: {10: 1.0}, 3: None}
+    other = {1: {10: 1.0, 11: 0.5, 12: 0.75}, 2: None, 3: {10: 0.0}}
+    t = paired_over_seeds(base, other)
+    assert t["seeds"] == [1] and t["users"] == 3
+    assert t["mean_diff"] == pytest.approx(0.5) and t["per_seed_diff"] == pytest.approx([0.5])
+    assert paired_over_seeds({1: None}, {1: {10: 1.0}}) == {}

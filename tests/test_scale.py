@@ -143,6 +143,53 @@ def test_cost_measurements_on_a_small_model(tmp_path):
         run_measured([sys.executable, "-c", "raise SystemExit(3)"], cwd=tmp_path)
 
 
+def test_seqrec_ranking_vs_limit_on_a_prepared_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from core.cost import seqrec_ranking_vs_limit
+    from core.seqrec import ModelConfig
+
+    rng = np.random.default_rng(1)
+    seqs = [list(rng.integers(1, 61, int(n))) for n in rng.integers(4, 12, 90)]
+    SequenceData.from_lists(seqs, 60, list(range(90)), list(range(60))).save(tmp_path / "small")
+    cfg = SimpleNamespace(model=ModelConfig(maxlen=8, hidden_units=12, num_blocks=1, num_heads=1), eval=SimpleNamespace(batch_size=32))
+    lim = seqrec_ranking_vs_limit(cfg, tmp_path / "small", repeats=1)
+    # every user is a test user; the product: 90 users x (60 items + padding) x d=12, in one scoring
+    # batch (the evaluator's score budget holds millions of scores)
+    assert (lim["users"], lim["items"], lim["dim"]) == (90, 61, 12) and lim["batch"] >= 90
+    assert lim["seconds"] > 0 and lim["limit_seconds"] > 0
+
+
+def test_training_run_cost_reads_the_epochs_the_command_logs(tmp_path):
+    from core.cost import training_run_cost
+
+    # two epochs (1 s and 3 s of training; the first validated in 5.5 - 1 = 4.5 s) around other lines
+    lines = [{"step": 1}, {"epoch": 1, "epoch_seconds": 1.0, "seconds": 5.5}, {"epoch": 2, "epoch_seconds": 3.0, "seconds": 9.0}]
+    log = tmp_path / "run" / "metrics.jsonl"
+    script = (f"import pathlib; p = pathlib.Path({str(log)!r}); p.parent.mkdir(); "
+              f"p.write_text({chr(10).join(json.dumps(x) for x in lines) + chr(10) + chr(10)!r})")
+    cost = training_run_cost([sys.executable, "-c", script], log, cwd=tmp_path)
+    assert cost["sec_per_epoch"] == 2.0 and cost["sec_per_full_eval"] == 4.5 and cost["peak_rss_mb"] > 1
+
+
+def test_catalog_scale_workloads_on_a_small_folder(tmp_path):
+    from core.cost import generation_cost, sampled_training_cost, untrained_ranking_cost
+
+    out = tmp_path / "tiny"
+    gen = generation_cost(out, LargeSpec(interactions=20_000, items=500, users=800, seed=2))
+    data = SequenceData.load(out)
+    assert gen["fingerprint"] == data.fingerprint() and gen["seconds"] > 0 and gen["load_seconds"] > 0
+    assert gen["fitted_alpha"] == fit_popularity_exponent(data.items, 500) and gen["peak_ram_gb"] > 0.01
+    model = dict(maxlen=10, hidden_units=16, num_blocks=1, num_heads=1, dropout_rate=0.0)
+    train = sampled_training_cost(out, model, batch_size=64, steps=3, negatives=20, sampler="popularity")
+    # 3 batches of 64 user rows; full-softmax logits and gradient: 2 x 64 x 10 x 501 float32
+    assert train["steps"] == 3 and train["rows"] == 192 and math.isfinite(train["train_loss"])
+    assert train["full_softmax_logits_gb"] == 2 * 64 * 10 * 501 * 4 / 1e9
+    whole, chunked = (untrained_ranking_cost(out, model, max_users=300, batch_size=100, item_chunk=c) for c in (0, 128))
+    assert whole["users"] == chunked["users"] == 300 and whole["items"] == 500 and whole["peak_ram_gb"] > 0.01
+    assert chunked["metrics"] == pytest.approx(whole["metrics"])  # 4 chunks of at most 128 items: the same ranks
+
+
 def test_lazy_rows_equal_materialized(large):
     split = leave_one_out(SequenceData.load(large))
     lazy, full = CausalDataset(split, 20), CausalDataset(split, 20, materialize=True)
