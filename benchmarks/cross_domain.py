@@ -157,16 +157,23 @@ def cmd_peer(args) -> None:
     name = f"bench-{args.tag}-seed{args.seed}" if args.tag else f"bench-seed{args.seed}"
     suffix = f"-{args.tag}" if args.tag else ""
     home = run_dir(args.dataset, args.seed).with_name(name)
-    commands = run_stages(args, f"run_name={name}", {"baseline": ("train-target-baseline", ["--target", target], ""),
-                                                    "merged": ("train-target-merged", ["--source", source, "--target", target],
-                                                               "")}, home)
+    both = ["--source", source, "--target", target]
+    stages = {"baseline": ("train-target-baseline", ["--target", target], ""), "merged": ("train-target-merged", both, "")}
+    if args.fuse:  # no training: the two models above, fused (and the target-only ensemble control)
+        stages["fusion"] = ("fuse", both, "")
+        if args.partner_seed:
+            partner = name.removesuffix(f"seed{args.seed}") + f"seed{args.partner_seed}"
+            stages["ensemble"] = ("fuse", both + ["--partner-run", partner], "")
+    commands = run_stages(args, f"run_name={name}", stages, home)
     cfg, ranks, masks = stage_ranks(args, home, commands)
     users = ranks["baseline"]["users"]
 
     def extra(kind):
         stage = json.loads((home / stage_folder(args.dataset, kind) / "results.json").read_text())
-        return {"command": commands[kind], "best_epoch": stage["best_epoch"], "epochs_run": stage["epochs_run"],
-                "device": machine(stage["threads"]), "run_dir": str((home / stage_folder(args.dataset, kind)).relative_to(REPO))}
+        fields = {"best_epoch": stage["best_epoch"], "epochs_run": stage["epochs_run"]} if "best_epoch" in stage else {
+            "w_cold": stage["choice"]["w_cold"], "w_warm": stage["choice"]["w_warm"]}
+        return {"command": commands[kind], **fields, "device": machine(stage.get("threads") or stage["run"]["threads"]),
+                "run_dir": str((home / stage_folder(args.dataset, kind)).relative_to(REPO))}
 
     rows = [x for subset, mask in masks.items() for x in subset_rows(
         partial(row, label, seeds=[args.seed]), ranks, mask, cfg.eval.ks, subset,
@@ -191,23 +198,31 @@ def cmd_peer(args) -> None:
                   f"{subset_metrics(pop['full'], mask, cfg.eval.ks)['NDCG@10']:.4f}, baseline "
                   f"{get[('baseline', 'full', subset, 'NDCG@10')]:.4f}, sasrec-merged "
                   f"{get[('sasrec-merged', 'full', subset, 'NDCG@10')]:.4f} "
-                  f"(p={get[('sasrec-merged', 'full', subset, 'p_wilcoxon_vs_baseline')]:.2g})")
+                  f"(p={get[('sasrec-merged', 'full', subset, 'p_wilcoxon_vs_baseline')]:.2g})"
+                  + "".join(f", {k} {get[(k, 'full', subset, 'NDCG@10')]:.4f}" for k in ("fusion", "ensemble") if k in stages))
 
 
 # --------------------------------------------------------------------------- summary
-def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subset: str) -> dict | None:
-    """``cross_domain.evaluate.seed_averaged_test`` of ``kind`` vs the baseline over the seeds
-    whose runs' ``test_ranks.npz`` are still on disk (None with fewer than two)."""
+def budget_tag(kind: str) -> str:
+    """The training budget's suffix of a row's model (``sasrec-merged-e60`` -> ``-e60``)."""
+    return next((kind.removeprefix(k) for k in ("sasrec-merged", "fusion", "ensemble", *KINDS) if kind.startswith(k)), "")
+
+
+def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subset: str,
+                       base: str = "baseline") -> dict | None:
+    """``cross_domain.evaluate.seed_averaged_test`` of ``kind`` vs ``base`` (of the same training
+    budget) over the seeds whose runs' ``test_ranks.npz`` are still on disk (None with fewer than two)."""
     from cross_domain.evaluate import seed_averaged_test as ranks_test
 
+    base += budget_tag(kind)
     dirs = {}
     for r in runs:
-        if r["dataset"] == label and r["metric"] == "sec_per_epoch" and r["model"] in (kind, "baseline"):
+        if r["dataset"] == label and r.get("run_dir") and r["model"] in (kind, base):
             dirs.setdefault(r["model"], {})[r["seeds"][0]] = REPO / r["run_dir"] / "test_ranks.npz"
-    seeds = sorted(set(dirs.get(kind, {})) & set(dirs.get("baseline", {})))
-    if len(seeds) < 2 or not all(dirs[m][s].is_file() for m in (kind, "baseline") for s in seeds):
+    seeds = sorted(set(dirs.get(kind, {})) & set(dirs.get(base, {})))
+    if len(seeds) < 2 or not all(dirs[m][s].is_file() for m in (kind, base) for s in seeds):
         return None
-    t = ranks_test([dirs["baseline"][s] for s in seeds], [dirs[kind][s] for s in seeds],
+    t = ranks_test([dirs[base][s] for s in seeds], [dirs[kind][s] for s in seeds],
                    {"sampled-100": "sampled-99"}.get(proto, proto), subset,
                    None if subset in ("all", "cold", "warm") else user_masks_of(label)[subset])
     return {"p": t["wilcoxon_p"], "mean_diff": t["mean_diff"], "users": t["users"], "seeds": seeds}
@@ -227,11 +242,24 @@ def cmd_summarize(args) -> None:
             tests.setdefault((r["dataset"], r["model"], r["protocol"], r["subset"]), []).append(r)
     # a seed-averaged test needs the runs' test_ranks.npz: on a machine without them (a fresh
     # clone) the row computed where they were is kept, as cross_domain.json holds it
-    stored = {(r["dataset"], r["model"], r["protocol"], r["subset"]): r for r in load_rows(RESULTS / "cross_domain.json")
-              if r["metric"] == "p_wilcoxon_vs_baseline" and r.get("test") == "seed-averaged NDCG@10 per user"}
-    for (label, kind, proto, subset), rs in sorted(tests.items()):
-        pooled = seed_averaged_test(runs, label, kind, proto, subset)
-        old = stored.get((label, kind, proto, subset))
+    stored = {(r["dataset"], r["model"], r["protocol"], r["subset"], r["metric"]): r
+              for r in load_rows(RESULTS / "cross_domain.json")
+              if r["metric"].startswith("p_wilcoxon_vs_") and r.get("test") == "seed-averaged NDCG@10 per user"}
+    for r in runs:  # the fusion against its control, the target-only ensemble: computed here only
+        if r["metric"] == "p_wilcoxon_vs_baseline" and r["model"].startswith("fusion") and r["protocol"] == "full":
+            tests.setdefault((r["dataset"], r["model"], r["protocol"], r["subset"], "ensemble"), []).append(r)
+    for key, rs in sorted(tests.items()):
+        (label, kind, proto, subset), base = key[:4], (key[4] if len(key) > 4 else "baseline")
+        pooled = seed_averaged_test(runs, label, kind, proto, subset, base)
+        metric = f"p_wilcoxon_vs_{base}"
+        old = stored.get((label, kind, proto, subset, metric))
+        if base != "baseline":
+            if pooled:
+                out.append(row(label, kind, proto, metric, pooled["p"], seeds=pooled["seeds"], command=rs[0]["command"],
+                               subset=subset, test="seed-averaged NDCG@10 per user", mean_ndcg10_diff=pooled["mean_diff"]))
+            elif old:
+                out.append(old)
+            continue
         if pooled is None and old and old["seeds"] == sorted(s for r in rs for s in r["seeds"]):
             out.append(old)
             continue
@@ -272,7 +300,7 @@ def cmd_summarize(args) -> None:
         "", "Seconds per training epoch (mean over seeds; the source stage is shared by both transfer models):", "",
         *md_table([("dataset", lambda label: label), ("source", sec("transfer", "source_sec_per_epoch")),
                    *((kind, sec(kind)) for kind in KINDS)], labels),
-        *peer_table(runs),
+        *peer_table(runs, by),
         "", "Goal: transfer beats the target-only baseline on cold users by a clear, significant margin on "
         "Food-Kitchen, and does not hurt warm users.",
         *[f"- {_verdict(label, by)}" for label in labels if label.startswith("Food-Kitchen")], "",
@@ -280,13 +308,14 @@ def cmd_summarize(args) -> None:
         "cross_domain_runs.json."])
 
 
-def peer_table(runs: list[dict]) -> list[str]:
-    """The `peer` piece's rows (issue 23): popularity, the target-only baseline and the
-    merged-domain SASRec per training budget, on every subset including the leak-controlled
-    view; full ranking, NDCG@10, mean over seeds, the largest per-seed p of merged vs baseline."""
+def peer_table(runs: list[dict], by: dict) -> list[str]:
+    """The `peer` piece's rows (issue 23): popularity, the target-only baseline, the merged-domain
+    SASRec, their fusion and its control (the fusion of two baselines) per training budget, on every
+    subset including the leak-controlled view; full ranking, NDCG@10, mean over seeds; p: the
+    seed-averaged test of ``by`` (summarize's rows) where there is one, else the largest per-seed p."""
     peer = [r for r in runs if r.get("subset") in SUBSETS and r["protocol"] == "full"
             and r["metric"] in ("NDCG@10", "p_wilcoxon_vs_baseline")
-            and r["model"].startswith(("popularity", "baseline", "sasrec-merged"))]
+            and r["model"].startswith(("popularity", "baseline", "sasrec-merged", "fusion", "ensemble"))]
     tags = sorted({r["model"].removeprefix("sasrec-merged") for r in peer if r["model"].startswith("sasrec-merged")})
     if not tags:
         return []
@@ -294,29 +323,68 @@ def peer_table(runs: list[dict]) -> list[str]:
     for r in peer:
         val.setdefault((r["dataset"], r["model"], r["subset"], r["metric"]), []).append(r)
     mean = lambda rs: f"{np.mean([r['value'] for r in rs]):.4f}" if rs else ""  # noqa: E731
+
+    def versus(label, model, base, subset, b, m) -> str:
+        if not (b and m):
+            return ""
+        gain = float(np.mean([r["value"] for r in m]) / np.mean([r["value"] for r in b]) - 1)
+        pooled = by.get((label, model, "full", subset, f"p_wilcoxon_vs_{base}"))
+        p = [pooled] if pooled and pooled.get("test") == "seed-averaged NDCG@10 per user" else \
+            val.get((label, model, subset, "p_wilcoxon_vs_baseline"), []) if base == "baseline" else []
+        return f"{100 * gain:+.1f}%" + (f" (p={max(r['value'] for r in p):.2g})" if p else "")
+
     items = []
     for label in sorted({r["dataset"] for r in peer}):
         for tag in tags:
             budget = "20 epochs (patience 3)" if not tag else tag.lstrip("-")
             for subset in SUBSETS:
                 b, m = val.get((label, "baseline" + tag, subset, "NDCG@10")), val.get((label, "sasrec-merged" + tag, subset, "NDCG@10"))
-                seeds = {r["seeds"][0] for r in m or []}  # the baseline over the seeds the merged model has
+                seeds = {r["seeds"][0] for r in m or []}  # the others over the seeds the merged model has
                 b = [r for r in b or [] if r["seeds"][0] in seeds]
                 if not (b and m):
                     continue
-                p = val.get((label, "sasrec-merged" + tag, subset, "p_wilcoxon_vs_baseline"), [])
+                f, e = ([r for r in val.get((label, k + tag, subset, "NDCG@10"), []) if r["seeds"][0] in seeds]
+                        for k in ("fusion", "ensemble"))
                 pop = val.get((label, "popularity", subset, "NDCG@10")) or [
                     r for r in runs if (r["dataset"], r["model"], r["protocol"], r.get("subset"), r["metric"])
                     == (label, "popularity", "full", subset, "NDCG@10")]
-                gain = float(np.mean([r["value"] for r in m]) / np.mean([r["value"] for r in b]) - 1)
                 items.append([label, budget, f"{subset} {b[0].get('users', '')}", mean(pop), mean(b), mean(m),
-                              f"{100 * gain:+.1f}%" + (f" (p={max(r['value'] for r in p):.2g})" if p else ""), len(m)])
-    return ["", "Merged-domain peer (`peer` piece, issue 23): one SASRec over both domains' merged sequence "
-            "(sasrec-merged) against the target-only baseline, same cold protocol, full ranking, NDCG@10. "
-            "leak-controlled: the users whose test transition (previous target item -> target) stands in no "
-            "training sequence (core.data.leakage); p: the largest per-seed Wilcoxon p over users.", "",
+                              versus(label, "sasrec-merged" + tag, "baseline", subset, b, m), mean(e), mean(f),
+                              versus(label, "fusion" + tag, "baseline", subset, b, f),
+                              versus(label, "fusion" + tag, "ensemble", subset, e, f), len(m)])
+    verdicts = []
+    for label in sorted({r["dataset"] for r in peer}):
+        for tag in tags:
+            parts = []
+            for subset in ("cold", "leak-controlled", "warm"):
+                f = val.get((label, "fusion" + tag, subset, "NDCG@10"))
+                seeds = {r["seeds"][0] for r in f or []}
+                bests = [(k, [r for r in val.get((label, k + tag, subset, "NDCG@10"), []) if r["seeds"][0] in seeds])
+                         for k in ("baseline", "ensemble")]
+                bests = [(k, rs) for k, rs in bests if len(rs) == len(seeds)]
+                if not (f and bests):
+                    continue
+                k, b = max(bests, key=lambda kb: np.mean([r["value"] for r in kb[1]]))
+                gain = float(np.mean([r["value"] for r in f]) / np.mean([r["value"] for r in b]) - 1)
+                test = by.get((label, "fusion" + tag, "full", subset, f"p_wilcoxon_vs_{k}"))
+                p = test["value"] if test and test.get("test") == "seed-averaged NDCG@10 per user" else None
+                if subset == "warm":
+                    mark = "not hurt" if gain >= 0 or p is None or p >= 0.05 else "HURT"
+                else:
+                    mark = "met" if gain > 0.05 and p is not None and p < 0.05 else "MISSED"
+                parts.append(f"{subset} {100 * gain:+.1f}% over {k}" + (f" (p={p:.2g})" if p is not None else "") + f" {mark}")
+            if parts:
+                verdicts.append(f"- {label}, fusion{tag} against the best target-only model of each subset: " + "; ".join(parts))
+    return ["", "Merged-domain peer and fusion (`peer` piece, issue 23): one SASRec over both domains' merged sequence "
+            "(sasrec-merged) against the target-only baseline, same cold protocol, full ranking, NDCG@10; fusion: "
+            "the two combined (`cross_domain fuse`, weights per cold / warm group chosen on validation); ensemble: "
+            "the control, two target-only baselines (seeds) fused the same way. leak-controlled: the users whose "
+            "test transition (previous target item -> target) stands in no training sequence (core.data.leakage); "
+            "p: Wilcoxon over users on NDCG@10 averaged across seeds (or the largest per-seed p).", "",
             *md_table(["dataset", "budget", "users", "popularity", "baseline", "sasrec-merged", "merged vs base",
-                       "seeds"], items)]
+                       "ensemble", "fusion", "fusion vs base", "fusion vs ensemble", "seeds"], items),
+            *(["", "Goal (issue 23): > +5% NDCG@10 on cold users over the best target-only model, p < 0.05, the same "
+               "on the leak-controlled view, warm users not hurt.", *verdicts] if verdicts else [])]
 
 
 def _verdict(label: str, by: dict) -> str:
@@ -346,6 +414,9 @@ def main() -> None:
                   "peer": (cmd_peer, piece + [
                       opt("--override", default="", help="extra config overrides for both stages"),
                       opt("--tag", default="", help="a training budget of its own: run bench-<tag>-seed<N>, models <name>-<tag>"),
+                      opt("--fuse", action="store_true", help="also `cross_domain fuse` of the two models (model fusion)"),
+                      opt("--partner-seed", type=int, default=0, help="with --fuse: also the control, this seed's "
+                          "baseline fused with the partner seed's (model ensemble)"),
                       retrain]),
                   "summarize": (cmd_summarize, [])})
 

@@ -61,21 +61,22 @@ def cmd_quality(args) -> None:
     res, curve = json.loads(results.read_text()), read_jsonl(run_dir / "metrics.jsonl")
     r = lambda model, proto, metric, value, **kw: row(args.dataset, model, proto, metric, value,  # noqa: E731
                                                       seeds=[args.seed], command=command, **kw)
-    rows = [r(args.model, "full", m, res["test"][m], best_epoch=res["best_epoch"], train_seconds=res["train_seconds"])
+    name = args.label or args.model
+    rows = [r(name, "full", m, res["test"][m], best_epoch=res["best_epoch"], train_seconds=res["train_seconds"])
             for m in QUALITY_METRICS]
-    rows += [r(args.model, "sampled-100", m, res["test"][f"sampled-100/{m}"]) for m in SAMPLED_METRICS
+    rows += [r(name, "sampled-100", m, res["test"][f"sampled-100/{m}"]) for m in SAMPLED_METRICS
              if f"sampled-100/{m}" in res["test"]]
     rows += [r("popularity", "full", m, res["popularity_test"][m]) for m in ("NDCG@10", "HR@10")]
     # cost: the whole run (data, training, test) when timed here, else the fit loop's own clock
     minutes = (wall if wall is not None else res["train_seconds"]) / 60
-    rows.append(r(args.model, "full", "train_minutes", minutes, threads=res.get("threads"), whole_run=wall is not None))
+    rows.append(r(name, "full", "train_minutes", minutes, threads=res.get("threads"), whole_run=wall is not None))
     reached = next((x["seconds"] for x in curve if x.get("valid", {}).get("NDCG@10", 0) >= 0.05), None)
     if reached is not None:  # training wall time (validation included) until validation NDCG@10 >= 0.05
-        rows.append(r(args.model, "full", "minutes_to_valid_NDCG@10_0.05", reached / 60, threads=res.get("threads")))
-    rows.append(r(args.model, "full", "valid_curve", None,
+        rows.append(r(name, "full", "minutes_to_valid_NDCG@10_0.05", reached / 60, threads=res.get("threads")))
+    rows.append(r(name, "full", "valid_curve", None,
                   curve=[[x["epoch"], x["seconds"], x["valid"]["NDCG@10"]] for x in curve if "valid" in x]))
     merge_rows(RUNS_FILE, rows)
-    print(f"{args.dataset} {args.model} seed {args.seed}: test NDCG@10 {res['test']['NDCG@10']:.4f} "
+    print(f"{args.dataset} {name} seed {args.seed}: test NDCG@10 {res['test']['NDCG@10']:.4f} "
           f"HR@10 {res['test']['HR@10']:.4f} (best epoch {res['best_epoch']})")
 
 
@@ -302,7 +303,8 @@ def main() -> None:
         "quality": (cmd_quality, common + [
             opt("--collect-only", action="store_true", help="read a finished run instead of training"),
             opt("--from-run", default="", help="collect this finished run folder (with --command)"),
-            opt("--command", default="", help="the command that trained --from-run")]),
+            opt("--command", default="", help="the command that trained --from-run"),
+            opt("--label", default="", help="the rows' model name (default: --model), for a variant such as bsarec-pospad")]),
         "speed": (cmd_speed, common + [opt("--epochs", type=int, default=2), opt(
             "--recbole-batches", type=int, default=30, help="RecBole batches timed (epoch extrapolated)")]),
         "budget": (cmd_budget, common + [opt("--minutes", type=float, default=20),
