@@ -112,7 +112,8 @@ def fuse(cfg, partner_run: str | None = None, log=print) -> dict:
         report = test_report(scorer("test", choice["w_cold"], choice["w_warm"]), proto.test, proto.is_cold, cfg, device)
         res = {"run_dir": str(out), "stage": kind, "dataset": dom.folder.name, "source": dom.source_name,
                "target": dom.target_name, "models": {"baseline": str(target_path), "partner": str(partner_path)},
-               "choice": choice, "test": report["metrics"], "users": report["users"], "protocol": proto.counts()}
+               "choice": choice, "test": report["metrics"], "users": report["users"], "protocol": proto.counts(),
+               "threads": torch.get_num_threads()}
         from core.provenance import run_record
 
         res["run"] = run_record(cfg, device=device, threads=torch.get_num_threads(), data_paths=[dom.folder],
