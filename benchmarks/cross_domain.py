@@ -177,7 +177,9 @@ def cmd_peer(args) -> None:
 
     rows = [x for subset, mask in masks.items() for x in subset_rows(
         partial(row, label, seeds=[args.seed]), ranks, mask, cfg.eval.ks, subset,
-        lambda kind: ("sasrec-merged" if kind == "merged" else kind) + suffix, extra)]
+        lambda kind: ("sasrec-merged" if kind == "merged" else kind) + suffix, extra) if x["protocol"] == "full"]
+    # full ranking only: the peer's table and goals are full-ranking ones (the `run` piece keeps
+    # the sampled protocol), and sampled rows doubled the runs file
     get = {(x["model"].removesuffix(suffix), x["protocol"], x["subset"], x["metric"]): x["value"] for x in rows}
     # popularity over the same training data, for scale: the leak-controlled events are the hard ones
     pop = popularity_ranks(cfg)
@@ -236,24 +238,23 @@ def cmd_summarize(args) -> None:
     for subset in SUBSETS:
         _, agg = aggregate([r for r in value_runs if r.get("subset") == subset], skip=())
         out += [r | {"subset": subset} for r in agg]
-    tests = {}
+    tests = {}  # (dataset, model, protocol, subset, the model compared against) -> per-seed test rows
     for r in runs:
         if r["metric"] == "p_wilcoxon_vs_baseline":
-            tests.setdefault((r["dataset"], r["model"], r["protocol"], r["subset"]), []).append(r)
+            key = (r["dataset"], r["model"], r["protocol"], r["subset"])
+            tests.setdefault((*key, "baseline"), []).append(r)
+            if r["model"].startswith("fusion"):  # and against its control, the target-only ensemble
+                tests.setdefault((*key, "ensemble"), []).append(r)
     # a seed-averaged test needs the runs' test_ranks.npz: on a machine without them (a fresh
     # clone) the row computed where they were is kept, as cross_domain.json holds it
     stored = {(r["dataset"], r["model"], r["protocol"], r["subset"], r["metric"]): r
               for r in load_rows(RESULTS / "cross_domain.json")
               if r["metric"].startswith("p_wilcoxon_vs_") and r.get("test") == "seed-averaged NDCG@10 per user"}
-    for r in runs:  # the fusion against its control, the target-only ensemble: computed here only
-        if r["metric"] == "p_wilcoxon_vs_baseline" and r["model"].startswith("fusion") and r["protocol"] == "full":
-            tests.setdefault((r["dataset"], r["model"], r["protocol"], r["subset"], "ensemble"), []).append(r)
-    for key, rs in sorted(tests.items()):
-        (label, kind, proto, subset), base = key[:4], (key[4] if len(key) > 4 else "baseline")
+    for (label, kind, proto, subset, base), rs in sorted(tests.items()):
         pooled = seed_averaged_test(runs, label, kind, proto, subset, base)
         metric = f"p_wilcoxon_vs_{base}"
         old = stored.get((label, kind, proto, subset, metric))
-        if base != "baseline":
+        if base != "baseline":  # no per-seed rows to fall back on: the pooled test or the stored one
             if pooled:
                 out.append(row(label, kind, proto, metric, pooled["p"], seeds=pooled["seeds"], command=rs[0]["command"],
                                subset=subset, test="seed-averaged NDCG@10 per user", mean_ndcg10_diff=pooled["mean_diff"]))

@@ -65,6 +65,9 @@ class ModelConfig:
                 or not 0 <= self.last_mask_prob <= 1:
             raise ConfigError("model.maxlen must be >= 2, dropout_rate in [0, 1), mask_prob in (0, 1), "
                               "last_mask_prob in [0, 1]")
+        if self.padding != "zero" and self.model_type != "bsarec":
+            raise ConfigError(f"model.padding={self.padding} is a bsarec setting; {self.model_type} keeps zero padding: "
+                              "remove model.padding")
         if self.train_samples == "prefixes" and self.model_type == "bert4rec":
             raise ConfigError("model.train_samples=prefixes is for causal models (sasrec, bsarec); "
                               "bert4rec trains by masking: keep train_samples=sequences")

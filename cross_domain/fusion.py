@@ -20,6 +20,8 @@ the target-only ensemble in both directions (``benchmarks/README.md``, "Fusion")
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -42,8 +44,8 @@ def fused_score_fn(target_fn, merged_fn, cold: torch.Tensor, w_cold: float, w_wa
         a = torch.log_softmax(target_fn(inputs, users).float(), dim=1)
         b = torch.log_softmax(merged_fn(inputs, users).float(), dim=1)
         w = torch.where(cold[users], w_cold, w_warm).to(a.dtype)[:, None]
-        out = torch.where(w == 0, a, torch.where(w == 1, b, (1 - w) * a + w * b))
-        out[:, 0] = -torch.inf  # padding column (0 * -inf would make it nan)
+        out = (1 - w) * a + w * b
+        out[:, 0] = -torch.inf  # the padding column, the only -inf one (where 0 * -inf made it nan)
         return out
     return score
 
@@ -69,8 +71,6 @@ def fuse(cfg, partner_run: str | None = None, log=print) -> dict:
     """The fusion of this run's baseline and merged models; with ``partner_run``, the control
     instead: this run's baseline fused with the baseline of run ``partner_run`` (another seed),
     a target-only ensemble that shows what fusing two models gains without the source."""
-    import dataclasses
-
     ctx = start_run(cfg.device, cfg.seed, threads=cfg.training.threads, log=log)  # no fit here to set the threads
     device, log = ctx.device, ctx.log
     dom = load_domains(cfg.data)

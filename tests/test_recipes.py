@@ -257,6 +257,11 @@ def test_bsarec_position_padding_follows_the_authors_code():
     assert model.model_args["padding"] == "position" and "padding" not in zero.model_args
     with pytest.raises(ValueError, match="padding"):
         build_model("bsarec", padding="mirror", **args)
+    from core.errors import ConfigError
+    from core.seqrec import ModelConfig
+
+    with pytest.raises(ConfigError, match="model.padding=position is a bsarec setting"):
+        ModelConfig(model_type="sasrec", padding="position")
 
 
 def test_bsarec_learns_a_planted_successor():
