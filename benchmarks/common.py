@@ -30,12 +30,10 @@ def load_rows(path: Path) -> list[dict]:
 def merge_rows(path: Path, new_rows: list[dict], key=("dataset", "model", "protocol", "metric", "seeds"),
                order=None) -> None:
     """Replace rows with the same key, keep the rest (sorted by ``order`` if given); atomic write."""
-    from core.store import atomic_write_json
-
     ident = lambda r: tuple(json.dumps(r.get(k), sort_keys=True) for k in key)  # noqa: E731
     fresh = {ident(r) for r in new_rows}
     rows = [r for r in load_rows(path) if ident(r) not in fresh] + new_rows
-    atomic_write_json(path, sorted(rows, key=order) if order else rows)
+    write_json(path, sorted(rows, key=order) if order else rows)
 
 
 def row(dataset, model, protocol, metric, value, std=0.0, seeds=None, command="", **extra) -> dict:
@@ -60,9 +58,10 @@ def with_placeholders(command: str, flags: dict[str, str]) -> str:
     return " ".join(parts)
 
 
-def aggregate(runs: list[dict], skip: tuple = ("valid_curve",)) -> tuple[dict, list[dict]]:
+def aggregate(runs: list[dict], skip: tuple = ("valid_curve",), keep: tuple = ("unit",)) -> tuple[dict, list[dict]]:
     """Per-seed rows -> (groups by dataset/model/protocol/metric, rows of mean and sample std
-    over the seeds). Rows without a value and metrics in ``skip`` are left out."""
+    over the seeds, with the fields ``keep`` of a group's first row). Rows without a value and
+    metrics in ``skip`` are left out."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if r["metric"] not in skip and r["value"] is not None:
@@ -70,7 +69,7 @@ def aggregate(runs: list[dict], skip: tuple = ("valid_curve",)) -> tuple[dict, l
     out = []
     for (dataset, model, protocol, metric), rs in sorted(groups.items()):
         values = np.array([r["value"] for r in rs], dtype=float)
-        extra = {"unit": rs[0]["unit"]} if "unit" in rs[0] else {}
+        extra = {k: rs[0][k] for k in keep if k in rs[0]}
         out.append(row(dataset, model, protocol, metric, float(values.mean()), sample_std(values),
                        sorted(s for r in rs for s in r["seeds"]), generic_command(rs[0]["command"], rs[0]["seeds"][0]),
                        **extra) | {"device": rs[0]["device"]})

@@ -207,14 +207,8 @@ def cmd_synthetic(args) -> None:
 # --------------------------------------------------------------------------- speed and caches
 def cmd_speed(args) -> None:
     """training pairs/s on a fixed workload (all users' pairs of one dataset), after warm-up steps"""
-    if args.dataset == "synthetic":
-        from persona_training import schema, synthetic, texts
-
-        with tempfile.TemporaryDirectory(prefix="persona-syn-") as tmp:
-            files = synthetic.generate(tmp, seed=args.data_seed)
-            data = schema.load_data({k: files[k] for k in ("persona", "loo_history", "selected")}, "synthetic",
-                                    with_selections=True)
-        pairs, _ = texts.build_pairs(data, fields=args.fields, max_history=args.train_max_history, source="selected")
+    if args.dataset == "synthetic":  # the synthetic default's selection pairs (seed 0 = build_pairs' default)
+        pairs, _ = PlantedSample(args.data_seed, args.fields, args.train_max_history).training_pairs(0)
     else:
         sample = sample_of(args)
         pairs = sample.training_pairs(sample.users, args.seed, args.train_max_history, args.pair_positions)

@@ -125,7 +125,8 @@ def cmd_limit(args) -> None:
 
 
 def recbole_argv(args, cfg, *mode) -> list[str]:
-    """benchmarks/recbole_side.py in RecBole's own virtualenv (made on first use), on our settings."""
+    """benchmarks/recbole_side.py in RecBole's own virtualenv (made on first use), on our settings
+    (it makes the folders of its ``--out`` and ``--work-dir`` itself)."""
     py, m = WORK / "recbole-venv" / "bin" / "python", cfg.model
     if not py.is_file():
         subprocess.run(["bash", str(REPO / "benchmarks" / "recbole_env.sh")], check=True)
@@ -153,7 +154,6 @@ def plain_env(**extra) -> dict:
 def cmd_speed(args) -> None:
     """ours vs RecBole 1.2.1: seconds per epoch, per full evaluation, peak RSS"""
     cfg = _load_cfg(args)
-    WORK.mkdir(parents=True, exist_ok=True)
     theirs_json = WORK / f"speed-recbole-{args.dataset}-{args.model}.json"
     ours = ours_run(args, "bench-speed", plain_env(), args.epochs)
     lean = ours_run(args, "bench-speed-lean", plain_env(**LEAN_MEMORY_ENV), args.epochs)
@@ -197,7 +197,6 @@ def cmd_memory(args) -> None:
     of training batches plus one full evaluation on each side, each side in its own process."""
     prepare_ml1m_size()
     cfg = _load_cfg(args)
-    WORK.mkdir(parents=True, exist_ok=True)
     theirs_json = WORK / f"memory-recbole-{args.dataset}.json"
     ours = ours_run(args, "bench-memory", plain_env(), 1, args.batches)
     if not (args.reuse_recbole and theirs_json.is_file()):  # RecBole's peak does not depend on our side
@@ -265,8 +264,7 @@ def cmd_summarize(args) -> None:
         "# Sequential models: quality, speed, memory", "",
         "Test metrics at the validation-best epoch, leave-one-out, full ranking over all items with the "
         "user's history excluded (sampled-100: 100 fixed-seed negatives). Mean ± std over seeds.", "",
-        md(sorted(table.values(), key=lambda r: (r["dataset"], r["model"], r["protocol"])),
-           ["dataset", "model", "protocol", "seeds", "NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR"]),
+        md([table[k] for k in sorted(table)], ["dataset", "model", "protocol", "seeds", *QUALITY_METRICS]),
         "", "## Against published anchors (test NDCG@10, full ranking)", "",
         md([{"dataset": d, "model": m, "published": text, "must reach": must, "aim": aim,
              "ours": table.get((d, m, "full"), {}).get("NDCG@10", "not run yet"),

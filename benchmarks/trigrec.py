@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from functools import partial
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,10 @@ VARIANTS = {  # stage-2 variant -> (row name, overrides, stage-1 tree suffix)
     # from vectors exported without it (export.holdout_last=1), the rest by plain cloze
     "leakfree": ("trigrec-leakfree", "model.vector_holdout=1", ""),
     "leakfree_spe_other": ("trigrec-leakfree-spe_other_only", "use_cross=false,model.vector_holdout=1", ""),
+    # the merged-domain peer: one SASRec over both domains' merged sequence (recommendation_model.merged)
+    "merged": ("sasrec-merged", "", ""),
 }
+PEER = {"merged": ("recommendation_model.merged", "configs/trigrec/merged/{}.yaml")}  # variants with their own entry
 OTHER_SPE = ("spe_other", "leakfree_spe_other")  # variants that read the other domain's specific vectors
 HOLDOUT = {"leakfree": 1, "leakfree_spe_other": 1}  # variant -> export.holdout_last it needs
 C2DSR_METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
@@ -56,7 +60,7 @@ def home(target: str, seed: int, suffix: str = "") -> Path:
 
 def cmd_stage1(args) -> None:
     """stage 1 (the encoders) of one target and seed: time per epoch, discriminator accuracy"""
-    suffix = "-nogrl" if args.no_grl else ""
+    suffix = ("-nogrl" if args.no_grl else "") + (f"-{args.tree}" if args.tree else "")
     h = home(args.target, args.seed, suffix)
     config = f"configs/trigrec/rep/{args.target}.yaml"
     over = overrides(f"seed={args.seed},home={rel(h)},overwrite=true", "use_grl=false" if args.no_grl else "", args.override)
@@ -120,8 +124,10 @@ def ensure_export(h: Path, args, code: str, holdout: int = 0) -> None:
 def cmd_stage2(args) -> None:
     """stage 2 of one target, seed and variant on that seed's stage-1 vectors"""
     name, over_v, suffix = VARIANTS[args.variant]
-    name, h, config = name + (f"-{args.tag}" if args.tag else ""), home(args.target, args.seed, suffix), \
-        f"configs/trigrec/rec/{args.target}.yaml"
+    tree = f"-{args.tree}" if args.tree else ""
+    name, h = name + (f"-{args.tag}" if args.tag else "") + tree, home(args.target, args.seed, suffix + tree)
+    module, config = PEER.get(args.variant, ("recommendation_model.train_eval", "configs/trigrec/rec/{}.yaml"))
+    config = config.format(args.target)
     run_name = f"bench-{args.variant}" + (f"-{args.tag}" if args.tag else "")
     over = overrides(f"seed={args.seed},home={rel(h)},run_name={run_name},overwrite=true", over_v, args.override)
     out = h / "rec" / args.target / run_name
@@ -130,14 +136,14 @@ def cmd_stage2(args) -> None:
         code = "B" if code == "A" else "A"
         over += f",SPE_DOMAIN={code}"
     if args.ranks_only:  # an older run without per-line ranks: evaluate its checkpoint again
-        if not (out / "test_c2dsr_ranks.npz").is_file():
+        if not (out / "test_c2dsr_ranks.npz").is_file() and module == "recommendation_model.train_eval":
             run_module("recommendation_model.train_eval", config, over + ",eval_only=true")
         return
     train = not (args.collect_only and (out / "results.json").is_file())
     if train and (args.variant in OTHER_SPE or args.variant in HOLDOUT):
         ensure_export(h, args, code, HOLDOUT.get(args.variant, 0))
     r = partial(row, TARGETS[args.target], name, seeds=[args.seed],
-                command=run_module("recommendation_model.train_eval", config, over, run=train))
+                command=run_module(module, config, over, run=train))
     res = json.loads((out / "results.json").read_text())
     pct = {"unit": "%", "best_epoch": res["best_epoch"]}
     by_target = res.get("test_c2dsr_by_target", {})
@@ -156,6 +162,8 @@ def cmd_stage2(args) -> None:
         rows += [r("full", f"{m} (leak-controlled)", 100 * free[m], users=free["users"], **pct)
                  for m in ("NDCG@10", "HR@10") if m in free]
     rows.append(r("full", "sec_per_epoch", mean_epoch_seconds(out)))
+    if res.get("valid"):  # the checkpoint's C2DSR validation lines: what a default is chosen on
+        rows.append(r("sampled-999", "valid NDCG@10", 100 * res["valid"]["NDCG@10"], **pct))
     merge_rows(RUNS_FILE, rows)
     c2 = res.get("test_c2dsr", {})
     print(f"{TARGETS[args.target]} {name} seed {args.seed}: C2DSR NDCG@10 {100 * c2.get('NDCG@10', float('nan')):.2f}% "
@@ -208,15 +216,16 @@ def cmd_summarize(args) -> None:
 
 
 PAIRED = {  # model -> the runs it is tested against (rows "paired_wilcoxon_p_NDCG@10")
-    "trigrec": ("bert4rec", "shuffled"), "spe": ("bert4rec", "shuffled"), "cross": ("bert4rec", "shuffled"),
-    "spe_other": ("bert4rec", "shuffled"), "nogrl": ("bert4rec", "trigrec"), "leakfree": ("bert4rec", "trigrec"),
-    "shuffled": ("bert4rec",),
+    "trigrec": ("bert4rec", "shuffled", "merged"), "spe": ("bert4rec", "shuffled"),
+    "cross": ("bert4rec", "shuffled", "merged"), "spe_other": ("bert4rec", "shuffled"), "nogrl": ("bert4rec", "trigrec"),
+    "leakfree": ("bert4rec", "trigrec", "merged"), "shuffled": ("bert4rec",), "merged": ("bert4rec",),
 }
+TREES = ("", "-ss")  # the committed runs; the issue-23 re-measure on stage 1's sampled-softmax recipe (--tree ss)
 
 
-def line_ndcg(target: str, seed: int, variant: str) -> dict[int, float] | None:
+def line_ndcg(target: str, seed: int, variant: str, tree: str = "") -> dict[int, float] | None:
     """NDCG@10 (%) of each C2DSR test line of one run, from its ``test_c2dsr_ranks.npz``."""
-    path = home(target, seed, VARIANTS[variant][2]) / "rec" / target / f"bench-{variant}" / "test_c2dsr_ranks.npz"
+    path = home(target, seed, VARIANTS[variant][2] + tree) / "rec" / target / f"bench-{variant}" / "test_c2dsr_ranks.npz"
     if not path.is_file():
         return None
     z = np.load(path)
@@ -229,18 +238,18 @@ def paired_tests(stored_in: Path | None = RESULTS / "trigrec.json") -> list[dict
     stored = {(r["dataset"], r["model"], r["vs"]): r for r in (load_rows(stored_in) if stored_in else [])
               if r["metric"] == "paired_wilcoxon_p_NDCG@10"}
     rows = []
-    for t, ds in TARGETS.items():
-        for variant, baselines in PAIRED.items():
-            for base in baselines:
-                test = paired_over_seeds(*({s: line_ndcg(t, s, v) for s in (1, 2, 3)} for v in (base, variant)))
-                old = stored.get((ds, VARIANTS[variant][0], VARIANTS[base][0]))
-                if old and len(old["seeds"]) > len(test.get("seeds", [])):
-                    rows.append(old)
-                elif test:
-                    rows.append(row(ds, VARIANTS[variant][0], "sampled-999", "paired_wilcoxon_p_NDCG@10",
-                                    test["wilcoxon_p"], seeds=test["seeds"], vs=VARIANTS[base][0], lines=test["users"],
-                                    mean_diff=test["mean_diff"], per_seed_diff=test["per_seed_diff"],
-                                    command="python -m benchmarks.trigrec summarize"))
+    for (t, ds), (variant, baselines), tree in product(TARGETS.items(), PAIRED.items(), TREES):
+        name = lambda v: VARIANTS[v][0] + tree  # noqa: E731
+        for base in baselines:
+            test = paired_over_seeds(*({s: line_ndcg(t, s, v, tree) for s in (1, 2, 3)} for v in (base, variant)))
+            old = stored.get((ds, name(variant), name(base)))
+            if old and len(old["seeds"]) > len(test.get("seeds", [])):
+                rows.append(old)
+            elif test:
+                rows.append(row(ds, name(variant), "sampled-999", "paired_wilcoxon_p_NDCG@10",
+                                test["wilcoxon_p"], seeds=test["seeds"], vs=name(base), lines=test["users"],
+                                mean_diff=test["mean_diff"], per_seed_diff=test["per_seed_diff"],
+                                command="python -m benchmarks.trigrec summarize"))
     return rows
 
 
@@ -261,7 +270,9 @@ def _bars(ax, title: str, data) -> None:
 
 def main() -> None:
     run = [opt("--target", choices=sorted(TARGETS), required=True), opt("--seed", type=int, default=1),
-           opt("--override", default="")]
+           opt("--override", default=""),
+           opt("--tree", default="", help="a stage-1 tree of its own (seed<N>[-nogrl]-TREE) whose rows carry the suffix "
+                                          "-TREE: a re-measure beside the committed runs")]
     cli(__doc__, {
         "stage1": (cmd_stage1, run + [opt("--collect-only", action="store_true"),
                                       opt("--no-grl", action="store_true", help="common encoder without gradient reversal")]),

@@ -91,7 +91,8 @@ def cmd_run(args) -> None:
     base = load_cfg(spec["simple"], f"device={args.device}")
     split = holdout(base, data_path, args.device)
     proto, auc_info = auc_protocol(split.evals["test"])
-    common = {"users_test": len(split.evals["test"]), "config": rel(spec["simple"])}
+    # fields of every row of this run (``device`` replaces row()'s CPU description)
+    common = {"users_test": len(split.evals["test"]), "config": rel(spec["simple"]), "device": device_label(args.device)}
     if args.model == "popularity":
         res = popularity(split)
         rows = quality_rows(args.dataset, "popularity", args.seed, command, res["test"], proto, auc_info,
@@ -116,8 +117,6 @@ def cmd_run(args) -> None:
         rows = quality_rows(args.dataset, args.model, args.seed, command, res["test"], proto, auc_info, **extra)
         rows.append(row(args.dataset, args.model, "full", "sec_per_epoch", mean_epoch_seconds(run_dir), seeds=[args.seed],
                         command=command, unit="s", **extra))
-    for r in rows:
-        r["device"] = device_label(args.device)
     merge_rows(RUNS_FILE, rows)
     q = {r["metric"]: r["value"] for r in rows}
     print(f"{args.dataset} {args.model} seed {args.seed}: test NDCG@10 {q['NDCG@10']:.4f} HR@10 {q['HR@10']:.4f} "
@@ -190,7 +189,7 @@ def cmd_scale(args) -> None:
                f"--items {args.items} --batches {args.batches} --batch-size {args.batch_size}"
                + (f" --device {args.device}" if args.device != "cpu" else ""))
     extra = {"data": rel(folder / "data.json"), "interactions": res["interactions"], "users": res["users"],
-             "items": res["items"], "file_mb": round(gen["bytes"] / 2**20, 1),
+             "items": res["items"], "file_mb": round(gen["bytes"] / 2**20, 1), "device": device_label(args.device),
              "image": "one .npy file of 32 float32 per item (image_vector encoder)",
              "text_cache": f"warm: the {gen['texts']} item titles were encoded once at generation "
                            f"({gen['text_encode_seconds']} s, not in load_seconds)"}
@@ -211,8 +210,6 @@ def cmd_scale(args) -> None:
                       note="MiniLM, cold cache, at generation")]
     if "peak_gpu_mb" in res:
         rows.append(scale_row("peak_gpu_mb", res["peak_gpu_mb"], "MB"))
-    for r in rows:
-        r["device"] = device_label(args.device)
     merge_rows(RUNS_FILE, rows)
     for r in rows:
         print(f"scale {r['metric']:22s} {r['value']:.1f}")
@@ -232,16 +229,15 @@ SCALE_HOW = {  # scale metric -> how its row was measured (the "how" column)
 def cmd_summarize(args) -> None:
     """universal.json / universal.md (+ per-run universal_runs.json)"""
     runs = load_rows(RUNS_FILE)
-    groups, out = aggregate([r for r in runs if r["seeds"]])  # model rows: mean and std over seeds
-    for r in out:  # keep the AUC negative counts (and what the row was run with) with the aggregated row
-        src = groups[(r["dataset"], r["model"], r["protocol"], r["metric"])][0]
-        for k in ("auc_negatives_min", "auc_negatives_mean", "auc_negatives_max", "users_test", "config", "note",
-                  "train_command", "interactions", "users", "items", "text_cache", "image", "batch_size", "threads"):
-            if k in src:
-                r[k] = src[k]
+    # model rows: mean and std over seeds, with the AUC negative counts and what the rows were run with
+    groups, out = aggregate([r for r in runs if r["seeds"]], keep=(
+        "unit", "auc_negatives_min", "auc_negatives_mean", "auc_negatives_max", "users_test", "config", "note",
+        "train_command", "interactions", "users", "items", "text_cache", "image", "batch_size", "threads"))
+    for r in out:
         r["command"] = with_placeholders(r["command"], {"--seed": "<N>"})
-        if "train_command" in r:
-            r["train_command"] = generic_command(r["train_command"], src["seeds"][0])
+        if "train_command" in r:  # written with the seed of the group's first run
+            first_seed = groups[(r["dataset"], r["model"], r["protocol"], r["metric"])][0]["seeds"][0]
+            r["train_command"] = generic_command(r["train_command"], first_seed)
     out += [r for r in runs if not r["seeds"]]  # scale rows: one measurement each, as they are
     write_json(RESULTS / "universal.json", out)
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
@@ -304,14 +300,13 @@ def _verdict(ds: str, by: dict, groups: dict) -> str:
         attn_txt = " universal-attention " + "; ".join(a_parts) + f" -> {a_goal}."
     per_seed = {m: by_seed(groups.get((ds, m, "full", "NDCG@10"), [])) for m in MODELS}  # model -> {seed: test NDCG@10}
     abl = []
-    for t in (*TYPES, "ids-only"):
-        m = f"universal-simple-no-{t}" if t != "ids-only" else "universal-simple-ids-only"
+    for name, m in (*((t, f"universal-simple-no-{t}") for t in TYPES),
+                    ("all features (ids-only control)", "universal-simple-ids-only")):
         shared = sorted(set(per_seed[m]) & set(per_seed["universal-simple"]))
         if not shared:
             continue
         d = [per_seed[m][x] - per_seed["universal-simple"][x] for x in shared]
         spread = f" ± {np.std(d, ddof=1):.4f}" if len(d) > 1 else ""
-        name = "all features (ids-only control)" if t == "ids-only" else t
         abl.append(f"{name} {np.mean(d):+.4f}{spread} ({len(d)} seed{'s' if len(d) > 1 else ''})")
     n = len(full["seeds"])
     return (f"Verdict ({ds}, {n} seed{'s' if n > 1 else ''}): full-feature universal-simple NDCG@10 "

@@ -398,16 +398,21 @@ class C2DSRProtocol:
     against ``n_neg`` items of the target domain (fixed seed) other than the target (as C2DSR
     samples them; ``exclude_history`` also keeps the line's own target-domain history out); MRR,
     NDCG@1/5/10, HR@1/5/10. ``spe`` / ``cross``: per-line user vectors (TriGRec's exports for these
-    lines) that ``run`` hands to the model's ``candidate_scores`` as side inputs of those names."""
+    lines) that ``run`` hands to the model's ``candidate_scores`` as side inputs of those names.
+    ``input_map`` (global -> the model's item ids, 0 = dropped) is for a model that reads more than
+    the target domain's history (the merged-domain peer); candidates, targets and the history
+    exclusion stay in the target domain's ids (``global_to_local``)."""
 
     def __init__(self, ev: C2DSREval, global_to_local: np.ndarray, n_items: int, maxlen: int,
                  spe: np.ndarray | None, cross: np.ndarray | None, n_neg: int = 999, seed: int = 0,
-                 device="cpu", batch_size: int = 1024, exclude_history: bool = False) -> None:
+                 device="cpu", batch_size: int = 1024, exclude_history: bool = False,
+                 input_map: np.ndarray | None = None) -> None:
         self.device, self.batch_size = torch.device(device), batch_size
         hist = [global_to_local[h] for h in ev.histories]
         hist = [h[h > 0] for h in hist]  # the target domain's part of the history
+        read = hist if input_map is None else [h[h > 0] for h in (input_map[h] for h in ev.histories)]
         self.inputs = torch.zeros(len(ev), maxlen, dtype=torch.long)
-        for i, h in enumerate(hist):
+        for i, h in enumerate(read):
             if len(h):
                 self.inputs[i, -min(len(h), maxlen):] = torch.as_tensor(h[-maxlen:])
         targets = global_to_local[ev.targets]

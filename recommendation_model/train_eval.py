@@ -173,21 +173,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
             "c2dsr_lines": {k: len(v) for k, v in c2dsr.items()},
         }
         if c2dsr:
-            results["test_c2dsr"] = c2dsr["test"].run(model)
-            # items the cloze loss ever had as a target: the training part of each sequence
-            counts = np.bincount(np.concatenate([data.sequence(u)[:n] for u, n in enumerate(split.train_len, 1)]),
-                                 minlength=data.n_items + 1)
-            results["test_c2dsr_by_target"] = c2dsr["test"].split_by_training_count(counts)
-            # subsets of the issue-23 rows: targets training holds; transitions it does not hold verbatim
-            t = c2dsr["test"]
-            leaked = seen_transition(transition_codes(data, split.train_len), t.previous, t.targets.numpy(), data.n_items)
-            seen = counts[t.targets.numpy()] > 0
-            results["test_c2dsr_subsets"] = {"lines": {"all": len(t), "seen-target": int(seen.sum()),
-                                                       "leak-controlled": int((~leaked).sum())},
-                                             **t.subset_metrics({"seen-target": seen, "leak-controlled": ~leaked})}
-            if is_main():  # per-line ranks: paired significance tests between runs need them
-                store.atomic_save_npz(out / "test_c2dsr_ranks.npz", lines=c2dsr["test"].lines,
-                                      ranks=c2dsr["test"].last_ranks.numpy())
+            results.update(c2dsr_test(c2dsr["test"], model, data, split, out))
         if is_main():  # the data read: stage 1's folder and the user vectors fused here
             from core.provenance import run_record
 
@@ -204,6 +190,26 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
             results["checkpoint"] = str(final)
             store.atomic_write_json(out / "results.json", results)
     return results
+
+
+def c2dsr_test(t: C2DSRProtocol, model, data, split, out) -> dict:
+    """The C2DSR test of ``model`` (``t.run``), split by whether the target-domain training part
+    (``data`` cut by ``split.train_len``) holds each line's target and its last transition; the
+    per-line ranks go to ``out/test_c2dsr_ranks.npz`` (paired tests between runs read them)."""
+    res = {"test_c2dsr": t.run(model)}
+    # items the loss ever had as a target: the training part of each sequence
+    counts = np.bincount(np.concatenate([data.sequence(u)[:n] for u, n in enumerate(split.train_len, 1)]),
+                         minlength=data.n_items + 1)
+    res["test_c2dsr_by_target"] = t.split_by_training_count(counts)
+    # subsets of the issue-23 rows: targets training holds; transitions it does not hold verbatim
+    leaked = seen_transition(transition_codes(data, split.train_len), t.previous, t.targets.numpy(), data.n_items)
+    seen = counts[t.targets.numpy()] > 0
+    res["test_c2dsr_subsets"] = {"lines": {"all": len(t), "seen-target": int(seen.sum()),
+                                           "leak-controlled": int((~leaked).sum())},
+                                 **t.subset_metrics({"seen-target": seen, "leak-controlled": ~leaked})}
+    if is_main():
+        store.atomic_save_npz(out / "test_c2dsr_ranks.npz", lines=t.lines, ranks=t.last_ranks.numpy())
+    return res
 
 
 def load_saved(model: TriGRecRecommender, path, meta: dict, device) -> FitResult:
@@ -233,17 +239,19 @@ def main(argv=None) -> int:
     main_rank = is_main()
     cleanup()
     if main_rank:
-        cols = ["NDCG@10", "HR@10", "MRR"]
-        rows = [{"protocol": "full ranking", **{c: res["test_full"][c] for c in cols}},
-                {"protocol": "popularity (full)", **{c: res["popularity_full"][c] for c in cols}}]
-        if "test_c2dsr" in res:
-            rows.append({"protocol": f"C2DSR (1 + {cfg.eval.c2dsr_negatives} negatives)",
-                         **{c: res["test_c2dsr"][c] for c in cols}})
-        print(f"\nTest, target {res['target']} (best validation epoch {res['best_epoch']}):")
-        print(format_table(rows, ["protocol", *cols]))
-        print(f"checkpoint: {res['checkpoint']}\nresults: {res['run_dir']}/"
-              f"{'eval_results' if cfg.eval_only else 'results'}.json")
+        print_test(res, cfg.eval.c2dsr_negatives, "eval_results" if cfg.eval_only else "results")
     return 0
+
+
+def print_test(res: dict, negatives: int, results_name: str = "results") -> None:
+    cols = ["NDCG@10", "HR@10", "MRR"]
+    rows = [{"protocol": "full ranking", **{c: res["test_full"][c] for c in cols}},
+            {"protocol": "popularity (full)", **{c: res["popularity_full"][c] for c in cols}}]
+    if "test_c2dsr" in res:
+        rows.append({"protocol": f"C2DSR (1 + {negatives} negatives)", **{c: res["test_c2dsr"][c] for c in cols}})
+    print(f"\nTest, target {res['target']} (best validation epoch {res['best_epoch']}):")
+    print(format_table(rows, ["protocol", *cols]))
+    print(f"checkpoint: {res['checkpoint']}\nresults: {res['run_dir']}/{results_name}.json")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ PLAN: list[tuple[str, dict]] = [
     (r"universal\.inference|distillation\.evaluation|user_representation_module\.inference", _run()),
     (r"distillation\.profiles", _run(shared=True)),
     (r"^python -m (distillation\.training|cross_domain|universal\.train|user_representation_module\.train|"
-     r"recommendation_model\.train_eval|core\.demo)", _run(_SHORT)),
+     r"recommendation_model\.(train_eval|merged)|core\.demo)", _run(_SHORT)),
 ]
 
 

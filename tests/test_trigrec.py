@@ -516,3 +516,53 @@ def test_c2dsr_protocol_splits_lines_by_whether_training_saw_the_target():
     assert prot.previous.tolist() == [3, 4, 3, 4]
     only = prot.subset_metrics({"two": np.array([True, False, False, True]), "none": np.zeros(4, bool)})
     assert set(only) == {"two"} and only["two"]["MRR"] == pytest.approx((expected_mrr[1] + expected_mrr[6]) / 2)
+
+
+# ------------------------------------------------------------------ the merged-domain peer (issue 23)
+def test_merged_item_index_keeps_stage_2_target_ids():
+    from core.data.domains import restrict_to_domain
+    from core.data.sequences import SequenceData
+    from recommendation_model.merged import merged_item_index
+
+    dom = np.array([-1, 1, 0, 1, 0, 0], dtype=np.int8)  # global items 1..5: A = 2, 4, 5; B = 1, 3
+    empty = SequenceData.from_lists([], 5, [], list("abcde"))
+    for target, expected in (("A", [0, 4, 1, 5, 2, 3]), ("B", [0, 1, 3, 2, 4, 5])):
+        index, order = merged_item_index(dom, target)
+        assert index.tolist() == expected and index[order].tolist() == [1, 2, 3, 4, 5]
+        _, local_to_global = restrict_to_domain(empty, dom, target)  # stage 2's target ids
+        assert index[local_to_global[1:]].tolist() == list(range(1, len(local_to_global)))
+
+
+def test_c2dsr_protocol_input_map_changes_the_inputs_only():
+    from core.data.c2dsr import C2DSREval
+    from core.evaluation import C2DSRProtocol
+
+    # global items 1-3 in the target domain (local ids = global), 4-6 in the other (merged ids 4-6)
+    ev = C2DSREval(np.arange(2), np.arange(2), [np.array([1, 4, 2]), np.array([5, 3])], np.array([3, 1]),
+                   np.zeros(2, dtype=np.int8), "lines.txt")
+    to_local = np.array([0, 1, 2, 3, 0, 0, 0])
+    plain = C2DSRProtocol(ev, to_local, n_items=3, maxlen=4, spe=None, cross=None, n_neg=2, seed=0)
+    merged = C2DSRProtocol(ev, to_local, n_items=3, maxlen=4, spe=None, cross=None, n_neg=2, seed=0,
+                           input_map=np.arange(7))
+    assert plain.inputs.tolist() == [[0, 0, 1, 2], [0, 0, 0, 3]]
+    assert merged.inputs.tolist() == [[0, 1, 4, 2], [0, 0, 5, 3]]
+    assert torch.equal(plain.candidates, merged.candidates) and plain.previous.tolist() == merged.previous.tolist()
+
+
+def test_merged_peer_reads_both_domains_and_beats_popularity(tmp_path):
+    from core.errors import ConfigError
+    from recommendation_model.merged import MergedConfig, train_merged
+
+    yaml = REPO / "configs/trigrec/merged/synthetic.yaml"
+    with pytest.raises(ConfigError, match="next-item model"):
+        load_config(MergedConfig, yaml, _over(tmp_path, "model.model_type=bert4rec"))
+    lines: list[str] = []
+    cfg = load_config(MergedConfig, yaml, _over(tmp_path, "hidden_units=32,training.epochs=8,training.threads=1"))
+    res = train_merged(cfg, log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert any("over 300 target + 300 other items" in line for line in lines), lines
+    out = Path(res["run_dir"])
+    assert out == tmp_path / "home" / "rec" / "syn-A" / "sasrec-merged"
+    assert json.loads((out / "results.json").read_text())["test_full"] == res["test_full"]
+    assert res["c2dsr_lines"] == {} and Path(res["checkpoint"]).is_file()
+    # planted successor walks: the target's next item follows from its last one
+    assert res["test_full"]["NDCG@10"] > 1.5 * res["popularity_full"]["NDCG@10"], res
