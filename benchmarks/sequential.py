@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS, WORK, aggregate, cli, load_rows, merge_rows, opt, overrides, plot, read_jsonl, \
+from benchmarks.common import REPO, RESULTS, WORK, aggregate, cli, load_rows, machine, merge_rows, opt, overrides, plot, read_jsonl, \
     row, run_module, timed, write_md
 
 RUNS_FILE = RESULTS / "sequential_runs.json"
@@ -59,8 +59,10 @@ def cmd_quality(args) -> None:
     if not ((args.collect_only or args.from_run) and results.is_file()):
         _, wall = timed(run_module, "distillation.training", config, over)
     res, curve = json.loads(results.read_text()), read_jsonl(run_dir / "metrics.jsonl")
+    # the device with the threads the run itself used (a run by hand may differ from this process)
     r = lambda model, proto, metric, value, **kw: row(args.dataset, model, proto, metric, value,  # noqa: E731
-                                                      seeds=[args.seed], command=command, **kw)
+                                                      seeds=[args.seed], command=command,
+                                                      **{"device": machine(res.get("threads")), **kw})
     name = args.label or args.model
     rows = [r(name, "full", m, res["test"][m], best_epoch=res["best_epoch"], train_seconds=res["train_seconds"])
             for m in QUALITY_METRICS]
