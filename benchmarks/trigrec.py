@@ -124,7 +124,8 @@ def ensure_export(h: Path, args, code: str, holdout: int = 0) -> None:
 def cmd_stage2(args) -> None:
     """stage 2 of one target, seed and variant on that seed's stage-1 vectors"""
     name, over_v, suffix = VARIANTS[args.variant]
-    tree = f"-{args.tree}" if args.tree else ""
+    # a peer with its own entry reads no stage-1 tree: its run and row stay the seed's, whatever --tree says
+    tree = f"-{args.tree}" if args.tree and args.variant not in PEER else ""
     name, h = name + (f"-{args.tag}" if args.tag else "") + tree, home(args.target, args.seed, suffix + tree)
     module, config = PEER.get(args.variant, ("recommendation_model.train_eval", "configs/trigrec/rec/{}.yaml"))
     config = config.format(args.target)
@@ -239,9 +240,10 @@ def paired_tests(stored_in: Path | None = RESULTS / "trigrec.json") -> list[dict
               if r["metric"] == "paired_wilcoxon_p_NDCG@10"}
     rows = []
     for (t, ds), (variant, baselines), tree in product(TARGETS.items(), PAIRED.items(), TREES):
-        name = lambda v: VARIANTS[v][0] + tree  # noqa: E731
+        name = lambda v: VARIANTS[v][0] + ("" if v in PEER else tree)  # noqa: E731
+        tree_of = lambda v: "" if v in PEER else tree  # noqa: E731
         for base in baselines:
-            test = paired_over_seeds(*({s: line_ndcg(t, s, v, tree) for s in (1, 2, 3)} for v in (base, variant)))
+            test = paired_over_seeds(*({s: line_ndcg(t, s, v, tree_of(v)) for s in (1, 2, 3)} for v in (base, variant)))
             old = stored.get((ds, name(variant), name(base)))
             if old and len(old["seeds"]) > len(test.get("seeds", [])):
                 rows.append(old)
