@@ -195,7 +195,9 @@ def test_every_shipped_config_passes_the_new_checks():
         parts = path.relative_to(REPO / "configs").parts
         cls = by_folder.get(parts[0])
         if parts[0] == "trigrec":
-            cls = RecConfig if parts[1] == "rec" else RepConfig
+            from recommendation_model.merged import MergedConfig
+
+            cls = {"rec": RecConfig, "rep": RepConfig, "merged": MergedConfig}[parts[1]]
         elif parts[:2] == ("distillation", "profiles"):
             from distillation.profiles import ProfilesConfig
 
