@@ -127,7 +127,8 @@ def cmd_stage2(args) -> None:
     # a peer with its own entry reads no stage-1 tree: its run and row stay the seed's, whatever --tree says
     tree = f"-{args.tree}" if args.tree and args.variant not in PEER else ""
     name, h = name + (f"-{args.tag}" if args.tag else "") + tree, home(args.target, args.seed, suffix + tree)
-    module, config = PEER.get(args.variant, ("recommendation_model.train_eval", "configs/trigrec/rec/{}.yaml"))
+    # the ablations are defined against the seed's full method (the shipped default is cross-only)
+    module, config = PEER.get(args.variant, ("recommendation_model.train_eval", "configs/trigrec/rec/{}-seed.yaml"))
     config = config.format(args.target)
     run_name = f"bench-{args.variant}" + (f"-{args.tag}" if args.tag else "")
     over = overrides(f"seed={args.seed},home={rel(h)},run_name={run_name},overwrite=true", over_v, args.override)
