@@ -7,6 +7,7 @@ variables it does nothing and every helper degrades to the single-process case.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -47,4 +48,10 @@ def all_reduce_mean(value: float, device: torch.device | None = None) -> float:
 
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
+        # every rank tears down together: a rank that destroys its group while a peer still
+        # writes its results was seen to abort the peer at exit under gloo ("terminate called
+        # without an active exception", 1 run in 6). Not while an exception unwinds (a `finally`):
+        # the peers may be inside another collective, and the launcher stops them anyway
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
