@@ -241,8 +241,8 @@ def paired_tests(stored_in: Path | None = RESULTS / "trigrec.json") -> list[dict
               if r["metric"] == "paired_wilcoxon_p_NDCG@10"}
     rows = []
     for (t, ds), (variant, baselines), tree in product(TARGETS.items(), PAIRED.items(), TREES):
-        name = lambda v: VARIANTS[v][0] + ("" if v in PEER else tree)  # noqa: E731
-        tree_of = lambda v: "" if v in PEER else tree  # noqa: E731
+        tree_of = lambda v: "" if v in PEER else tree  # noqa: E731  (a peer reads no stage-1 tree)
+        name = lambda v: VARIANTS[v][0] + tree_of(v)  # noqa: E731
         for base in baselines:
             test = paired_over_seeds(*({s: line_ndcg(t, s, v, tree_of(v)) for s in (1, 2, 3)} for v in (base, variant)))
             old = stored.get((ds, name(variant), name(base)))

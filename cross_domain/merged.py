@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.data.batches import left_padded_rows
 from core.data.domains import global_to_local, load_domain_views
 from core.data.sequences import SequenceData
 from core.errors import ConfigError, DataError
@@ -29,15 +30,6 @@ class MergedData:
     valid_rows: np.ndarray  # [U + 1, width] left-padded merged history before validation (row 0 unused)
     test_rows: np.ndarray  # [U + 1, width] the same + the validation target
     n_target: int
-
-
-def _rows(seqs: list[np.ndarray], width: int) -> np.ndarray:
-    out = np.zeros((len(seqs) + 1, width), dtype=np.int64)
-    for u, s in enumerate(seqs, 1):
-        s = s[-width:]
-        if len(s):
-            out[u, width - len(s):] = s
-    return out
 
 
 def merged_data(dom, proto, width: int, caps: tuple[int, int] = (0, 0)) -> MergedData:
@@ -69,7 +61,8 @@ def merged_data(dom, proto, width: int, caps: tuple[int, int] = (0, 0)) -> Merge
         test.append(np.append(seq, full[m - 2]) if m >= 3 else seq)
     common = dict(n_items=n_t + dom.source.n_items, user_ids=dom.user_ids,
                   item_ids=list(dom.target.item_ids) + list(dom.source.item_ids))
-    return MergedData(SequenceData.from_lists(train, **common), _rows(valid, width), _rows(test, width), n_t)
+    return MergedData(SequenceData.from_lists(train, **common), left_padded_rows(valid, width),
+                      left_padded_rows(test, width), n_t)
 
 
 def merged_score_fn(model, rows, n_target: int):

@@ -25,7 +25,7 @@ import torch
 from core import store
 from core.cli import parse_config, run
 from core.config import to_dict
-from core.data.batches import CausalDataset, trim_padding
+from core.data.batches import CausalDataset, left_padded_rows, trim_padding
 from core.data.domains import DOMAIN_CODES, DomainDataConfig, domain_folder_name, global_to_local, load_views, restrict_to_domain
 from core.data.sequences import SequenceData
 from core.data.splits import EvalSplit, Split, leave_one_out
@@ -74,15 +74,6 @@ def merged_item_index(item_domain: np.ndarray, target: str) -> tuple[np.ndarray,
     return index, order
 
 
-def merged_rows(seqs: list[np.ndarray], width: int) -> torch.Tensor:
-    """[U + 1, width] left-padded rows (row u = user u's last ``width`` items; row 0 unused)."""
-    out = np.zeros((len(seqs) + 1, width), dtype=np.int64)
-    for u, s in enumerate(seqs, 1):
-        if len(s):
-            out[u, width - min(len(s), width):] = s[-width:]
-    return torch.as_tensor(out)
-
-
 def train_merged(cfg: MergedConfig, log=print) -> dict:
     ctx = start_run(cfg.device, cfg.seed, threads=cfg.training.threads, log=log)
     device, log = ctx.device, ctx.log
@@ -105,13 +96,12 @@ def train_merged(cfg: MergedConfig, log=print) -> dict:
     merged = SequenceData.from_lists(seqs, len(order), list(data.user_ids),
                                      [views.cross.item_ids[g - 1] for g in order])
     # every merged item is training data: validation and test are the target's held-out two
-    lengths = merged.lengths
-    train = Split(merged, lengths, EvalSplit(*(np.zeros(0, np.int64),) * 3), EvalSplit(*(np.zeros(0, np.int64),) * 3))
-    full_target = [np.asarray(data.sequence(u), dtype=np.int64) for u in range(1, data.n_users + 1)]
+    none = EvalSplit(*(np.zeros(0, np.int64),) * 3)
+    train = Split(merged, merged.lengths, none, none)
     width = cfg.model.maxlen
-    rows = {"valid": merged_rows(seqs, width).to(device),  # before the validation target
-            "test": merged_rows([np.append(s, t[-2]) if len(t) >= 3 else s for s, t in zip(seqs, full_target)],
-                                width).to(device)}
+    with_valid = [np.append(s, data.sequence(u)[-2]) if len(data.sequence(u)) >= 3 else s for u, s in enumerate(seqs, 1)]
+    rows = {which: torch.as_tensor(left_padded_rows(s, width), device=device)
+            for which, s in (("valid", seqs), ("test", with_valid))}  # test rows also hold the validation target
 
     def score_fn(model, which: str):
         return lambda inputs, users: model.full_scores(trim_padding(rows[which][users]))[:, :n_t + 1]

@@ -143,6 +143,17 @@ def cloze_mask(rows: torch.Tensor, mask_prob: float, mask_token: int, generator:
     return rows.masked_fill(masked, mask_token), rows.masked_fill(~masked, 0)
 
 
+def left_padded_rows(seqs: list[np.ndarray], width: int) -> np.ndarray:
+    """[U + 1, width] int64 rows, row u = the last ``width`` items of ``seqs[u - 1]`` right-aligned
+    after zero padding (row 0 unused: rows are indexed by 1-based user)."""
+    out = np.zeros((len(seqs) + 1, width), dtype=np.int64)
+    for u, s in enumerate(seqs, 1):
+        s = s[-width:]
+        if len(s):
+            out[u, width - len(s):] = s
+    return out
+
+
 def trim_padding(rows: torch.Tensor, keep: int = 1) -> torch.Tensor:
     """Drop leading columns that are padding in every row (rows are left-padded).
 
