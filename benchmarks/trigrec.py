@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, md_table, merge_rows, opt, overrides, \
-    plot, pm, read_jsonl, rel, row, run_module, write_json, write_md
+from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, machine, md_table, merge_rows, opt, \
+    overrides, plot, pm, read_jsonl, rel, row, run_module, write_json, write_md
 from core.metrics import ndcg_by_id, paired_over_seeds
 from core.train import mean_epoch_seconds
 from recommendation_model.data import exported as exported_files
@@ -52,6 +52,9 @@ OTHER_SPE = ("spe_other", "leakfree_spe_other")  # variants that read the other 
 HOLDOUT = {"leakfree": 1, "leakfree_spe_other": 1}  # variant -> export.holdout_last it needs
 C2DSR_METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 FULL_METRICS = ("NDCG@10", "HR@10", "MRR")
+# the shipped default (configs/trigrec/rec/<target>.yaml: cross-only) on the shipped stage 1 (sampled softmax)
+DEFAULT = "trigrec-cross_only-ss"
+SUBSETS = {" (seen targets)": "seen-target", " (leak-controlled)": "leak-controlled"}  # run-row suffix -> subset
 
 
 def home(target: str, seed: int, suffix: str = "") -> Path:
@@ -77,7 +80,8 @@ def cmd_stage1(args) -> None:
     if "valid" in metrics[-1]:
         rows.append(r("valid NDCG@10 (last epoch)", 100 * metrics[-1]["valid"]["NDCG@10"], unit="%",
                       epoch=metrics[-1]["epoch"]))
-    merge_rows(RUNS_FILE, rows)
+    threads = json.loads((h / "rep" / args.target / "results.json").read_text()).get("threads")
+    merge_rows(RUNS_FILE, [x | {"device": machine(threads)} for x in rows])
     print(f"stage 1 {args.target} seed {args.seed}{suffix}: {rows[0]['value']:.1f}s/epoch, "
           f"discriminator accuracy {metrics[-1].get('disc_acc'):.3f} at the last epoch")
 
@@ -166,7 +170,8 @@ def cmd_stage2(args) -> None:
     rows.append(r("full", "sec_per_epoch", mean_epoch_seconds(out)))
     if res.get("valid"):  # the checkpoint's C2DSR validation lines: what a default is chosen on
         rows.append(r("sampled-999", "valid NDCG@10", 100 * res["valid"]["NDCG@10"], **pct))
-    merge_rows(RUNS_FILE, rows)
+    # the device with the threads the run itself used, not this process's
+    merge_rows(RUNS_FILE, [x | {"device": machine(res.get("threads"))} for x in rows])
     c2 = res.get("test_c2dsr", {})
     print(f"{TARGETS[args.target]} {name} seed {args.seed}: C2DSR NDCG@10 {100 * c2.get('NDCG@10', float('nan')):.2f}% "
           f"MRR {100 * c2.get('MRR', float('nan')):.2f}%; full NDCG@10 {100 * res['test_full']['NDCG@10']:.2f}%")
@@ -176,29 +181,32 @@ def cmd_summarize(args) -> None:
     """trigrec.json / trigrec.md / trigrec.png, paired tests on the C2DSR test lines"""
     runs = load_rows(RUNS_FILE)
     _, out = aggregate(runs, skip=())
-    tests = paired_tests()
-    write_json(RESULTS / "trigrec.json", out + tests)
-    by = {(r["dataset"], r["model"], r["protocol"], r["metric"]): r for r in out}
+    out, tests = with_subsets(out), paired_tests()
+    write_json(RESULTS / "trigrec.json", out + tests + [r | {"model": "trigrec-default"} for r in tests if r["model"] == DEFAULT])
+    by = {(r["dataset"], r["model"], r["protocol"], r["metric"], r.get("subset", "all")): r for r in out}
     stage1 = (("trigrec-stage1", "stage 1 (encoders)", "with GRL"), ("trigrec-stage1-nogrl", "stage 1, no GRL", "no GRL"))
     table, encoders = [], []
     for t, ds in TARGETS.items():
         p = PUBLISHED[t]
         table.append([t, "C2DSR (published)", None, f"{p['MRR']:.2f}", None, f"{p['NDCG@10']:.2f}", None, None,
-                      f"{p['HR@10']:.2f}", None, None])
-        for model in sorted({m for (d, m, _, _) in by if d == ds and not m.startswith("trigrec-stage1")}):
-            g = lambda proto, m: by.get((ds, model, proto, m))  # noqa: E731
+                      f"{p['HR@10']:.2f}", None, None, None, None])
+        for model in sorted({m for (d, m, *_) in by if d == ds and not m.startswith("trigrec-stage1")}):
+            g = lambda proto, m, subset="all": by.get((ds, model, proto, m, subset))  # noqa: E731
             n, sec = g("sampled-999", "NDCG@10") or g("full", "NDCG@10"), g("full", "sec_per_epoch")
             if n:
                 table.append([t, model, len(n["seeds"]), *(pm(g("sampled-999", m), 2) for m in C2DSR_METRICS),
+                              *(pm(g("sampled-999", "NDCG@10", s), 2) for s in SUBSETS.values()),
                               pm(g("full", "NDCG@10"), 2), format(sec["value"], ".1f") if sec else ""])
         for name, label, enc in stage1:
-            if s1 := by.get((ds, name, "full", "sec_per_epoch")):
-                table.append([t, label, len(s1["seeds"]), *[None] * 7, f"{s1['value']:.1f}"])
-            if acc := by.get((ds, name, "full", "disc_acc_last_epoch")):
+            if s1 := by.get((ds, name, "full", "sec_per_epoch", "all")):
+                table.append([t, label, len(s1["seeds"]), *[None] * 9, f"{s1['value']:.1f}"])
+            if acc := by.get((ds, name, "full", "disc_acc_last_epoch", "all")):
                 encoders.append([t, enc, len(acc["seeds"]), pm(acc, 3),
-                                 pm(by.get((ds, name, "full", "valid NDCG@10 (last epoch)")), 2)])
+                                 pm(by.get((ds, name, "full", "valid NDCG@10 (last epoch)", "all")), 2)])
     lines = ["# TriGRec on Food-Kitchen (test; C2DSR protocol = target vs 999 sampled items of its domain, %)", "",
-             *md_table(["target", "model", "seeds", *C2DSR_METRICS, "full NDCG@10", "s/epoch"], table),
+             *md_table(["target", "model", "seeds", *C2DSR_METRICS, "NDCG@10 seen-target", "NDCG@10 leak-controlled",
+                        "full NDCG@10", "s/epoch"], table),
+             "", f"`trigrec-default` is `{DEFAULT}`: the shipped default (cross-only) on the shipped stage 1.",
              "", "Stage 1 at its last epoch (validation; discriminator accuracy over 3 classes, chance 0.33):", "",
              *md_table(["target", "encoders", "seeds", "discriminator accuracy",
                         "specific encoder valid NDCG@10 (full, %)"], encoders),
@@ -215,6 +223,22 @@ def cmd_summarize(args) -> None:
     plot("trigrec.png", {f"{ds} (dots: seeds)": (t, [r for r in runs if r["dataset"] == ds and r["protocol"] ==
                                                     "sampled-999" and r["metric"] == "NDCG@10"])
                          for t, ds in TARGETS.items()}, "", "test NDCG@10 (%), target vs 999 negatives", draw=_bars)
+
+
+def with_subsets(rows: list[dict]) -> list[dict]:
+    """Aggregated rows in issue 23's naming: a test metric on a subset of the lines carries
+    ``subset`` (``seen-target``, ``leak-controlled``) instead of the run rows' suffix, every other
+    test metric ``subset: all``; the shipped default's rows repeat as model ``trigrec-default``."""
+    out = []
+    for r in rows:
+        metric, subset = r["metric"], "all"
+        for suffix, name in SUBSETS.items():
+            if metric.endswith(suffix):
+                metric, subset = metric.removesuffix(suffix), name
+        if metric in C2DSR_METRICS + FULL_METRICS:
+            r = r | {"metric": metric, "subset": subset}
+        out += [r] + ([r | {"model": "trigrec-default"}] if r["model"] == DEFAULT else [])
+    return out
 
 
 PAIRED = {  # model -> the runs it is tested against (rows "paired_wilcoxon_p_NDCG@10")

@@ -53,3 +53,17 @@ def test_paired_tests_on_rank_files(tmp_path, monkeypatch):
     assert again[("Food-Kitchen/Kitchen", "trigrec-cross_only", "trigrec-shuffled")]["value"] == 0.5
     assert again[("Food-Kitchen/Food", "trigrec-spe_other_only", "bert4rec")]["value"] == 1.0
     assert again[("Food-Kitchen/Food", "trigrec", "bert4rec")]["value"] == 0.125 and len(again) == 3
+
+
+def test_rows_carry_subsets_and_the_default_alias():
+    rows = [bench.row("Food-Kitchen/Food", bench.DEFAULT, "sampled-999", "NDCG@10 (seen targets)", 11.0),
+            bench.row("Food-Kitchen/Food", bench.DEFAULT, "full", "NDCG@10 (leak-controlled)", 4.0),
+            bench.row("Food-Kitchen/Food", "bert4rec-ss", "sampled-999", "NDCG@10", 6.0),
+            bench.row("Food-Kitchen/Food", "bert4rec-ss", "full", "sec_per_epoch", 9.0)]
+    out = {(r["model"], r["protocol"], r["metric"], r.get("subset")): r["value"] for r in bench.with_subsets(rows)}
+    assert out == {(bench.DEFAULT, "sampled-999", "NDCG@10", "seen-target"): 11.0,
+                   ("trigrec-default", "sampled-999", "NDCG@10", "seen-target"): 11.0,
+                   (bench.DEFAULT, "full", "NDCG@10", "leak-controlled"): 4.0,
+                   ("trigrec-default", "full", "NDCG@10", "leak-controlled"): 4.0,
+                   ("bert4rec-ss", "sampled-999", "NDCG@10", "all"): 6.0,
+                   ("bert4rec-ss", "full", "sec_per_epoch", None): 9.0}

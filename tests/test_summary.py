@@ -74,3 +74,21 @@ def test_summary_survives_a_broken_file(tmp_path):
     assert summary.main(["--results", str(res)]) == 0
     text = (res / "SUMMARY.md").read_text()
     assert "`universal.json`: unreadable" in text and "## Sequential models" in text
+
+
+def test_paired_goal_reads_the_test_row_against_the_named_peer():
+    ds = "Food-Kitchen/Food"
+    rows = [{"dataset": ds, "model": m, "protocol": "sampled-999", "metric": "NDCG@10", "subset": "all", "value": v}
+            for m, v in (("trigrec-default", 7.5), ("bert4rec-ss", 6.0), ("sasrec-merged", 7.4))]
+    rows += [{"dataset": ds, "model": "trigrec-default", "vs": vs, "metric": "paired_wilcoxon_p_NDCG@10",
+              "value": p, "mean_diff": d, "seeds": [1, 2, 3]} for vs, p, d in (("bert4rec-ss", 0.001, 1.5),
+                                                                            ("sasrec-merged", 0.6, 0.1))]
+    text, met = summary.paired_gain(ds, "trigrec-default", "bert4rec-ss")(rows)
+    assert met is True and "+25.0%" in text and "p=0.001" in text
+    # +1.4% over the merged peer is under the +5% aim and not significant; not losing holds
+    assert summary.paired_gain(ds, "trigrec-default", "sasrec-merged", gain=0.05)(rows)[1] is False
+    assert summary.paired_gain(ds, "trigrec-default", "sasrec-merged")(rows)[1] is True
+    # significantly worse: loses
+    worse = [dict(r, mean_diff=-0.5, value=0.01) if r.get("vs") == "sasrec-merged" else r for r in rows]
+    assert summary.paired_gain(ds, "trigrec-default", "sasrec-merged")(worse)[1] is False
+    assert summary.paired_gain(ds, "trigrec-default", "nobody")(rows) == ("rows missing", None)
