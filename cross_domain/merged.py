@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.data.batches import left_padded_rows
-from core.data.domains import global_to_local, load_domain_views
+from core.data.domains import load_domain_views, merged_item_index
 from core.data.sequences import SequenceData
 from core.errors import ConfigError, DataError
 
@@ -40,9 +40,7 @@ def merged_data(dom, proto, width: int, caps: tuple[int, int] = (0, 0)) -> Merge
                           "data.max_items_src=0 and data.max_items_tgt=0")
     views = load_domain_views(dom.folder, dom.target_code)
     n_t = dom.target.n_items
-    to_t = global_to_local(dom.target_l2g, len(views.item_domain))
-    to_s = global_to_local(dom.source_l2g, len(views.item_domain))
-    merged_index = np.where(to_t > 0, to_t, np.where(to_s > 0, n_t + to_s, 0))
+    merged_index, _ = merged_item_index(dom.target_l2g, dom.source_l2g, len(views.item_domain))
     train, valid, test = [], [], []
     for u in range(1, dom.target.n_users + 1):
         full = dom.target.sequence(u).astype(np.int64)

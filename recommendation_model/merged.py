@@ -26,7 +26,8 @@ from core import store
 from core.cli import parse_config, run
 from core.config import to_dict
 from core.data.batches import CausalDataset, left_padded_rows, trim_padding
-from core.data.domains import DOMAIN_CODES, DomainDataConfig, domain_folder_name, global_to_local, load_views, restrict_to_domain
+from core.data.domains import DOMAIN_CODES, DomainDataConfig, domain_folder_name, global_to_local, load_views, \
+    merged_item_index, restrict_to_domain
 from core.data.sequences import SequenceData
 from core.data.splits import EvalSplit, Split, leave_one_out
 from core.dist import cleanup, is_main
@@ -64,16 +65,6 @@ class MergedConfig:
             raise ConfigError("run_name is empty: name the run's folder (default sasrec-merged)")
 
 
-def merged_item_index(item_domain: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """global item -> merged id: the target's items 1..n_t in stage 2's order (ascending global
-    index, as ``restrict_to_domain``), then the other domain's; and the merged ids' global items."""
-    d = DOMAIN_CODES.index(target)
-    order = np.concatenate([np.flatnonzero(item_domain == d), np.flatnonzero(item_domain == 1 - d)])
-    index = np.zeros(len(item_domain), dtype=np.int64)
-    index[order] = np.arange(1, len(order) + 1)
-    return index, order
-
-
 def train_merged(cfg: MergedConfig, log=print) -> dict:
     ctx = start_run(cfg.device, cfg.seed, threads=cfg.training.threads, log=log)
     device, log = ctx.device, ctx.log
@@ -84,7 +75,8 @@ def train_merged(cfg: MergedConfig, log=print) -> dict:
     # the target domain exactly as stage 2 reads it: its split, history exclusion and subsets
     data, local_to_global = restrict_to_domain(views.target_all, views.item_domain, cfg.data.target)
     split = leave_one_out(data)
-    index, order = merged_item_index(views.item_domain, cfg.data.target)
+    other = np.concatenate([[0], np.flatnonzero(views.item_domain == 1 - DOMAIN_CODES.index(cfg.data.target))])
+    index, order = merged_item_index(local_to_global, other, len(views.item_domain))
     n_t = data.n_items
     seqs = []
     for u in range(1, data.n_users + 1):

@@ -520,17 +520,17 @@ def test_c2dsr_protocol_splits_lines_by_whether_training_saw_the_target():
 
 # ------------------------------------------------------------------ the merged-domain peer (issue 23)
 def test_merged_item_index_keeps_stage_2_target_ids():
-    from core.data.domains import restrict_to_domain
+    from core.data.domains import merged_item_index, restrict_to_domain
     from core.data.sequences import SequenceData
-    from recommendation_model.merged import merged_item_index
 
     dom = np.array([-1, 1, 0, 1, 0, 0], dtype=np.int8)  # global items 1..5: A = 2, 4, 5; B = 1, 3
     empty = SequenceData.from_lists([], 5, [], list("abcde"))
-    for target, expected in (("A", [0, 4, 1, 5, 2, 3]), ("B", [0, 1, 3, 2, 4, 5])):
-        index, order = merged_item_index(dom, target)
+    for target, other, expected in (("A", "B", [0, 4, 1, 5, 2, 3]), ("B", "A", [0, 1, 3, 2, 4, 5])):
+        _, target_l2g = restrict_to_domain(empty, dom, target)  # stage 2's target ids
+        _, other_l2g = restrict_to_domain(empty, dom, other)
+        index, order = merged_item_index(target_l2g, other_l2g, len(dom))
         assert index.tolist() == expected and index[order].tolist() == [1, 2, 3, 4, 5]
-        _, local_to_global = restrict_to_domain(empty, dom, target)  # stage 2's target ids
-        assert index[local_to_global[1:]].tolist() == list(range(1, len(local_to_global)))
+        assert index[target_l2g[1:]].tolist() == list(range(1, len(target_l2g)))
 
 
 def test_c2dsr_protocol_input_map_changes_the_inputs_only():

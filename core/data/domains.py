@@ -209,6 +209,16 @@ def restrict_to_domain(data: SequenceData, item_domain: np.ndarray, code: str) -
     return local, local_to_global
 
 
+def merged_item_index(target_l2g: np.ndarray, other_l2g: np.ndarray, n_global: int) -> tuple[np.ndarray, np.ndarray]:
+    """The item space of a model over both domains that is scored on the target's catalog (the
+    merged-domain peers of TriGRec and cross_domain): global item -> merged id, where the target's
+    items keep their local ids 1..n_t (so score columns 0..n_t are the target catalog) and the other
+    domain's local id ``s`` becomes ``n_t + s``; and merged id - 1 -> global item."""
+    to_target, to_other = global_to_local(target_l2g, n_global), global_to_local(other_l2g, n_global)
+    index = np.where(to_target > 0, to_target, np.where(to_other > 0, len(target_l2g) - 1 + to_other, 0))
+    return index, np.concatenate([target_l2g[1:], other_l2g[1:]])
+
+
 def global_to_local(local_to_global: np.ndarray, n_global: int) -> np.ndarray:
     """The inverse of ``local_to_global`` over ``n_global`` item indexes (0 = not in the domain)."""
     out = np.zeros(n_global, dtype=np.int64)
