@@ -182,7 +182,7 @@ def cmd_summarize(args) -> None:
     runs = load_rows(RUNS_FILE)
     _, out = aggregate(runs, skip=())
     out, tests = with_subsets(out), paired_tests()
-    write_json(RESULTS / "trigrec.json", out + tests + [r | {"model": "trigrec-default"} for r in tests if r["model"] == DEFAULT])
+    write_json(RESULTS / "trigrec.json", out + with_subsets(tests))  # the tests' rows also repeat as trigrec-default
     by = {(r["dataset"], r["model"], r["protocol"], r["metric"], r.get("subset", "all")): r for r in out}
     stage1 = (("trigrec-stage1", "stage 1 (encoders)", "with GRL"), ("trigrec-stage1-nogrl", "stage 1, no GRL", "no GRL"))
     table, encoders = [], []

@@ -26,8 +26,8 @@ from core import store
 from core.cli import parse_config, run
 from core.config import to_dict
 from core.data.batches import CausalDataset, left_padded_rows, trim_padding
-from core.data.domains import DOMAIN_CODES, DomainDataConfig, domain_folder_name, global_to_local, load_views, \
-    merged_item_index, restrict_to_domain
+from core.data.domains import DOMAIN_CODES, DomainDataConfig, domain_folder_name, domain_items, global_to_local, \
+    load_views, merged_item_index, restrict_to_domain
 from core.data.sequences import SequenceData
 from core.data.splits import EvalSplit, Split, leave_one_out
 from core.dist import cleanup, is_main
@@ -75,7 +75,7 @@ def train_merged(cfg: MergedConfig, log=print) -> dict:
     # the target domain exactly as stage 2 reads it: its split, history exclusion and subsets
     data, local_to_global = restrict_to_domain(views.target_all, views.item_domain, cfg.data.target)
     split = leave_one_out(data)
-    other = np.concatenate([[0], np.flatnonzero(views.item_domain == 1 - DOMAIN_CODES.index(cfg.data.target))])
+    other = domain_items(views.item_domain, DOMAIN_CODES[1 - DOMAIN_CODES.index(cfg.data.target)])
     index, order = merged_item_index(local_to_global, other, len(views.item_domain))
     n_t = data.n_items
     seqs = []
@@ -91,7 +91,8 @@ def train_merged(cfg: MergedConfig, log=print) -> dict:
     none = EvalSplit(*(np.zeros(0, np.int64),) * 3)
     train = Split(merged, merged.lengths, none, none)
     width = cfg.model.maxlen
-    with_valid = [np.append(s, data.sequence(u)[-2]) if len(data.sequence(u)) >= 3 else s for u, s in enumerate(seqs, 1)]
+    target_seqs = [data.sequence(u) for u in range(1, data.n_users + 1)]
+    with_valid = [np.append(s, t[-2]) if len(t) >= 3 else s for s, t in zip(seqs, target_seqs)]
     rows = {which: torch.as_tensor(left_padded_rows(s, width), device=device)
             for which, s in (("valid", seqs), ("test", with_valid))}  # test rows also hold the validation target
 

@@ -197,8 +197,7 @@ def restrict_to_domain(data: SequenceData, item_domain: np.ndarray, code: str) -
 
     Returns the local dataset and ``local_to_global`` (index 0 = padding). Items of the
     other domain are an error: the caller passes a one-domain view."""
-    d = DOMAIN_CODES.index(check_target(code))
-    local_to_global = np.concatenate([[0], np.flatnonzero(item_domain == d)]).astype(np.int64)
+    local_to_global = domain_items(item_domain, code)
     to_local = global_to_local(local_to_global, len(item_domain))
     bad = data.items[to_local[data.items] == 0]
     if len(bad):
@@ -207,6 +206,13 @@ def restrict_to_domain(data: SequenceData, item_domain: np.ndarray, code: str) -
                          list(data.user_ids), [data.item_ids[i - 1] for i in local_to_global[1:]],
                          timestamps=data.timestamps, meta=dict(data.meta))
     return local, local_to_global
+
+
+def domain_items(item_domain: np.ndarray, code: str) -> np.ndarray:
+    """``local_to_global`` of domain ``code``: its global item indexes in ascending order after a
+    0 for padding (the local numbering ``restrict_to_domain`` gives)."""
+    d = DOMAIN_CODES.index(check_target(code))
+    return np.concatenate([[0], np.flatnonzero(item_domain == d)]).astype(np.int64)
 
 
 def merged_item_index(target_l2g: np.ndarray, other_l2g: np.ndarray, n_global: int) -> tuple[np.ndarray, np.ndarray]:
