@@ -2,6 +2,7 @@
 
     python -m distillation.profiles --dataset ml-100k                 # text profiles -> MiniLM -> JSON
     python -m distillation.profiles --dataset ml-100k --dim 128       # + PCA to 128 dims (the seed's size)
+    python -m distillation.profiles --dataset ml-100k --template taste   # one aspect: profiles-taste.json
     python -m distillation.profiles --dataset beauty --texts llm_profiles.jsonl   # texts from any LLM
     python -m distillation.profiles --dataset ml-100k --embeddings users.npy      # vectors of another pipeline
     python -m distillation.profiles --config configs/distillation/profiles/ml-100k.yaml [--override "dim=64"]
@@ -11,9 +12,12 @@ Every flag is also a key of ``ProfilesConfig`` (``--config`` file <- ``--overrid
 No LLM is reachable here, so the default profile is a templated text built from each
 user's *training* interactions only (never the validation or test items) plus side
 information: for MovieLens the user's age, gender and occupation, favourite genres and
-decades, and the titles they rated highest and lowest. Output (``--out``, default
-``state_dict/embeddings/distillation/<dataset>/``): ``profiles[-<dim>].json``
-(``{user_id: [floats]}``) and ``profile_texts.json`` beside it, for people to read.
+decades, and the titles they rated highest and lowest. ``--template rich`` says more (six genres,
+the genres rated highest and lowest, the five latest titles, fifteen loved ones); ``taste``,
+``recent`` and ``loved`` are its three aspects alone, one file each, which
+``distill.multi_profile`` reads as several profiles per user. Output (``--out``, default
+``state_dict/embeddings/distillation/<dataset>/``): ``profiles[-<template>][-<dim>].json``
+(``{user_id: [floats]}``) and ``profile_texts[-<template>].json`` beside it, for people to read.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ class ProfilesConfig:
     texts: str = ""        # profile texts from an LLM: {user_id: text} JSON or JSONL
     embeddings: str = ""   # user vectors of another pipeline (X.npy with X.ids.json)
     dim: int = 0           # PCA to this many dimensions (0 = keep)
+    template: str = "full"  # templated texts: full | rich | taste | loved | recent (one aspect each)
     model: str = ""        # sentence-transformers model path (empty: bundled MiniLM)
     out: str = ""          # output folder (empty: state_dict/embeddings/distillation/<dataset>)
     device: str = "auto"
@@ -122,46 +127,84 @@ def _share(counter: Counter, total: int, top: int) -> str:
     return ", ".join(f"{name} ({100 * n / total:.0f}%)" for name, n in counter.most_common(top))
 
 
+TEMPLATES = ("full", "rich", "taste", "loved", "recent")
+# the aspects of one user that `rich` joins into one text; `taste`, `loved` and `recent` are each
+# one of them alone, to be distilled as several profiles per user (distill.multi_profile)
+ASPECTS = {"full": None, "rich": ("taste", "recent", "loved"), "taste": ("taste",), "loved": ("loved",),
+           "recent": ("recent",)}
+# loved titles in `rich` / `loved`; they come last in `rich`, so that where MiniLM's 256 tokens cut
+# a long text it is the tail of this list that goes
+RICH_TITLES = 15
+
+
 def profile_text(history: list[int], data: SequenceData, item_side: dict | None, user_info: dict | None,
-                 ratings: np.ndarray | None) -> str:
-    """One readable paragraph about a user from their training items (internal ids)."""
-    parts = []
-    if user_info:
-        who = [f"{user_info['age']}-year-old" if "age" in user_info else "",
-               {"M": "man", "F": "woman"}.get(str(user_info.get("gender")), ""), str(user_info.get("occupation", ""))]
-        who = " ".join(w for w in who if w and w != "None")
-        if who:
-            parts.append(f"A {who}.")
+                 ratings: np.ndarray | None, template: str = "full") -> str:
+    """One readable paragraph about a user from their training items (internal ids). ``template``:
+    ``full`` (the shipped one), ``rich`` (more genres, per-genre ratings, more titles, the most
+    recent ones), or one aspect of ``rich`` alone (``taste``, ``loved``, ``recent``)."""
     info = [item_side.get(str(data.item_ids[i - 1]), {}) if item_side else {} for i in history]
     titles = [x.get("title") or f"item {data.item_ids[i - 1]}" for x, i in zip(info, history)]
     labels = [f"{t} ({x['year']})" if x.get("year") else t for t, x in zip(titles, info)]
-    parts.append(f"{len(history)} interactions in the history.")
     genres = Counter(g for x in info for g in (x.get("genres") or []))
     cats = Counter(x["category"] for x in info if x.get("category"))
-    if genres:
-        parts.append(f"Favourite genres: {_share(genres, len(history), 4)}.")
-    if cats:
-        parts.append(f"Frequent categories: {_share(cats, len(history), 3)}.")
     decades = Counter(d for x in info if (d := _decade(x.get("year"))))
-    if decades:
-        parts.append(f"Mostly films from the {decades.most_common(1)[0][0]}.")
-    if ratings is not None:
-        recency = np.arange(len(ratings))
-        order = np.lexsort((-recency, -ratings))  # highest rated first, most recent first among equals
-        loved = [labels[j] for j in order if ratings[j] >= 4][:MAX_TITLES]
-        disliked = [labels[j] for j in np.lexsort((-recency, ratings)) if ratings[j] <= 2][:MAX_TITLES // 2]
-        parts.append(f"Average rating {float(ratings.mean()):.1f} of 5.")
-        if loved:
-            parts.append("Loved: " + "; ".join(loved) + ".")
-        if disliked:
-            parts.append("Disliked: " + "; ".join(disliked) + ".")
-    else:
-        parts.append("Recently: " + "; ".join(labels[::-1][:MAX_TITLES]) + ".")
-    return " ".join(parts)
+    recency = np.arange(len(history))
+    rich = ASPECTS[template] is not None
+    parts = []
+    if not rich or "taste" in ASPECTS[template]:
+        parts += [_who(user_info), f"{len(history)} interactions in the history."]
+        if genres:
+            parts.append(f"Favourite genres: {_share(genres, len(history), 6 if rich else 4)}.")
+        if cats:
+            parts.append(f"Frequent categories: {_share(cats, len(history), 5 if rich else 3)}.")
+        if decades:
+            parts.append(f"Films by decade: {_share(decades, len(history), 3)}." if rich
+                         else f"Mostly films from the {decades.most_common(1)[0][0]}.")
+        if ratings is not None:
+            parts.append(f"Average rating {float(ratings.mean()):.1f} of 5.")
+    if not rich:
+        parts += _rated(labels, ratings, recency, MAX_TITLES) if ratings is not None else \
+            ["Recently: " + "; ".join(labels[::-1][:MAX_TITLES]) + "."]
+        return " ".join(p for p in parts if p)
+    if "taste" in ASPECTS[template] and ratings is not None:
+        by_genre = {g: float(np.mean([r for x, r in zip(info, ratings) if g in (x.get("genres") or [])]))
+                    for g, n in genres.items() if n >= 3}
+        ranked = sorted(by_genre, key=lambda g: (-by_genre[g], g))
+        high = min(3, (len(ranked) + 1) // 2)  # the top half, at most 3; the lowest (at most 2) below them
+        if len(ranked) >= 2:
+            parts.append("Rates highest: " + ", ".join(f"{g} {by_genre[g]:.1f}" for g in ranked[:high])
+                         + "; lowest: " + ", ".join(f"{g} {by_genre[g]:.1f}" for g in ranked[high:][::-1][:2]) + ".")
+    if "recent" in ASPECTS[template]:
+        parts.append("Most recently: " + "; ".join(labels[::-1][:5]) + ".")
+        if ratings is not None:
+            parts.append(_rated(labels, ratings, recency, MAX_TITLES)[1])
+    if "loved" in ASPECTS[template]:
+        earlier = labels[::-1][5:5 + RICH_TITLES]  # without ratings: the titles before the recent ones
+        parts.append(_rated(labels, ratings, recency, RICH_TITLES)[0] if ratings is not None
+                     else "Earlier: " + "; ".join(earlier) + "." if earlier else "")
+    return " ".join(p for p in parts if p)
 
 
-def write_profile_texts(data: SequenceData, folder: Path) -> dict[str, str]:
-    """Texts for every user from the leave-one-out *training* prefix only."""
+def _who(user_info: dict | None) -> str:
+    if not user_info:
+        return ""
+    who = [f"{user_info['age']}-year-old" if "age" in user_info else "",
+           {"M": "man", "F": "woman"}.get(str(user_info.get("gender")), ""), str(user_info.get("occupation", ""))]
+    who = " ".join(w for w in who if w and w != "None")
+    return f"A {who}." if who else ""
+
+
+def _rated(labels: list[str], ratings: np.ndarray, recency: np.ndarray, n_loved: int) -> tuple[str, str]:
+    """("Loved: ...", "Disliked: ..."), each "" when there is none: highest (lowest) rated first,
+    most recent first among equals; ``n_loved`` loved and ``MAX_TITLES // 2`` disliked titles."""
+    loved = [labels[j] for j in np.lexsort((-recency, -ratings)) if ratings[j] >= 4][:n_loved]
+    disliked = [labels[j] for j in np.lexsort((-recency, ratings)) if ratings[j] <= 2][:MAX_TITLES // 2]
+    return tuple(f"{word}: " + "; ".join(titles) + "." if titles else ""
+                 for word, titles in (("Loved", loved), ("Disliked", disliked)))
+
+
+def write_profile_texts(data: SequenceData, folder: Path, template: str = "full") -> dict[str, str]:
+    """Texts for every user from the leave-one-out *training* prefix only (``profile_text``'s ``template``)."""
     split = leave_one_out(data)
     item_side, user_side = data.item_side(folder), data.user_side(folder)
     texts = {}
@@ -170,7 +213,7 @@ def write_profile_texts(data: SequenceData, folder: Path) -> dict[str, str]:
         start = int(data.offsets[u - 1])
         history = data.items[start:start + n].tolist()
         ratings = data.ratings[start:start + n] if data.ratings is not None else None
-        texts[str(raw)] = profile_text(history, data, item_side, (user_side or {}).get(str(raw)), ratings)
+        texts[str(raw)] = profile_text(history, data, item_side, (user_side or {}).get(str(raw)), ratings, template)
     return texts
 
 
@@ -208,7 +251,7 @@ def pca(x: np.ndarray, dim: int) -> np.ndarray:
     return PCA(n_components=dim, random_state=0).fit_transform(x).astype(np.float32)
 
 
-FLAGS = ("dataset", "texts", "embeddings", "dim", "model", "out", "device")
+FLAGS = ("dataset", "texts", "embeddings", "dim", "template", "model", "out", "device")
 
 
 def parse_args(argv=None) -> ProfilesConfig:
@@ -224,6 +267,9 @@ def parse_args(argv=None) -> ProfilesConfig:
     src.add_argument("--texts", help="profile texts from an LLM: {user_id: text} JSON or JSONL")
     src.add_argument("--embeddings", help="user vectors of another pipeline (X.npy with X.ids.json)")
     parser.add_argument("--dim", type=int, help="PCA to this many dimensions (0 = keep)")
+    parser.add_argument("--template", choices=TEMPLATES,
+                        help="templated texts: full (default), rich, or one aspect of rich alone: taste, loved, recent "
+                             "(several aspect files make several profiles per user: distill.multi_profile)")
     parser.add_argument("--model", help="sentence-transformers model path (default: bundled MiniLM)")
     parser.add_argument("--out", help="output folder (default: state_dict/embeddings/distillation/<dataset>)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
@@ -237,6 +283,10 @@ def parse_args(argv=None) -> ProfilesConfig:
                           "or dataset: in --config")
     if cfg.texts and cfg.embeddings:
         raise ConfigError("texts and embeddings are alternatives: give one of them")
+    if cfg.template not in TEMPLATES:
+        raise ConfigError(f"template {cfg.template!r}: use one of {', '.join(TEMPLATES)}")
+    if cfg.template != "full" and (cfg.texts or cfg.embeddings):
+        raise ConfigError(f"template={cfg.template} shapes the templated texts; it does not apply to texts or embeddings")
     return cfg
 
 
@@ -257,7 +307,7 @@ def main(argv=None) -> int:
         matrix = np.stack([table[u] for u in users]).astype(np.float32)
         texts = None
     else:
-        texts = read_texts(Path(args.texts)) if args.texts else write_profile_texts(data, folder)
+        texts = read_texts(Path(args.texts)) if args.texts else write_profile_texts(data, folder, args.template)
         users = [u for u in users if u in texts]
         if not users:
             raise DataError(f"{args.texts}: none of its user ids are users of {folder}")
@@ -266,14 +316,15 @@ def main(argv=None) -> int:
         matrix = encode_texts([texts[u] for u in users], model=args.model or None, device=str(resolve_device(args.device)))
     if args.dim:
         matrix = pca(np.asarray(matrix, dtype=np.float32), args.dim)
-    name = f"profiles-{args.dim}" if args.dim else "profiles"
+    tag = "" if args.template == "full" else f"-{args.template}"  # full keeps the shipped file names
+    name = f"profiles{tag}-{args.dim}" if args.dim else f"profiles{tag}"
     path = out / f"{name}.json"
     store.atomic_write_json(path, {u: [round(float(x), 6) for x in row] for u, row in zip(users, matrix)}, indent=None)
     if texts is not None:
-        store.atomic_write_json(out / "profile_texts.json", {u: texts[u] for u in users})
+        store.atomic_write_json(out / f"profile_texts{tag}.json", {u: texts[u] for u in users})
     print(f"{len(users)} profiles of {matrix.shape[1]} dims -> {path}")
     if texts is not None:
-        print(f"texts -> {out / 'profile_texts.json'}\nexample ({users[0]}): {texts[users[0]]}")
+        print(f"texts -> {out / f'profile_texts{tag}.json'}\nexample ({users[0]}): {texts[users[0]]}")
     return 0
 
 
