@@ -10,9 +10,8 @@ exists (``--retrain``: train it again), and merges its rows into ``cross_domain_
 """
 from __future__ import annotations
 
-import functools
 import json
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,9 @@ DATASETS = {  # benchmark name -> (config, row label, folder under state_dict/cr
 }
 KINDS = ("baseline", "transfer", "ptupcdr")
 METRICS = ("NDCG@10", "HR@10", "MRR", "NDCG@20", "HR@20")
-SUBSETS = ("all", "cold", "warm", "cold-none", "leak-controlled", "cold-leak-controlled")  # evaluate.subset_masks
+COMPARED = ("all", "cold", "warm")  # the subsets of eval-compare's compare.json; the others from test_ranks.npz
+SUBSETS = (*COMPARED, "cold-none", "leak-controlled", "cold-leak-controlled")  # evaluate.subset_masks
+POOLED = "seed-averaged NDCG@10 per user"  # the `test` of a paired test over the seeds' ranks
 KEY = ("dataset", "model", "protocol", "subset", "metric", "seeds")
 
 
@@ -38,8 +39,9 @@ def protocol_label(name: str) -> str:
 
 
 def stage_folder(dataset: str, kind: str) -> str:
+    """A stage's folder in a run (as ``cross_domain.transfer.stage_name`` names it)."""
     _, _, _, s, t = DATASETS[dataset]
-    return {"source": f"source-{s}", "baseline": f"baseline-{t}", "compare": f"compare-{s}-{t}"}.get(kind, f"{kind}-{s}-{t}")
+    return {"source": f"source-{s}", "baseline": f"baseline-{t}"}.get(kind, f"{kind}-{s}-{t}")
 
 
 def run_dir(dataset: str, seed: int) -> Path:
@@ -51,7 +53,8 @@ def cmd_run(args) -> None:
     _, label, _, source, target = DATASETS[args.dataset]
     src, tgt = ["--source", source], ["--target", target]
     home = run_dir(args.dataset, args.seed)
-    commands = run_stages(args, f"run_name=bench-seed{args.seed},overwrite=true", {  # stage -> subcommand, flags, override
+    # stage -> subcommand, flags, extra override
+    commands = run_stages(args, f"run_name=bench-seed{args.seed},overwrite=true", {
         "source": ("train-source", src, ""), "baseline": ("train-target-baseline", tgt, ""),
         "transfer": ("train-target-transfer", src + tgt, ",transfer.bridge=mlp"),
         "ptupcdr": ("train-target-transfer", src + tgt, ",transfer.bridge=ptupcdr"),
@@ -60,34 +63,40 @@ def cmd_run(args) -> None:
     r = partial(row, label, seeds=[args.seed], command=commands["compare"])
     rows = []
     for kind in KINDS:
-        stage = json.loads((home / stage_folder(args.dataset, kind) / "results.json").read_text())
-        extra = {"best_epoch": stage["best_epoch"], "epochs_run": stage["epochs_run"],
-                 "train_command": commands[kind], "run_dir": str((home / stage_folder(args.dataset, kind)).relative_to(REPO))}
+        stage, extra = stage_info(args, home, kind, train_command=commands[kind])
         for proto, by_subset in comp["test"][kind].items():
-            for subset in ("all", "cold", "warm"):
-                users = comp["users"][subset]
-                rows += [r(kind, protocol_label(proto), metric, by_subset[subset][metric], subset=subset, users=users,
-                           **extra) for metric in METRICS if metric in by_subset.get(subset, {})]
-                if test := comp["paired_vs_baseline"].get(kind, {}).get(proto, {}).get(subset):
-                    rows.append(p_row(r, kind, protocol_label(proto), test, subset, users))
-        rows.append(r(kind, "full", "sec_per_epoch", stage["sec_per_epoch"], command=commands[kind], subset="all", unit="s",
-                      **extra))
-    src = json.loads((home / stage_folder(args.dataset, "source") / "results.json").read_text())
+            for subset in COMPARED:
+                test = comp["paired_vs_baseline"].get(kind, {}).get(proto, {}).get(subset)
+                rows += model_rows(r, kind, proto, by_subset.get(subset, {}), test, subset, comp["users"][subset],
+                                   **extra)
+        rows.append(r(kind, "full", "sec_per_epoch", stage["sec_per_epoch"], command=commands[kind], subset="all",
+                      unit="s", **extra))
+    src, _ = stage_info(args, home, "source")
     # the source stage serves both transfer models; its time is filed under the MLP transfer row
     rows.append(r("transfer", "full", "source_sec_per_epoch", src["sec_per_epoch"], command=commands["source"],
                   subset="all", unit="s", best_epoch=src["best_epoch"], epochs_run=src["epochs_run"]))
     rows += [r("popularity", protocol_label(proto), "NDCG@10", by_subset[subset]["NDCG@10"], subset=subset,
                users=comp["users"][subset]) for proto, by_subset in comp["test"]["popularity"].items()
-             for subset in ("all", "cold", "warm") if "NDCG@10" in by_subset.get(subset, {})]
+             for subset in COMPARED if "NDCG@10" in by_subset.get(subset, {})]
     rows.append(r("protocol", "full", "users", None, subset="all", counts=comp["protocol"]))
     # the finer subsets, from the runs' test_ranks.npz: cold-none (the cold users cut to no target history at all,
     # where only the source can say anything about the user) and the leak-controlled view
     cfg, ranks, masks = stage_ranks(args, home, KINDS)
-    rows += [x for subset in SUBSETS[3:] for x in subset_rows(r, ranks, masks[subset], cfg.eval.ks, subset)]
+    rows += [x for subset in SUBSETS[len(COMPARED):] for x in subset_rows(r, ranks, masks[subset], cfg.eval.ks, subset)]
     merge_rows(RUNS_FILE, rows, key=KEY)
     t = comp["test"]
     print(f"{label} seed {args.seed}, full NDCG@10 (cold / warm): " + "; ".join(
         f"{k} {t[k]['full']['cold']['NDCG@10']:.4f} / {t[k]['full']['warm']['NDCG@10']:.4f}" for k in KINDS))
+
+
+def stage_info(args, home: Path, kind: str, **more) -> tuple[dict, dict]:
+    """A stage's ``results.json`` and the fields of its rows: best / last epoch (a fusion: its
+    chosen weights), ``more``, its folder."""
+    folder = home / stage_folder(args.dataset, kind)
+    res = json.loads((folder / "results.json").read_text())
+    fields = {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"]} if "best_epoch" in res else {
+        "w_cold": res["choice"]["w_cold"], "w_warm": res["choice"]["w_warm"]}
+    return res, {**fields, **more, "run_dir": str(folder.relative_to(REPO))}
 
 
 def run_stages(args, run: str, stages: dict, home: Path, always=()) -> dict[str, str]:
@@ -95,8 +104,9 @@ def run_stages(args, run: str, stages: dict, home: Path, always=()) -> dict[str,
     every stage gets ``--config``, this seed and ``run`` and ``--override``), each unless its
     ``results.json`` exists (``--retrain``, or a stage in ``always``: in any case); the command lines."""
     over = overrides(f"seed={args.seed},{run}", args.override)
-    return {stage: run_module(f"cross_domain {sub}", DATASETS[args.dataset][0], over + extra, *flags, run=stage in always
-                              or args.retrain or not (home / stage_folder(args.dataset, stage) / "results.json").is_file())
+    done = lambda stage: (home / stage_folder(args.dataset, stage) / "results.json").is_file()  # noqa: E731
+    return {stage: run_module(f"cross_domain {sub}", DATASETS[args.dataset][0], over + extra, *flags,
+                              run=stage in always or args.retrain or not done(stage))
             for stage, (sub, flags, extra) in stages.items()}
 
 
@@ -112,24 +122,28 @@ def stage_ranks(args, home: Path, kinds) -> tuple:
 
 
 def subset_rows(r, ranks: dict, mask, ks, subset: str, model=lambda kind: kind, extra=lambda kind: {}) -> list[dict]:
-    """The metric and paired-test rows of ``cross_domain.evaluate.masked_reports`` on one subset
-    (``r``: the run's ``row``; ``model`` and ``extra``: a stage's row name and fields)."""
+    """``model_rows`` of ``cross_domain.evaluate.masked_reports`` on one subset (``r``: the run's
+    ``row``; ``model`` and ``extra``: a stage's row name and fields)."""
     from cross_domain.evaluate import masked_reports
 
     users, rows = int(mask.sum()), []
     for kind, by_protocol in masked_reports(ranks, mask, ks).items():
-        name, rk = model(kind), partial(r, subset=subset, users=users, **extra(kind))
-        for proto, (m, test) in by_protocol.items():
-            rows += [rk(name, protocol_label(proto), metric, m[metric]) for metric in METRICS if metric in m]
-            if test:
-                rows.append(p_row(rk, name, protocol_label(proto), test, subset, users))
+        rk = partial(r, subset=subset, users=users, **extra(kind))
+        rows += [x for proto, (m, test) in by_protocol.items() for x in model_rows(rk, model(kind), proto, m, test,
+                                                                                     subset, users)]
     return rows
 
 
-def p_row(r, kind: str, proto: str, test: dict, subset: str, users: int) -> dict:
-    """The row of a paired test of ``kind`` against the baseline (``r``: the run's ``row``)."""
-    return r(kind, proto, "p_wilcoxon_vs_baseline", test["p_wilcoxon"], subset=subset, users=users,
-             mean_ndcg10_diff=test["mean_diff"], better=test["better"], worse=test["worse"])
+def model_rows(r, model: str, proto: str, metrics: dict, test: dict | None, subset: str, users: int,
+               **extra) -> list[dict]:
+    """A model's METRICS rows (with the fields ``extra``) on one protocol and subset, and the row of
+    its paired test against the baseline if there is one (``r``: the run's ``row``)."""
+    proto = protocol_label(proto)
+    rows = [r(model, proto, m, metrics[m], subset=subset, users=users, **extra) for m in METRICS if m in metrics]
+    if test:
+        rows.append(r(model, proto, "p_wilcoxon_vs_baseline", test["p_wilcoxon"], subset=subset, users=users,
+                      mean_ndcg10_diff=test["mean_diff"], better=test["better"], worse=test["worse"]))
+    return rows
 
 
 def load_cfg(config: str, over: str = ""):
@@ -139,7 +153,7 @@ def load_cfg(config: str, over: str = ""):
     return load_config(CrossDomainConfig, str(REPO / config), over)
 
 
-@functools.lru_cache
+@lru_cache
 def user_masks_of(label: str) -> dict[str, np.ndarray]:
     """``cross_domain.evaluate.user_masks`` of a row label's config (the cold split does not
     depend on the seed)."""
@@ -158,7 +172,8 @@ def cmd_peer(args) -> None:
     suffix = f"-{args.tag}" if args.tag else ""
     home = run_dir(args.dataset, args.seed).with_name(name)
     both = ["--source", source, "--target", target]
-    stages = {"baseline": ("train-target-baseline", ["--target", target], ""), "merged": ("train-target-merged", both, "")}
+    stages = {"baseline": ("train-target-baseline", ["--target", target], ""),
+              "merged": ("train-target-merged", both, "")}
     if args.fuse:  # no training: the two models above, fused (and the target-only ensemble control)
         stages["fusion"] = ("fuse", both, "")
         if args.partner_seed:
@@ -166,216 +181,195 @@ def cmd_peer(args) -> None:
             stages["ensemble"] = ("fuse", both + ["--partner-run", partner], "")
     commands = run_stages(args, f"run_name={name}", stages, home)
     cfg, ranks, masks = stage_ranks(args, home, commands)
-    users = ranks["baseline"]["users"]
 
     def extra(kind):
-        stage = json.loads((home / stage_folder(args.dataset, kind) / "results.json").read_text())
-        fields = {"best_epoch": stage["best_epoch"], "epochs_run": stage["epochs_run"]} if "best_epoch" in stage else {
-            "w_cold": stage["choice"]["w_cold"], "w_warm": stage["choice"]["w_warm"]}
-        return {"command": commands[kind], **fields, "device": machine(stage.get("threads") or stage["run"]["threads"]),
-                "run_dir": str((home / stage_folder(args.dataset, kind)).relative_to(REPO))}
+        stage, fields = stage_info(args, home, kind, command=commands[kind])
+        return fields | {"device": machine(stage.get("threads") or stage["run"]["threads"])}
 
     rows = [x for subset, mask in masks.items() for x in subset_rows(
         partial(row, label, seeds=[args.seed]), ranks, mask, cfg.eval.ks, subset,
         lambda kind: ("sasrec-merged" if kind == "merged" else kind) + suffix, extra) if x["protocol"] == "full"]
     # full ranking only: the peer's table and goals are full-ranking ones (the `run` piece keeps
     # the sampled protocol), and sampled rows doubled the runs file
-    get = {(x["model"].removesuffix(suffix), x["protocol"], x["subset"], x["metric"]): x["value"] for x in rows}
+    get = {(x["model"].removesuffix(suffix), x["subset"], x["metric"]): x["value"] for x in rows}
     # popularity over the same training data, for scale: the leak-controlled events are the hard ones
     pop = popularity_ranks(cfg)
-    if not np.array_equal(pop["users"], users):
+    if not np.array_equal(pop["users"], ranks["baseline"]["users"]):
         raise SystemExit("popularity scored other users than the baseline's test_ranks.npz")
-    for subset, mask in masks.items():
-        if subset not in ("all", "cold", "warm") and mask.any():  # those three are the `run` piece's rows
-            m = subset_metrics(pop["full"], mask, cfg.eval.ks)
-            rows.append(row(label, "popularity", "full", "NDCG@10", m["NDCG@10"], seeds=[args.seed], subset=subset,
-                            users=int(mask.sum()), command=commands["baseline"], device=machine(1)))
+    pop_ndcg = {s: subset_metrics(pop["full"], m, cfg.eval.ks)["NDCG@10"] for s, m in masks.items() if m.any()}
+    rows += [row(label, "popularity", "full", "NDCG@10", value, seeds=[args.seed], subset=subset,
+                 users=int(masks[subset].sum()), command=commands["baseline"], device=machine(1))
+             for subset, value in pop_ndcg.items() if subset not in COMPARED]  # those are the `run` piece's rows
     # untagged, the baseline's all / cold / warm / cold-none rows are the `run` piece's (same seed
     # and run folder): only its leak-controlled subsets are new here
     merge_rows(RUNS_FILE, [x for x in rows if suffix or x["model"] not in ("baseline", "popularity")
-                           or x["subset"] not in ("all", "cold", "warm", "cold-none")], key=KEY)
-    for subset, mask in masks.items():
-        if mask.any():
-            print(f"{label} seed {args.seed} {subset} ({int(mask.sum())} users), full NDCG@10: popularity "
-                  f"{subset_metrics(pop['full'], mask, cfg.eval.ks)['NDCG@10']:.4f}, baseline "
-                  f"{get[('baseline', 'full', subset, 'NDCG@10')]:.4f}, sasrec-merged "
-                  f"{get[('sasrec-merged', 'full', subset, 'NDCG@10')]:.4f} "
-                  f"(p={get[('sasrec-merged', 'full', subset, 'p_wilcoxon_vs_baseline')]:.2g})"
-                  + "".join(f", {k} {get[(k, 'full', subset, 'NDCG@10')]:.4f}" for k in ("fusion", "ensemble") if k in stages))
+                           or x["subset"] not in (*COMPARED, "cold-none")], key=KEY)
+    for subset, value in pop_ndcg.items():
+        print(f"{label} seed {args.seed} {subset} ({int(masks[subset].sum())} users), full NDCG@10: popularity "
+              f"{value:.4f}, baseline {get[('baseline', subset, 'NDCG@10')]:.4f}, sasrec-merged "
+              f"{get[('sasrec-merged', subset, 'NDCG@10')]:.4f} "
+              f"(p={get[('sasrec-merged', subset, 'p_wilcoxon_vs_baseline')]:.2g})"
+              + "".join(f", {k} {get[(k, subset, 'NDCG@10')]:.4f}" for k in ("fusion", "ensemble") if k in stages))
 
 
 # --------------------------------------------------------------------------- summary
 def budget_tag(kind: str) -> str:
     """The training budget's suffix of a row's model (``sasrec-merged-e60`` -> ``-e60``)."""
-    return next((kind.removeprefix(k) for k in ("sasrec-merged", "fusion", "ensemble", *KINDS) if kind.startswith(k)), "")
+    return kind.removeprefix(next((k for k in ("sasrec-merged", "fusion", "ensemble", *KINDS) if kind.startswith(k)),
+                                  kind))
 
 
 def seed_averaged_test(runs: list[dict], label: str, kind: str, proto: str, subset: str,
                        base: str = "baseline") -> dict | None:
-    """``cross_domain.evaluate.seed_averaged_test`` of ``kind`` vs ``base`` (of the same training
-    budget) over the seeds whose runs' ``test_ranks.npz`` are still on disk (None with fewer than two)."""
-    from cross_domain.evaluate import seed_averaged_test as ranks_test
+    """``cross_domain.evaluate.seed_averaged_runs`` of ``kind`` vs ``base`` (of the same training
+    budget) on their runs' ``test_ranks.npz`` (None unless two seeds of both are still on disk)."""
+    from cross_domain.evaluate import seed_averaged_runs
 
-    base += budget_tag(kind)
-    dirs = {}
+    base_files, files = ({r["seeds"][0]: REPO / r["run_dir"] / "test_ranks.npz" for r in runs
+                          if r["dataset"] == label and r.get("run_dir") and r["model"] == m}
+                         for m in (base + budget_tag(kind), kind))
+    return seed_averaged_runs(base_files, files, {"sampled-100": "sampled-99"}.get(proto, proto), subset,
+                              None if subset in COMPARED else lambda: user_masks_of(label)[subset])
+
+
+def test_rows(runs: list[dict]) -> list[dict]:
+    """One paired-test row per dataset, model, protocol, subset and model compared with (the
+    baseline; a fusion also its control, the ensemble): the seed-averaged test where the runs' ranks
+    are on disk; else the row in cross_domain.json, computed where they were (a fresh clone has
+    none), when it covers the same seeds; else, against the baseline, the largest per-seed p."""
+    tests = {}  # (dataset, model, protocol, subset, the model compared with) -> per-seed test rows
     for r in runs:
-        if r["dataset"] == label and r.get("run_dir") and r["model"] in (kind, base):
-            dirs.setdefault(r["model"], {})[r["seeds"][0]] = REPO / r["run_dir"] / "test_ranks.npz"
-    seeds = sorted(set(dirs.get(kind, {})) & set(dirs.get(base, {})))
-    if len(seeds) < 2 or not all(dirs[m][s].is_file() for m in (kind, base) for s in seeds):
-        return None
-    t = ranks_test([dirs[base][s] for s in seeds], [dirs[kind][s] for s in seeds],
-                   {"sampled-100": "sampled-99"}.get(proto, proto), subset,
-                   None if subset in ("all", "cold", "warm") else user_masks_of(label)[subset])
-    return {"p": t["wilcoxon_p"], "mean_diff": t["mean_diff"], "users": t["users"], "seeds": seeds}
+        if r["metric"] == "p_wilcoxon_vs_baseline":
+            for base in ("baseline", "ensemble") if r["model"].startswith("fusion") else ("baseline",):
+                tests.setdefault((r["dataset"], r["model"], r["protocol"], r["subset"], base), []).append(r)
+    stored = {(r["dataset"], r["model"], r["protocol"], r["subset"], r["metric"]): r
+              for r in load_rows(RESULTS / "cross_domain.json") if r.get("test") == POOLED}
+    out = []
+    for (label, kind, proto, subset, base), rs in sorted(tests.items()):
+        pooled = seed_averaged_test(runs, label, kind, proto, subset, base)
+        metric, seeds = f"p_wilcoxon_vs_{base}", sorted(s for r in rs for s in r["seeds"])
+        old = stored.get((label, kind, proto, subset, metric))
+        if pooled is None and old and (base != "baseline" or old["seeds"] == seeds):
+            out.append(old)
+        elif pooled and base != "baseline":  # no per-seed rows of a test against the control to fall back on
+            out.append(row(label, kind, proto, metric, pooled["wilcoxon_p"], seeds=pooled["seeds"],
+                           command=rs[0]["command"], subset=subset, test=POOLED, mean_ndcg10_diff=pooled["mean_diff"]))
+        elif base == "baseline":
+            out.append(row(label, kind, proto, metric, pooled["wilcoxon_p"] if pooled else max(r["value"] for r in rs),
+                           seeds=seeds, command=rs[0]["command"], subset=subset,
+                           test=POOLED if pooled else "largest per-seed p",
+                           per_seed_p=[r["value"] for r in sorted(rs, key=lambda r: r["seeds"])],
+                           mean_ndcg10_diff=pooled["mean_diff"] if pooled
+                           else float(np.mean([r["mean_ndcg10_diff"] for r in rs]))))
+    return out
 
 
 def cmd_summarize(args) -> None:
     """cross_domain.json / cross_domain.md: means over seeds, seed-averaged paired tests, the verdict"""
+    from cross_domain.evaluate import transfer_verdict
+
     runs = load_rows(RUNS_FILE)
     value_runs = [r for r in runs if r["model"] in KINDS and r["metric"] != "p_wilcoxon_vs_baseline"]
     out = []
     for subset in SUBSETS:
         _, agg = aggregate([r for r in value_runs if r.get("subset") == subset], skip=())
         out += [r | {"subset": subset} for r in agg]
-    tests = {}  # (dataset, model, protocol, subset, the model compared against) -> per-seed test rows
-    for r in runs:
-        if r["metric"] == "p_wilcoxon_vs_baseline":
-            key = (r["dataset"], r["model"], r["protocol"], r["subset"])
-            tests.setdefault((*key, "baseline"), []).append(r)
-            if r["model"].startswith("fusion"):  # and against its control, the target-only ensemble
-                tests.setdefault((*key, "ensemble"), []).append(r)
-    # a seed-averaged test needs the runs' test_ranks.npz: on a machine without them (a fresh
-    # clone) the row computed where they were is kept, as cross_domain.json holds it
-    stored = {(r["dataset"], r["model"], r["protocol"], r["subset"], r["metric"]): r
-              for r in load_rows(RESULTS / "cross_domain.json")
-              if r["metric"].startswith("p_wilcoxon_vs_") and r.get("test") == "seed-averaged NDCG@10 per user"}
-    for (label, kind, proto, subset, base), rs in sorted(tests.items()):
-        pooled = seed_averaged_test(runs, label, kind, proto, subset, base)
-        metric = f"p_wilcoxon_vs_{base}"
-        old = stored.get((label, kind, proto, subset, metric))
-        if base != "baseline":  # no per-seed rows to fall back on: the pooled test or the stored one
-            if pooled:
-                out.append(row(label, kind, proto, metric, pooled["p"], seeds=pooled["seeds"], command=rs[0]["command"],
-                               subset=subset, test="seed-averaged NDCG@10 per user", mean_ndcg10_diff=pooled["mean_diff"]))
-            elif old:
-                out.append(old)
-            continue
-        if pooled is None and old and old["seeds"] == sorted(s for r in rs for s in r["seeds"]):
-            out.append(old)
-            continue
-        out.append(row(label, kind, proto, "p_wilcoxon_vs_baseline", pooled["p"] if pooled else max(r["value"] for r in rs),
-                       seeds=sorted(s for r in rs for s in r["seeds"]), command=rs[0]["command"], subset=subset,
-                       test="seed-averaged NDCG@10 per user" if pooled else "largest per-seed p",
-                       per_seed_p=[r["value"] for r in sorted(rs, key=lambda r: r["seeds"])],
-                       mean_ndcg10_diff=pooled["mean_diff"] if pooled else float(np.mean([r["mean_ndcg10_diff"] for r in rs]))))
+    out += test_rows(runs)
     write_json(RESULTS / "cross_domain.json", out)
 
     by = {(r["dataset"], r["model"], r["protocol"], r["subset"], r["metric"]): r for r in out}
-    pop = {}
+    ndcg = {}  # (dataset, model, protocol, subset) -> the per-seed NDCG@10 rows
     for r in runs:
-        if r["model"] == "popularity":
-            pop.setdefault((r["dataset"], r["protocol"], r["subset"]), []).append(r["value"])
+        if r["metric"] == "NDCG@10":
+            ndcg.setdefault((r["dataset"], r["model"], r["protocol"], r.get("subset")), []).append(r)
     labels = [v[1] for v in DATASETS.values() if any(r["dataset"] == v[1] for r in out)]
     keys = [(label, proto, subset) for label in labels for proto in ("full", "sampled-100") for subset in SUBSETS
             if (label, "baseline", proto, subset, "NDCG@10") in by]
     g = lambda k, kind, metric="NDCG@10": by.get((k[0], kind, k[1], k[2], metric))  # noqa: E731
+    pop = lambda k: ndcg.get((k[0], "popularity", k[1], k[2]))  # noqa: E731
 
     def vs_base(k, kind):
         b, m, p = g(k, "baseline"), g(k, kind), g(k, kind, "p_wilcoxon_vs_baseline")
-        return f"{100 * (m['value'] / b['value'] - 1):+.1f}% (p={p['value']:.2g})" if m and p and b["value"] else ""
+        return versus(m["value"] / b["value"] - 1, p) if m and p and b["value"] else ""
 
-    users = lambda k: next((r.get("users") for r in runs if (r["dataset"], r["protocol"], r.get("subset"), r["model"],  # noqa: E731
-                                                             r["metric"]) == (*k, "baseline", "NDCG@10")), "")
     sec = lambda kind, metric="sec_per_epoch": lambda label: (  # noqa: E731
         f"{r['value']:.2f}" if (r := by.get((label, kind, "full", "all", metric))) else "")
     write_md(RESULTS / "cross_domain.md", [
         "# Cross-domain transfer for cold-start users (test, NDCG@10, mean ± std over seeds)", "",
         "`vs base`: relative NDCG@10 change of the model over the target-only baseline; p: Wilcoxon signed-rank "
         "over users (per-user NDCG@10 averaged across seeds, or the largest per-seed p when the ranks are gone).", "",
-        *md_table([("dataset", lambda k: k[0]), ("protocol", lambda k: k[1]), ("users", lambda k: f"{k[2]} {users(k)}"),
-                   ("popularity", lambda k: f"{np.mean(pop[k]):.4f}" if k in pop else None),
+        *md_table([("dataset", lambda k: k[0]), ("protocol", lambda k: k[1]),
+                   ("users", lambda k: f"{k[2]} {ndcg[(k[0], 'baseline', k[1], k[2])][0].get('users')}"),
+                   ("popularity", lambda k: f"{np.mean([r['value'] for r in pop(k)]):.4f}" if pop(k) else None),
                    *((kind, lambda k, kind=kind: pm(g(k, kind))) for kind in KINDS),
                    *((f"{kind} vs base", lambda k, kind=kind: vs_base(k, kind)) for kind in ("transfer", "ptupcdr")),
                    ("seeds", lambda k: len(g(k, "baseline")["seeds"]))], keys),
         "", "Seconds per training epoch (mean over seeds; the source stage is shared by both transfer models):", "",
         *md_table([("dataset", lambda label: label), ("source", sec("transfer", "source_sec_per_epoch")),
                    *((kind, sec(kind)) for kind in KINDS)], labels),
-        *peer_table(runs, by),
+        *peer_table(ndcg, by),
         "", "Goal: transfer beats the target-only baseline on cold users by a clear, significant margin on "
         "Food-Kitchen, and does not hurt warm users.",
-        *[f"- {_verdict(label, by)}" for label in labels if label.startswith("Food-Kitchen")], "",
+        *[f"- {transfer_verdict(label, by)}" for label in labels if label.startswith("Food-Kitchen")], "",
         f"Device: {devices(runs) or machine()}. Commands: the `command` and `train_command` fields of "
         "cross_domain_runs.json."])
 
 
-def peer_table(runs: list[dict], by: dict) -> list[str]:
+def versus(gain: float, test: dict | None) -> str:
+    """A relative change and the p of its test (a row of ``test_rows``), if any: ``+4.1% (p=0.003)``."""
+    return f"{100 * gain:+.1f}%" + (f" (p={test['value']:.2g})" if test else "")
+
+
+def peer_table(ndcg: dict, by: dict) -> list[str]:
     """The `peer` piece's rows (issue 23): popularity, the target-only baseline, the merged-domain
     SASRec, their fusion and its control (the fusion of two baselines) per training budget, on every
-    subset including the leak-controlled view; full ranking, NDCG@10, mean over seeds; p: the
-    seed-averaged test of ``by`` (summarize's rows) where there is one, else the largest per-seed p."""
-    peer = [r for r in runs if r.get("subset") in SUBSETS and r["protocol"] == "full"
-            and r["metric"] in ("NDCG@10", "p_wilcoxon_vs_baseline")
-            and r["model"].startswith(("popularity", "baseline", "sasrec-merged", "fusion", "ensemble"))]
-    tags = sorted({r["model"].removeprefix("sasrec-merged") for r in peer if r["model"].startswith("sasrec-merged")})
+    subset including the leak-controlled view; full ranking, NDCG@10 (``ndcg``: the per-seed rows),
+    mean over seeds; p: the test of ``by`` (summarize's rows)."""
+    from cross_domain.evaluate import goal_text
+
+    tags = sorted({m.removeprefix("sasrec-merged") for _, m, proto, _ in ndcg if m.startswith("sasrec-merged")
+                   and proto == "full"})
+    mean = lambda rs: float(np.mean([r["value"] for r in rs]))  # noqa: E731
+    cell = lambda rs: f"{mean(rs):.4f}" if rs else ""  # noqa: E731
+
+    def rows(label, model, subset, seeds=None) -> list[dict]:
+        """The NDCG@10 rows of a model on a subset (of ``seeds`` only, if given)."""
+        return [r for r in ndcg.get((label, model, "full", subset), []) if seeds is None or r["seeds"][0] in seeds]
+
+    def change(label, model, base, subset, b, m) -> str:
+        """``versus`` of the rows ``m`` of ``model`` over the rows ``b`` of ``base``."""
+        test = by.get((label, model, "full", subset, f"p_wilcoxon_vs_{base}"))
+        return versus(mean(m) / mean(b) - 1, test) if b and m else ""
+
+    items, verdicts = [], []
+    for label in sorted({d for d, *_ in ndcg}):
+        for tag in tags:
+            for subset in SUBSETS:
+                m = rows(label, "sasrec-merged" + tag, subset)
+                seeds = {r["seeds"][0] for r in m}  # the others over the seeds the merged model has
+                b, e, f = (rows(label, k + tag, subset, seeds) for k in ("baseline", "ensemble", "fusion"))
+                if b and m:
+                    items.append([label, tag.lstrip("-") or "20 epochs (patience 3)",
+                                  f"{subset} {b[0].get('users', '')}", cell(rows(label, "popularity", subset)),
+                                  cell(b), cell(m), change(label, "sasrec-merged" + tag, "baseline", subset, b, m),
+                                  cell(e), cell(f), change(label, "fusion" + tag, "baseline", subset, b, f),
+                                  change(label, "fusion" + tag, "ensemble", subset, e, f), len(m)])
+            parts = []
+            for subset in ("cold", "leak-controlled", "warm"):  # the fusion against the best target-only model
+                f = rows(label, "fusion" + tag, subset)
+                seeds = {r["seeds"][0] for r in f}
+                bests = [(k, rows(label, k + tag, subset, seeds)) for k in ("baseline", "ensemble")]
+                bests = [(k, rs) for k, rs in bests if len(rs) == len(seeds)]
+                if f and bests:
+                    k, b = max(bests, key=lambda kb: mean(kb[1]))
+                    test = by.get((label, "fusion" + tag, "full", subset, f"p_wilcoxon_vs_{k}"))
+                    p = test["value"] if test and test.get("test") == POOLED else None
+                    parts.append(goal_text(subset, mean(f) / mean(b) - 1, p, over=k))
+            if parts:
+                verdicts.append(f"- {label}, fusion{tag} against the best target-only model of each subset: "
+                                + "; ".join(parts))
     if not tags:
         return []
-    val = {}
-    for r in peer:
-        val.setdefault((r["dataset"], r["model"], r["subset"], r["metric"]), []).append(r)
-    mean = lambda rs: f"{np.mean([r['value'] for r in rs]):.4f}" if rs else ""  # noqa: E731
-
-    def versus(label, model, base, subset, b, m) -> str:
-        if not (b and m):
-            return ""
-        gain = float(np.mean([r["value"] for r in m]) / np.mean([r["value"] for r in b]) - 1)
-        pooled = by.get((label, model, "full", subset, f"p_wilcoxon_vs_{base}"))
-        p = [pooled] if pooled and pooled.get("test") == "seed-averaged NDCG@10 per user" else \
-            val.get((label, model, subset, "p_wilcoxon_vs_baseline"), []) if base == "baseline" else []
-        return f"{100 * gain:+.1f}%" + (f" (p={max(r['value'] for r in p):.2g})" if p else "")
-
-    items = []
-    for label in sorted({r["dataset"] for r in peer}):
-        for tag in tags:
-            budget = "20 epochs (patience 3)" if not tag else tag.lstrip("-")
-            for subset in SUBSETS:
-                b, m = val.get((label, "baseline" + tag, subset, "NDCG@10")), val.get((label, "sasrec-merged" + tag, subset, "NDCG@10"))
-                seeds = {r["seeds"][0] for r in m or []}  # the others over the seeds the merged model has
-                b = [r for r in b or [] if r["seeds"][0] in seeds]
-                if not (b and m):
-                    continue
-                f, e = ([r for r in val.get((label, k + tag, subset, "NDCG@10"), []) if r["seeds"][0] in seeds]
-                        for k in ("fusion", "ensemble"))
-                pop = val.get((label, "popularity", subset, "NDCG@10")) or [
-                    r for r in runs if (r["dataset"], r["model"], r["protocol"], r.get("subset"), r["metric"])
-                    == (label, "popularity", "full", subset, "NDCG@10")]
-                items.append([label, budget, f"{subset} {b[0].get('users', '')}", mean(pop), mean(b), mean(m),
-                              versus(label, "sasrec-merged" + tag, "baseline", subset, b, m), mean(e), mean(f),
-                              versus(label, "fusion" + tag, "baseline", subset, b, f),
-                              versus(label, "fusion" + tag, "ensemble", subset, e, f), len(m)])
-    verdicts = []
-    for label in sorted({r["dataset"] for r in peer}):
-        for tag in tags:
-            parts = []
-            for subset in ("cold", "leak-controlled", "warm"):
-                f = val.get((label, "fusion" + tag, subset, "NDCG@10"))
-                seeds = {r["seeds"][0] for r in f or []}
-                bests = [(k, [r for r in val.get((label, k + tag, subset, "NDCG@10"), []) if r["seeds"][0] in seeds])
-                         for k in ("baseline", "ensemble")]
-                bests = [(k, rs) for k, rs in bests if len(rs) == len(seeds)]
-                if not (f and bests):
-                    continue
-                k, b = max(bests, key=lambda kb: np.mean([r["value"] for r in kb[1]]))
-                gain = float(np.mean([r["value"] for r in f]) / np.mean([r["value"] for r in b]) - 1)
-                test = by.get((label, "fusion" + tag, "full", subset, f"p_wilcoxon_vs_{k}"))
-                p = test["value"] if test and test.get("test") == "seed-averaged NDCG@10 per user" else None
-                if subset == "warm":
-                    mark = "not hurt" if gain >= 0 or p is None or p >= 0.05 else "HURT"
-                else:
-                    mark = "met" if gain > 0.05 and p is not None and p < 0.05 else "MISSED"
-                parts.append(f"{subset} {100 * gain:+.1f}% over {k}" + (f" (p={p:.2g})" if p is not None else "") + f" {mark}")
-            if parts:
-                verdicts.append(f"- {label}, fusion{tag} against the best target-only model of each subset: " + "; ".join(parts))
     return ["", "Merged-domain peer and fusion (`peer` piece, issue 23): one SASRec over both domains' merged sequence "
             "(sasrec-merged) against the target-only baseline, same cold protocol, full ranking, NDCG@10; fusion: "
             "the two combined (`cross_domain fuse`, weights per cold / warm group chosen on validation); ensemble: "
@@ -388,34 +382,17 @@ def peer_table(runs: list[dict], by: dict) -> list[str]:
                "on the leak-controlled view, warm users not hurt.", *verdicts] if verdicts else [])]
 
 
-def _verdict(label: str, by: dict) -> str:
-    parts = []
-    for kind in ("transfer", "ptupcdr"):
-        for proto in ("full", "sampled-100"):
-            b, m = by.get((label, "baseline", proto, "cold", "NDCG@10")), by.get((label, kind, proto, "cold", "NDCG@10"))
-            p = by.get((label, kind, proto, "cold", "p_wilcoxon_vs_baseline"))
-            bw, mw = by.get((label, "baseline", proto, "warm", "NDCG@10")), by.get((label, kind, proto, "warm", "NDCG@10"))
-            pw = by.get((label, kind, proto, "warm", "p_wilcoxon_vs_baseline"))
-            if not (b and m and p and bw and mw and pw):
-                continue
-            gain, warm = m["value"] / b["value"] - 1, mw["value"] / bw["value"] - 1
-            cold_ok = gain > 0.05 and p["value"] < 0.05
-            warm_ok = warm >= 0 or pw["value"] >= 0.05
-            parts.append(f"{kind} {proto}: cold {100 * gain:+.1f}% (p={p['value']:.2g}) "
-                         f"{'met' if cold_ok else 'MISSED'}, warm {100 * warm:+.1f}% (p={pw['value']:.2g}) "
-                         f"{'not hurt' if warm_ok else 'HURT'}")
-    return f"{label}: " + ("; ".join(parts) if parts else "not run")
-
-
 def main() -> None:
     piece = [opt("--dataset", choices=sorted(DATASETS), required=True), opt("--seed", type=int, default=1)]
     retrain = opt("--retrain", action="store_true", help="train stages again even when their results exist")
-    cli(__doc__, {"run": (cmd_run, piece + [opt("--override", default="", help="extra config overrides for every stage"),
-                                           retrain]),
+    over = lambda stages: opt("--override", default="", help=f"extra config overrides for {stages}")  # noqa: E731
+    cli(__doc__, {"run": (cmd_run, piece + [over("every stage"), retrain]),
                   "peer": (cmd_peer, piece + [
-                      opt("--override", default="", help="extra config overrides for both stages"),
-                      opt("--tag", default="", help="a training budget of its own: run bench-<tag>-seed<N>, models <name>-<tag>"),
-                      opt("--fuse", action="store_true", help="also `cross_domain fuse` of the two models (model fusion)"),
+                      over("both stages"),
+                      opt("--tag", default="", help="a training budget of its own: run bench-<tag>-seed<N>, "
+                          "models <name>-<tag>"),
+                      opt("--fuse", action="store_true",
+                          help="also `cross_domain fuse` of the two models (model fusion)"),
                       opt("--partner-seed", type=int, default=0, help="with --fuse: also the control, this seed's "
                           "baseline fused with the partner seed's (model ensemble)"),
                       retrain]),

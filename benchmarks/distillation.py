@@ -66,8 +66,7 @@ def store_user_ranks(run_dirs) -> dict:
     table = json.loads(RANKS_FILE.read_text()) if RANKS_FILE.is_file() else {}
     fresh = {}
     for run_dir in run_dirs:
-        path = REPO / run_dir / "test_ranks.npz"
-        if path.is_file():
+        if (path := REPO / run_dir / "test_ranks.npz").is_file():
             z = np.load(path)
             fresh[str(run_dir)] = {"users": z["users"].tolist(), "ranks": z["ranks"].tolist()}
     if any(table.get(k) != v for k, v in fresh.items()):
@@ -76,51 +75,46 @@ def store_user_ranks(run_dirs) -> dict:
     return table
 
 
-def user_ndcg(ranks_table: dict, run_dirs: dict[int, str]) -> dict[int, dict | None]:
-    """{seed: {user: NDCG@10}} of the runs whose ranks RANKS_FILE holds (None for the others)."""
-    from core.metrics import ndcg_by_id
-
-    return {s: ndcg_by_id(*(ranks_table[str(d)][k] for k in ("users", "ranks"))) if str(d) in ranks_table else None
-            for s, d in run_dirs.items()}
-
-
 def cmd_summarize(args) -> None:
     """tables, gains, paired Wilcoxon over users, plot"""
-    from core.metrics import paired_over_seeds, ratio_over_seeds
+    from core.metrics import ndcg_by_id, paired_over_seeds, ratio_over_seeds
 
     runs = load_rows(RUNS_FILE)
     groups, out = aggregate(runs)
     dirs: dict[tuple, dict[int, str]] = {(ds, model): {r["seeds"][0]: r["run_dir"] for r in rs}
                                          for (ds, model, proto, metric), rs in groups.items() if metric == "NDCG@10"}
     ranks_table = store_user_ranks({d for model_dirs in dirs.values() for d in model_dirs.values()})
+    ndcg = {run_dir: ndcg_by_id(t["users"], t["ranks"]) for run_dir, t in ranks_table.items()}  # {user: NDCG@10}
     previous_tests = {(r["dataset"], r["model"]): r for r in load_rows(RESULTS / "distillation.json")
                       if r["metric"] == "paired_wilcoxon_p_NDCG@10"}
-    for (ds, model), model_dirs in sorted(dirs.items()):
+    for ds, model in sorted(dirs):
         base = model.split("+")[0]
         if base == model or (ds, base) not in dirs:
             continue
-        test = paired_over_seeds(user_ndcg(ranks_table, dirs[(ds, base)]), user_ndcg(ranks_table, model_dirs))
+        # the means over the seeds both share: a variant run on fewer seeds is not compared with the
+        # baseline's mean over others (and runs of one seed ran side by side in one queue)
+        ratios = {metric: ratio_over_seeds(*(by_seed(groups.get((ds, m, "full", metric), [])) for m in (base, model)))
+                  for metric in ("NDCG@10", "Recall@10", "HR@10", "train_seconds")}
+        time_ratio = ratios.pop("train_seconds")
+        # per seed, the users' NDCG@10 of the runs whose ranks RANKS_FILE holds (None for the others)
+        test = paired_over_seeds(*({s: ndcg.get(d) for s, d in dirs[(ds, m)].items()} for m in (base, model)))
         # derived rows carry the device of the runs they compare, not of the machine that summarizes
-        dev = devices(groups.get((ds, model, "full", "NDCG@10"), []))
+        r = partial(row, ds, model, "full", command="summarize", device=devices(groups[(ds, model, "full", "NDCG@10")]))
         old = previous_tests.get((ds, model))
         if old and len(old["seeds"]) > len(test.get("seeds", [])):
             # runs from before per-user ranks were stored: keep the test computed when their folders existed
             out.append(old)
             test = {}
-        for metric in ("NDCG@10", "Recall@10", "HR@10"):
-            # the gain compares the means over the seeds both share (a variant run on fewer seeds is not
-            # compared with the baseline's mean over others); its spread is the std of the per-seed gains
-            if ratio := ratio_over_seeds(*(by_seed(groups.get((ds, m, "full", metric), [])) for m in (base, model))):
-                per_seed = [100 * (r - 1) for r in ratio[2]]
-                out.append(row(ds, model, "full", f"gain_pct_{metric}", 100 * (ratio[0] - 1), float(np.std(per_seed)),
-                               seeds=ratio[1], command="summarize", per_seed=per_seed, device=dev))
+        for metric, ratio in ratios.items():
+            if ratio:  # the spread of a gain is the std of the per-seed gains
+                per_seed = [100 * (x - 1) for x in ratio[2]]
+                out.append(r(f"gain_pct_{metric}", 100 * (ratio[0] - 1), float(np.std(per_seed)), ratio[1],
+                             per_seed=per_seed))
         if test:
-            out.append(row(ds, model, "full", "paired_wilcoxon_p_NDCG@10", test["wilcoxon_p"], seeds=test["seeds"],
-                           command="summarize", users=test["users"], mean_diff=test["mean_diff"], t_p=test["t_p"], device=dev))
-        # over the seeds both share (runs of one seed ran side by side in one queue)
-        if ratio := ratio_over_seeds(*(by_seed(groups.get((ds, m, "full", "train_seconds"), [])) for m in (base, model))):
-            out.append(row(ds, model, "full", "train_time_ratio_vs_base", float(ratio[0]), seeds=ratio[1],
-                           command="summarize", device=dev))
+            out.append(r("paired_wilcoxon_p_NDCG@10", test["wilcoxon_p"], seeds=test["seeds"], users=test["users"],
+                         mean_diff=test["mean_diff"], t_p=test["t_p"]))
+        if time_ratio:
+            out.append(r("train_time_ratio_vs_base", float(time_ratio[0]), seeds=time_ratio[1]))
     write_json(RESULTS / "distillation.json", out)
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
     g = lambda key, metric: by.get((*key, metric))  # noqa: E731

@@ -3,11 +3,9 @@ training throughput and cache build time.
 
 Pieces (``known``, ``rerank``, ``synthetic``, ``speed``, ``cache``, ``summarize``: see
 benchmarks/README.md) merge their rows into ``benchmarks/results/persona_runs.json``. The
-protocol itself (sample, folds, candidates, training pairs, the fold encoders, baselines, ranks
-and metrics with ``core.metrics``' tie rule, the planted-structure test set, pooling the folds
-and the bootstrap intervals) is ``persona_training.evaluate``; this module drives it and writes
-the rows and tables: ``summarize`` pools the folds' per-user ranks and reports HR/MRR/NDCG@5/10/20
-with 95% bootstrap intervals over users (``ci_low``/``ci_high``).
+protocol, the pooling of the folds and the bootstrap intervals are ``persona_training.evaluate``'s;
+this module drives it and writes the rows and tables: ``summarize`` reports HR/MRR/NDCG@5/10/20 of
+the pooled folds with 95% bootstrap intervals over users (``ci_low``/``ci_high``).
 """
 from __future__ import annotations
 
@@ -15,16 +13,17 @@ import os
 import shlex
 import sys
 import tempfile
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, cli, devices, load_rows, machine, merge_rows, opt, row, sample_std, timed, \
-    with_placeholders, write_json, write_md
+from benchmarks.common import REPO, RESULTS, cli, devices, load_rows, machine, merge_rows, opt, row, sample_std, \
+    timed, with_placeholders, write_json, write_md
+from core.cli import resolve_device, run
 from core.errors import DataError
-from persona_training.evaluate import METRICS, Encoders, PlantedSample, Sample, bootstrap_summary, evaluate_fold, \
-    known_answer, pool_folds, user_metrics
+from persona_training.evaluate import METRICS, Encoders, PlantedSample, Sample, evaluate_fold, goal_verdict, \
+    known_answer, summary_rows, user_metrics
 
 DATA = REPO.parent / "shared" / "data" / "persona4rec"
 MODELS = ("random", "popularity", "zero-shot", "trained")
@@ -47,23 +46,17 @@ def runs_file(args) -> Path:
     return Path(args.results_dir) / "persona_runs.json"
 
 
-def device_of(args):
-    from core.cli import resolve_device
-
-    return resolve_device(args.device)
-
-
 def device_label(args) -> str:
     """``machine()`` on CPU; the GPU's name and the AMP state on CUDA."""
-    dev = device_of(args)
-    if dev.type != "cuda":
+    if args.device.type != "cuda":
         return machine()
     import torch
 
     from core.train import amp_dtype
 
-    dtype = amp_dtype(dev, args.amp == "on")
-    return f"{dev} {torch.cuda.get_device_name(dev)}, AMP {str(dtype).removeprefix('torch.') if dtype else 'off'}"
+    dtype = amp_dtype(args.device, args.amp == "on")
+    amp = str(dtype).removeprefix("torch.") if dtype else "off"
+    return f"{args.device} {torch.cuda.get_device_name(args.device)}, AMP {amp}"
 
 
 def xrow(args, dataset, model, protocol, metric, value, seeds=True, **extra) -> dict:
@@ -76,7 +69,7 @@ def encoders(args) -> Encoders:
     """This call's encoders: the base model on its device, trained (pieces with ``--steps``) as the flags say."""
     from persona_training.config import TrainSection
 
-    device, amp = str(device_of(args)), args.amp == "on"
+    device, amp = str(args.device), args.amp == "on"
     train = TrainSection(model=args.model, max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                          temperature=args.temperature, max_seq_length=args.train_max_seq_length,
                          train_layers=args.train_layers, warmup_steps=args.warmup_steps, amp=amp, device=device,
@@ -91,6 +84,10 @@ def print_table(title: str, ranks: dict[str, list], n_users: int) -> None:
         print(f"{name:12s}" + "".join(f"{m[x]:9.4f}" for x in METRICS))
 
 
+def indented(line: str) -> None:
+    print("  " + line)
+
+
 def sample_of(args) -> Sample:
     return Sample(args.data_dir, args.dataset, args.fields, args.pool, args.folds, args.fold_seed)
 
@@ -101,13 +98,12 @@ def cmd_known(args) -> None:
 
     Upstream order of the example candidates (the known answer) and a rerank that can score
     only candidates with personas and users with a history: the rest keep their upstream slots."""
-    ds, state = args.dataset, {}
+    ds = args.dataset
 
+    @cache
     def zero_shot():  # the model is loaded only if something can be scored
-        if "s" not in state:
-            enc = encoders(args)
-            state["s"] = enc.scorer(enc.base(), agg=False)
-        return state["s"]
+        enc = encoders(args)
+        return enc.scorer(enc.base(), agg=False)
 
     res = known_answer(args.data_dir, ds, zero_shot, args.fields, args.max_history)
     m_up, m_re, counts, moved = res["upstream"], res["reranked"], res["counts"], res["unscored_moved"]
@@ -119,7 +115,8 @@ def cmd_known(args) -> None:
               **({"known_answer_reproduced": bool(ok)} if m == "HR@10" else {})) for m in METRICS]
     counted = {k: counts[k] for k in ("users", "users_scored", "users_unchanged", "users_without_history",
                                       "candidates", "scored", "unknown_items", "pads")}
-    rows += [r("zero-shot", "candidates", m, float(m_re[m]), **counted, unscored_moved=moved, model_loaded="s" in state)
+    loaded = zero_shot.cache_info().currsize > 0
+    rows += [r("zero-shot", "candidates", m, float(m_re[m]), **counted, unscored_moved=moved, model_loaded=loaded)
              for m in METRICS]
     rows += [r("zero-shot", "candidates", metric, counts[k], **counted)
              for metric, k in (("candidates_scored", "scored"), ("users_kept_upstream_order", "users_unchanged"))]
@@ -153,7 +150,7 @@ def cmd_rerank(args) -> None:
     for fold in folds:
         f = evaluate_fold(sample, fold, enc, zs, negatives=args.negatives, sample_seed=args.sample_seed,
                           max_history=args.max_history, seed=args.seed, train_max_history=args.train_max_history,
-                          pair_positions=args.pair_positions, limit=args.limit, log=lambda s: print("  " + s))
+                          pair_positions=args.pair_positions, limit=args.limit, log=indented)
         test, ranks, res = f["test"], f["ranks"], f["train"]
         common = {"fold": fold, "folds": args.folds, "settings": {n: getattr(args, n) for n in RERANK_SETTINGS}}
         persona_cands = sum(i in sample.from_personas for u in test for i in f["candidates"][u])
@@ -189,7 +186,7 @@ def cmd_synthetic(args) -> None:
     pairs, stats = planted.training_pairs(args.seed)
     enc = encoders(args)
     zero_shot = enc.scorer(enc.base())
-    model, res = enc.trained(pairs, log=lambda s: print("  " + s))
+    model, res = enc.trained(pairs, log=indented)
     ranks = planted.ranks({"zero-shot": zero_shot, "trained": enc.scorer(model)}, args.seed)
     settings = {n: getattr(args, n) for n in SYNTHETIC_SETTINGS}
     rows = [xrow(args, "synthetic", name, proto, "user_ranks", None, users=test, ranks=[rk[u] for u in test],
@@ -212,11 +209,11 @@ def cmd_speed(args) -> None:
     else:
         sample = sample_of(args)
         pairs = sample.training_pairs(sample.users, args.seed, args.train_max_history, args.pair_positions)
-    _, res = encoders(args).trained(pairs, warmup=args.warmup, log=lambda s: print("  " + s))
+    _, res = encoders(args).trained(pairs, warmup=args.warmup, log=indented)
     texts_per_pair = float(np.mean([len(p[0]) + 1 for p in pairs]))
     merge_rows(runs_file(args), [xrow(
         args, args.dataset, "trained", "full", "pairs_per_s", res.pairs_per_s, amp=args.amp == "on" and
-        device_of(args).type == "cuda", steps=res.steps, seconds=res.seconds, batch_size=args.batch_size,
+        args.device.type == "cuda", steps=res.steps, seconds=res.seconds, batch_size=args.batch_size,
         max_seq_length=args.train_max_seq_length, train_layers=args.train_layers, train_max_history=args.train_max_history,
         texts_per_pair=round(texts_per_pair, 2), pairs=len(pairs))], key=SPEED_KEY)
     print(f"{args.dataset}: {res.pairs_per_s:.2f} pairs/s ({res.steps} steps of {args.batch_size}, "
@@ -238,18 +235,17 @@ def cmd_cache(args) -> None:
         else:
             sample = Path(args.data_dir) / "sample" / args.dataset
             persona, history = sample / "3.5_persona_with_summary.jsonl", sample / "3.5_history_loo.jsonl"
-        dev = device_of(args)
         data = DataSection(persona=str(persona), loo_history=str(history), out_root=str(Path(tmp) / "out"))
-        section = dict(model=args.model, fields=args.fields, device=str(dev), amp=args.amp == "on", num_gpus=args.num_gpus,
-                       batch_size=args.cache_batch_size)
+        section = dict(model=args.model, fields=args.fields, device=str(args.device), amp=args.amp == "on",
+                       num_gpus=args.num_gpus, batch_size=args.cache_batch_size)
         (_, _, info), build_s = timed(build_caches, RerankStage(data=data, rerank=RerankSection(**section, force=True)),
-                                      args.dataset, log=lambda s: print("  " + s))
+                                      args.dataset, log=indented)
         (_, _, again), reuse_s = timed(build_caches, RerankStage(data=data, rerank=RerankSection(**section, force=False)),
-                                       args.dataset, log=lambda s: print("  " + s))
+                                       args.dataset, log=indented)
         assert not again["interactions"]["built"] and not again["personas"]["built"]
     extra = {"interaction_rows": info["interactions"]["rows"], "persona_rows": info["personas"]["rows"],
              "interactions_s": info["interactions"]["seconds"], "personas_s": info["personas"]["seconds"],
-             "devices": info["devices"], "amp": args.amp == "on" and dev.type == "cuda",
+             "devices": info["devices"], "amp": args.amp == "on" and args.device.type == "cuda",
              "note": "wall time of pipeline.build_caches from scratch (model load, both caches, float16 memmaps)"}
     model_name = "zero-shot" if args.model in ("default", "all-MiniLM-L6-v2") else "trained"
     merge_rows(runs_file(args), [xrow(args, args.dataset, model_name, "full", metric, value, **extra) for metric, value in
@@ -260,59 +256,55 @@ def cmd_cache(args) -> None:
 
 
 # --------------------------------------------------------------------------- summary
+SPEED_METRICS = ("pairs_per_s", "cache_build_s", "cache_reuse_s", "fold_seconds")
+SPEED_GROUP = ("dataset", "model", "protocol", "metric", "device", "amp", "piece")
+# the settings a speed row carries: fields of the speed and cache rows, and of a rerank or synthetic row's settings
+SPEED_FIELDS = ("batch_size", "max_seq_length", "train_layers", "train_max_history", "texts_per_pair",
+                "interaction_rows", "persona_rows", "devices")
+SETTING_FIELDS = ("batch_size", "train_max_seq_length", "train_layers", "train_max_history", "steps")
+SECTIONS = {("amazon", "sampled-100"): [
+    "## 2. Measured rerank on the real samples (protocol `sampled-100`)", "",
+    "Each user of `3.5_history_loo` ranks the held-out item of `3.5_gt` among 99 items of the same sample "
+    "they never reviewed (fixed seed); item text = personas when the item has them, else the item summary "
+    "its reviews carry. 5-fold cross-validation over users: the trained encoder of a fold never saw its "
+    "users. Value [95% bootstrap interval over users]. **50 users is a small sample**: intervals of "
+    "±0.1 on HR@10 are expected, and differences inside them are not evidence.", ""], ("synthetic", "full"): [
+    "## 3. Planted structure (synthetic persona-format default)", "",
+    "Test users of `persona_training.synthetic` (never trained on): `full` ranks the target among all "
+    "items outside the user's history; `candidates` reranks the 20 upstream candidates (random upstream "
+    "scores, some `[PAD]`) with `scoring.rerank_lists`. Value [95% bootstrap interval over users].", ""]}
+
+
 def generic_command(command: str, seeds: bool = True) -> str:
     """A piece's command with its fold (and, over several seeds, its seed) written as ``<F>`` / ``<N>``."""
     return with_placeholders(command, {"--fold": "<F>", **({"--seed": "<N>"} if seeds else {})})
 
 
-def pooled(runs: list[dict], dataset: str, protocol: str) -> dict:
-    """``pool_folds`` of one dataset's and protocol's ``user_ranks`` rows, with their devices and command."""
+def quality_rows(runs, dataset, protocol, args) -> tuple[list[dict], dict]:
+    """``summary_rows`` of one dataset's and protocol's ``user_ranks`` rows, and their pooled folds."""
     try:
-        out = pool_folds([r for r in runs if r["metric"] == "user_ranks" and r["dataset"] == dataset
-                          and r["protocol"] == protocol])
+        return summary_rows([r for r in runs if r["metric"] == "user_ranks" and r["dataset"] == dataset
+                             and r["protocol"] == protocol], args.bootstrap, args.bootstrap_seed,
+                            lambda d: generic_command(d["records"][0]["command"], len(d["seeds"]) > 1))
     except DataError as exc:
         raise SystemExit(f"{dataset}/{exc}") from None
-    for d in out.values():
-        d["devices"] = sorted({r["device"] for r in d["records"]})
-        d["command"] = generic_command(d["records"][0]["command"], len(d["seeds"]) > 1)
-    return out
-
-
-def quality_rows(runs, dataset, protocol, args) -> tuple[list[dict], dict]:
-    data = pooled(runs, dataset, protocol)
-    if not data:
-        return [], {}
-    users, stats, diffs = bootstrap_summary(data, args.bootstrap, args.bootstrap_seed)
-    note = f"{len(users)} users: a small sample, read the intervals"
-    rows = [row(dataset, model, protocol, m, s["mean"], sample_std(d["seed_means"][m]), d["seeds"], d["command"],
-                ci_low=s["ci_low"], ci_high=s["ci_high"], se_users=s["se"], users=len(users), folds=d["folds"],
-                bootstrap=args.bootstrap, note=note) | {"device": "; ".join(d["devices"])}
-            for model, d in data.items() for m, s in stats[model].items()]
-    # paired differences on NDCG@10 (the same bootstrap resamples of users for both models)
-    rows += [row(dataset, a, protocol, f"NDCG@10_minus_{b}", t["mean"], 0.0, data[a]["seeds"], "summarize",
-                 ci_low=t["ci_low"], ci_high=t["ci_high"], p_boot=t["p_boot"], users=len(users), bootstrap=args.bootstrap,
-                 note="paired over users; p_boot = share of bootstrap resamples with difference <= 0")
-             | {"device": "; ".join(data[a]["devices"])} for (a, b), t in diffs.items()]
-    return rows, data
 
 
 def speed_rows(runs) -> list[dict]:
+    """Mean ± std of each speed metric per dataset, model, protocol, device, AMP state and piece."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        if r["metric"] in ("pairs_per_s", "cache_build_s", "cache_reuse_s", "fold_seconds") and r["value"] is not None:
-            source = r.get("piece", "")
-            groups.setdefault((r["dataset"], r["model"], r["protocol"], r["metric"], r["device"], r.get("amp"), source), []).append(r)
+        if r["metric"] in SPEED_METRICS and r["value"] is not None:
+            groups.setdefault(tuple(r.get(k) for k in SPEED_GROUP), []).append(r)
     out = []
-    for (ds, model, proto, metric, device, amp, source), rs in sorted(groups.items(), key=lambda kv: [str(x) for x in kv[0]]):
-        v = np.array([r["value"] for r in rs], float)
-        keep = {k: rs[0][k] for k in ("batch_size", "max_seq_length", "train_layers", "train_max_history", "texts_per_pair",
-                                       "interaction_rows", "persona_rows", "devices") if k in rs[0]}
-        if rs[0].get("settings"):
-            keep.update({k: rs[0]["settings"][k] for k in ("batch_size", "train_max_seq_length", "train_layers",
-                                                          "train_max_history", "steps") if k in rs[0]["settings"]})
-        out.append(row(ds, model, proto, metric, float(v.mean()), sample_std(v),
+    for key, rs in sorted(groups.items(), key=lambda kv: [str(x) for x in kv[0]]):
+        ds, model, proto, metric, device, amp, piece = key
+        values, settings = [r["value"] for r in rs], rs[0].get("settings") or {}
+        keep = {k: rs[0][k] for k in SPEED_FIELDS if k in rs[0]}
+        keep |= {k: settings[k] for k in SETTING_FIELDS if k in settings}
+        out.append(row(ds, model, proto, metric, float(np.mean(values)), sample_std(values),
                        sorted({s for r in rs for s in r["seeds"]}), generic_command(rs[0]["command"], len(rs) > 1), amp=amp,
-                       runs=len(rs), piece=source, **keep) | {"device": device})
+                       runs=len(rs), piece=piece, **keep) | {"device": device})
     # AMP speed-up on the same GPU
     for r in [x for x in out if x["metric"] == "pairs_per_s" and x.get("amp") is True]:
         off = [x for x in out if x["metric"] == "pairs_per_s" and x.get("amp") is False and x["dataset"] == r["dataset"]
@@ -331,42 +323,29 @@ def cmd_summarize(args) -> None:
     """persona.json / persona.md: pooled folds, bootstrap intervals over users, paired differences"""
     from core.report import format_table
 
-    md = lambda items, cols: format_table(items, cols, markdown=True)  # noqa: E731
-    results = Path(args.results_dir)
+    md = partial(format_table, markdown=True)  # column-aligned, unlike md_table
     runs = load_rows(runs_file(args))
     known = [r for r in runs if r["protocol"] == "candidates" and r["dataset"] != "synthetic" and r["metric"] != "user_ranks"]
     out = list(known)
-    lines = ["# Persona training: known answers, measured rerank, planted structure, speed", ""]
-    # 1. known answer
-    lines += ["## 1. Known answer on the example candidate files (protocol `candidates`)", "",
-              "Upstream order of `evaluation/<dataset>/candidate.jsonl` scored by `core.candidates`; the rerank "
-              "(zero-shot MiniLM through `scoring.rerank_lists`) can score only candidates with personas for users "
-              "with a history in the sample, and the example files have neither, so every list keeps its upstream order.", ""]
+    lines = ["# Persona training: known answers, measured rerank, planted structure, speed", "",
+             "## 1. Known answer on the example candidate files (protocol `candidates`)", "",
+             "Upstream order of `evaluation/<dataset>/candidate.jsonl` scored by `core.candidates`; the rerank "
+             "(zero-shot MiniLM through `scoring.rerank_lists`) can score only candidates with personas for users "
+             "with a history in the sample, and the example files have neither, so every list keeps its upstream "
+             "order.", ""]
     kt = []
-    for ds in ("amazon", "yelp"):
+    for ds in KNOWN_HR10:
         g = {(r["model"], r["metric"]): r for r in known if r["dataset"] == ds}
-        up, re_ = g.get(("upstream", "HR@10")), g.get(("zero-shot", "HR@10"))
+        up, re_ = g.get(("upstream", "HR@10")), g.get(("zero-shot", "HR@10"))  # ``known`` writes both
         if up:
-            kt.append({"dataset": ds, "expected HR@10": up.get("known_answer", ""), "upstream HR@10": f"{up['value']:.4f}",
-                       "reproduced": up.get("known_answer_reproduced"), "users": up.get("users"),
-                       "after rerank HR@10": f"{re_['value']:.4f}" if re_ else "",
-                       "candidates scored": re_.get("scored", "") if re_ else "",
-                       "lists kept in upstream order": f"{re_.get('users_unchanged')}/{re_.get('users')}" if re_ else ""})
+            kt.append({"dataset": ds, "expected HR@10": up["known_answer"], "upstream HR@10": f"{up['value']:.4f}",
+                       "reproduced": up["known_answer_reproduced"], "users": up["users"],
+                       "after rerank HR@10": f"{re_['value']:.4f}", "candidates scored": re_["scored"],
+                       "lists kept in upstream order": f"{re_['users_unchanged']}/{re_['users']}"})
     lines += [md(kt, list(kt[0])) if kt else "not run yet", ""]
-    headers = {("amazon", "sampled-100"): [
-        "## 2. Measured rerank on the real samples (protocol `sampled-100`)", "",
-        "Each user of `3.5_history_loo` ranks the held-out item of `3.5_gt` among 99 items of the same sample "
-        "they never reviewed (fixed seed); item text = personas when the item has them, else the item summary "
-        "its reviews carry. 5-fold cross-validation over users: the trained encoder of a fold never saw its "
-        "users. Value [95% bootstrap interval over users]. **50 users is a small sample**: intervals of "
-        "±0.1 on HR@10 are expected, and differences inside them are not evidence.", ""], ("synthetic", "full"): [
-        "## 3. Planted structure (synthetic persona-format default)", "",
-        "Test users of `persona_training.synthetic` (never trained on): `full` ranks the target among all "
-        "items outside the user's history; `candidates` reranks the 20 upstream candidates (random upstream "
-        "scores, some `[PAD]`) with `scoring.rerank_lists`. Value [95% bootstrap interval over users].", ""]}
     verdicts = []
     for ds, proto in (("amazon", "sampled-100"), ("yelp", "sampled-100"), ("synthetic", "full"), ("synthetic", "candidates")):
-        lines += headers.get((ds, proto), [])
+        lines += SECTIONS.get((ds, proto), [])
         rows, data = quality_rows(runs, ds, proto, args)
         out += rows
         if not rows:
@@ -387,46 +366,24 @@ def cmd_summarize(args) -> None:
                            "NDCG@10 difference": fmt_ci(r), "p (bootstrap, one-sided)": f"{r['p_boot']:.3f}"} for r in diffs],
                          ["dataset", "comparison", "NDCG@10 difference", "p (bootstrap, one-sided)"]), ""]
         if proto != "candidates":
-            verdicts.append(_verdict(ds, by, planted=not real))
+            verdicts.append(goal_verdict(ds, by, planted=not real))
     if verdicts:
         lines += ["### Goal: trained beats zero-shot and random on NDCG@10", ""] + [f"- {v}" for v in verdicts] + [""]
-    # speed
     sp = speed_rows(runs)
     out += sp
-    lines += ["## Training throughput and cache build time", ""]
-    if sp:
-        lines += [md([{**r, "piece": r.get("piece", ""), "runs": r.get("runs", ""),
-                       "value": f"{r['value']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] else ""),
-                       "setting": ", ".join(f"{k} {r[k]}" for k in ("batch_size", "max_seq_length", "train_max_seq_length",
-                                                                    "train_layers", "train_max_history") if k in r)}
-                      for r in sp], ["dataset", "piece", "metric", "protocol", "value", "runs", "setting", "device"])]
-    else:
-        lines.append("not run yet")
-    lines += ["", "`pairs_per_s` (protocol `full`): `speed` on a fixed workload after warm-up steps; (protocol "
+    settings = ("batch_size", "max_seq_length", "train_max_seq_length", "train_layers", "train_max_history")
+    speed_table = [{**r, "value": f"{r['value']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] else ""),
+                    "setting": ", ".join(f"{k} {r[k]}" for k in settings if k in r)} for r in sp]
+    lines += ["## Training throughput and cache build time", "",
+              md(speed_table, ["dataset", "piece", "metric", "protocol", "value", "runs", "setting", "device"])
+              if sp else "not run yet",
+              "", "`pairs_per_s` (protocol `full`): `speed` on a fixed workload after warm-up steps; (protocol "
               "`sampled-100`): the training of the rerank folds, mean ± std over folds. `fold_seconds`: wall time of "
               "one fold (zero-shot scoring, training, trained scoring). `cache_build_s`: `pipeline.build_caches` "
               "from scratch; `cache_reuse_s`: the same call when both caches are fresh.", "",
               f"Commands: the `command` field of each row in `persona.json`. Devices: {devices(runs) or 'none yet'}."]
-    write_json(results / "persona.json", out)
-    write_md(results / "persona.md", lines)
-
-
-def _verdict(dataset: str, by: dict, planted: bool = False) -> str:
-    t, z, r = (by.get((m, "NDCG@10")) for m in ("trained", "zero-shot", "random"))
-    if not (t and z and r):
-        return f"{dataset}: incomplete"
-    dz, dr = by.get(("trained", "NDCG@10_minus_zero-shot")), by.get(("trained", "NDCG@10_minus_random"))
-    beats = t["value"] > z["value"] and t["value"] > r["value"]
-    sure = dz and dr and dz["ci_low"] > 0 and dr["ci_low"] > 0
-    text = (f"{dataset}: trained {t['value']:.3f}, zero-shot {z['value']:.3f}, random {r['value']:.3f}: "
-            + ("met" if beats else "NOT met") + (" (both paired differences' 95% intervals exclude 0)" if sure else
-                                                 " on the point estimates only (a paired difference's 95% interval "
-                                                 "includes 0)" if beats else ""))
-    if planted:
-        zr = by.get(("zero-shot", "NDCG@10_minus_random"))
-        text += f"; zero-shot > random: {'yes' if z['value'] > r['value'] else 'no'}" + (
-            f" (interval [{zr['ci_low']:.3f}, {zr['ci_high']:.3f}])" if zr else "")
-    return text
+    write_json(Path(args.results_dir) / "persona.json", out)
+    write_md(Path(args.results_dir) / "persona.md", lines)
 
 
 # --------------------------------------------------------------------------- command line
@@ -464,8 +421,6 @@ def options(real: bool, train: bool, synthetic: bool = False, with_synthetic: bo
 
 
 def main() -> None:
-    from core.cli import run
-
     args = cli(__doc__, {
         "known": (cmd_known, options(real=True, train=False)),
         "rerank": (cmd_rerank, options(real=True, train=True) + [
@@ -482,9 +437,15 @@ def main() -> None:
                                       opt("--bootstrap", type=int, default=10000, help="resamples of users"),
                                       opt("--bootstrap-seed", type=int, default=0)])}, call=False)
     Path(args.results_dir).mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    run(lambda _argv=None: args.fn(args) or 0, [])
+    for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(offline, "1")
+
+    def piece(_argv=None) -> int:
+        if hasattr(args, "device"):
+            args.device = resolve_device(args.device)  # a torch.device from here on (errors: one line, exit 2)
+        return args.fn(args) or 0
+
+    run(piece, [])
 
 
 if __name__ == "__main__":

@@ -1,32 +1,31 @@
 """RecBole 1.2.1 side of the RecBole-vs-ours benchmark: time and score SASRec / BERT4Rec.
 
-Runs INSIDE the throw-away venv made by ``benchmarks/recbole_env.sh`` (not the project's
-.venv), started as a script by ``python -m benchmarks.sequential``; it imports nothing from this
-repository (the prepared dataset is read with numpy and JSON only):
+Runs INSIDE the throw-away venv made by ``benchmarks/recbole_env.sh`` (not the project's .venv), started as a
+script by ``python -m benchmarks.sequential``; it imports nothing from this repository (the prepared dataset is
+read with numpy and JSON only):
 
     OMP_NUM_THREADS=1 benchmarks/.work/recbole-venv/bin/python benchmarks/recbole_side.py \
         --dataset-dir data/ml-100k --model SASRec --mode speed --max-batches 20 \
         --out benchmarks/.work/recbole/ml-100k/speed.json --work-dir benchmarks/.work/recbole/ml-100k
 
-What is timed is RecBole's own code path: ``Config`` -> ``create_dataset`` ->
-``data_preparation`` -> ``get_model`` / ``get_trainer`` -> ``trainer._train_epoch`` /
-``trainer._valid_epoch`` / ``trainer.evaluate``; between the trainer and its train dataloader
-only a thin iterator proxy that times batches and stops after ``--max-batches``.
+What is timed is RecBole's own code path: ``Config`` -> ``create_dataset`` -> ``data_preparation`` ->
+``get_model`` / ``get_trainer`` -> ``trainer._train_epoch`` / ``trainer._valid_epoch`` / ``trainer.evaluate``;
+between the trainer and its train dataloader only a thin iterator proxy that times batches and stops after
+``--max-batches``.
 
 RecBole facts that matter when reading the numbers (1.2.1, checked in its source):
 
-- An epoch is one pass over the PREFIX-EXPANDED samples: ``SequentialDataset.data_augmentation``
-  turns a user with items i1..in into n-1 samples (<i1..ik> -> i(k+1), history cut to the last
-  MAX_ITEM_LIST_LENGTH items), and SASRec/BERT4Rec's CE loss uses only the last position of
-  each sample. ``n_train_samples`` is that count after the split (about sum(len - 3)).
-- Leave-one-out (``LS: valid_and_test``) is applied to those augmented samples per user:
-  the last one (target = last item) is test, the one before (target = second-to-last) valid,
-  the rest train. A user with only 2 augmented samples gets train + test and no valid; a user
-  with 1 gets train only (RecBole's ``_split_index_by_leave_one_out``).
+- An epoch is one pass over the PREFIX-EXPANDED samples: ``SequentialDataset.data_augmentation`` turns a user
+  with items i1..in into n-1 samples (<i1..ik> -> i(k+1), history cut to the last MAX_ITEM_LIST_LENGTH items),
+  and SASRec/BERT4Rec's CE loss uses only the last position of each sample. ``n_train_samples`` is that count
+  after the split (about sum(len - 3)).
+- Leave-one-out (``LS: valid_and_test``) is applied to those augmented samples per user: the last one (target =
+  last item) is test, the one before (target = second-to-last) valid, the rest train. A user with only 2
+  augmented samples gets train + test and no valid; a user with 1 gets train only (``_split_index_by_leave_one_out``).
 - Full ranking for sequential models masks only the padding item 0, NOT the user's history
   (``FullSortEvalDataLoader`` returns ``history_index=None`` when MODEL_TYPE is sequential).
-- ``TO`` order sorts by the timestamp column; we write the position in the user's sequence
-  as the timestamp, so RecBole's order equals ours exactly (no tie reshuffling).
+- ``TO`` order sorts by the timestamp column; we write the position in the user's sequence as the timestamp, so
+  RecBole's order equals ours exactly (no tie reshuffling).
 """
 from __future__ import annotations
 
@@ -50,15 +49,12 @@ from pathlib import Path
 import numpy as np
 
 T_PROCESS_START = time.perf_counter()
-
-
-# RecBole's Config hard-codes data_path to its bundled copy of raw ML-100K when the dataset
-# is called "ml-100k" (whatever data_path says), and loads properties/dataset/<name>.yaml
-# for these names; our atomic file must not go by any of them.
+# RecBole's Config hard-codes data_path to its bundled copy of raw ML-100K when the dataset is called "ml-100k"
+# (whatever data_path says), and loads properties/dataset/<name>.yaml for these names; our atomic file must not
+# go by any of them.
 RECBOLE_RESERVED_NAMES = {"ml-100k", "sample", "url", "kg_url"}
 
 
-# --------------------------------------------------------------------------- helpers
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # Linux: KiB
 
@@ -96,7 +92,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# --------------------------------------------------------------------------- data
 def load_prepared(dataset_dir: Path):
     with np.load(dataset_dir / "sequences.npz", allow_pickle=False) as z:
         return (*(np.asarray(z[k], dtype=np.int64) for k in ("offsets", "items")),
@@ -111,12 +106,11 @@ def write_inter(inter_path: Path, offsets: np.ndarray, items: np.ndarray) -> dic
     lengths = np.diff(offsets)
     info = {"sha256_16": digest, "n_users": int(len(lengths)), "n_interactions": int(len(items)),
             "min_len": int(lengths.min()), "max_len": int(lengths.max())}
-    if inter_path.is_file() and stamp.is_file():
-        try:
-            if json.loads(stamp.read_text()).get("sha256_16") == digest:
-                return {**info, "written": False}
-        except (OSError, ValueError):
-            pass
+    try:
+        if inter_path.is_file() and json.loads(stamp.read_text()).get("sha256_16") == digest:
+            return {**info, "written": False}
+    except (OSError, ValueError):  # no stamp or an unreadable one: write the file again
+        pass
     inter_path.parent.mkdir(parents=True, exist_ok=True)
     users = np.repeat(np.arange(1, len(lengths) + 1, dtype=np.int64), lengths)
     pos = np.arange(len(items), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
@@ -161,15 +155,12 @@ def check_split(dataset, train_data, valid_data, test_data, offsets, items, maxl
     return out
 
 
-# --------------------------------------------------------------------------- timing proxy
 class BatchTap:
     """Iterates RecBole's train dataloader for ``trainer._train_epoch``: records the time of
     each batch (collate of batch i + the trainer's step on it) and stops after ``max_batches``."""
 
     def __init__(self, loader, max_batches: int = 0):
-        self._loader = loader
-        self._max_batches = max_batches
-        self.times: list[float] = []
+        self._loader, self._max_batches, self.times = loader, max_batches, []
 
     def __len__(self):
         n = len(self._loader)
@@ -190,31 +181,27 @@ class BatchTap:
             t = now
 
 
-# --------------------------------------------------------------------------- main
 def build_config_dict(args, work_dir: Path) -> dict:
     return {
         # environment
-        "data_path": str(work_dir), "checkpoint_dir": str(work_dir / "saved"),
-        "use_gpu": False, "gpu_id": "", "worker": 0, "seed": args.seed, "reproducibility": True,
-        "state": "INFO", "show_progress": False, "log_wandb": False,
-        "save_dataset": False, "save_dataloaders": False,
-        # atomic file; explicit so that RecBole's bundled ml-100k.yaml (rating column,
-        # normalize_all: True) cannot change anything when the folder is called ml-100k
-        "field_separator": "\t", "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id",
-        "TIME_FIELD": "timestamp", "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-        "unload_col": None, "unused_col": None, "rm_dup_inter": None, "val_interval": None,
-        "filter_inter_by_user_or_item": True,
-        "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
-        "normalize_all": False, "normalize_field": None, "benchmark_filename": None,
-        "MAX_ITEM_LIST_LENGTH": args.maxlen,
+        "data_path": str(work_dir), "checkpoint_dir": str(work_dir / "saved"), "use_gpu": False, "gpu_id": "",
+        "worker": 0, "seed": args.seed, "reproducibility": True, "state": "INFO", "show_progress": False,
+        "log_wandb": False, "save_dataset": False, "save_dataloaders": False,
+        # atomic file; explicit so that RecBole's bundled ml-100k.yaml (rating column, normalize_all: True)
+        # cannot change anything when the folder is called ml-100k
+        "field_separator": "\t", "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "unload_col": None, "unused_col": None,
+        "rm_dup_inter": None, "val_interval": None, "filter_inter_by_user_or_item": True,
+        "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)", "normalize_all": False,
+        "normalize_field": None, "benchmark_filename": None, "MAX_ITEM_LIST_LENGTH": args.maxlen,
         # model
-        "hidden_size": args.hidden, "inner_size": args.inner, "n_layers": args.layers,
-        "n_heads": args.heads, "hidden_dropout_prob": args.dropout, "attn_dropout_prob": args.dropout,
-        "loss_type": "CE", "train_neg_sample_args": None,
+        "hidden_size": args.hidden, "inner_size": args.inner, "n_layers": args.layers, "n_heads": args.heads,
+        "hidden_dropout_prob": args.dropout, "attn_dropout_prob": args.dropout, "loss_type": "CE",
+        "train_neg_sample_args": None,
         # training
         "learner": "adam", "learning_rate": args.lr, "weight_decay": 0.0, "train_batch_size": args.batch,
-        "epochs": 10**6, "stopping_step": 10**6, "eval_step": 1, "clip_grad_norm": None,
-        "shuffle": True, "enable_amp": False, "enable_scaler": False,
+        "epochs": 10**6, "stopping_step": 10**6, "eval_step": 1, "clip_grad_norm": None, "shuffle": True,
+        "enable_amp": False, "enable_scaler": False,
         # evaluation
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
         "repeatable": True,  # required by RecBole for sequential models

@@ -13,10 +13,10 @@ import os
 import resource
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS, cli, load_rows, machine, md_table, merge_rows, opt, plot, write_md
+from benchmarks.common import REPO, RESULTS, cli, load_rows, machine, md_table, merge_rows, opt, plot, timed, write_md
 
 RESULTS_FILE = RESULTS / "scale.json"
 SIZES = {"100k": (100_000, 10_000, 5_000), "1m": (1_000_000, 100_000, 50_000),  # interactions, items, users
@@ -32,7 +32,7 @@ def data_dir(size: str) -> Path:
 
 
 # --------------------------------------------------------------------------- pieces (in a child process)
-def piece_prep(size: str) -> list[dict]:
+def piece_prep(size: str) -> list[tuple]:
     from core.cost import generation_cost
     from core.data.synthetic_large import LargeSpec
 
@@ -44,7 +44,7 @@ def piece_prep(size: str) -> list[dict]:
             ("generator", "fitted_alpha", res["fitted_alpha"], {"note": "rank-frequency slope; parameter alpha = 1.0"})]
 
 
-def piece_train(size: str) -> list[dict]:
+def piece_train(size: str) -> list[tuple]:
     from core.cost import sampled_training_cost
 
     res = sampled_training_cost(data_dir(size), MODEL, TRAIN_BATCH, TRAIN_STEPS, NEGATIVES, SAMPLER)
@@ -55,13 +55,13 @@ def piece_train(size: str) -> list[dict]:
             ("sasrec-sampled", "peak_ram_gb", res["peak_ram_gb"], {})]
 
 
-def piece_eval(size: str, chunked: bool = True) -> list[dict]:
+def piece_eval(size: str, item_chunk: int) -> list[tuple]:
     from core.cost import untrained_ranking_cost
 
-    res = untrained_ranking_cost(data_dir(size), MODEL, EVAL_USERS, EVAL_BATCH, ITEM_CHUNK if chunked else 0)
-    name = "sasrec-chunked" if chunked else "sasrec-unchunked"
-    extra = {"users": res["users"], "items": res["items"], "item_chunk": ITEM_CHUNK if chunked else 0,
-             "eval_batch": EVAL_BATCH, "NDCG@10": res["metrics"].get("NDCG@10"), "cpu_share": round(res["cpu_share"], 2)}
+    res = untrained_ranking_cost(data_dir(size), MODEL, EVAL_USERS, EVAL_BATCH, item_chunk)
+    name = "sasrec-chunked" if item_chunk else "sasrec-unchunked"
+    extra = {"users": res["users"], "items": res["items"], "item_chunk": item_chunk, "eval_batch": EVAL_BATCH,
+             "NDCG@10": res["metrics"].get("NDCG@10"), "cpu_share": round(res["cpu_share"], 2)}
     return [(name, "eval_sec", res["seconds"], extra), (name, "eval_peak_ram_gb", res["peak_ram_gb"], {})]
 
 
@@ -71,9 +71,9 @@ def child(size: str, piece: str, threads: int) -> None:
     torch.set_num_threads(threads)
     if piece != "prep" and not (data_dir(size) / "meta.json").is_file():
         raise SystemExit(f"error: {data_dir(size)} missing; run `python -m benchmarks.scale run --size {size} --piece prep`")
-    fn = {"prep": piece_prep, "train": piece_train, "eval": piece_eval,
-          "eval-unchunked": lambda s: piece_eval(s, chunked=False)}[piece]
-    out = [{"model": m, "metric": k, "value": round(float(v), 4), **e} for m, k, v, e in fn(size)]
+    pieces = {"prep": piece_prep, "train": piece_train, "eval": partial(piece_eval, item_chunk=ITEM_CHUNK),
+              "eval-unchunked": partial(piece_eval, item_chunk=0)}  # 0: the whole catalog at once
+    out = [{"model": m, "metric": k, "value": round(float(v), 4), **e} for m, k, v, e in pieces[piece](size)]
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -85,9 +85,7 @@ def run_piece(size: str, piece: str, threads: int) -> list[dict]:
     cmd = [sys.executable, "-m", "benchmarks.scale", "_child", "--size", size, "--piece", piece,
            "--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - t
+    proc, wall = timed(subprocess.run, cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"error: piece {piece} --size {size} failed (exit {proc.returncode})")
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))

@@ -1,12 +1,11 @@
 """SASRec / BERT4Rec quality, speed and memory, side by side with RecBole 1.2.1.
 
-Pieces (``quality``, ``speed``, ``budget``, ``limit``, ``memory``, ``summarize``: see
-benchmarks/README.md) merge their rows into benchmarks/results/. ``quality`` trains through
-``python -m distillation.training`` with the shipped config (run name ``bench-seed<N>``);
-``speed`` and ``memory`` time that same command on short runs (``training.epochs`` /
-``training.max_steps_per_epoch``), reading the per-epoch seconds it logs to ``metrics.jsonl``.
-Per-seed rows go to ``sequential_runs.json``; ``summarize`` writes ``sequential.json`` / ``.md``
-and ``sequential_curves.png``.
+Pieces (``quality``, ``speed``, ``budget``, ``limit``, ``memory``, ``summarize``: see benchmarks/README.md) merge
+their rows into benchmarks/results/. ``quality`` trains through ``python -m distillation.training`` with the shipped
+config (run name ``bench-seed<N>``); ``speed`` and ``memory`` time that same command on short runs
+(``training.epochs`` / ``training.max_steps_per_epoch``), reading the per-epoch seconds it logs to ``metrics.jsonl``.
+Per-seed rows go to ``sequential_runs.json``; ``summarize`` writes ``sequential.json`` / ``.md`` and
+``sequential_curves.png``.
 """
 from __future__ import annotations
 
@@ -14,10 +13,12 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 from benchmarks.common import REPO, RESULTS, WORK, aggregate, cli, load_rows, machine, merge_rows, opt, overrides, plot, read_jsonl, \
     row, run_module, timed, write_md
+from core.cost import LEAN_MEMORY_ENV, allocator_env, seqrec_ranking_vs_limit, training_run_cost
 
 RUNS_FILE = RESULTS / "sequential_runs.json"
 # published full-ranking NDCG@10 on the same S3-Rec/ICLRec files, and the targets we hold ourselves to
@@ -32,9 +33,7 @@ ANCHORS = {  # issue 20's bars: (published anchors, must reach, aim)
 }
 QUALITY_METRICS = ["NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "MRR"]
 SAMPLED_METRICS = ["NDCG@10", "HR@10"]
-# the README's lean-memory recipe: blocks over 1 MB from mmap (freed back to the OS, so the heap
-# cannot fragment), backed by transparent huge pages so that faulting them in stays cheap
-LEAN_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+NO_WEIGHTS_ONLY = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # RecBole's checkpoints pickle its Config
 
 
 # --------------------------------------------------------------------------- quality
@@ -60,9 +59,7 @@ def cmd_quality(args) -> None:
         _, wall = timed(run_module, "distillation.training", config, over)
     res, curve = json.loads(results.read_text()), read_jsonl(run_dir / "metrics.jsonl")
     # the device with the threads the run itself used (a run by hand may differ from this process)
-    r = lambda model, proto, metric, value, **kw: row(args.dataset, model, proto, metric, value,  # noqa: E731
-                                                      seeds=[args.seed], command=command,
-                                                      **{"device": machine(res.get("threads")), **kw})
+    r = partial(row, args.dataset, seeds=[args.seed], command=command, device=machine(res.get("threads")))
     name = args.label or args.model
     rows = [r(name, "full", m, res["test"][m], best_epoch=res["best_epoch"], train_seconds=res["train_seconds"])
             for m in QUALITY_METRICS]
@@ -95,7 +92,6 @@ def ours_run(args, run_name: str, env: dict, epochs: int, max_steps: int = 0) ->
     at ``max_steps`` batches, 0 = full passes), validated after each: seconds per training epoch
     (mean of the ``epoch_seconds`` it logs), seconds of its first validation (a full ranking of
     every validation user) and the process's peak RSS."""
-    from core.cost import training_run_cost
     from core.seqrec import dataset_dir
 
     over = overrides(f"device=cpu,run_name={run_name},overwrite=true,training.epochs={epochs},training.max_steps_per_epoch="
@@ -114,30 +110,32 @@ def cmd_limit(args) -> None:
     import torch
 
     from core.cli import keep_freed_memory
-    from core.cost import seqrec_ranking_vs_limit
 
     keep_freed_memory()  # what every entry point does (core.cli.run): time the allocator users get
     t = seqrec_ranking_vs_limit(_load_cfg(args), REPO / "data" / args.dataset)
     command = f"python -m benchmarks.sequential limit --dataset {args.dataset} --model {args.model}"
-    note = (f"{t['users']} users x {t['items']} items, d={t['dim']}, batches of {t['batch']} users, "
-            f"{torch.get_num_threads()} threads, best of 3")
-    record([row(args.dataset, args.model, "full", metric, value, command=command, setting=note) for metric, value in (
+    r = partial(row, args.dataset, args.model, "full", command=command, setting=f"{t['users']} users x {t['items']} "
+                f"items, d={t['dim']}, batches of {t['batch']} users, {torch.get_num_threads()} threads, best of 3")
+    record([r(metric, value) for metric, value in (
         ("sec_per_full_eval_limit", t["limit_seconds"]), ("sec_per_full_eval_same_process", t["seconds"]),
         ("eval_multiple_of_limit", t["seconds"] / t["limit_seconds"]))])
 
 
-def recbole_argv(args, cfg, *mode) -> list[str]:
-    """benchmarks/recbole_side.py in RecBole's own virtualenv (made on first use), on our settings
-    (it makes the folders of its ``--out`` and ``--work-dir`` itself)."""
+def recbole_argv(args, mode: str, out: Path, **flags) -> list[str]:
+    """benchmarks/recbole_side.py ``--mode mode --out out`` (``max_batches=30``: ``--max-batches 30``) in RecBole's
+    own virtualenv (made on first use), on our settings; it makes the folders of ``out`` and its work dir itself."""
+    cfg = _load_cfg(args)
     py, m = WORK / "recbole-venv" / "bin" / "python", cfg.model
     if not py.is_file():
         subprocess.run(["bash", str(REPO / "benchmarks" / "recbole_env.sh")], check=True)
-    return [str(py), str(REPO / "benchmarks" / "recbole_side.py"), "--dataset-dir", str(REPO / "data" / args.dataset),
-            "--model", {"sasrec": "SASRec", "bert4rec": "BERT4Rec"}[args.model], "--hidden", str(m.hidden_units),
-            "--layers", str(m.num_blocks), "--heads", str(m.num_heads), "--inner", str(4 * m.hidden_units),
-            "--maxlen", str(m.maxlen), "--batch", str(cfg.training.batch_size), "--lr", str(cfg.training.learning_rate),
-            "--dropout", str(m.dropout_rate), "--seed", str(args.seed), "--work-dir", str(WORK / "recbole" / args.dataset),
-            *mode]
+    model = {"sasrec": "SASRec", "bert4rec": "BERT4Rec"}[args.model]
+    given = {"dataset-dir": REPO / "data" / args.dataset, "model": model, "hidden": m.hidden_units,
+             "layers": m.num_blocks, "heads": m.num_heads, "inner": 4 * m.hidden_units, "maxlen": m.maxlen,
+             "batch": cfg.training.batch_size, "lr": cfg.training.learning_rate, "dropout": m.dropout_rate,
+             "seed": args.seed, "work-dir": WORK / "recbole" / args.dataset, "mode": mode,
+             **{k.replace("_", "-"): v for k, v in flags.items()}, "out": out}
+    return [str(py), str(REPO / "benchmarks" / "recbole_side.py"),
+            *(part for flag, value in given.items() for part in (f"--{flag}", str(value)))]
 
 
 def _load_cfg(args):
@@ -147,34 +145,28 @@ def _load_cfg(args):
     return load_config(SeqRecConfig, REPO / f"configs/distillation/{args.model}/{args.dataset}.yaml", "device=cpu")
 
 
-def plain_env(**extra) -> dict:
-    """This process's environment without allocator settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    return {**env, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", **extra}
-
-
 def cmd_speed(args) -> None:
     """ours vs RecBole 1.2.1: seconds per epoch, per full evaluation, peak RSS"""
-    cfg = _load_cfg(args)
     theirs_json = WORK / f"speed-recbole-{args.dataset}-{args.model}.json"
-    ours = ours_run(args, "bench-speed", plain_env(), args.epochs)
-    lean = ours_run(args, "bench-speed-lean", plain_env(**LEAN_MEMORY_ENV), args.epochs)
-    subprocess.run(recbole_argv(args, cfg, "--mode", "speed", "--max-batches", str(args.recbole_batches),
-                                "--out", str(theirs_json)), check=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    ours = ours_run(args, "bench-speed", allocator_env(**NO_WEIGHTS_ONLY), args.epochs)
+    lean = ours_run(args, "bench-speed-lean", allocator_env(lean=True, **NO_WEIGHTS_ONLY), args.epochs)
+    subprocess.run(recbole_argv(args, "speed", theirs_json, max_batches=args.recbole_batches), check=True,
+                   env={**os.environ, **NO_WEIGHTS_ONLY})
     theirs = json.loads(theirs_json.read_text())
     command = f"python -m benchmarks.sequential speed --dataset {args.dataset} --model {args.model} --epochs {args.epochs}"
-    r = lambda model, metric, value, **kw: row(args.dataset, model, "full", metric, value, command=command, **kw)  # noqa: E731
-    rb, lean_note = f"recbole-{args.model}", "lean-memory recipe: " + " ".join(f"{k}={v}" for k, v in LEAN_MEMORY_ENV.items())
-    record([r(args.model, "sec_per_epoch", ours["sec_per_epoch"],
+    r, rb = partial(row, args.dataset, command=command), f"recbole-{args.model}"
+    lean_note = "lean-memory recipe: " + " ".join(f"{k}={v}" for k, v in LEAN_MEMORY_ENV.items())
+    record([r(args.model, "full", "sec_per_epoch", ours["sec_per_epoch"],
               epoch="one pass over every user's training sequence, all positions at once"),
-            r(rb, "sec_per_epoch", theirs["sec_per_epoch"], epoch=f"one pass over {theirs.get('n_train_samples')} "
-              "prefix-expanded samples", method=theirs.get("sec_per_epoch_method")),
-            *(r(model, k, side[k]) for k in ("sec_per_full_eval", "peak_rss_mb") for model, side in
+            r(rb, "full", "sec_per_epoch", theirs["sec_per_epoch"],
+              epoch=f"one pass over {theirs.get('n_train_samples')} prefix-expanded samples",
+              method=theirs.get("sec_per_epoch_method")),
+            *(r(model, "full", k, side[k]) for k in ("sec_per_full_eval", "peak_rss_mb") for model, side in
               ((args.model, ours), (rb, theirs))),
-            *(r(args.model, metric, theirs[k] / ours[k]) for metric, k in (
-                ("speedup_vs_recbole_epoch", "sec_per_epoch"), ("speedup_vs_recbole_eval", "sec_per_full_eval"))),
-            r(args.model, "ram_ratio_recbole_over_ours", theirs["peak_rss_mb"] / ours["peak_rss_mb"]),
-            *(r(args.model, f"{metric}_lean_memory", value, setting=lean_note) for metric, value in (
+            *(r(args.model, "full", metric, theirs[k] / ours[k]) for metric, k in (
+                ("speedup_vs_recbole_epoch", "sec_per_epoch"), ("speedup_vs_recbole_eval", "sec_per_full_eval"),
+                ("ram_ratio_recbole_over_ours", "peak_rss_mb"))),
+            *(r(args.model, "full", f"{metric}_lean_memory", value, setting=lean_note) for metric, value in (
                 ("sec_per_epoch", lean["sec_per_epoch"]), ("peak_rss_mb", lean["peak_rss_mb"]),
                 ("ram_ratio_recbole_over_ours", theirs["peak_rss_mb"] / lean["peak_rss_mb"]),
                 ("speedup_vs_recbole_epoch", theirs["sec_per_epoch"] / lean["sec_per_epoch"])))])
@@ -200,10 +192,10 @@ def cmd_memory(args) -> None:
     prepare_ml1m_size()
     cfg = _load_cfg(args)
     theirs_json = WORK / f"memory-recbole-{args.dataset}.json"
-    ours = ours_run(args, "bench-memory", plain_env(), 1, args.batches)
+    ours = ours_run(args, "bench-memory", allocator_env(**NO_WEIGHTS_ONLY), 1, args.batches)
     if not (args.reuse_recbole and theirs_json.is_file()):  # RecBole's peak does not depend on our side
-        subprocess.run(recbole_argv(args, cfg, "--mode", "speed", "--max-batches", str(args.batches),
-                                    "--out", str(theirs_json)), check=True, env=plain_env())
+        subprocess.run(recbole_argv(args, "speed", theirs_json, max_batches=args.batches), check=True,
+                       env=allocator_env(**NO_WEIGHTS_ONLY))
     theirs = json.loads(theirs_json.read_text())
     command = f"python -m benchmarks.sequential memory --dataset {args.dataset} --model {args.model} --batches {args.batches}"
     if theirs.get("args", {}).get("max_batches") not in (None, args.batches):
@@ -217,34 +209,30 @@ def cmd_memory(args) -> None:
 
 def cmd_budget(args) -> None:
     """both sides train for the same wall-clock budget at the same time, one thread each"""
-    cfg = _load_cfg(args)
-    budget = args.minutes * 60
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    budget, run_name = args.minutes * 60, f"budget-{int(args.minutes)}min"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **NO_WEIGHTS_ONLY}
     theirs_json = WORK / f"budget-recbole-{args.dataset}-{args.model}.json"
-    run_name = f"budget-{int(args.minutes)}min"
     # the shipped recipe as it is (its cosine schedule has a fixed length), stopped by the budget
     # if it has not finished by then
     over = f"seed={args.seed},run_name={run_name},overwrite=true,training.time_budget_s={budget},eval.sampled=[]"
     if not args.collect_only:
         ours = subprocess.Popen([sys.executable, "-m", "distillation.training", "--config",
                                  f"configs/distillation/{args.model}/{args.dataset}.yaml", "--override", over], cwd=REPO, env=env)
-        theirs = subprocess.Popen(recbole_argv(args, cfg, "--mode", "budget", "--budget-s", str(budget),
-                                               "--out", str(theirs_json)), env=env)
+        theirs = subprocess.Popen(recbole_argv(args, "budget", theirs_json, budget_s=budget), env=env)
         if ours.wait() or theirs.wait():
             raise SystemExit("a budget run failed")
     res = json.loads((REPO / "state_dict" / "distillation" / args.dataset / run_name / "results.json").read_text())
     rb = json.loads(theirs_json.read_text())
     command = f"python -m benchmarks.sequential budget --dataset {args.dataset} --model {args.model} --minutes {args.minutes:g}"
-    metric = f"NDCG@10_at_budget_{args.minutes:g}min"
-    r = lambda model, metric, value, **kw: row(args.dataset, model, "full", metric, value, seeds=[args.seed],  # noqa: E731
-                                               command=command, **kw)
-    record([r(args.model, metric, res["test"]["NDCG@10"], valid_ndcg10=res["valid"]["NDCG@10"],
+    metric, r = f"NDCG@10_at_budget_{args.minutes:g}min", partial(row, args.dataset, seeds=[args.seed], command=command)
+    record([r(args.model, "full", metric, res["test"]["NDCG@10"], valid_ndcg10=res["valid"]["NDCG@10"],
               epochs=res["epochs_run"], budget_s=budget),
             # RecBole's own evaluator: full ranking that does NOT remove the user's history
-            r(f"recbole-{args.model}", metric, rb["test_ndcg@10"], valid_ndcg10=rb["valid_ndcg@10"],
+            r(f"recbole-{args.model}", "full", metric, rb["test_ndcg@10"], valid_ndcg10=rb["valid_ndcg@10"],
               epochs=rb["epochs_done"], budget_s=budget,
               note="RecBole's evaluator (history not masked); epochs of prefix-expanded samples"),
-            r(args.model, f"budget_{args.minutes:g}min_ratio_vs_recbole", res["test"]["NDCG@10"] / rb["test_ndcg@10"])])
+            r(args.model, "full", f"budget_{args.minutes:g}min_ratio_vs_recbole",
+              res["test"]["NDCG@10"] / rb["test_ndcg@10"])])
 
 
 # --------------------------------------------------------------------------- summary
@@ -256,6 +244,7 @@ def cmd_summarize(args) -> None:
     merge_rows(RESULTS / "sequential.json", aggregate(runs)[1], key=("dataset", "model", "protocol", "metric"))
     rows = load_rows(RESULTS / "sequential.json")
     quality = [r for r in rows if r["metric"] in QUALITY_METRICS]
+    by = {(r["dataset"], r["model"], r["protocol"], r["metric"]): r for r in quality}
     table = {}
     for r in quality:
         table.setdefault((r["dataset"], r["model"], r["protocol"]), {
@@ -270,7 +259,8 @@ def cmd_summarize(args) -> None:
         "", "## Against published anchors (test NDCG@10, full ranking)", "",
         md([{"dataset": d, "model": m, "published": text, "must reach": must, "aim": aim,
              "ours": table.get((d, m, "full"), {}).get("NDCG@10", "not run yet"),
-             "verdict": _verdict(rows, d, m, must, aim)} for (d, m), (text, must, aim) in ANCHORS.items()],
+             "verdict": _verdict(by.get((d, m, "full", "NDCG@10")), must, aim)}
+            for (d, m), (text, must, aim) in ANCHORS.items()],
            ["dataset", "model", "published", "must reach", "aim", "ours", "verdict"]),
         "", "## Speed, memory and equal-budget rows", "",
         md([{"dataset": r["dataset"], "model": r["model"], "metric": r["metric"], "device": r["device"],
@@ -285,11 +275,11 @@ def cmd_summarize(args) -> None:
          "epoch", "valid NDCG@10 (full ranking)", size=(5, 3.6))
 
 
-def _verdict(rows, dataset, model, must, aim) -> str:
-    vals = [r for r in rows if (r["dataset"], r["model"], r["protocol"], r["metric"]) == (dataset, model, "full", "NDCG@10")]
-    if not vals:
+def _verdict(r: dict | None, must: float, aim: float) -> str:
+    """Issue 20's verdict on an aggregated test NDCG@10 row ('' for none)."""
+    if not r:
         return ""
-    v, n = vals[0]["value"], len(vals[0]["seeds"])
+    v, n = r["value"], len(r["seeds"])
     verdict = "meets aim" if v >= aim else "meets must" if v >= must else f"misses must by {must - v:.4f}"
     return verdict + ("" if n >= 3 else f" ({n} of 3 seeds)")
 

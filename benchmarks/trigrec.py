@@ -20,9 +20,10 @@ import numpy as np
 
 from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, machine, md_table, merge_rows, opt, \
     overrides, plot, pm, read_jsonl, rel, row, run_module, write_json, write_md
-from core.metrics import ndcg_by_id, paired_over_seeds
+from core.metrics import paired_over_seeds
 from core.train import mean_epoch_seconds
 from recommendation_model.data import exported as exported_files
+from recommendation_model.train_eval import RANKS_FILE, c2dsr_line_ndcg
 
 RUNS_FILE = RESULTS / "trigrec_runs.json"
 TARGETS = {"food": "Food-Kitchen/Food", "kitchen": "Food-Kitchen/Kitchen"}
@@ -52,6 +53,7 @@ OTHER_SPE = ("spe_other", "leakfree_spe_other")  # variants that read the other 
 HOLDOUT = {"leakfree": 1, "leakfree_spe_other": 1}  # variant -> export.holdout_last it needs
 C2DSR_METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 FULL_METRICS = ("NDCG@10", "HR@10", "MRR")
+SUBSET_METRICS = ("MRR", "NDCG@10", "HR@10")  # recorded on a subset of the C2DSR test lines
 # the shipped default (configs/trigrec/rec/<target>.yaml: cross-only) on the shipped stage 1 (sampled softmax)
 DEFAULT = "trigrec-cross_only-ss"
 SUBSETS = {" (seen targets)": "seen-target", " (leak-controlled)": "leak-controlled"}  # run-row suffix -> subset
@@ -65,25 +67,25 @@ def cmd_stage1(args) -> None:
     """stage 1 (the encoders) of one target and seed: time per epoch, discriminator accuracy"""
     suffix = ("-nogrl" if args.no_grl else "") + (f"-{args.tree}" if args.tree else "")
     h = home(args.target, args.seed, suffix)
-    config = f"configs/trigrec/rep/{args.target}.yaml"
+    out, config = h / "rep" / args.target, f"configs/trigrec/rep/{args.target}.yaml"
     over = overrides(f"seed={args.seed},home={rel(h)},overwrite=true", "use_grl=false" if args.no_grl else "", args.override)
-    train = not (args.collect_only and (h / "rep" / args.target / "results.json").is_file())
+    train = not (args.collect_only and (out / "results.json").is_file())
     command = run_module("user_representation_module.train", config, over, run=train)
     if train:
         run_module("user_representation_module.inference", config, over)
-    metrics = read_jsonl(h / "rep" / args.target / "metrics.jsonl")
+    metrics = read_jsonl(out / "metrics.jsonl")
+    last = metrics[-1]
     r = partial(row, TARGETS[args.target], "trigrec-stage1" + suffix, "full", seeds=[args.seed], command=command)
     # from metrics.jsonl, not results.json: the same definition (training only) for every run, resumed or not
-    rows = [r("sec_per_epoch", mean_epoch_seconds(h / "rep" / args.target)),
-            r("disc_acc_last_epoch", metrics[-1].get("disc_acc"), disc_acc_curve=[m.get("disc_acc") for m in metrics])]
+    rows = [r("sec_per_epoch", mean_epoch_seconds(out)),
+            r("disc_acc_last_epoch", last.get("disc_acc"), disc_acc_curve=[m.get("disc_acc") for m in metrics])]
     # validation only (the target's specific encoder, full ranking): shows what the reversal costs the encoders
-    if "valid" in metrics[-1]:
-        rows.append(r("valid NDCG@10 (last epoch)", 100 * metrics[-1]["valid"]["NDCG@10"], unit="%",
-                      epoch=metrics[-1]["epoch"]))
-    threads = json.loads((h / "rep" / args.target / "results.json").read_text()).get("threads")
+    if "valid" in last:
+        rows.append(r("valid NDCG@10 (last epoch)", 100 * last["valid"]["NDCG@10"], unit="%", epoch=last["epoch"]))
+    threads = json.loads((out / "results.json").read_text()).get("threads")
     merge_rows(RUNS_FILE, [x | {"device": machine(threads)} for x in rows])
     print(f"stage 1 {args.target} seed {args.seed}{suffix}: {rows[0]['value']:.1f}s/epoch, "
-          f"discriminator accuracy {metrics[-1].get('disc_acc'):.3f} at the last epoch")
+          f"discriminator accuracy {last.get('disc_acc'):.3f} at the last epoch")
 
 
 def cmd_stage1_loss(args) -> None:
@@ -128,22 +130,20 @@ def ensure_export(h: Path, args, code: str, holdout: int = 0) -> None:
 def cmd_stage2(args) -> None:
     """stage 2 of one target, seed and variant on that seed's stage-1 vectors"""
     name, over_v, suffix = VARIANTS[args.variant]
+    tag = f"-{args.tag}" if args.tag else ""
     # a peer with its own entry reads no stage-1 tree: its run and row stay the seed's, whatever --tree says
     tree = f"-{args.tree}" if args.tree and args.variant not in PEER else ""
-    name, h = name + (f"-{args.tag}" if args.tag else "") + tree, home(args.target, args.seed, suffix + tree)
+    name, h, run_name = name + tag + tree, home(args.target, args.seed, suffix + tree), f"bench-{args.variant}{tag}"
     # the ablations are defined against the seed's full method (the shipped default is cross-only)
     module, config = PEER.get(args.variant, ("recommendation_model.train_eval", "configs/trigrec/rec/{}-seed.yaml"))
-    config = config.format(args.target)
-    run_name = f"bench-{args.variant}" + (f"-{args.tag}" if args.tag else "")
-    over = overrides(f"seed={args.seed},home={rel(h)},run_name={run_name},overwrite=true", over_v, args.override)
-    out = h / "rec" / args.target / run_name
-    code = "A" if args.target == "food" else "B"
-    if args.variant in OTHER_SPE:
-        code = "B" if code == "A" else "A"
-        over += f",SPE_DOMAIN={code}"
+    config, out = config.format(args.target), h / "rec" / args.target / run_name
+    # the domain whose specific vectors stage 2 reads: the target's own (food A, kitchen B), the other's for OTHER_SPE
+    code = "A" if (args.target == "food") != (args.variant in OTHER_SPE) else "B"
+    over = overrides(f"seed={args.seed},home={rel(h)},run_name={run_name},overwrite=true", over_v, args.override,
+                     f"SPE_DOMAIN={code}" if args.variant in OTHER_SPE else "")
     if args.ranks_only:  # an older run without per-line ranks: evaluate its checkpoint again
-        if not (out / "test_c2dsr_ranks.npz").is_file() and module == "recommendation_model.train_eval":
-            run_module("recommendation_model.train_eval", config, over + ",eval_only=true")
+        if not (out / RANKS_FILE).is_file() and args.variant not in PEER:
+            run_module(module, config, over + ",eval_only=true")
         return
     train = not (args.collect_only and (out / "results.json").is_file())
     if train and (args.variant in OTHER_SPE or args.variant in HOLDOUT):
@@ -151,28 +151,26 @@ def cmd_stage2(args) -> None:
     r = partial(row, TARGETS[args.target], name, seeds=[args.seed],
                 command=run_module(module, config, over, run=train))
     res = json.loads((out / "results.json").read_text())
+    c2, by_target = res.get("test_c2dsr", {}), res.get("test_c2dsr_by_target", {})
+    subsets, free = res.get("test_c2dsr_subsets", {}), res.get("test_full_leak_controlled") or {}
+    # (protocol, row-name suffix, the metrics of those lines, the ones recorded, extra fields in the order
+    # rows have them); what an older run lacks is left out. Issue 23's leak-controlled lines (runs since
+    # 2026-12-04): events whose last transition no training sequence holds verbatim
+    parts = [("sampled-999", "", c2, C2DSR_METRICS, {}),
+             ("sampled-999", " (seen targets)", by_target.get("seen", {}), SUBSET_METRICS,
+              {"unit": "%", "unseen_target_share": by_target.get("unseen_target_share")}),
+             ("full", "", res["test_full"], FULL_METRICS, {}),
+             ("sampled-999", " (leak-controlled)", subsets.get("leak-controlled", {}), SUBSET_METRICS,
+              {"lines": subsets.get("lines", {}).get("leak-controlled")}),
+             ("full", " (leak-controlled)", free, ("NDCG@10", "HR@10"), {"users": free.get("users")})]
     pct = {"unit": "%", "best_epoch": res["best_epoch"]}
-    by_target = res.get("test_c2dsr_by_target", {})
-    rows = [r("sampled-999", m, 100 * res["test_c2dsr"][m], **pct) for m in C2DSR_METRICS if "test_c2dsr" in res]
-    rows += [r("sampled-999", f"{m} (seen targets)", 100 * by_target["seen"][m], unit="%",
-               unseen_target_share=by_target["unseen_target_share"], best_epoch=res["best_epoch"])
-             for m in ("MRR", "NDCG@10", "HR@10") if "seen" in by_target]
-    rows += [r("full", m, 100 * res["test_full"][m], **pct) for m in FULL_METRICS]
-    # issue 23's leak-controlled view (runs since 2026-12-04): events whose last transition no
-    # training sequence holds verbatim (the seen-target lines are the "(seen targets)" rows above)
-    subsets = res.get("test_c2dsr_subsets", {})
-    rows += [r("sampled-999", f"{m} (leak-controlled)", 100 * subsets["leak-controlled"][m],
-               lines=subsets["lines"]["leak-controlled"], **pct)
-             for m in ("MRR", "NDCG@10", "HR@10") if "leak-controlled" in subsets]
-    if free := res.get("test_full_leak_controlled"):
-        rows += [r("full", f"{m} (leak-controlled)", 100 * free[m], users=free["users"], **pct)
-                 for m in ("NDCG@10", "HR@10") if m in free]
+    rows = [r(protocol, m + suffix, 100 * values[m], **(extra | pct))
+            for protocol, suffix, values, recorded, extra in parts for m in recorded if m in values]
     rows.append(r("full", "sec_per_epoch", mean_epoch_seconds(out)))
     if res.get("valid"):  # the checkpoint's C2DSR validation lines: what a default is chosen on
         rows.append(r("sampled-999", "valid NDCG@10", 100 * res["valid"]["NDCG@10"], **pct))
     # the device with the threads the run itself used, not this process's
     merge_rows(RUNS_FILE, [x | {"device": machine(res.get("threads"))} for x in rows])
-    c2 = res.get("test_c2dsr", {})
     print(f"{TARGETS[args.target]} {name} seed {args.seed}: C2DSR NDCG@10 {100 * c2.get('NDCG@10', float('nan')):.2f}% "
           f"MRR {100 * c2.get('MRR', float('nan')):.2f}%; full NDCG@10 {100 * res['test_full']['NDCG@10']:.2f}%")
 
@@ -180,7 +178,7 @@ def cmd_stage2(args) -> None:
 def cmd_summarize(args) -> None:
     """trigrec.json / trigrec.md / trigrec.png, paired tests on the C2DSR test lines"""
     runs = load_rows(RUNS_FILE)
-    _, out = aggregate(runs, skip=())
+    groups, out = aggregate(runs, skip=())
     out, tests = with_subsets(out), paired_tests()
     write_json(RESULTS / "trigrec.json", out + with_subsets(tests))  # the tests' rows also repeat as trigrec-default
     by = {(r["dataset"], r["model"], r["protocol"], r["metric"], r.get("subset", "all")): r for r in out}
@@ -188,8 +186,8 @@ def cmd_summarize(args) -> None:
     table, encoders = [], []
     for t, ds in TARGETS.items():
         p = PUBLISHED[t]
-        table.append([t, "C2DSR (published)", None, f"{p['MRR']:.2f}", None, f"{p['NDCG@10']:.2f}", None, None,
-                      f"{p['HR@10']:.2f}", None, None, None, None])
+        table.append([t, "C2DSR (published)", None, *(f"{p[m]:.2f}" if m in p else None for m in C2DSR_METRICS),
+                      *[None] * 4])
         for model in sorted({m for (d, m, *_) in by if d == ds and not m.startswith("trigrec-stage1")}):
             g = lambda proto, m, subset="all": by.get((ds, model, proto, m, subset))  # noqa: E731
             n, sec = g("sampled-999", "NDCG@10") or g("full", "NDCG@10"), g("full", "sec_per_epoch")
@@ -220,8 +218,9 @@ def cmd_summarize(args) -> None:
                               f"{r['mean_diff']:+.2f}", " / ".join(f"{d:+.2f}" for d in r["per_seed_diff"]),
                               f"{r['value']:.2g}"] for r in tests])]
     write_md(RESULTS / "trigrec.md", lines)
-    plot("trigrec.png", {f"{ds} (dots: seeds)": (t, [r for r in runs if r["dataset"] == ds and r["protocol"] ==
-                                                    "sampled-999" and r["metric"] == "NDCG@10"])
+    seeds = {(d, m): [r["value"] for r in rs] for (d, m, protocol, metric), rs in groups.items()
+             if (protocol, metric) == ("sampled-999", "NDCG@10")}
+    plot("trigrec.png", {f"{ds} (dots: seeds)": (t, {m: v for (d, m), v in seeds.items() if d == ds})
                          for t, ds in TARGETS.items()}, "", "test NDCG@10 (%), target vs 999 negatives", draw=_bars)
 
 
@@ -231,10 +230,8 @@ def with_subsets(rows: list[dict]) -> list[dict]:
     test metric ``subset: all``; the shipped default's rows repeat as model ``trigrec-default``."""
     out = []
     for r in rows:
-        metric, subset = r["metric"], "all"
-        for suffix, name in SUBSETS.items():
-            if metric.endswith(suffix):
-                metric, subset = metric.removesuffix(suffix), name
+        suffix, subset = next(((s, name) for s, name in SUBSETS.items() if r["metric"].endswith(s)), ("", "all"))
+        metric = r["metric"].removesuffix(suffix)
         if metric in C2DSR_METRICS + FULL_METRICS:
             r = r | {"metric": metric, "subset": subset}
         out += [r] + ([r | {"model": "trigrec-default"}] if r["model"] == DEFAULT else [])
@@ -250,12 +247,9 @@ TREES = ("", "-ss")  # the committed runs; the issue-23 re-measure on stage 1's 
 
 
 def line_ndcg(target: str, seed: int, variant: str, tree: str = "") -> dict[int, float] | None:
-    """NDCG@10 (%) of each C2DSR test line of one run, from its ``test_c2dsr_ranks.npz``."""
-    path = home(target, seed, VARIANTS[variant][2] + tree) / "rec" / target / f"bench-{variant}" / "test_c2dsr_ranks.npz"
-    if not path.is_file():
-        return None
-    z = np.load(path)
-    return {line: 100 * v for line, v in ndcg_by_id(z["lines"], z["ranks"]).items()}
+    """NDCG@10 (%) of each C2DSR test line of one run (None without its rank file)."""
+    ndcg = c2dsr_line_ndcg(home(target, seed, VARIANTS[variant][2] + tree) / "rec" / target / f"bench-{variant}")
+    return None if ndcg is None else {line: 100 * v for line, v in ndcg.items()}
 
 
 def paired_tests(stored_in: Path | None = RESULTS / "trigrec.json") -> list[dict]:
@@ -281,11 +275,8 @@ def paired_tests(stored_in: Path | None = RESULTS / "trigrec.json") -> list[dict
 
 
 def _bars(ax, title: str, data) -> None:
-    """One target's C2DSR-protocol test NDCG@10 per model: bar = mean, one dot per seed."""
-    target, rows = data
-    per_model: dict[str, list[float]] = {}
-    for r in rows:
-        per_model.setdefault(r["model"], []).append(r["value"])
+    """One target's C2DSR-protocol test NDCG@10 per model ({model: its seeds' values}): bar = mean, one dot per seed."""
+    target, per_model = data
     models = sorted(per_model, key=lambda m: (m != "bert4rec", m != "trigrec", m))
     for x, m in enumerate(models):
         ax.bar(x, np.mean(per_model[m]), color="#9ecae1" if m != "bert4rec" else "#bdbdbd")

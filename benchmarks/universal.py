@@ -15,12 +15,13 @@ import os
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, RESULTS, aggregate, by_seed, cli, devices, generic_command, load_rows, machine, md_table, \
-    merge_rows, opt, pm, rel, row, run_module, sample_std, with_placeholders, write_json, write_md
+from benchmarks.common import REPO, RESULTS, aggregate, by_seed, cli, devices, generic_command, load_rows, machine, \
+    md_table, merge_rows, opt, overrides, pm, rel, row, run_module, sample_std, with_placeholders, write_json, write_md
 
 RUNS_FILE = RESULTS / "universal_runs.json"
 SHARED = REPO.parent / "shared" / "data"
@@ -61,13 +62,6 @@ def load_cfg(path: Path, overrides: str = ""):
     return load_config(UniversalConfig, path, overrides)
 
 
-def quality_rows(dataset, model, seed, command, test, protocol_auc, auc_info, **extra) -> list[dict]:
-    rows = [row(dataset, model, "full", m, float(test[m]), seeds=[seed], command=command, **extra) for m in QUALITY]
-    rows.append(row(dataset, model, protocol_auc, "AUC", float(test["AUC"]), seeds=[seed], command=command,
-                    **auc_info, **extra))
-    return rows
-
-
 # --------------------------------------------------------------------------- run
 def cmd_run(args) -> None:
     """one dataset / model / seed, scored on the dataset's shared hold-out"""
@@ -92,15 +86,16 @@ def cmd_run(args) -> None:
     split = holdout(base, data_path, args.device)
     proto, auc_info = auc_protocol(split.evals["test"])
     # fields of every row of this run (``device`` replaces row()'s CPU description)
-    common = {"users_test": len(split.evals["test"]), "config": rel(spec["simple"]), "device": device_label(args.device)}
+    common = {"users_test": len(split.evals["test"]), "config": rel(spec["simple"]),
+              "device": device_label(args.device)}
     if args.model == "popularity":
         res = popularity(split)
-        rows = quality_rows(args.dataset, "popularity", args.seed, command, res["test"], proto, auc_info,
-                            valid_ndcg10=res["valid"]["NDCG@10"], **common)
+        extra = {"valid_ndcg10": res["valid"]["NDCG@10"], **common}
     else:
         if args.model == "mf":
             run_dir = state_root() / "universal" / dataset_name(base, data_path) / f"bench-mf-seed{args.seed}"
-            res = train_mf(split, MFSettings(**spec["mf"]), run_dir, seed=args.seed, metric="NDCG@10", device=args.device)
+            res = train_mf(split, MFSettings(**spec["mf"]), run_dir, seed=args.seed, metric="NDCG@10",
+                           device=args.device)
             own = {"mf": res["settings"]}
         else:
             config, over = universal_overrides(args, spec, base, split)
@@ -112,11 +107,13 @@ def cmd_run(args) -> None:
                 raise SystemExit(f"{run_dir}: the run's split differs from the benchmark's (popularity does not match)")
             own = {"train_command": train_command}
             common["config"] = rel(config)
-        extra = {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"], "train_seconds": res["train_seconds"],
+        extra = {**{k: res[k] for k in ("best_epoch", "epochs_run", "train_seconds")},
                  "valid_ndcg10": res["valid"]["NDCG@10"], **own, "run_dir": rel(run_dir), **common}
-        rows = quality_rows(args.dataset, args.model, args.seed, command, res["test"], proto, auc_info, **extra)
-        rows.append(row(args.dataset, args.model, "full", "sec_per_epoch", mean_epoch_seconds(run_dir), seeds=[args.seed],
-                        command=command, unit="s", **extra))
+    r = partial(row, args.dataset, args.model, seeds=[args.seed], command=command)
+    rows = [r("full", m, float(res["test"][m]), **extra) for m in QUALITY]
+    rows.append(r(proto, "AUC", float(res["test"]["AUC"]), **auc_info, **extra))
+    if args.model != "popularity":
+        rows.append(r("full", "sec_per_epoch", mean_epoch_seconds(run_dir), unit="s", **extra))
     merge_rows(RUNS_FILE, rows)
     q = {r["metric"]: r["value"] for r in rows}
     print(f"{args.dataset} {args.model} seed {args.seed}: test NDCG@10 {q['NDCG@10']:.4f} HR@10 {q['HR@10']:.4f} "
@@ -126,10 +123,9 @@ def cmd_run(args) -> None:
 
 def universal_overrides(args, spec: dict, base, split) -> tuple[Path, str]:
     """The config and the overrides of a ``universal-*`` model's ``python -m universal.train`` run."""
-    config = spec["attention"] if args.model == "universal-attention" else spec["simple"]
-    over = [f"seed={args.seed}", f"run_name=bench-{args.model}-seed{args.seed}", "overwrite=true", f"device={args.device}"]
-    if args.model == "universal-attention" and spec["attention_overrides"]:
-        over.append(spec["attention_overrides"])
+    attention = args.model == "universal-attention"
+    over = [f"seed={args.seed}", f"run_name=bench-{args.model}-seed{args.seed}", "overwrite=true",
+            f"device={args.device}", spec["attention_overrides"] if attention else ""]
     have = split.data.types_present()
     if args.model.startswith("universal-simple-no-"):
         ftype = args.model.removeprefix("universal-simple-no-")
@@ -142,7 +138,7 @@ def universal_overrides(args, spec: dict, base, split) -> tuple[Path, str]:
             raise SystemExit(f"{args.dataset}: the simple config has no user id embedding, so without features "
                              "the user tower has no input; universal-simple-ids-only needs user_use_id_embedding")
         over.append(f"drop_feature_types=[{','.join(sorted(have))}]")
-    return config, ",".join(over)
+    return spec["attention" if attention else "simple"], overrides(*over)
 
 
 # --------------------------------------------------------------------------- scale
@@ -159,9 +155,10 @@ def cmd_scale_measure(args) -> None:
     from universal.pipeline import measure_fit
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    cfg = load_cfg(REPO / "configs/universal/synthetic.yaml", f"device={args.device},seed={args.seed},training.epochs=1,"
-                   f"training.batch_size={args.batch_size},training.max_steps_per_epoch={args.batches},"
-                   "training.save_checkpoints=false,run_name=bench-scale,overwrite=true")
+    cfg = load_cfg(REPO / "configs/universal/synthetic.yaml", f"device={args.device},seed={args.seed},"
+                   f"training.epochs=1,training.batch_size={args.batch_size},"
+                   f"training.max_steps_per_epoch={args.batches},training.save_checkpoints=false,"
+                   "run_name=bench-scale,overwrite=true")
     out = measure_fit(cfg, scale_dir(args) / "data.json", log=lambda msg: print(msg, flush=True))
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(json.dumps(out))
@@ -170,8 +167,8 @@ def cmd_scale_measure(args) -> None:
 def cmd_scale(args) -> None:
     """generate the scale file (once), then time Pipeline.fit on it in a fresh process"""
     folder = scale_dir(args)
-    flags = ["--interactions", str(args.interactions), "--users", str(args.users), "--items", str(args.items),
-             "--seed", str(args.seed)]
+    size = f"--interactions {args.interactions} --users {args.users} --items {args.items}"
+    measure = f"--batches {args.batches} --batch-size {args.batch_size}"
     if not (folder / "generation.json").is_file():  # the data, then the item titles encoded once into the text cache
         from universal.synthetic import generate_scale_warm
 
@@ -181,35 +178,32 @@ def cmd_scale(args) -> None:
     gen = json.loads((folder / "generation.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "measure.json"
-        subprocess.run([sys.executable, "-m", "benchmarks.universal", "scale-measure", *flags, "--device", args.device,
-                        "--out", str(out), "--batches", str(args.batches), "--batch-size", str(args.batch_size)],
-                       cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.universal", "scale-measure", *size.split(), "--seed",
+                        str(args.seed), "--device", args.device, "--out", str(out), *measure.split()], cwd=REPO,
+                       check=True)
         res = json.loads(out.read_text())
-    command = (f"python -m benchmarks.universal scale --interactions {args.interactions} --users {args.users} "
-               f"--items {args.items} --batches {args.batches} --batch-size {args.batch_size}"
-               + (f" --device {args.device}" if args.device != "cpu" else ""))
+    command = f"python -m benchmarks.universal scale {size} {measure}" + (
+        f" --device {args.device}" if args.device != "cpu" else "")
     extra = {"data": rel(folder / "data.json"), "interactions": res["interactions"], "users": res["users"],
              "items": res["items"], "file_mb": round(gen["bytes"] / 2**20, 1), "device": device_label(args.device),
              "image": "one .npy file of 32 float32 per item (image_vector encoder)",
              "text_cache": f"warm: the {gen['texts']} item titles were encoded once at generation "
                            f"({gen['text_encode_seconds']} s, not in load_seconds)"}
 
-    def scale_row(metric, value, unit, **kw):
-        return row("scale", "universal-simple", "full", metric, value, command=command, unit=unit, **kw, **extra)
-
-    rows = [scale_row("load_seconds", res["load_seconds"], "s", note="Pipeline.fit up to its fit loop: read, validate, "
-                      "split, schema, feature tables, model, evaluators", peak_rss_after_load_mb=res["peak_rss_after_load_mb"]),
-            scale_row("interactions_per_s", res["interactions_per_s"], "1/s",
-                      **{k: res[k] for k in ("batch_size", "negatives_per_row", "batches_timed", "train_seconds_timed",
-                                             "threads")}),
-            scale_row("sec_per_epoch", res["sec_per_epoch"], "s",
-                      note="extrapolated: training interactions / interactions_per_s (validation excluded)"),
-            scale_row("peak_rss_mb", res["peak_rss_mb"], "MB",
-                      note="ru_maxrss of the measuring process (Pipeline.fit: load, training, validation, test)"),
-            scale_row("text_encode_seconds", gen["text_encode_seconds"], "s", texts=gen["texts"],
-                      note="MiniLM, cold cache, at generation")]
-    if "peak_gpu_mb" in res:
-        rows.append(scale_row("peak_gpu_mb", res["peak_gpu_mb"], "MB"))
+    fields = {  # metric -> unit, the row's own fields
+        "load_seconds": ("s", {"note": "Pipeline.fit up to its fit loop: read, validate, split, schema, feature "
+                               "tables, model, evaluators", "peak_rss_after_load_mb": res["peak_rss_after_load_mb"]}),
+        "interactions_per_s": ("1/s", {k: res[k] for k in ("batch_size", "negatives_per_row", "batches_timed",
+                                                           "train_seconds_timed", "threads")}),
+        "sec_per_epoch": ("s", {"note": "extrapolated: training interactions / interactions_per_s "
+                                "(validation excluded)"}),
+        "peak_rss_mb": ("MB", {"note": "ru_maxrss of the measuring process (Pipeline.fit: load, training, validation, "
+                                       "test)"}),
+        "text_encode_seconds": ("s", {"texts": gen["texts"], "note": "MiniLM, cold cache, at generation"}),
+        "peak_gpu_mb": ("MB", {})}
+    values = {**res, "text_encode_seconds": gen["text_encode_seconds"]}
+    rows = [row("scale", "universal-simple", "full", metric, values[metric], command=command, unit=unit, **own, **extra)
+            for metric, (unit, own) in fields.items() if metric in values]
     merge_rows(RUNS_FILE, rows)
     for r in rows:
         print(f"scale {r['metric']:22s} {r['value']:.1f}")
@@ -217,11 +211,12 @@ def cmd_scale(args) -> None:
 
 # --------------------------------------------------------------------------- summary
 SCALE_HOW = {  # scale metric -> how its row was measured (the "how" column)
-    "load_seconds": lambda r: f"read + validate {r['read_validate_s']:.1f} s, split + schema {r['split_schema_s']:.1f} s, "
-                              f"feature tables {r['tables_s']:.1f} s" if "tables_s" in r else r.get("note", ""),
-    "interactions_per_s": lambda r: f"training interactions (each with {r['negatives_per_row']:g} sampled negatives), batch "
-                                    f"{r['batch_size']}, {r['batches_timed']} batches in {r['train_seconds_timed']:.0f} s, "
-                                    f"{r['threads']} torch thread(s)",
+    "load_seconds": lambda r: f"read + validate {r['read_validate_s']:.1f} s, split + schema "
+                              f"{r['split_schema_s']:.1f} s, feature tables {r['tables_s']:.1f} s"
+                              if "tables_s" in r else r.get("note", ""),
+    "interactions_per_s": lambda r: f"training interactions (each with {r['negatives_per_row']:g} sampled "
+                                    f"negatives), batch {r['batch_size']}, {r['batches_timed']} batches in "
+                                    f"{r['train_seconds_timed']:.0f} s, {r['threads']} torch thread(s)",
     "sec_per_epoch": lambda r: r.get("note", ""), "peak_rss_mb": lambda r: r.get("note", ""),
     "text_encode_seconds": lambda r: f"{r.get('texts')} titles, {r.get('note', '')}", "peak_gpu_mb": lambda r: ""}
 
@@ -230,9 +225,9 @@ def cmd_summarize(args) -> None:
     """universal.json / universal.md (+ per-run universal_runs.json)"""
     runs = load_rows(RUNS_FILE)
     # model rows: mean and std over seeds, with the AUC negative counts and what the rows were run with
-    groups, out = aggregate([r for r in runs if r["seeds"]], keep=(
-        "unit", "auc_negatives_min", "auc_negatives_mean", "auc_negatives_max", "users_test", "config", "note",
-        "train_command", "interactions", "users", "items", "text_cache", "image", "batch_size", "threads"))
+    groups, out = aggregate([r for r in runs if r["seeds"]], keep=("unit", "auc_negatives_min", "auc_negatives_mean",
+                                                                   "auc_negatives_max", "users_test", "config",
+                                                                   "train_command"))
     for r in out:
         r["command"] = with_placeholders(r["command"], {"--seed": "<N>"})
         if "train_command" in r:  # written with the seed of the group's first run
@@ -247,23 +242,24 @@ def cmd_summarize(args) -> None:
              "items (protocol in the column). Epoch chosen on validation NDCG@10, test scored once.", ""]
     for ds in [d for d in DATASETS if any(r["dataset"] == d for r in out)]:
         auc_proto = next((r["protocol"] for r in out if r["dataset"] == ds and r["metric"] == "AUC"), "")
-        ndcg = {m: [x for x in runs if x["dataset"] == ds and x["model"] == m and x["metric"] == "NDCG@10"] for m in MODELS}
+        ndcg = {m: [x for x in runs if (x["dataset"], x["model"], x["metric"]) == (ds, m, "NDCG@10")] for m in MODELS}
         valid = lambda m: [x["valid_ndcg10"] for x in ndcg[m] if "valid_ndcg10" in x]  # noqa: E731
+        best = lambda m: ", ".join(sorted({str(x["best_epoch"]) for x in ndcg[m] if "best_epoch" in x}))  # noqa: E731
         cols = [("model", lambda m: m), ("seeds", lambda m: len(by[(ds, m, "NDCG@10")]["seeds"])),
                 *((k, lambda m, k=k: pm(by.get((ds, m, k)), always=False)) for k in QUALITY),
                 (f"AUC ({auc_proto})", lambda m: pm(by.get((ds, m, "AUC")), always=False)),
-                ("valid NDCG@10", lambda m: (f"{np.mean(valid(m)):.4f}" + (f" ± {sample_std(valid(m)):.4f}"
-                                                                          if len(valid(m)) > 1 else "")) if valid(m) else ""),
-                ("s/epoch", lambda m: pm(by.get((ds, m, "sec_per_epoch")), 1, always=False)),
-                ("best epoch", lambda m: ", ".join(sorted({str(x["best_epoch"]) for x in ndcg[m] if "best_epoch" in x})))]
+                ("valid NDCG@10", lambda m: pm({"value": np.mean(valid(m)), "std": sample_std(valid(m)),
+                                                "seeds": valid(m)}, always=False) if valid(m) else ""),
+                ("s/epoch", lambda m: pm(by.get((ds, m, "sec_per_epoch")), 1, always=False)), ("best epoch", best)]
         lines += [f"## {ds}", "", *md_table(cols, [m for m in MODELS if (ds, m, "NDCG@10") in by]),
-                  "", _verdict(ds, by, groups), ""]
+                  "", verdict(ds, by, groups), ""]
     s = {r["metric"]: r for r in out if r["dataset"] == "scale"}
     if s:
         r0 = next(r for r in out if r["dataset"] == "scale")
         lines += ["## scale", "",
-                  f"Generated file: {r0.get('interactions')} interactions, {r0.get('users')} users, {r0.get('items')} items, "
-                  f"every feature type ({r0.get('image', '')}); text cache {r0.get('text_cache', '')}.", "",
+                  f"Generated file: {r0.get('interactions')} interactions, {r0.get('users')} users, "
+                  f"{r0.get('items')} items, every feature type ({r0.get('image', '')}); text cache "
+                  f"{r0.get('text_cache', '')}.", "",
                   *md_table([("metric", lambda k: k), ("value", lambda k: f"{s[k]['value']:.1f}"),
                              ("how", lambda k: SCALE_HOW[k](s[k]))], [k for k in SCALE_HOW if k in s]),
                   "", f"Device: {s['load_seconds']['device'] if 'load_seconds' in s else ''}; batch "
@@ -275,43 +271,26 @@ def cmd_summarize(args) -> None:
                                                 "`train_command`) fields of `universal.json` / `universal_runs.json`."])
 
 
-def _compare(full: dict, pop: dict | None, mf: dict | None) -> tuple[list[str], str]:
-    parts = []
-    for name, base in (("popularity", pop), ("mf", mf)):
-        if base:
-            word = "beats" if full["value"] > base["value"] else "ties" if full["value"] == base["value"] else "does NOT beat"
-            ceiling = ", at the ceiling" if base["value"] >= 0.9995 else ""
-            parts.append(f"{word} {name} ({full['value']:.4f} vs {base['value']:.4f}{ceiling})")
-        else:
-            parts.append(f"{name} not run")
-    goal = "met" if pop and mf and full["value"] > max(pop["value"], mf["value"]) else "NOT met" if pop and mf else "open"
-    return parts, goal
+def verdict(ds: str, by: dict, groups: dict) -> str:
+    """Issue 9's goal on one dataset (``universal.evaluate.versus_baselines``) and the feature
+    ablations' test NDCG@10 change from universal-simple (``universal.evaluate.seed_differences``)."""
+    from universal.evaluate import seed_differences, versus_baselines
 
-
-def _verdict(ds: str, by: dict, groups: dict) -> str:
-    full, pop, mf = (by.get((ds, m, "NDCG@10")) for m in ("universal-simple", "popularity", "mf"))
+    full, attention = (by.get((ds, m, "NDCG@10")) for m in ("universal-simple", "universal-attention"))
     if not full:
         return f"Verdict ({ds}): universal-simple not run yet."
-    parts, goal = _compare(full, pop, mf)
-    attn = by.get((ds, "universal-attention", "NDCG@10"))
-    attn_txt = ""
-    if attn:
-        a_parts, a_goal = _compare(attn, pop, mf)
-        attn_txt = " universal-attention " + "; ".join(a_parts) + f" -> {a_goal}."
-    per_seed = {m: by_seed(groups.get((ds, m, "full", "NDCG@10"), [])) for m in MODELS}  # model -> {seed: test NDCG@10}
-    abl = []
-    for name, m in (*((t, f"universal-simple-no-{t}") for t in TYPES),
-                    ("all features (ids-only control)", "universal-simple-ids-only")):
-        shared = sorted(set(per_seed[m]) & set(per_seed["universal-simple"]))
-        if not shared:
-            continue
-        d = [per_seed[m][x] - per_seed["universal-simple"][x] for x in shared]
-        spread = f" ± {np.std(d, ddof=1):.4f}" if len(d) > 1 else ""
-        abl.append(f"{name} {np.mean(d):+.4f}{spread} ({len(d)} seed{'s' if len(d) > 1 else ''})")
-    n = len(full["seeds"])
-    return (f"Verdict ({ds}, {n} seed{'s' if n > 1 else ''}): full-feature universal-simple NDCG@10 "
-            + "; ".join(parts) + f" -> goal {goal}." + attn_txt + " "
-            + ("Test NDCG@10 change vs universal-simple when a feature type is removed (mean ± std of the per-seed differences over the seeds both ran): " + ", ".join(abl) + "." if abl else "No ablations run yet."))
+    baselines = {m: r["value"] if (r := by.get((ds, m, "NDCG@10"))) else None for m in ("popularity", "mf")}
+    text = "Verdict ({}, {} seed{}): full-feature universal-simple NDCG@10 {} -> goal {}.".format(
+        ds, len(full["seeds"]), "s" if len(full["seeds"]) > 1 else "", *versus_baselines(full["value"], baselines))
+    if attention:
+        text += " universal-attention {} -> {}.".format(*versus_baselines(attention["value"], baselines))
+    per_seed = lambda m: by_seed(groups.get((ds, m, "full", "NDCG@10"), []))  # noqa: E731  # {seed: test NDCG@10}
+    ablations = [f"{name} {diff}" for name, m in (*((t, f"universal-simple-no-{t}") for t in TYPES), (
+        "all features (ids-only control)", "universal-simple-ids-only"))
+                 if (diff := seed_differences(per_seed("universal-simple"), per_seed(m)))]
+    return text + " " + ("Test NDCG@10 change vs universal-simple when a feature type is removed (mean ± std of the "
+                         "per-seed differences over the seeds both ran): " + ", ".join(ablations) + "."
+                         if ablations else "No ablations run yet.")
 
 
 def main(argv=None) -> None:

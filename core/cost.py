@@ -3,6 +3,8 @@
 - ``peak_rss_gb``: this process's resident high-water mark (VmHWM, memory-mapped pages it
   touched included); ``run_measured``: a command in a child process and the child's own peak;
   ``training_run_cost``: that and the epoch and validation seconds the command logs;
+  ``allocator_env``: the environment that runs such a child on glibc's default allocator or on
+  the lean-memory recipe (``LEAN_MEMORY_ENV``), whatever its parent had;
 - ``fit_throughput``: rows per second of one epoch of ``core.train.fit``, capped at a number of
   batches (no validation, no checkpoint);
 - ``full_ranking_cost``: wall seconds (and CPU share) of building an ``Evaluator`` and one full
@@ -28,6 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# the README's lean-memory recipe: blocks over 1 MB from mmap (freed back to the OS, so the heap
+# cannot fragment), backed by transparent huge pages so that faulting them in stays cheap
+LEAN_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
 
 def peak_rss_gb() -> float:
     """VmHWM of this process in GB (falls back to ru_maxrss, KiB on Linux)."""
@@ -49,6 +55,14 @@ def run_measured(argv: list[str], cwd: str | Path | None = None, env: dict | Non
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, argv)
     return usage.ru_maxrss / 1024  # Linux: KiB
+
+
+def allocator_env(lean: bool = False, **extra: str) -> dict:
+    """This process's environment without glibc's allocator settings (``MALLOC_*``, ``GLIBC_TUNABLES``),
+    with ``LEAN_MEMORY_ENV`` if ``lean``, plus ``extra``: a measured child's peak then reflects the
+    allocator asked for, not whatever the parent had."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    return {**env, **extra, **(LEAN_MEMORY_ENV if lean else {})}
 
 
 def training_run_cost(argv: list[str], metrics: str | Path, cwd: str | Path | None = None, env: dict | None = None) -> dict:

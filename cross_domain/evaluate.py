@@ -6,9 +6,12 @@ sampled negatives are the same fixed-seed draws for every model); subset metrics
 core's ``rank_metrics`` averaged over the subset's users. From the saved ranks
 (``test_ranks.npz``): ``masked_reports`` scores any subset of the users (``cold_none_mask``:
 the cold users cut to no target item at all), ``seed_averaged_test`` compares two models on
-per-user NDCG@10 averaged over seeds.
+per-user NDCG@10 averaged over seeds (``seed_averaged_runs``: over the seeds both ran). The goal
+of issues 8 and 23 on a subset: ``cold_start_goal`` (as text: ``goal_text``, ``transfer_verdict``).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -177,3 +180,49 @@ def seed_averaged_test(base_files: list, other_files: list, protocol: str, subse
         return ndcg_by_id(z["users"][mask], z[protocol][mask])
 
     return seed_averaged_paired([per_user(p) for p in base_files], [per_user(p) for p in other_files])
+
+
+def seed_averaged_runs(base: dict, other: dict, protocol: str, subset: str, user_mask=None) -> dict | None:
+    """``seed_averaged_test`` over the seeds both models ran (``{seed: test_ranks.npz}`` each), with
+    those ``seeds``: None with fewer than two, or when a file of one of them is gone. ``user_mask``:
+    as there, or a function that returns it (called only when the test runs)."""
+    seeds = sorted(set(base) & set(other))
+    if len(seeds) < 2 or not all(Path(runs[s]).is_file() for runs in (base, other) for s in seeds):
+        return None
+    mask = user_mask() if callable(user_mask) else user_mask
+    test = seed_averaged_test([base[s] for s in seeds], [other[s] for s in seeds], protocol, subset, mask)
+    return {**test, "seeds": seeds}
+
+
+def cold_start_goal(subset: str, gain: float, p: float | None, min_gain: float = 0.05, alpha: float = 0.05) -> bool:
+    """The cold-start goal (issues 8 and 23) on one subset, from a model's relative NDCG@10 change
+    over the model it is compared with (``gain``) and the paired test's p (None: no test): on warm
+    users, not significantly worse; on any other subset (cold, leak-controlled, ...), a gain above
+    ``min_gain`` with p < ``alpha``."""
+    if subset == "warm":
+        return gain >= 0 or p is None or p >= alpha
+    return gain > min_gain and p is not None and p < alpha
+
+
+def goal_text(subset: str, gain: float, p: float | None, over: str = "") -> str:
+    """``cold_start_goal`` as text: ``cold +6.1% over ensemble (p=0.003) met`` (``MISSED``; warm
+    users: ``not hurt`` / ``HURT``); ``over``: the model compared with, if it is to be named."""
+    ok = cold_start_goal(subset, gain, p)
+    mark = ("not hurt" if ok else "HURT") if subset == "warm" else ("met" if ok else "MISSED")
+    return (f"{subset} {100 * gain:+.1f}%" + (f" over {over}" if over else "")
+            + (f" (p={p:.2g})" if p is not None else "") + f" {mark}")
+
+
+def transfer_verdict(label: str, by: dict) -> str:
+    """Issue 8's goal on one dataset's summary rows (``by``: (dataset, model, protocol, subset,
+    metric) -> row): per transfer model and protocol, ``goal_text`` of its cold and warm NDCG@10
+    against the target-only baseline's, with the paired test ``p_wilcoxon_vs_baseline``."""
+    parts = []
+    for kind in ("transfer", "ptupcdr"):
+        for proto in ("full", "sampled-100"):
+            rows = (("baseline", "NDCG@10"), (kind, "NDCG@10"), (kind, "p_wilcoxon_vs_baseline"))
+            cells = {s: [by.get((label, m, proto, s, metric)) for m, metric in rows] for s in ("cold", "warm")}
+            if all(all(c) for c in cells.values()):
+                parts.append(f"{kind} {proto}: " + ", ".join(
+                    goal_text(s, m["value"] / b["value"] - 1, p["value"]) for s, (b, m, p) in cells.items()))
+    return f"{label}: " + ("; ".join(parts) if parts else "not run")

@@ -15,7 +15,8 @@
   ``PlantedSample``: the planted-structure default as a test set.
 - ``pool_folds``: per-user metrics pooled over folds and averaged over seeds;
   ``bootstrap_ci``: 95% percentile intervals over resampled users; ``bootstrap_summary``: the
-  intervals of every model and the paired differences on NDCG@10.
+  intervals of every model and the paired differences on NDCG@10; ``summary_rows``: both as
+  result rows; ``goal_verdict``: does the trained encoder beat zero-shot and random.
 """
 from __future__ import annotations
 
@@ -138,6 +139,62 @@ def bootstrap_summary(pooled: dict[str, dict], resamples: int, seed: int = 0,
             low, high, boots = bootstrap_ci(diff, idx)
             diffs[(a, b)] = {"mean": float(diff.mean()), "ci_low": low, "ci_high": high, "p_boot": float((boots <= 0).mean())}
     return users, stats, diffs
+
+
+def summary_rows(records: Sequence[dict], resamples: int, seed: int = 0,
+                 command: Callable[[dict], str] = lambda d: d["records"][0]["command"]) -> tuple[list[dict], dict]:
+    """The result rows of one dataset's and protocol's ``user_ranks`` records (``pool_folds``,
+    ``bootstrap_summary`` over ``resamples`` resamples): per model and metric the mean over users,
+    its std over seeds (``seed_means``), 95% interval and standard error; per pair the paired
+    NDCG@10 difference (command ``summarize``). A model's rows carry the devices of its records
+    and ``command(its pool_folds entry)``. Also returns ``pool_folds``' output ({} for no records)."""
+    pooled = pool_folds(records)
+    if not pooled:
+        return [], {}
+    users, stats, diffs = bootstrap_summary(pooled, resamples, seed)
+
+    def head(model: str, metric: str, value: float, std: float, cmd: str) -> dict:
+        d = pooled[model]
+        return {"dataset": records[0]["dataset"], "model": model, "protocol": records[0]["protocol"],
+                "metric": metric, "value": value, "std": std, "seeds": d["seeds"],
+                "device": "; ".join(sorted({r["device"] for r in d["records"]})), "command": cmd}
+
+    def seed_std(values: list[float]) -> float:
+        return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+    note = f"{len(users)} users: a small sample, read the intervals"
+    paired = "paired over users; p_boot = share of bootstrap resamples with difference <= 0"
+    rows = [head(model, m, s["mean"], seed_std(pooled[model]["seed_means"][m]), command(pooled[model]))
+            | {"ci_low": s["ci_low"], "ci_high": s["ci_high"], "se_users": s["se"], "users": len(users),
+               "folds": pooled[model]["folds"], "bootstrap": resamples, "note": note}
+            for model, per_metric in stats.items() for m, s in per_metric.items()]
+    # the same bootstrap resamples of users for both models
+    rows += [head(a, f"NDCG@10_minus_{b}", t["mean"], 0.0, "summarize")
+             | {"ci_low": t["ci_low"], "ci_high": t["ci_high"], "p_boot": t["p_boot"], "users": len(users),
+                "bootstrap": resamples, "note": paired}
+             for (a, b), t in diffs.items()]
+    return rows, pooled
+
+
+def goal_verdict(dataset: str, by: dict, planted: bool = False) -> str:
+    """The goal "trained beats zero-shot and random on NDCG@10" on ``summary_rows`` of one dataset
+    and protocol (``by``: (model, metric) -> row): met on the point estimates or not, and whether
+    both paired differences' 95% intervals exclude 0; ``planted`` adds whether zero-shot beats random."""
+    t, z, r = (by.get((m, "NDCG@10")) for m in ("trained", "zero-shot", "random"))
+    if not (t and z and r):
+        return f"{dataset}: incomplete"
+    dz, dr = by.get(("trained", "NDCG@10_minus_zero-shot")), by.get(("trained", "NDCG@10_minus_random"))
+    beats = t["value"] > z["value"] and t["value"] > r["value"]
+    sure = dz and dr and dz["ci_low"] > 0 and dr["ci_low"] > 0
+    text = (f"{dataset}: trained {t['value']:.3f}, zero-shot {z['value']:.3f}, random {r['value']:.3f}: "
+            + ("met" if beats else "NOT met") + (" (both paired differences' 95% intervals exclude 0)" if sure else
+                                                 " on the point estimates only (a paired difference's 95% interval "
+                                                 "includes 0)" if beats else ""))
+    if planted:
+        zr = by.get(("zero-shot", "NDCG@10_minus_random"))
+        text += f"; zero-shot > random: {'yes' if z['value'] > r['value'] else 'no'}" + (
+            f" (interval [{zr['ci_low']:.3f}, {zr['ci_high']:.3f}])" if zr else "")
+    return text
 
 
 class Sample:

@@ -21,6 +21,7 @@ own overrides) evaluates that saved checkpoint again without training, into ``ev
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from core.data.splits import leave_one_out
 from core.dist import cleanup, is_main
 from core.data.leakage import seen_transition, transition_codes
 from core.evaluation import C2DSRProtocol, Evaluator, leak_controlled_metrics, popularity_score_fn
+from core.metrics import ndcg_by_id
 from core.runs import start_run
 from core.seqrec import encoder_args
 from core.report import format_table
@@ -45,6 +47,7 @@ from recommendation_model.data import (HoldoutClozeDataset, UserVectorRows, alig
 from recommendation_model.model import TriGRecRecommender
 
 DEFAULT_CONFIG = "configs/trigrec/rec/synthetic.yaml"
+RANKS_FILE = "test_c2dsr_ranks.npz"  # per C2DSR test line, the target's rank (paired tests between runs)
 
 
 def vector_paths(cfg: RecConfig, domain: str) -> tuple[str, str]:
@@ -208,8 +211,18 @@ def c2dsr_test(t: C2DSRProtocol, model, data, split, out) -> dict:
                                            "leak-controlled": int((~leaked).sum())},
                                  **t.subset_metrics({"seen-target": seen, "leak-controlled": ~leaked})}
     if is_main():
-        store.atomic_save_npz(out / "test_c2dsr_ranks.npz", lines=t.lines, ranks=t.last_ranks.numpy())
+        store.atomic_save_npz(out / RANKS_FILE, lines=t.lines, ranks=t.last_ranks.numpy())
     return res
+
+
+def c2dsr_line_ndcg(run_dir: str | Path, k: int = 10) -> dict[int, float] | None:
+    """{line: NDCG@k} of each C2DSR test line of a finished run, from the ranks ``c2dsr_test`` wrote
+    to ``run_dir/test_c2dsr_ranks.npz``; None without that file (a run from before it was written)."""
+    path = Path(run_dir) / RANKS_FILE
+    if not path.is_file():
+        return None
+    ranks = np.load(path)
+    return ndcg_by_id(ranks["lines"], ranks["ranks"], k)
 
 
 def load_saved(model: TriGRecRecommender, path, meta: dict, device) -> FitResult:

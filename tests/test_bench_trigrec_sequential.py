@@ -1,0 +1,86 @@
+"""What benchmarks/trigrec.py and benchmarks/sequential.py drive: the per-line C2DSR NDCG of a stage-2 run
+(``recommendation_model.train_eval.c2dsr_line_ndcg``), the environment of a measured child
+(``core.cost.allocator_env``), the rows a stage-2 run's results.json gives and the RecBole command line."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+import benchmarks.sequential as seq
+import benchmarks.trigrec as tri
+from core.cost import LEAN_MEMORY_ENV, allocator_env
+from recommendation_model.train_eval import RANKS_FILE, c2dsr_line_ndcg
+
+
+def test_c2dsr_line_ndcg_reads_the_rank_file(tmp_path):
+    assert c2dsr_line_ndcg(tmp_path) is None  # a run from before the rank file
+    np.savez(tmp_path / RANKS_FILE, lines=np.array([7, 3, 9]), ranks=np.array([0, 2, 10]))
+    assert c2dsr_line_ndcg(tmp_path) == pytest.approx({7: 1.0, 3: 0.5, 9: 0.0})  # 0-based ranks; 1/log2(4) = 0.5
+    assert c2dsr_line_ndcg(tmp_path, k=20)[9] == pytest.approx(1 / np.log2(12))
+
+
+def test_allocator_env_drops_the_parents_allocator_settings(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+    monkeypatch.setenv("KEEP_ME", "1")
+    plain = allocator_env(EXTRA="x")
+    assert "MALLOC_ARENA_MAX" not in plain and "GLIBC_TUNABLES" not in plain
+    assert plain["KEEP_ME"] == "1" and plain["EXTRA"] == "x"
+    lean = allocator_env(lean=True)
+    assert {k: lean[k] for k in LEAN_MEMORY_ENV} == LEAN_MEMORY_ENV and "MALLOC_ARENA_MAX" not in lean
+
+
+def _stage2(tmp_path, monkeypatch, res: dict, variant: str = "cross") -> list[dict]:
+    monkeypatch.setattr(tri, "home", lambda target, seed, suffix="": tmp_path / target / f"seed{seed}{suffix}")
+    monkeypatch.setattr(tri, "RUNS_FILE", tmp_path / "runs.json")
+    out = tmp_path / "kitchen" / "seed1" / "rec" / "kitchen" / f"bench-{variant}"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps(res))
+    (out / "metrics.jsonl").write_text('{"epoch_seconds": 3.0}\n{"epoch_seconds": 5.0}\n')
+    tri.cmd_stage2(argparse.Namespace(target="kitchen", seed=1, override="", tree="", collect_only=True, variant=variant,
+                                      tag="", ranks_only=False))
+    return json.loads((tmp_path / "runs.json").read_text())
+
+
+def test_stage2_rows_on_all_lines_and_issue_23_subsets(tmp_path, monkeypatch):
+    c2 = {m: 0.01 * i for i, m in enumerate(["MRR", "NDCG@1", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10"], 1)}
+    full = {"NDCG@10": 0.05, "HR@10": 0.1, "MRR": 0.04, "NDCG@20": 0.06}
+    res = {"best_epoch": 4, "threads": 1, "test_c2dsr": c2, "test_full": full, "valid": {"NDCG@10": 0.2},
+           "test_c2dsr_by_target": {"seen": c2, "unseen_target_share": 0.25},
+           "test_c2dsr_subsets": {"lines": {"leak-controlled": 40}, "leak-controlled": c2},
+           "test_full_leak_controlled": {"NDCG@10": 0.02, "HR@10": 0.03, "users": 50}}
+    rows = _stage2(tmp_path, monkeypatch, res)
+    got = [(r["protocol"], r["metric"]) for r in rows]
+    assert got == ([("sampled-999", m) for m in tri.C2DSR_METRICS]
+                   + [("sampled-999", f"{m} (seen targets)") for m in tri.SUBSET_METRICS]
+                   + [("full", m) for m in tri.FULL_METRICS]
+                   + [("sampled-999", f"{m} (leak-controlled)") for m in tri.SUBSET_METRICS]
+                   + [("full", "NDCG@10 (leak-controlled)"), ("full", "HR@10 (leak-controlled)"),
+                      ("full", "sec_per_epoch"), ("sampled-999", "valid NDCG@10")])
+    by = {(r["protocol"], r["metric"]): r for r in rows}
+    assert by[("sampled-999", "NDCG@10")]["value"] == pytest.approx(4.0) and rows[0]["model"] == "trigrec-cross_only"
+    assert by[("sampled-999", "MRR (seen targets)")]["unseen_target_share"] == 0.25
+    assert by[("sampled-999", "HR@10 (leak-controlled)")]["lines"] == 40
+    assert by[("full", "NDCG@10 (leak-controlled)")]["users"] == 50
+    assert by[("full", "sec_per_epoch")]["value"] == 4.0 and "unit" not in by[("full", "sec_per_epoch")]
+    assert all(r["unit"] == "%" and r["best_epoch"] == 4 for r in rows if r["metric"] != "sec_per_epoch")
+    # an older run (no C2DSR subsets, no validation) keeps what it has
+    older = _stage2(tmp_path / "old", monkeypatch, {"best_epoch": 2, "test_c2dsr": c2, "test_full": full})
+    assert [r["metric"] for r in older] == [*tri.C2DSR_METRICS, *tri.FULL_METRICS, "sec_per_epoch"]
+
+
+def test_recbole_command_line(tmp_path, monkeypatch):
+    python = tmp_path / "recbole-venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")  # the venv exists: recbole_env.sh is not run
+    monkeypatch.setattr(seq, "WORK", tmp_path)
+    args = argparse.Namespace(dataset="beauty", model="sasrec", seed=3)
+    argv = seq.recbole_argv(args, "speed", tmp_path / "out.json", max_batches=7)
+    assert argv[:2] == [str(python), str(seq.REPO / "benchmarks" / "recbole_side.py")]
+    flags = dict(zip(argv[2::2], argv[3::2]))
+    assert flags["--model"] == "SASRec" and flags["--seed"] == "3" and flags["--max-batches"] == "7"
+    assert argv[-6:] == ["--mode", "speed", "--max-batches", "7", "--out", str(tmp_path / "out.json")]
+    assert flags["--inner"] == str(4 * int(flags["--hidden"]))
