@@ -110,8 +110,10 @@ def beats(main: Sel, *others: Sel, chain: bool = True) -> Callable:
     return check
 
 
-def cold_gain(dataset: str, model: str, protocol: str, gain: float = 0.05, alpha: float = 0.05):
-    """cross_domain.py's verdict: cold gain > +5% with p < 0.05, warm not significantly worse."""
+def cold_gain(dataset: str, model: str, protocol: str):
+    """cross_domain.evaluate.cold_start_goal on cold users and on warm users (not hurt)."""
+    from cross_domain.evaluate import cold_start_goal
+
     def check(rows):
         def v(m, subset, metric="NDCG@10"):
             return value(rows, Sel(dataset, m, metric, protocol, subset))
@@ -120,8 +122,8 @@ def cold_gain(dataset: str, model: str, protocol: str, gain: float = 0.05, alpha
         if None in (b, m, p, bw, mw, pw) or not b or not bw:
             return "rows missing", None
         g, w = m / b - 1, mw / bw - 1
-        ok = g > gain and p < alpha and (w >= 0 or pw >= alpha)
-        return f"cold {100 * g:+.1f}% (p={p:.2g}), warm {100 * w:+.1f}% (p={pw:.2g})", ok
+        return (f"cold {100 * g:+.1f}% (p={p:.2g}), warm {100 * w:+.1f}% (p={pw:.2g})",
+                cold_start_goal("cold", g, p) and cold_start_goal("warm", w, pw))
     return check
 
 
