@@ -151,7 +151,8 @@ PIPELINES: dict[str, Pipeline] = {
     "sequential": Pipeline(
         "Sequential models (SASRec, BERT4Rec)",
         [Sel(d, m, "NDCG@10", "full") for d in ("beauty", "sports", "toys") for m in ("sasrec", "popularity")]
-        + [Sel("beauty", "bert4rec", "NDCG@10", "full"), Sel("ml-100k", "sasrec", "NDCG@10", "full"),
+        + [Sel("beauty", "sasrec-ce-e80", "NDCG@10", "full"),
+           Sel("beauty", "bert4rec", "NDCG@10", "full"), Sel("ml-100k", "sasrec", "NDCG@10", "full"),
            Sel("beauty", "sasrec", "NDCG@10", "sampled-100"),
            Sel("beauty", "sasrec", "NDCG@10_at_budget_10min", "full"),
            Sel("beauty", "recbole-sasrec", "NDCG@10_at_budget_10min", "full"),
