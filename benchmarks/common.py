@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.metrics import sample_std  # noqa: F401  (re-exported for the benchmark scripts)
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 WORK = REPO / "benchmarks" / ".work"
@@ -74,11 +76,6 @@ def aggregate(runs: list[dict], skip: tuple = ("valid_curve",), keep: tuple = ("
                        sorted(s for r in rs for s in r["seeds"]), generic_command(rs[0]["command"], rs[0]["seeds"][0]),
                        **extra) | {"device": rs[0]["device"]})
     return groups, out
-
-
-def sample_std(values) -> float:
-    """Sample std (0.0 for one value)."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def by_seed(rows: list[dict]) -> dict:

@@ -198,6 +198,11 @@ def seed_averaged_paired(base_runs: list[dict], other_runs: list[dict]) -> dict:
             "wilcoxon_p": float(stats.wilcoxon(y, x, zero_method="wilcox").pvalue) if np.count_nonzero(diff) else 1.0}
 
 
+def sample_std(values) -> float:
+    """Sample standard deviation (ddof 1) of per-seed values; 0.0 for a single value."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def shared_seeds(*by_seed: dict) -> list:
     """The seeds (keys) that every ``{seed: value}`` of ``by_seed`` holds with a value other than None, sorted."""
     return sorted(s for s in set.intersection(*(set(d) for d in by_seed)) if all(d[s] is not None for d in by_seed))

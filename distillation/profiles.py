@@ -149,24 +149,26 @@ def profile_text(history: list[int], data: SequenceData, item_side: dict | None,
     cats = Counter(x["category"] for x in info if x.get("category"))
     decades = Counter(d for x in info if (d := _decade(x.get("year"))))
     recency = np.arange(len(history))
-    rich = ASPECTS[template] is not None
+    aspects = ASPECTS[template]  # None: the shipped `full` text
     parts = []
-    if not rich or "taste" in ASPECTS[template]:
+    if aspects is None or "taste" in aspects:
+        wide = aspects is not None  # the aspect texts name more genres, categories and decades
         parts += [_who(user_info), f"{len(history)} interactions in the history."]
         if genres:
-            parts.append(f"Favourite genres: {_share(genres, len(history), 6 if rich else 4)}.")
+            parts.append(f"Favourite genres: {_share(genres, len(history), 6 if wide else 4)}.")
         if cats:
-            parts.append(f"Frequent categories: {_share(cats, len(history), 5 if rich else 3)}.")
+            parts.append(f"Frequent categories: {_share(cats, len(history), 5 if wide else 3)}.")
         if decades:
-            parts.append(f"Films by decade: {_share(decades, len(history), 3)}." if rich
+            parts.append(f"Films by decade: {_share(decades, len(history), 3)}." if wide
                          else f"Mostly films from the {decades.most_common(1)[0][0]}.")
         if ratings is not None:
             parts.append(f"Average rating {float(ratings.mean()):.1f} of 5.")
-    if not rich:
+    if aspects is None:
         parts += _rated(labels, ratings, recency, MAX_TITLES) if ratings is not None else \
             ["Recently: " + "; ".join(labels[::-1][:MAX_TITLES]) + "."]
         return " ".join(p for p in parts if p)
-    if "taste" in ASPECTS[template] and ratings is not None:
+    loved, disliked = _rated(labels, ratings, recency, RICH_TITLES) if ratings is not None else ("", "")
+    if "taste" in aspects and ratings is not None:
         by_genre = {g: float(np.mean([r for x, r in zip(info, ratings) if g in (x.get("genres") or [])]))
                     for g, n in genres.items() if n >= 3}
         ranked = sorted(by_genre, key=lambda g: (-by_genre[g], g))
@@ -174,14 +176,11 @@ def profile_text(history: list[int], data: SequenceData, item_side: dict | None,
         if len(ranked) >= 2:
             parts.append("Rates highest: " + ", ".join(f"{g} {by_genre[g]:.1f}" for g in ranked[:high])
                          + "; lowest: " + ", ".join(f"{g} {by_genre[g]:.1f}" for g in ranked[high:][::-1][:2]) + ".")
-    if "recent" in ASPECTS[template]:
-        parts.append("Most recently: " + "; ".join(labels[::-1][:5]) + ".")
-        if ratings is not None:
-            parts.append(_rated(labels, ratings, recency, MAX_TITLES)[1])
-    if "loved" in ASPECTS[template]:
+    if "recent" in aspects:
+        parts += ["Most recently: " + "; ".join(labels[::-1][:5]) + ".", disliked]
+    if "loved" in aspects:
         earlier = labels[::-1][5:5 + RICH_TITLES]  # without ratings: the titles before the recent ones
-        parts.append(_rated(labels, ratings, recency, RICH_TITLES)[0] if ratings is not None
-                     else "Earlier: " + "; ".join(earlier) + "." if earlier else "")
+        parts.append(loved if ratings is not None else "Earlier: " + "; ".join(earlier) + "." if earlier else "")
     return " ".join(p for p in parts if p)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from core.errors import DataError
-from core.metrics import rank_metrics, ranks_from_scores
+from core.metrics import rank_metrics, ranks_from_scores, sample_std
 
 KS = (5, 10, 20)
 METRICS = [f"{m}@{k}" for m in ("HR", "NDCG") for k in KS] + ["MRR"]
@@ -159,12 +159,9 @@ def summary_rows(records: Sequence[dict], resamples: int, seed: int = 0,
                 "metric": metric, "value": value, "std": std, "seeds": d["seeds"],
                 "device": "; ".join(sorted({r["device"] for r in d["records"]})), "command": cmd}
 
-    def seed_std(values: list[float]) -> float:
-        return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
     note = f"{len(users)} users: a small sample, read the intervals"
     paired = "paired over users; p_boot = share of bootstrap resamples with difference <= 0"
-    rows = [head(model, m, s["mean"], seed_std(pooled[model]["seed_means"][m]), command(pooled[model]))
+    rows = [head(model, m, s["mean"], sample_std(pooled[model]["seed_means"][m]), command(pooled[model]))
             | {"ci_low": s["ci_low"], "ci_high": s["ci_high"], "se_users": s["se"], "users": len(users),
                "folds": pooled[model]["folds"], "bootstrap": resamples, "note": note}
             for model, per_metric in stats.items() for m, s in per_metric.items()]

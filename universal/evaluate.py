@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.metrics import MetricAccumulator, list_metrics
+from core.metrics import MetricAccumulator, list_metrics, sample_std
 from universal.data import Dataset
 
 TRAIN, VALID, TEST = 0, 1, 2
@@ -154,4 +154,4 @@ def seed_differences(base: dict, other: dict) -> str:
     if not diffs:
         return ""
     n = len(diffs)
-    return f"{np.mean(diffs):+.4f}" + (f" ± {np.std(diffs, ddof=1):.4f} ({n} seeds)" if n > 1 else " (1 seed)")
+    return f"{np.mean(diffs):+.4f}" + (f" ± {sample_std(diffs):.4f} ({n} seeds)" if n > 1 else " (1 seed)")
