@@ -1,10 +1,8 @@
 """Does distilling text profiles improve SASRec / BERT4Rec? Baseline vs distilled, ablations, controls.
 
-Pieces (``run --model M --variant V --seed N``, ``summarize``: benchmarks/README.md, "Profile
-distillation"). Every variant trains ``configs/distillation/<model>_llm/<dataset>.yaml`` through
-``python -m distillation.training`` with the same settings except the distillation keys
-(``VARIANTS``). ``summarize``: mean ± std over seeds, the gain over the baseline, a paired test
-over users (per-user NDCG@10 averaged over the shared seeds) and the training-time ratio.
+Pieces ``run --model M --variant V --seed N`` and ``summarize``: benchmarks/README.md, "Profile distillation".
+Every variant trains ``configs/distillation/<model>_llm/<dataset>.yaml`` with the baseline's settings but the
+distillation keys (``VARIANTS``); the gains and paired tests over users are ``distillation.compare``'s.
 """
 from __future__ import annotations
 
@@ -13,14 +11,12 @@ import subprocess
 import sys
 from functools import partial
 
-import numpy as np
-
-from benchmarks.common import REPO, RESULTS, aggregate, by_seed, cli, devices, load_rows, md_table, merge_rows, opt, \
-    overrides, plot, pm, read_jsonl, row, run_module, write_json, write_md
+from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, md_table, merge_rows, opt, overrides, \
+    plot, pm, read_jsonl, row, run_module, write_json, write_md
+from distillation.compare import compare_with_base, run_dirs, store_user_ranks
 
 RUNS_FILE = RESULTS / "distillation_runs.json"
-# per-user test ranks of every run, kept beside the rows so the paired tests can be recomputed
-# on a machine that no longer holds the run folders (state_dict/ is never committed)
+# per-user test ranks of every run (distillation.compare.store_user_ranks)
 RANKS_FILE = RESULTS / "distillation_user_ranks.json"
 METRICS = ["NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "Recall@10", "MRR"]
 # variant -> overrides on top of the *_llm config (the baseline switches distillation off)
@@ -55,66 +51,18 @@ def cmd_run(args) -> None:
     rows += [r("train_seconds", res["train_seconds"]), r("valid_curve", None, curve=[
         [x["epoch"], x["valid"]["NDCG@10"]] for x in read_jsonl(run_dir / "metrics.jsonl") if "valid" in x])]
     merge_rows(RUNS_FILE, rows)
-    store_user_ranks([extra["run_dir"]])
+    store_user_ranks(RANKS_FILE, REPO, [extra["run_dir"]])
     print(f"{args.dataset} {name} seed {args.seed}: test NDCG@10 {res['test']['NDCG@10']:.4f} "
           f"Recall@10 {res['test'].get('Recall@10', float('nan')):.4f} (best epoch {res['best_epoch']}, "
           f"{res['train_seconds']:.0f}s)")
 
 
-def store_user_ranks(run_dirs) -> dict:
-    """Copy ``test_ranks.npz`` of the given run folders (those still on disk) into RANKS_FILE."""
-    table = json.loads(RANKS_FILE.read_text()) if RANKS_FILE.is_file() else {}
-    fresh = {}
-    for run_dir in run_dirs:
-        if (path := REPO / run_dir / "test_ranks.npz").is_file():
-            z = np.load(path)
-            fresh[str(run_dir)] = {"users": z["users"].tolist(), "ranks": z["ranks"].tolist()}
-    if any(table.get(k) != v for k, v in fresh.items()):
-        table.update(fresh)
-        write_json(RANKS_FILE, table)
-    return table
-
-
 def cmd_summarize(args) -> None:
     """tables, gains, paired Wilcoxon over users, plot"""
-    from core.metrics import ndcg_by_id, paired_over_seeds, ratio_over_seeds
-
     runs = load_rows(RUNS_FILE)
     groups, out = aggregate(runs)
-    dirs: dict[tuple, dict[int, str]] = {(ds, model): {r["seeds"][0]: r["run_dir"] for r in rs}
-                                         for (ds, model, proto, metric), rs in groups.items() if metric == "NDCG@10"}
-    ranks_table = store_user_ranks({d for model_dirs in dirs.values() for d in model_dirs.values()})
-    ndcg = {run_dir: ndcg_by_id(t["users"], t["ranks"]) for run_dir, t in ranks_table.items()}  # {user: NDCG@10}
-    previous_tests = {(r["dataset"], r["model"]): r for r in load_rows(RESULTS / "distillation.json")
-                      if r["metric"] == "paired_wilcoxon_p_NDCG@10"}
-    for ds, model in sorted(dirs):
-        base = model.split("+")[0]
-        if base == model or (ds, base) not in dirs:
-            continue
-        # the means over the seeds both share: a variant run on fewer seeds is not compared with the
-        # baseline's mean over others (and runs of one seed ran side by side in one queue)
-        ratios = {metric: ratio_over_seeds(*(by_seed(groups.get((ds, m, "full", metric), [])) for m in (base, model)))
-                  for metric in ("NDCG@10", "Recall@10", "HR@10", "train_seconds")}
-        time_ratio = ratios.pop("train_seconds")
-        # per seed, the users' NDCG@10 of the runs whose ranks RANKS_FILE holds (None for the others)
-        test = paired_over_seeds(*({s: ndcg.get(d) for s, d in dirs[(ds, m)].items()} for m in (base, model)))
-        # derived rows carry the device of the runs they compare, not of the machine that summarizes
-        r = partial(row, ds, model, "full", command="summarize", device=devices(groups[(ds, model, "full", "NDCG@10")]))
-        old = previous_tests.get((ds, model))
-        if old and len(old["seeds"]) > len(test.get("seeds", [])):
-            # runs from before per-user ranks were stored: keep the test computed when their folders existed
-            out.append(old)
-            test = {}
-        for metric, ratio in ratios.items():
-            if ratio:  # the spread of a gain is the std of the per-seed gains
-                per_seed = [100 * (x - 1) for x in ratio[2]]
-                out.append(r(f"gain_pct_{metric}", 100 * (ratio[0] - 1), float(np.std(per_seed)), ratio[1],
-                             per_seed=per_seed))
-        if test:
-            out.append(r("paired_wilcoxon_p_NDCG@10", test["wilcoxon_p"], seeds=test["seeds"], users=test["users"],
-                         mean_diff=test["mean_diff"], t_p=test["t_p"]))
-        if time_ratio:
-            out.append(r("train_time_ratio_vs_base", float(time_ratio[0]), seeds=time_ratio[1]))
+    ranks = store_user_ranks(RANKS_FILE, REPO, {d for seeds in run_dirs(groups).values() for d in seeds.values()})
+    out += compare_with_base(groups, ranks, load_rows(RESULTS / "distillation.json"))
     write_json(RESULTS / "distillation.json", out)
     by = {(r["dataset"], r["model"], r["metric"]): r for r in out}
     g = lambda key, metric: by.get((*key, metric))  # noqa: E731

@@ -1,59 +1,55 @@
 """Persona training (issue 7): known answers, a measured rerank on the real samples, planted structure,
 training throughput and cache build time.
 
-Pieces (``known``, ``rerank``, ``synthetic``, ``speed``, ``cache``, ``summarize``: see
-benchmarks/README.md) merge their rows into ``benchmarks/results/persona_runs.json``. The
-protocol, the pooling of the folds and the bootstrap intervals are ``persona_training.evaluate``'s;
-this module drives it and writes the rows and tables: ``summarize`` reports HR/MRR/NDCG@5/10/20 of
-the pooled folds with 95% bootstrap intervals over users (``ci_low``/``ci_high``).
+Pieces and their rows: benchmarks/README.md, "Persona training"; they merge into ``persona_runs.json``. The
+protocol, the pooled folds, the bootstrap intervals and the speed rows are ``persona_training.evaluate``'s.
 """
 from __future__ import annotations
 
 import os
 import shlex
 import sys
-import tempfile
 from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from benchmarks.common import REPO, RESULTS, cli, devices, load_rows, machine, merge_rows, opt, row, sample_std, \
-    timed, with_placeholders, write_json, write_md
+from benchmarks.common import REPO, RESULTS, cli, devices, load_rows, machine, merge_rows, opt, row, \
+    with_placeholders, write_json, write_md
 from core.cli import resolve_device, run
 from core.errors import DataError
-from persona_training.evaluate import METRICS, Encoders, PlantedSample, Sample, evaluate_fold, goal_verdict, \
-    known_answer, summary_rows, user_metrics
+from core.train import amp_dtype
+from persona_training.evaluate import METRICS, Encoders, PlantedSample, Sample, cache_timings, evaluate_fold, \
+    goal_verdict, known_answer, speed_rows, summary_rows, user_metrics
 
 DATA = REPO.parent / "shared" / "data" / "persona4rec"
 MODELS = ("random", "popularity", "zero-shot", "trained")
+indented = partial(print, " ")  # a log line, indented by two spaces
 KNOWN_HR10 = {"amazon": (21, 46), "yelp": (14, 77)}  # counted from the example files (data README)
 # merge keys of persona_runs.json: a rerun of the same piece replaces its rows ("piece" = the subcommand)
 QUALITY_KEY = ("piece", "dataset", "model", "protocol", "metric", "seeds", "fold")
 SPEED_KEY = ("piece", "dataset", "model", "protocol", "metric", "seeds", "device", "amp")
+# the flags a rerank / synthetic row records in its ``settings``
+RERANK_SETTINGS = ("folds", "fold_seed", "sample_seed", "negatives", "pool", "fields", "max_history",
+                   "eval_max_seq_length", "pair_positions", "train_max_history", "train_max_seq_length", "steps",
+                   "batch_size", "lr", "temperature", "train_layers", "warmup_steps", "agg", "model", "amp", "limit")
+SYNTHETIC_SETTINGS = ("data_seed", "fields", "max_history", "eval_max_seq_length", "train_max_seq_length", "steps",
+                      "batch_size", "lr", "temperature", "train_layers", "warmup_steps", "agg", "model", "amp")
 
 
 # --------------------------------------------------------------------------- helpers
 def command_line() -> str:
     """This call, without ``--results-dir`` (where rows go is not part of what produced them)."""
-    argv = sys.argv[1:]
-    keep = [a for i, a in enumerate(argv) if not (a == "--results-dir" or a.startswith("--results-dir=")
-                                                  or (i and argv[i - 1] == "--results-dir"))]
+    argv, flag = sys.argv[1:], "--results-dir"
+    keep = [a for i, a in enumerate(argv) if not (a.split("=")[0] == flag or argv[i - 1:i] == [flag])]
     return "python -m benchmarks.persona " + " ".join(map(shlex.quote, keep))
-
-
-def runs_file(args) -> Path:
-    return Path(args.results_dir) / "persona_runs.json"
 
 
 def device_label(args) -> str:
     """``machine()`` on CPU; the GPU's name and the AMP state on CUDA."""
     if args.device.type != "cuda":
         return machine()
-    import torch
-
-    from core.train import amp_dtype
-
     dtype = amp_dtype(args.device, args.amp == "on")
     amp = str(dtype).removeprefix("torch.") if dtype else "off"
     return f"{args.device} {torch.cuda.get_device_name(args.device)}, AMP {amp}"
@@ -77,27 +73,17 @@ def encoders(args) -> Encoders:
     return Encoders(args.model, device, amp, args.agg, args.eval_max_seq_length, train)
 
 
-def print_table(title: str, ranks: dict[str, list], n_users: int) -> None:
-    print(f"\n{title} ({n_users} users)\n{'model':12s}" + "".join(f"{m:>9s}" for m in METRICS))
+def print_table(title: str, ranks: dict[str, dict], users: list) -> None:
+    """Each model's mean metrics over ``users`` (``ranks``: model -> {user: rank})."""
+    print(f"\n{title} ({len(users)} users)\n{'model':12s}" + "".join(f"{m:>9s}" for m in METRICS))
     for name, rs in ranks.items():
-        m = {k: float(v.mean()) for k, v in user_metrics(rs).items()}
+        m = {k: float(v.mean()) for k, v in user_metrics([rs[u] for u in users]).items()}
         print(f"{name:12s}" + "".join(f"{m[x]:9.4f}" for x in METRICS))
-
-
-def indented(line: str) -> None:
-    print("  " + line)
-
-
-def sample_of(args) -> Sample:
-    return Sample(args.data_dir, args.dataset, args.fields, args.pool, args.folds, args.fold_seed)
 
 
 # --------------------------------------------------------------------------- 1. known answer
 def cmd_known(args) -> None:
-    """1. known answer on the example candidates + a rerank that can score nothing
-
-    Upstream order of the example candidates (the known answer) and a rerank that can score
-    only candidates with personas and users with a history: the rest keep their upstream slots."""
+    """1. known answer on the example candidates + a rerank that can score nothing"""
     ds = args.dataset
 
     @cache
@@ -120,28 +106,20 @@ def cmd_known(args) -> None:
              for m in METRICS]
     rows += [r("zero-shot", "candidates", metric, counts[k], **counted)
              for metric, k in (("candidates_scored", "scored"), ("users_kept_upstream_order", "users_unchanged"))]
-    merge_rows(runs_file(args), rows, key=QUALITY_KEY)
-    print(f"{ds}: upstream HR@10 {m_up['HR@10']:.4f} ({round(m_up['HR@10'] * m_up['users'])}/{m_up['users']}); "
-          f"known answer {hits}/{users} = {hits / users:.3f}: {'reproduced' if ok else 'NOT REPRODUCED'}")
-    print(f"rerank: {counts['users']} users, {counts['users_scored']} reranked, {counts['users_unchanged']} kept in "
-          f"upstream order ({counts['users_without_history']} without a history in the sample); {counts['candidates']} "
-          f"candidates, {counts['scored']} scored, {counts['unknown_items']} without personas, {counts['pads']} [PAD]; "
-          f"unscored entries moved: {moved}; HR@10 after the rerank {m_re['HR@10']:.4f}")
+    merge_rows(args.runs_file, rows, key=QUALITY_KEY)
+    print(f"{ds}: upstream HR@10 {m_up['HR@10']:.4f}, known answer {hits}/{users} = {hits / users:.3f}: "
+          f"{'reproduced' if ok else 'NOT REPRODUCED'}\nrerank: " + ", ".join(f"{k} {v}" for k, v in counted.items())
+          + f"; unscored entries moved: {moved}; HR@10 after the rerank {m_re['HR@10']:.4f}")
     if not ok or moved:
         raise SystemExit("known-answer check failed")
 
 
 # --------------------------------------------------------------------------- 2. measured rerank
-RERANK_SETTINGS = ("folds", "fold_seed", "sample_seed", "negatives", "pool", "fields", "max_history",
-                   "eval_max_seq_length", "pair_positions", "train_max_history", "train_max_seq_length", "steps",
-                   "batch_size", "lr", "temperature", "train_layers", "warmup_steps", "agg", "model", "amp", "limit")
-
-
 def cmd_rerank(args) -> None:
     """2. sampled-100 on the real sample, 5-fold CV over users (one fold or all)"""
     if args.fold is not None and not 0 <= args.fold < args.folds:
         raise SystemExit(f"error: --fold must be in 0..{args.folds - 1}")
-    sample, ds = sample_of(args), args.dataset
+    sample, ds = Sample(args.data_dir, args.dataset, args.fields, args.pool, args.folds, args.fold_seed), args.dataset
     folds = [args.fold] if args.fold is not None else list(range(args.folds))
     print(f"{ds}: {len(sample.users)} users, {len(sample.scorable)} with a target that has text; pool {len(sample.pool)} "
           f"items ({len(set(sample.pool) & sample.from_personas)} with personas), folds {folds} of {args.folds}")
@@ -152,20 +130,18 @@ def cmd_rerank(args) -> None:
                           max_history=args.max_history, seed=args.seed, train_max_history=args.train_max_history,
                           pair_positions=args.pair_positions, limit=args.limit, log=indented)
         test, ranks, res = f["test"], f["ranks"], f["train"]
-        common = {"fold": fold, "folds": args.folds, "settings": {n: getattr(args, n) for n in RERANK_SETTINGS}}
         persona_cands = sum(i in sample.from_personas for u in test for i in f["candidates"][u])
+        common = {"fold": fold, "folds": args.folds, "settings": {n: getattr(args, n) for n in RERANK_SETTINGS}}
         rows = [xrow(args, ds, name, "sampled-100", "user_ranks", None, users=test, ranks=[ranks[name][u] for u in test],
                      skipped_users=f["skipped"], candidates_with_personas=persona_cands, **common) for name in MODELS]
         rows += [xrow(args, ds, "trained", "sampled-100", "pairs_per_s", res.pairs_per_s, train_pairs=len(f["pairs"]),
                       train_users=len(f["train_users"]), **train_info(res), **common),
                  xrow(args, ds, "trained", "sampled-100", "fold_seconds", f["fold_seconds"],
                       zero_shot_eval_seconds=f["zero_shot_seconds"], trained_eval_seconds=f["trained_seconds"], **common)]
-        merge_rows(runs_file(args), rows, key=QUALITY_KEY)
-        print_table(f"{ds} fold {fold}: sampled-100 ({args.negatives} negatives), {len(f['pairs'])} training pairs from "
-                    f"{len(f['train_users'])} other users, {res.steps} steps, loss {res.first_loss:.3f} -> "
-                    f"{res.last_loss:.3f}, {res.pairs_per_s:.1f} pairs/s; fold {f['fold_seconds']:.0f}s (zero-shot eval "
-                    f"{f['zero_shot_seconds']:.0f}s, training {res.seconds:.0f}s, trained eval {f['trained_seconds']:.0f}s)",
-                    {name: [ranks[name][u] for u in test] for name in MODELS}, len(test))
+        merge_rows(args.runs_file, rows, key=QUALITY_KEY)
+        print_table(f"{ds} fold {fold}: sampled-100 ({args.negatives} negatives), {len(f['pairs'])} training pairs, "
+                    f"{res.steps} steps, loss {res.first_loss:.3f} -> {res.last_loss:.3f}, {res.pairs_per_s:.1f} "
+                    f"pairs/s; fold {f['fold_seconds']:.0f}s", {name: ranks[name] for name in MODELS}, test)
         if f["skipped"]:
             print(f"  not scored (target has no text in the sample): {len(f['skipped'])} user(s)")
 
@@ -175,10 +151,6 @@ def train_info(res) -> dict:
 
 
 # --------------------------------------------------------------------------- 3. planted structure
-SYNTHETIC_SETTINGS = ("data_seed", "fields", "max_history", "eval_max_seq_length", "train_max_seq_length", "steps",
-                      "batch_size", "lr", "temperature", "train_layers", "warmup_steps", "agg", "model", "amp")
-
-
 def cmd_synthetic(args) -> None:
     """3. planted structure: trained > zero-shot > random"""
     planted = PlantedSample(args.data_seed, args.fields, args.max_history)
@@ -193,12 +165,11 @@ def cmd_synthetic(args) -> None:
                  settings=settings, items=len(items)) for (proto, name), rk in ranks.items()]
     rows.append(xrow(args, "synthetic", "trained", "full", "pairs_per_s", res.pairs_per_s, train_pairs=len(pairs),
                      **train_info(res), settings=settings))
-    merge_rows(runs_file(args), rows, key=QUALITY_KEY)
+    merge_rows(args.runs_file, rows, key=QUALITY_KEY)
     print(f"synthetic seed {args.seed}: {len(pairs)} training pairs ({stats['source']}), {res.steps} steps, loss "
           f"{res.first_loss:.3f} -> {res.last_loss:.3f}, {res.pairs_per_s:.1f} pairs/s")
     for proto in ("full", "candidates"):
-        print_table(f"synthetic, protocol {proto}", {n: [rk[u] for u in test] for (p, n), rk in ranks.items() if p == proto},
-                    len(test))
+        print_table(f"synthetic, protocol {proto}", {n: rk for (p, n), rk in ranks.items() if p == proto}, test)
 
 
 # --------------------------------------------------------------------------- speed and caches
@@ -207,61 +178,36 @@ def cmd_speed(args) -> None:
     if args.dataset == "synthetic":  # the synthetic default's selection pairs (seed 0 = build_pairs' default)
         pairs, _ = PlantedSample(args.data_seed, args.fields, args.train_max_history).training_pairs(0)
     else:
-        sample = sample_of(args)
+        sample = Sample(args.data_dir, args.dataset, args.fields, args.pool, args.folds, args.fold_seed)
         pairs = sample.training_pairs(sample.users, args.seed, args.train_max_history, args.pair_positions)
     _, res = encoders(args).trained(pairs, warmup=args.warmup, log=indented)
     texts_per_pair = float(np.mean([len(p[0]) + 1 for p in pairs]))
-    merge_rows(runs_file(args), [xrow(
+    merge_rows(args.runs_file, [xrow(
         args, args.dataset, "trained", "full", "pairs_per_s", res.pairs_per_s, amp=args.amp == "on" and
         args.device.type == "cuda", steps=res.steps, seconds=res.seconds, batch_size=args.batch_size,
         max_seq_length=args.train_max_seq_length, train_layers=args.train_layers, train_max_history=args.train_max_history,
         texts_per_pair=round(texts_per_pair, 2), pairs=len(pairs))], key=SPEED_KEY)
     print(f"{args.dataset}: {res.pairs_per_s:.2f} pairs/s ({res.steps} steps of {args.batch_size}, "
-          f"{texts_per_pair:.1f} texts per pair, seq {args.train_max_seq_length}, top {args.train_layers} layer(s) "
-          f"trained) on {device_label(args)}")
+          f"{texts_per_pair:.1f} texts per pair) on {device_label(args)}")
 
 
 def cmd_cache(args) -> None:
     """cache build (and reuse) time of pipeline.build_caches (interactions, personas)"""
-    from persona_training.config import DataSection, RerankSection, RerankStage
-    from persona_training.pipeline import build_caches
-
-    with tempfile.TemporaryDirectory(prefix="persona-cache-") as tmp:
-        if args.dataset == "synthetic":
-            from persona_training import synthetic
-
-            files = synthetic.generate(Path(tmp) / "data", seed=args.data_seed)
-            persona, history = files["persona"], files["loo_history"]
-        else:
-            sample = Path(args.data_dir) / "sample" / args.dataset
-            persona, history = sample / "3.5_persona_with_summary.jsonl", sample / "3.5_history_loo.jsonl"
-        data = DataSection(persona=str(persona), loo_history=str(history), out_root=str(Path(tmp) / "out"))
-        section = dict(model=args.model, fields=args.fields, device=str(args.device), amp=args.amp == "on",
-                       num_gpus=args.num_gpus, batch_size=args.cache_batch_size)
-        (_, _, info), build_s = timed(build_caches, RerankStage(data=data, rerank=RerankSection(**section, force=True)),
-                                      args.dataset, log=indented)
-        (_, _, again), reuse_s = timed(build_caches, RerankStage(data=data, rerank=RerankSection(**section, force=False)),
-                                       args.dataset, log=indented)
-        assert not again["interactions"]["built"] and not again["personas"]["built"]
+    info, build_s, reuse_s = cache_timings(args.dataset, args.data_dir, args.data_seed, log=indented, model=args.model,
+                                           fields=args.fields, device=str(args.device), amp=args.amp == "on",
+                                           num_gpus=args.num_gpus, batch_size=args.cache_batch_size)
     extra = {"interaction_rows": info["interactions"]["rows"], "persona_rows": info["personas"]["rows"],
              "interactions_s": info["interactions"]["seconds"], "personas_s": info["personas"]["seconds"],
              "devices": info["devices"], "amp": args.amp == "on" and args.device.type == "cuda",
              "note": "wall time of pipeline.build_caches from scratch (model load, both caches, float16 memmaps)"}
     model_name = "zero-shot" if args.model in ("default", "all-MiniLM-L6-v2") else "trained"
-    merge_rows(runs_file(args), [xrow(args, args.dataset, model_name, "full", metric, value, **extra) for metric, value in
-                                 (("cache_build_s", build_s), ("cache_reuse_s", reuse_s))], key=SPEED_KEY)
-    print(f"{args.dataset}: caches built in {build_s:.1f}s ({extra['interaction_rows']} interaction rows in "
-          f"{extra['interactions_s']:.1f}s, {extra['persona_rows']} persona rows in {extra['personas_s']:.1f}s), "
-          f"reused in {reuse_s:.2f}s, on {device_label(args)}")
+    merge_rows(args.runs_file, [xrow(args, args.dataset, model_name, "full", metric, value, **extra) for metric, value
+                                in (("cache_build_s", build_s), ("cache_reuse_s", reuse_s))], key=SPEED_KEY)
+    print(f"{args.dataset}: caches built in {build_s:.1f}s ({extra['interaction_rows']} interaction rows, "
+          f"{extra['persona_rows']} persona rows), reused in {reuse_s:.2f}s, on {device_label(args)}")
 
 
 # --------------------------------------------------------------------------- summary
-SPEED_METRICS = ("pairs_per_s", "cache_build_s", "cache_reuse_s", "fold_seconds")
-SPEED_GROUP = ("dataset", "model", "protocol", "metric", "device", "amp", "piece")
-# the settings a speed row carries: fields of the speed and cache rows, and of a rerank or synthetic row's settings
-SPEED_FIELDS = ("batch_size", "max_seq_length", "train_layers", "train_max_history", "texts_per_pair",
-                "interaction_rows", "persona_rows", "devices")
-SETTING_FIELDS = ("batch_size", "train_max_seq_length", "train_layers", "train_max_history", "steps")
 SECTIONS = {("amazon", "sampled-100"): [
     "## 2. Measured rerank on the real samples (protocol `sampled-100`)", "",
     "Each user of `3.5_history_loo` ranks the held-out item of `3.5_gt` among 99 items of the same sample "
@@ -280,41 +226,6 @@ def generic_command(command: str, seeds: bool = True) -> str:
     return with_placeholders(command, {"--fold": "<F>", **({"--seed": "<N>"} if seeds else {})})
 
 
-def quality_rows(runs, dataset, protocol, args) -> tuple[list[dict], dict]:
-    """``summary_rows`` of one dataset's and protocol's ``user_ranks`` rows, and their pooled folds."""
-    try:
-        return summary_rows([r for r in runs if r["metric"] == "user_ranks" and r["dataset"] == dataset
-                             and r["protocol"] == protocol], args.bootstrap, args.bootstrap_seed,
-                            lambda d: generic_command(d["records"][0]["command"], len(d["seeds"]) > 1))
-    except DataError as exc:
-        raise SystemExit(f"{dataset}/{exc}") from None
-
-
-def speed_rows(runs) -> list[dict]:
-    """Mean ± std of each speed metric per dataset, model, protocol, device, AMP state and piece."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        if r["metric"] in SPEED_METRICS and r["value"] is not None:
-            groups.setdefault(tuple(r.get(k) for k in SPEED_GROUP), []).append(r)
-    out = []
-    for key, rs in sorted(groups.items(), key=lambda kv: [str(x) for x in kv[0]]):
-        ds, model, proto, metric, device, amp, piece = key
-        values, settings = [r["value"] for r in rs], rs[0].get("settings") or {}
-        keep = {k: rs[0][k] for k in SPEED_FIELDS if k in rs[0]}
-        keep |= {k: settings[k] for k in SETTING_FIELDS if k in settings}
-        out.append(row(ds, model, proto, metric, float(np.mean(values)), sample_std(values),
-                       sorted({s for r in rs for s in r["seeds"]}), generic_command(rs[0]["command"], len(rs) > 1), amp=amp,
-                       runs=len(rs), piece=piece, **keep) | {"device": device})
-    # AMP speed-up on the same GPU
-    for r in [x for x in out if x["metric"] == "pairs_per_s" and x.get("amp") is True]:
-        off = [x for x in out if x["metric"] == "pairs_per_s" and x.get("amp") is False and x["dataset"] == r["dataset"]
-               and x["device"].split(", AMP")[0] == r["device"].split(", AMP")[0]]
-        if off:
-            out.append(row(r["dataset"], "trained", "full", "amp_speedup", r["value"] / off[0]["value"], 0.0, r["seeds"],
-                           "summarize", amp=True) | {"device": r["device"].split(", AMP")[0]})
-    return out
-
-
 def fmt_ci(r) -> str:
     return f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r else ""
 
@@ -324,7 +235,7 @@ def cmd_summarize(args) -> None:
     from core.report import format_table
 
     md = partial(format_table, markdown=True)  # column-aligned, unlike md_table
-    runs = load_rows(runs_file(args))
+    runs = load_rows(args.runs_file)
     known = [r for r in runs if r["protocol"] == "candidates" and r["dataset"] != "synthetic" and r["metric"] != "user_ranks"]
     out = list(known)
     lines = ["# Persona training: known answers, measured rerank, planted structure, speed", "",
@@ -333,20 +244,22 @@ def cmd_summarize(args) -> None:
              "(zero-shot MiniLM through `scoring.rerank_lists`) can score only candidates with personas for users "
              "with a history in the sample, and the example files have neither, so every list keeps its upstream "
              "order.", ""]
-    kt = []
-    for ds in KNOWN_HR10:
-        g = {(r["model"], r["metric"]): r for r in known if r["dataset"] == ds}
-        up, re_ = g.get(("upstream", "HR@10")), g.get(("zero-shot", "HR@10"))  # ``known`` writes both
-        if up:
-            kt.append({"dataset": ds, "expected HR@10": up["known_answer"], "upstream HR@10": f"{up['value']:.4f}",
-                       "reproduced": up["known_answer_reproduced"], "users": up["users"],
-                       "after rerank HR@10": f"{re_['value']:.4f}", "candidates scored": re_["scored"],
-                       "lists kept in upstream order": f"{re_['users_unchanged']}/{re_['users']}"})
+    hr10 = {(r["dataset"], r["model"]): r for r in known if r["metric"] == "HR@10"}  # ``known`` writes both models
+    kt = [{"dataset": ds, "expected HR@10": up["known_answer"], "upstream HR@10": f"{up['value']:.4f}",
+           "reproduced": up["known_answer_reproduced"], "users": up["users"],
+           "after rerank HR@10": f"{re_['value']:.4f}", "candidates scored": re_["scored"],
+           "lists kept in upstream order": f"{re_['users_unchanged']}/{re_['users']}"}
+          for ds in KNOWN_HR10 if (up := hr10.get((ds, "upstream"))) and (re_ := hr10[(ds, "zero-shot")])]
     lines += [md(kt, list(kt[0])) if kt else "not run yet", ""]
     verdicts = []
     for ds, proto in (("amazon", "sampled-100"), ("yelp", "sampled-100"), ("synthetic", "full"), ("synthetic", "candidates")):
         lines += SECTIONS.get((ds, proto), [])
-        rows, data = quality_rows(runs, ds, proto, args)
+        try:  # the pooled folds of this dataset's and protocol's ``user_ranks`` rows
+            rows, data = summary_rows([r for r in runs if r["metric"] == "user_ranks" and r["dataset"] == ds
+                                       and r["protocol"] == proto], args.bootstrap, args.bootstrap_seed,
+                                      lambda d: generic_command(d["records"][0]["command"], len(d["seeds"]) > 1))
+        except DataError as exc:
+            raise SystemExit(f"{ds}/{exc}") from None
         out += rows
         if not rows:
             continue
@@ -369,7 +282,7 @@ def cmd_summarize(args) -> None:
             verdicts.append(goal_verdict(ds, by, planted=not real))
     if verdicts:
         lines += ["### Goal: trained beats zero-shot and random on NDCG@10", ""] + [f"- {v}" for v in verdicts] + [""]
-    sp = speed_rows(runs)
+    sp = speed_rows(runs, generic_command)
     out += sp
     settings = ("batch_size", "max_seq_length", "train_max_seq_length", "train_layers", "train_max_history")
     speed_table = [{**r, "value": f"{r['value']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] else ""),
@@ -437,6 +350,7 @@ def main() -> None:
                                       opt("--bootstrap", type=int, default=10000, help="resamples of users"),
                                       opt("--bootstrap-seed", type=int, default=0)])}, call=False)
     Path(args.results_dir).mkdir(parents=True, exist_ok=True)
+    args.runs_file = Path(args.results_dir) / "persona_runs.json"  # where every piece merges its rows
     for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(offline, "1")
 

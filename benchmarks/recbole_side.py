@@ -1,31 +1,13 @@
 """RecBole 1.2.1 side of the RecBole-vs-ours benchmark: time and score SASRec / BERT4Rec.
 
-Runs INSIDE the throw-away venv made by ``benchmarks/recbole_env.sh`` (not the project's .venv), started as a
-script by ``python -m benchmarks.sequential``; it imports nothing from this repository (the prepared dataset is
-read with numpy and JSON only):
+Runs in the venv of ``benchmarks/recbole_env.sh`` (command line: ``benchmarks.sequential.recbole_argv``), imports
+nothing from this repository and times RecBole's own code, ``Config`` to ``trainer.evaluate``. RecBole facts (1.2.1):
 
-    OMP_NUM_THREADS=1 benchmarks/.work/recbole-venv/bin/python benchmarks/recbole_side.py \
-        --dataset-dir data/ml-100k --model SASRec --mode speed --max-batches 20 \
-        --out benchmarks/.work/recbole/ml-100k/speed.json --work-dir benchmarks/.work/recbole/ml-100k
-
-What is timed is RecBole's own code path: ``Config`` -> ``create_dataset`` -> ``data_preparation`` ->
-``get_model`` / ``get_trainer`` -> ``trainer._train_epoch`` / ``trainer._valid_epoch`` / ``trainer.evaluate``;
-between the trainer and its train dataloader only a thin iterator proxy that times batches and stops after
-``--max-batches``.
-
-RecBole facts that matter when reading the numbers (1.2.1, checked in its source):
-
-- An epoch is one pass over the PREFIX-EXPANDED samples: ``SequentialDataset.data_augmentation`` turns a user
-  with items i1..in into n-1 samples (<i1..ik> -> i(k+1), history cut to the last MAX_ITEM_LIST_LENGTH items),
-  and SASRec/BERT4Rec's CE loss uses only the last position of each sample. ``n_train_samples`` is that count
-  after the split (about sum(len - 3)).
-- Leave-one-out (``LS: valid_and_test``) is applied to those augmented samples per user: the last one (target =
-  last item) is test, the one before (target = second-to-last) valid, the rest train. A user with only 2
-  augmented samples gets train + test and no valid; a user with 1 gets train only (``_split_index_by_leave_one_out``).
-- Full ranking for sequential models masks only the padding item 0, NOT the user's history
-  (``FullSortEvalDataLoader`` returns ``history_index=None`` when MODEL_TYPE is sequential).
-- ``TO`` order sorts by the timestamp column; we write the position in the user's sequence as the timestamp, so
-  RecBole's order equals ours exactly (no tie reshuffling).
+- an epoch is one pass over the prefix-expanded samples (<i1..ik> -> i(k+1), history cut to MAX_ITEM_LIST_LENGTH,
+  CE loss on each sample's last position): ``n_train_samples``, about sum(len - 3) after the split;
+- leave-one-out: a user's last sample is test, the one before valid (2 samples: train + test; 1: train only);
+- sequential full ranking masks only the padding item 0, NOT the user's history (``history_index=None``);
+- ``TO`` order sorts by our timestamp, the position in the user's sequence: RecBole's order equals ours.
 """
 from __future__ import annotations
 
@@ -35,9 +17,9 @@ import os
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
 import argparse
+import contextlib
 import hashlib
 import json
-import math
 import platform
 import resource
 import sys
@@ -49,9 +31,7 @@ from pathlib import Path
 import numpy as np
 
 T_PROCESS_START = time.perf_counter()
-# RecBole's Config hard-codes data_path to its bundled copy of raw ML-100K when the dataset is called "ml-100k"
-# (whatever data_path says), and loads properties/dataset/<name>.yaml for these names; our atomic file must not
-# go by any of them.
+# RecBole's Config special-cases these names (bundled raw ML-100K, properties/dataset/<name>.yaml): ours avoids them
 RECBOLE_RESERVED_NAMES = {"ml-100k", "sample", "url", "kg_url"}
 
 
@@ -79,11 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument(flag, type=kind, default=default)
     p.add_argument("--dropout", type=float, default=0.3, help="hidden and attention dropout")
     p.add_argument("--mode", choices=["speed", "budget"], required=True)
-    p.add_argument("--max-batches", type=int, default=30,
-                   help="speed: time the first K batches of one epoch and extrapolate")
-    p.add_argument("--budget-s", type=float, default=0.0,
-                   help="budget: wall-clock seconds for train + valid; an epoch is started while "
-                        "less has been spent, so the last one may cross it (as core/train.py)")
+    p.add_argument("--max-batches", type=int, default=30, help="speed: time an epoch's first K batches, extrapolate")
+    p.add_argument("--budget-s", type=float, default=0.0, help="budget: wall-clock seconds for train + valid; an epoch "
+                   "is started while less has been spent, so the last one may cross it (as core/train.py)")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--work-dir", required=True, help="scratch: atomic files, logs, checkpoints")
     args = p.parse_args(argv)
@@ -99,18 +77,15 @@ def load_prepared(dataset_dir: Path):
 
 
 def write_inter(inter_path: Path, offsets: np.ndarray, items: np.ndarray) -> dict:
-    """``user_id:token  item_id:token  timestamp:float`` with timestamp = position in the
-    user's sequence. Rewritten only when the source arrays change (a sidecar holds the hash)."""
+    """The atomic file, timestamp = position in the user's sequence; rewritten only when the source arrays change."""
     digest = hashlib.sha256(offsets.tobytes() + items.tobytes()).hexdigest()[:16]
     stamp = inter_path.with_name(inter_path.name + ".source.json")
     lengths = np.diff(offsets)
     info = {"sha256_16": digest, "n_users": int(len(lengths)), "n_interactions": int(len(items)),
             "min_len": int(lengths.min()), "max_len": int(lengths.max())}
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no stamp or an unreadable one: write the file again
         if inter_path.is_file() and json.loads(stamp.read_text()).get("sha256_16") == digest:
             return {**info, "written": False}
-    except (OSError, ValueError):  # no stamp or an unreadable one: write the file again
-        pass
     inter_path.parent.mkdir(parents=True, exist_ok=True)
     users = np.repeat(np.arange(1, len(lengths) + 1, dtype=np.int64), lengths)
     pos = np.arange(len(items), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
@@ -124,29 +99,22 @@ def write_inter(inter_path: Path, offsets: np.ndarray, items: np.ndarray) -> dic
 
 
 def check_split(dataset, train_data, valid_data, test_data, offsets, items, maxlen) -> dict:
-    """Compare RecBole's built splits with ours: every valid/test sample's user, target and
-    last history item (mapped back to our 1-based indexes through RecBole's token maps) and
-    its history length, and the number of training samples per user (len - 3, fewer for
-    users shorter than 4: RecBole then drops valid, then test, before train)."""
-    out = {"ok": True}
+    """RecBole's splits against ours: valid/test users, targets, last history items, history lengths; train sizes."""
     lengths = np.diff(offsets)
+    token = lambda field, ids: dataset.id2token(field, ids).astype(np.int64)  # noqa: E731  (RecBole id -> ours)
+    out = {"ok": True}
     for part, data, back in (("valid", valid_data, 2), ("test", test_data, 1)):
         f = data._dataset.inter_feat
-        u = dataset.id2token(dataset.uid_field, f[dataset.uid_field].numpy()).astype(np.int64)
-        tgt = dataset.id2token(dataset.iid_field, f[dataset.iid_field].numpy()).astype(np.int64)
+        u = token(dataset.uid_field, f[dataset.uid_field].numpy())
+        tgt = token(dataset.iid_field, f[dataset.iid_field].numpy())
         hl = f[dataset.item_list_length_field].numpy().astype(np.int64)
-        seq = f[dataset.item_id_list_field].numpy()
-        last = dataset.id2token(dataset.iid_field, seq[np.arange(len(hl)), hl - 1]).astype(np.int64)
-        good = (
-            len(np.unique(u)) == len(u) == int((lengths >= back + 2).sum())
-            and bool(np.all(tgt == items[offsets[u] - back]))
-            and bool(np.all(last == items[offsets[u] - back - 1]))
-            and bool(np.all(hl == np.minimum(lengths[u - 1] - back, maxlen)))
-        )
+        last = token(dataset.iid_field, f[dataset.item_id_list_field].numpy()[np.arange(len(hl)), hl - 1])
+        good = (len(np.unique(u)) == len(u) == int((lengths >= back + 2).sum())
+                and bool(np.all(tgt == items[offsets[u] - back])) and bool(np.all(last == items[offsets[u] - back - 1]))
+                and bool(np.all(hl == np.minimum(lengths[u - 1] - back, maxlen))))
         out[part] = {"users": int(len(u)), "targets_and_histories_match": good}
         out["ok"] &= good
-    f = train_data._dataset.inter_feat
-    u = dataset.id2token(dataset.uid_field, f[dataset.uid_field].numpy()).astype(np.int64)
+    u = token(dataset.uid_field, train_data._dataset.inter_feat[dataset.uid_field].numpy())
     per_user = np.bincount(u, minlength=len(lengths) + 1)[1:]
     n_aug = np.maximum(lengths - 1, 0)  # prefix-expanded samples per user
     good = bool(np.all(per_user == n_aug - np.minimum(2, np.maximum(n_aug - 1, 0))))
@@ -156,15 +124,13 @@ def check_split(dataset, train_data, valid_data, test_data, offsets, items, maxl
 
 
 class BatchTap:
-    """Iterates RecBole's train dataloader for ``trainer._train_epoch``: records the time of
-    each batch (collate of batch i + the trainer's step on it) and stops after ``max_batches``."""
+    """RecBole's train dataloader, timing each batch (its collate + the trainer's step); stops after ``max_batches``."""
 
     def __init__(self, loader, max_batches: int = 0):
         self._loader, self._max_batches, self.times = loader, max_batches, []
 
     def __len__(self):
-        n = len(self._loader)
-        return min(n, self._max_batches) if self._max_batches else n
+        return min(len(self._loader), self._max_batches or len(self._loader))
 
     def __getattr__(self, name):  # shuffle, sampler, dataset, ... as RecBole expects
         return getattr(self._loader, name)
@@ -182,38 +148,29 @@ class BatchTap:
 
 
 def build_config_dict(args, work_dir: Path) -> dict:
-    return {
-        # environment
-        "data_path": str(work_dir), "checkpoint_dir": str(work_dir / "saved"), "use_gpu": False, "gpu_id": "",
-        "worker": 0, "seed": args.seed, "reproducibility": True, "state": "INFO", "show_progress": False,
-        "log_wandb": False, "save_dataset": False, "save_dataloaders": False,
-        # atomic file; explicit so that RecBole's bundled ml-100k.yaml (rating column, normalize_all: True)
-        # cannot change anything when the folder is called ml-100k
-        "field_separator": "\t", "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "unload_col": None, "unused_col": None,
-        "rm_dup_inter": None, "val_interval": None, "filter_inter_by_user_or_item": True,
-        "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)", "normalize_all": False,
-        "normalize_field": None, "benchmark_filename": None, "MAX_ITEM_LIST_LENGTH": args.maxlen,
-        # model
-        "hidden_size": args.hidden, "inner_size": args.inner, "n_layers": args.layers, "n_heads": args.heads,
-        "hidden_dropout_prob": args.dropout, "attn_dropout_prob": args.dropout, "loss_type": "CE",
-        "train_neg_sample_args": None,
-        # training
-        "learner": "adam", "learning_rate": args.lr, "weight_decay": 0.0, "train_batch_size": args.batch,
-        "epochs": 10**6, "stopping_step": 10**6, "eval_step": 1, "clip_grad_norm": None, "shuffle": True,
-        "enable_amp": False, "enable_scaler": False,
-        # evaluation
-        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
-        "repeatable": True,  # required by RecBole for sequential models
-        "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 20], "valid_metric": "NDCG@10",
-        "valid_metric_bigger": True, "eval_batch_size": 2048, "metric_decimal_place": 6,
-    }
+    return {"data_path": str(work_dir), "checkpoint_dir": str(work_dir / "saved"), "use_gpu": False, "gpu_id": "",
+            "worker": 0, "seed": args.seed, "reproducibility": True, "state": "INFO", "show_progress": False,
+            "log_wandb": False, "save_dataset": False, "save_dataloaders": False,
+            # atomic file, explicit: RecBole's bundled ml-100k.yaml (rating column, normalize_all) must change nothing
+            "field_separator": "\t", "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "unload_col": None, "unused_col": None,
+            "rm_dup_inter": None, "val_interval": None, "filter_inter_by_user_or_item": True,
+            "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)", "normalize_all": False,
+            "normalize_field": None, "benchmark_filename": None, "MAX_ITEM_LIST_LENGTH": args.maxlen,
+            "hidden_size": args.hidden, "inner_size": args.inner, "n_layers": args.layers, "n_heads": args.heads,
+            "hidden_dropout_prob": args.dropout, "attn_dropout_prob": args.dropout, "loss_type": "CE",
+            "train_neg_sample_args": None, "learner": "adam", "learning_rate": args.lr, "weight_decay": 0.0,
+            "train_batch_size": args.batch, "epochs": 10**6, "stopping_step": 10**6, "eval_step": 1,
+            "clip_grad_norm": None, "shuffle": True, "enable_amp": False, "enable_scaler": False,
+            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+            "repeatable": True,  # required by RecBole for sequential models
+            "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 20], "valid_metric": "NDCG@10",
+            "valid_metric_bigger": True, "eval_batch_size": 2048, "metric_decimal_place": 6}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     out_path, dataset_dir, work_dir = (Path(p).resolve() for p in (args.out, args.dataset_dir, args.work_dir))
-    work_dir.mkdir(parents=True, exist_ok=True)
     name = dataset_dir.name + ("-ours" if dataset_dir.name in RECBOLE_RESERVED_NAMES else "")
     result: dict = {"side": "recbole", "status": "running", "model": args.model, "dataset": name,
                     "dataset_dir": str(dataset_dir), "mode": args.mode, "args": vars(args),
@@ -234,9 +191,8 @@ def run(args, result: dict, out_path: Path, dataset_dir: Path, work_dir: Path, n
     result["source"] = {"fingerprint": meta.get("fingerprint"), "n_items_prepared": meta.get("n_items")}
     result["inter_file"] = str(work_dir / name / f"{name}.inter")
     result["inter"] = write_inter(work_dir / name / f"{name}.inter", offsets, items)
-    del offsets, items
-    # RecBole 1.2.1 under pandas 2.x / torch 2.13 warns about chained fillna and
-    # torch.cuda.amp.GradScaler on every run; they change nothing here
+    del offsets, items  # not held while RecBole builds its own copy (peak RSS)
+    # RecBole 1.2.1 warns about pandas' chained fillna and torch.cuda.amp.GradScaler on every run: harmless here
     warnings.filterwarnings("ignore", category=FutureWarning)
     import torch
     import recbole
@@ -244,8 +200,7 @@ def run(args, result: dict, out_path: Path, dataset_dir: Path, work_dir: Path, n
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_logger, init_seed
 
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if threads:
+    if threads := int(os.environ.get("OMP_NUM_THREADS", "0") or 0):
         torch.set_num_threads(threads)
     result.update({"recbole_version": recbole.__version__, "torch_version": torch.__version__,
                    "numpy_version": np.__version__, "threads": torch.get_num_threads(),
@@ -265,7 +220,7 @@ def run(args, result: dict, out_path: Path, dataset_dir: Path, work_dir: Path, n
                                         *load_prepared(dataset_dir)[:2], args.maxlen)
     if not result["split_check"]["ok"]:
         raise RuntimeError(f"RecBole's leave-one-out split differs from ours: {result['split_check']}")
-    rss_after_data, peak_after_data = current_rss_mb(), peak_rss_mb()
+    phase = {"after_data": current_rss_mb(), "peak_after_data": peak_rss_mb()}
     batches = len(train_data)
     result.update({"n_users": int(dataset.user_num - 1), "n_items": int(dataset.item_num - 1),
                    "n_interactions": result["inter"]["n_interactions"], "n_train_samples": len(train_data._dataset),
@@ -276,8 +231,7 @@ def run(args, result: dict, out_path: Path, dataset_dir: Path, work_dir: Path, n
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     trainer.eval_collector.data_collect(train_data)  # as Trainer.fit does
     result["n_params"] = int(sum(p.numel() for p in model.parameters()))
-    result["rss_mb_by_phase"] = {"after_data": rss_after_data, "peak_after_data": peak_after_data,
-                                 "after_model_trainer": current_rss_mb()}
+    result["rss_mb_by_phase"] = {**phase, "after_model_trainer": current_rss_mb()}
 
     def timed_eval(loader, **kw):
         t = time.perf_counter()
@@ -305,7 +259,7 @@ def run(args, result: dict, out_path: Path, dataset_dir: Path, work_dir: Path, n
                                                    "incl. RecBole's metric computation", "valid_after_timing": valid_res})
         return
     # budget: epochs (each validated, the best checkpoint kept) while less than --budget-s has been spent
-    tap, best_score, best_epoch, best_valid, history = BatchTap(train_data, 0), -math.inf, -1, None, []
+    tap, best_score, best_epoch, best_valid, history = BatchTap(train_data, 0), float("-inf"), -1, None, []
     t_start, epoch = time.perf_counter(), 0
     while time.perf_counter() - t_start < args.budget_s:
         t = time.perf_counter()

@@ -1,9 +1,7 @@
 """Catalog scale on this machine: generation, SASRec sampled-softmax training, chunked full ranking.
 
-Pieces (``run --size S --piece P``, ``summarize``: benchmarks/README.md, "Catalog scale"); each
-piece runs in a fresh subprocess, so its peak RAM (VmHWM) is its own, and merges its rows into
-benchmarks/results/scale.json. Sizes keep the 10M / 1M / 500k proportions. The measurements
-are ``core.cost``'s (training throughput, full-ranking time, peak RAM).
+Pieces ``run --size S --piece P`` and ``summarize``: benchmarks/README.md, "Catalog scale". Each piece runs in a fresh
+subprocess, so its peak RAM (VmHWM) is its own, and merges ``core.cost``'s measurements into scale.json.
 """
 from __future__ import annotations
 
@@ -13,98 +11,83 @@ import os
 import resource
 import subprocess
 import sys
-from functools import partial
-from pathlib import Path
 
 from benchmarks.common import REPO, RESULTS, cli, load_rows, machine, md_table, merge_rows, opt, plot, timed, write_md
 
 RESULTS_FILE = RESULTS / "scale.json"
 SIZES = {"100k": (100_000, 10_000, 5_000), "1m": (1_000_000, 100_000, 50_000),  # interactions, items, users
          "10m": (10_000_000, 1_000_000, 500_000)}
+SIZE_ORDER = {f"synthetic-{s}": i for i, s in enumerate(SIZES)}
 PIECES = ("prep", "train", "eval", "eval-unchunked")
 TRAIN_STEPS, TRAIN_BATCH, NEGATIVES, SAMPLER = 50, 256, 256, "popularity"  # 50: the CPU is shared
 EVAL_USERS, ITEM_CHUNK, EVAL_BATCH = 10_000, 65_536, 1024
 MODEL = dict(maxlen=50, hidden_units=64, num_blocks=2, num_heads=2, dropout_rate=0.2)
 
 
-def data_dir(size: str) -> Path:
-    return REPO / "data" / f"synthetic-{size}"
-
-
-# --------------------------------------------------------------------------- pieces (in a child process)
-def piece_prep(size: str) -> list[tuple]:
-    from core.cost import generation_cost
-    from core.data.synthetic_large import LargeSpec
-
-    n, items, users = SIZES[size]
-    res = generation_cost(data_dir(size), LargeSpec(interactions=n, items=items, users=users, alpha=1.0, seed=0))
-    return [("generator", "prep_sec", res["seconds"], {"fingerprint": res["fingerprint"]}),
-            ("generator", "peak_ram_gb", res["peak_ram_gb"], {}),
-            ("generator", "load_sec", res["load_seconds"], {"note": "SequenceData.load: memory-mapped, validated"}),
-            ("generator", "fitted_alpha", res["fitted_alpha"], {"note": "rank-frequency slope; parameter alpha = 1.0"})]
-
-
-def piece_train(size: str) -> list[tuple]:
-    from core.cost import sampled_training_cost
-
-    res = sampled_training_cost(data_dir(size), MODEL, TRAIN_BATCH, TRAIN_STEPS, NEGATIVES, SAMPLER)
-    extra = {"steps": res["steps"], "batch_size": TRAIN_BATCH, "num_negatives": NEGATIVES, "negative_sampler": SAMPLER,
-             "train_loss": res["train_loss"], "train_seconds": res["epoch_seconds"], "cpu_share": round(res["cpu_share"], 2),
-             "full_softmax_logits_gb": round(res["full_softmax_logits_gb"], 2)}
-    return [("sasrec-sampled", "train_seq_per_sec", res["rows_per_sec"], extra),
-            ("sasrec-sampled", "peak_ram_gb", res["peak_ram_gb"], {})]
-
-
-def piece_eval(size: str, item_chunk: int) -> list[tuple]:
-    from core.cost import untrained_ranking_cost
-
-    res = untrained_ranking_cost(data_dir(size), MODEL, EVAL_USERS, EVAL_BATCH, item_chunk)
-    name = "sasrec-chunked" if item_chunk else "sasrec-unchunked"
-    extra = {"users": res["users"], "items": res["items"], "item_chunk": item_chunk, "eval_batch": EVAL_BATCH,
-             "NDCG@10": res["metrics"].get("NDCG@10"), "cpu_share": round(res["cpu_share"], 2)}
-    return [(name, "eval_sec", res["seconds"], extra), (name, "eval_peak_ram_gb", res["peak_ram_gb"], {})]
-
-
-def child(size: str, piece: str, threads: int) -> None:
+def child(args) -> None:
+    """one piece in this process (so that its peak RAM is its own): ``core.cost``'s rows, as a RESULT line"""
     import torch
 
-    torch.set_num_threads(threads)
-    if piece != "prep" and not (data_dir(size) / "meta.json").is_file():
-        raise SystemExit(f"error: {data_dir(size)} missing; run `python -m benchmarks.scale run --size {size} --piece prep`")
-    pieces = {"prep": piece_prep, "train": piece_train, "eval": partial(piece_eval, item_chunk=ITEM_CHUNK),
-              "eval-unchunked": partial(piece_eval, item_chunk=0)}  # 0: the whole catalog at once
-    out = [{"model": m, "metric": k, "value": round(float(v), 4), **e} for m, k, v, e in pieces[piece](size)]
+    from core import cost
+
+    torch.set_num_threads(args.threads)
+    size, folder = args.size, REPO / "data" / f"synthetic-{args.size}"
+    if args.piece != "prep" and not (folder / "meta.json").is_file():
+        raise SystemExit(f"error: {folder} missing; run `python -m benchmarks.scale run --size {size} --piece prep`")
+    if args.piece == "prep":
+        from core.data.synthetic_large import LargeSpec
+
+        res = cost.generation_cost(folder, LargeSpec(*SIZES[size], alpha=1.0, seed=0))  # interactions, items, users
+        rows = [("generator", "prep_sec", res["seconds"], {"fingerprint": res["fingerprint"]}),
+                ("generator", "peak_ram_gb", res["peak_ram_gb"], {}),
+                ("generator", "load_sec", res["load_seconds"], {"note": "SequenceData.load: memory-mapped, validated"}),
+                ("generator", "fitted_alpha", res["fitted_alpha"],
+                 {"note": "rank-frequency slope; parameter alpha = 1.0"})]
+    elif args.piece == "train":
+        res = cost.sampled_training_cost(folder, MODEL, TRAIN_BATCH, TRAIN_STEPS, NEGATIVES, SAMPLER)
+        rows = [("sasrec-sampled", "train_seq_per_sec", res["rows_per_sec"], {
+                    "steps": res["steps"], "batch_size": TRAIN_BATCH, "num_negatives": NEGATIVES,
+                    "negative_sampler": SAMPLER, "train_loss": res["train_loss"], "train_seconds": res["epoch_seconds"],
+                    "cpu_share": round(res["cpu_share"], 2),
+                    "full_softmax_logits_gb": round(res["full_softmax_logits_gb"], 2)}),
+                ("sasrec-sampled", "peak_ram_gb", res["peak_ram_gb"], {})]
+    else:
+        chunk = ITEM_CHUNK if args.piece == "eval" else 0  # 0: the whole catalog at once
+        res = cost.untrained_ranking_cost(folder, MODEL, EVAL_USERS, EVAL_BATCH, chunk)
+        name = "sasrec-chunked" if chunk else "sasrec-unchunked"
+        rows = [(name, "eval_sec", res["seconds"], {
+                    "users": res["users"], "items": res["items"], "item_chunk": chunk, "eval_batch": EVAL_BATCH,
+                    "NDCG@10": res["metrics"].get("NDCG@10"), "cpu_share": round(res["cpu_share"], 2)}),
+                (name, "eval_peak_ram_gb", res["peak_ram_gb"], {})]
+    out = [{"model": m, "metric": k, "value": round(float(v), 4), **e} for m, k, v, e in rows]
     print("RESULT " + json.dumps(out), flush=True)
 
 
-# --------------------------------------------------------------------------- parent
-SIZE_ORDER = {f"synthetic-{s}": i for i, s in enumerate(SIZES)}
+def run(args) -> None:
+    """one size, the given pieces in turn, each in a fresh process"""
+    size, threads = args.size, args.threads
+    for piece in args.piece:
+        cmd = [sys.executable, "-m", "benchmarks.scale", "_child", "--size", size, "--piece", piece,
+               "--threads", str(threads)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+        proc, wall = timed(subprocess.run, cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: piece {piece} --size {size} failed (exit {proc.returncode})")
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+        # the OS's view of the peak (max over this invocation's children so far), a check on VmHWM
+        child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
+        rows = [{"dataset": f"synthetic-{size}", **r, "device": machine(threads),
+                 "command": f"python -m benchmarks.scale run --size {size} --piece {piece}",
+                 "interactions": SIZES[size][0], "n_items": SIZES[size][1], "n_users": SIZES[size][2],
+                 "piece_wall_sec": round(wall, 2), "rusage_maxrss_gb": round(child_peak, 4),
+                 # the 2 cores are shared with other jobs: the load says how much of them this piece had
+                 "load_avg_1m": round(os.getloadavg()[0], 2)} for r in json.loads(line[7:])]
+        merge_rows(RESULTS_FILE, rows, key=("dataset", "model", "metric"),
+                   order=lambda r: (SIZE_ORDER.get(r["dataset"], 9), r["model"], r["metric"]))
+        for r in rows:
+            print(f"{r['dataset']:16s} {r['model']:18s} {r['metric']:18s} {r['value']}")
 
 
-def run_piece(size: str, piece: str, threads: int) -> list[dict]:
-    cmd = [sys.executable, "-m", "benchmarks.scale", "_child", "--size", size, "--piece", piece,
-           "--threads", str(threads)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
-    proc, wall = timed(subprocess.run, cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: piece {piece} --size {size} failed (exit {proc.returncode})")
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    # the OS's view of the peak (max over this invocation's children so far), a check on VmHWM
-    child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
-    command = f"python -m benchmarks.scale run --size {size} --piece {piece}"
-    rows = [{"dataset": f"synthetic-{size}", **r, "device": machine(threads), "command": command,
-             "interactions": SIZES[size][0], "n_items": SIZES[size][1], "n_users": SIZES[size][2],
-             "piece_wall_sec": round(wall, 2), "rusage_maxrss_gb": round(child_peak, 4),
-             # the 2 cores are shared with other jobs: the load says how much of them this piece had
-             "load_avg_1m": round(os.getloadavg()[0], 2)} for r in json.loads(line[7:])]
-    merge_rows(RESULTS_FILE, rows, key=("dataset", "model", "metric"),
-               order=lambda r: (SIZE_ORDER.get(r["dataset"], 9), r["model"], r["metric"]))
-    for r in rows:
-        print(f"{r['dataset']:16s} {r['model']:18s} {r['metric']:18s} {r['value']}")
-    return rows
-
-
-# --------------------------------------------------------------------------- summary
 SUMMARY = [  # (model, metric, label)
     ("generator", "prep_sec", "generation time (s)"),
     ("generator", "peak_ram_gb", "generation peak RAM (GB)"),
@@ -124,11 +107,11 @@ def summarize(args=None) -> None:
     rows = load_rows(RESULTS_FILE)
     if not rows:
         raise SystemExit("error: no rows in benchmarks/results/scale.json; run some pieces first")
-    sizes = [s for s in SIZES if any(r["dataset"] == f"synthetic-{s}" for r in rows)]
-    get = {(r["dataset"], r["model"], r["metric"]): r for r in rows}
+    sizes = [s for s in SIZES if f"synthetic-{s}" in {r["dataset"] for r in rows}]
+    get = {(r["dataset"], r["model"], r["metric"]): r["value"] for r in rows}
     table, series = [], {}
     for model, metric, label in SUMMARY:
-        vals = [get.get((f"synthetic-{s}", model, metric), {}).get("value") for s in sizes]
+        vals = [get.get((f"synthetic-{s}", model, metric)) for s in sizes]
         if all(v is None for v in vals):
             continue
         pts = [(SIZES[s][0], v) for s, v in zip(sizes, vals) if v]
@@ -144,13 +127,12 @@ def summarize(args=None) -> None:
              *md_table(["figure", *(f"{s} ({SIZES[s][0]:,} inter., {SIZES[s][1]:,} items)" for s in sizes),
                         "growth exponent"], table, sep=["---", *("---:" for _ in sizes), "---:"])]
     loads = [r["load_avg_1m"] for r in rows if "load_avg_1m" in r]
+    shares = [f"{r['dataset'].split('-')[1]} {r['model']} {r['cpu_share']}" for r in rows if "cpu_share" in r]
     if loads:
         lines += ["", f"The 2 cores were shared with other jobs: 1-minute load average {min(loads):.1f}-{max(loads):.1f} "
                   "at the end of the pieces, so the times are those of a fraction of the machine "
-                  "(`cpu_share` in scale.json: CPU seconds per wall second of the timed part, 2.0 = both cores)."]
-        shares = [f"{r['dataset'].split('-')[1]} {r['model']} {r['cpu_share']}" for r in rows if "cpu_share" in r]
-        if shares:
-            lines += ["", "cpu_share: " + "; ".join(shares) + "."]
+                  "(`cpu_share` in scale.json: CPU seconds per wall second of the timed part, 2.0 = both cores).",
+                  *(["", "cpu_share: " + "; ".join(shares) + "."] if shares else [])]
     lines += ["", "Growth exponent: slope of log(figure) against log(interactions) between the smallest and the "
               "largest size measured (1 = linear). Catalog and users grow with the interactions (10 : 1 : 0.5).",
               "", "Settings: " + f"SASRec {MODEL}, batch {TRAIN_BATCH}, {TRAIN_STEPS} batches timed through "
@@ -162,23 +144,14 @@ def summarize(args=None) -> None:
          "interactions (items = 10%, users = 5%)", "value (units in legend)", size=(8, 5.5), log=True, marker="o")
 
 
-def run(args) -> None:
-    """one size, the given pieces in turn, each in a fresh process"""
-    for piece in args.piece:
-        run_piece(args.size, piece, args.threads)
-
-
-def main(argv=None) -> int:
-    def piece_opts(run: bool) -> list:
-        return [opt("--size", choices=list(SIZES), required=True),
-                opt("--piece", choices=PIECES, required=True, action="append" if run else "store"),
-                opt("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")]
-
-    cli(__doc__.splitlines()[0], {"run": (run, piece_opts(True)),
-                                  "_child": (lambda a: child(a.size, a.piece, a.threads), piece_opts(False)),
+def main(argv=None) -> None:
+    size = opt("--size", choices=list(SIZES), required=True)
+    threads = opt("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
+    piece = lambda action: opt("--piece", choices=PIECES, required=True, action=action)  # noqa: E731
+    cli(__doc__.splitlines()[0], {"run": (run, [size, piece("append"), threads]),
+                                  "_child": (child, [size, piece("store"), threads]),
                                   "summarize": (summarize, [])}, argv)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,11 +1,8 @@
 """SASRec / BERT4Rec quality, speed and memory, side by side with RecBole 1.2.1.
 
-Pieces (``quality``, ``speed``, ``budget``, ``limit``, ``memory``, ``summarize``: see benchmarks/README.md) merge
-their rows into benchmarks/results/. ``quality`` trains through ``python -m distillation.training`` with the shipped
-config (run name ``bench-seed<N>``); ``speed`` and ``memory`` time that same command on short runs
-(``training.epochs`` / ``training.max_steps_per_epoch``), reading the per-epoch seconds it logs to ``metrics.jsonl``.
-Per-seed rows go to ``sequential_runs.json``; ``summarize`` writes ``sequential.json`` / ``.md`` and
-``sequential_curves.png``.
+Pieces (``quality``, ``speed``, ``budget``, ``limit``, ``memory``, ``summarize``; methods in benchmarks/README.md)
+merge their rows into benchmarks/results/: per-seed rows into ``sequential_runs.json``, the others into
+``sequential.json``; ``summarize`` writes ``sequential.json`` / ``.md`` and ``sequential_curves.png``.
 """
 from __future__ import annotations
 
@@ -21,8 +18,9 @@ from benchmarks.common import REPO, RESULTS, WORK, aggregate, cli, load_rows, ma
 from core.cost import LEAN_MEMORY_ENV, allocator_env, seqrec_ranking_vs_limit, training_run_cost
 
 RUNS_FILE = RESULTS / "sequential_runs.json"
-# published full-ranking NDCG@10 on the same S3-Rec/ICLRec files, and the targets we hold ourselves to
-ANCHORS = {  # issue 20's bars: (published anchors, must reach, aim)
+KEY = ("dataset", "model", "protocol", "metric")  # sequential.json holds one row per key
+# issue 20's bars on full-ranking NDCG@10 (S3-Rec/ICLRec files): (published anchors, must reach, aim)
+ANCHORS = {
     ("beauty", "sasrec"): ("SASRec+SS 0.0531; eSASRec 0.0523; BSARec 0.0611; BCE SASRec 0.0318 (TIGER table)", 0.0560, 0.0611),
     ("beauty", "sasrec-ce-e80"): ("the quality recipe (configs/distillation/sasrec/beauty-ce.yaml): SASRec's bars",
                                   0.0560, 0.0611),
@@ -38,7 +36,6 @@ SAMPLED_METRICS = ["NDCG@10", "HR@10"]
 NO_WEIGHTS_ONLY = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # RecBole's checkpoints pickle its Config
 
 
-# --------------------------------------------------------------------------- quality
 def cmd_quality(args) -> None:
     """train one dataset / model / seed with the shipped config and record its test metrics"""
     config = f"configs/distillation/{args.model}/{args.dataset}.yaml"
@@ -56,9 +53,8 @@ def cmd_quality(args) -> None:
         raise SystemExit(f"{results}: not found")
     if results.is_file() and json.loads(results.read_text())["model"] != args.model:
         raise SystemExit(f"{results} holds another model's run; refusing to overwrite it")
-    wall = None
-    if not ((args.collect_only or args.from_run) and results.is_file()):
-        _, wall = timed(run_module, "distillation.training", config, over)
+    done = (args.collect_only or args.from_run) and results.is_file()
+    wall = None if done else timed(run_module, "distillation.training", config, over)[1]
     res, curve = json.loads(results.read_text()), read_jsonl(run_dir / "metrics.jsonl")
     # the device with the threads the run itself used (a run by hand may differ from this process)
     r = partial(row, args.dataset, seeds=[args.seed], command=command, device=machine(res.get("threads")))
@@ -83,17 +79,14 @@ def cmd_quality(args) -> None:
 
 def record(rows: list[dict]) -> None:
     """Merge a piece's rows into sequential.json and print them."""
-    merge_rows(RESULTS / "sequential.json", rows, key=("dataset", "model", "protocol", "metric"))
+    merge_rows(RESULTS / "sequential.json", rows, key=KEY)
     for r in rows:
         print(f"{r['model']:16s} {r['metric']:34s} {r['value']:.4g}")
 
 
-# --------------------------------------------------------------------------- speed, memory, budget, limit
 def ours_run(args, run_name: str, env: dict, epochs: int, max_steps: int = 0) -> dict:
-    """``python -m distillation.training`` on the shipped config for ``epochs`` epochs (each capped
-    at ``max_steps`` batches, 0 = full passes), validated after each: seconds per training epoch
-    (mean of the ``epoch_seconds`` it logs), seconds of its first validation (a full ranking of
-    every validation user) and the process's peak RSS."""
+    """``training_run_cost`` of the shipped config for ``epochs`` epochs of at most ``max_steps`` batches (0: all),
+    validated on every user after each."""
     from core.seqrec import dataset_dir
 
     over = overrides(f"device=cpu,run_name={run_name},overwrite=true,training.epochs={epochs},training.max_steps_per_epoch="
@@ -105,10 +98,7 @@ def ours_run(args, run_name: str, env: dict, epochs: int, max_steps: int = 0) ->
 
 
 def cmd_limit(args) -> None:
-    """our full-ranking evaluation against the machine's arithmetic limit
-
-    One users x items score product plus one pass over the scores (compare with the target's score
-    and count), in the evaluator's own batch size, in this process, interleaved 3 times."""
+    """our full-ranking evaluation against the machine's arithmetic limit (core.cost.ranking_vs_limit)"""
     import torch
 
     from core.cli import keep_freed_memory
@@ -174,26 +164,15 @@ def cmd_speed(args) -> None:
                 ("speedup_vs_recbole_epoch", theirs["sec_per_epoch"] / lean["sec_per_epoch"])))])
 
 
-def prepare_ml1m_size() -> Path:
-    """data/ml-1m-size: a generated file of MovieLens-1M's shape (6,040 users, 3,706 items,
-    1,000,209 interactions), repacked into sequences.npz so both sides hold it in memory."""
+def cmd_memory(args) -> None:
+    """peak RSS vs RecBole where data dominates (ML-1M's shape, max length 200)"""
     from core.data.synthetic_large import LargeSpec, generate_large, repack_npz
 
-    out = REPO / "data" / "ml-1m-size"
-    if not (out / "sequences.npz").is_file():
-        generate_large(out, LargeSpec(interactions=1000209, items=3706, users=6040, seed=0), "ml-1m-size")
-        repack_npz(out)
-    return out
-
-
-def cmd_memory(args) -> None:
-    """peak RSS vs RecBole where data dominates (ML-1M's shape, max length 200)
-
-    RecBole's default SASRec settings (configs/distillation/sasrec/ml-1m-size.yaml), the same number
-    of training batches plus one full evaluation on each side, each side in its own process."""
-    prepare_ml1m_size()
-    cfg = _load_cfg(args)
-    theirs_json = WORK / f"memory-recbole-{args.dataset}.json"
+    data = REPO / "data" / "ml-1m-size"  # MovieLens-1M's shape, repacked so both sides hold it in memory
+    if not (data / "sequences.npz").is_file():
+        generate_large(data, LargeSpec(interactions=1000209, items=3706, users=6040, seed=0), "ml-1m-size")
+        repack_npz(data)
+    cfg, theirs_json = _load_cfg(args), WORK / f"memory-recbole-{args.dataset}.json"
     ours = ours_run(args, "bench-memory", allocator_env(**NO_WEIGHTS_ONLY), 1, args.batches)
     if not (args.reuse_recbole and theirs_json.is_file()):  # RecBole's peak does not depend on our side
         subprocess.run(recbole_argv(args, "speed", theirs_json, max_batches=args.batches), check=True,
@@ -214,8 +193,7 @@ def cmd_budget(args) -> None:
     budget, run_name = args.minutes * 60, f"budget-{int(args.minutes)}min"
     env = {**os.environ, "OMP_NUM_THREADS": "1", **NO_WEIGHTS_ONLY}
     theirs_json = WORK / f"budget-recbole-{args.dataset}-{args.model}.json"
-    # the shipped recipe as it is (its cosine schedule has a fixed length), stopped by the budget
-    # if it has not finished by then
+    # the shipped recipe as it is (its cosine schedule has a fixed length), stopped by the budget if not done by then
     over = f"seed={args.seed},run_name={run_name},overwrite=true,training.time_budget_s={budget},eval.sampled=[]"
     if not args.collect_only:
         ours = subprocess.Popen([sys.executable, "-m", "distillation.training", "--config",
@@ -237,16 +215,14 @@ def cmd_budget(args) -> None:
               res["test"]["NDCG@10"] / rb["test_ndcg@10"])])
 
 
-# --------------------------------------------------------------------------- summary
 def cmd_summarize(args) -> None:
     """sequential.json / .md / _curves.png"""
-    from core.report import format_table
+    from core.report import Sel, bar_verdict, format_table, select_row
 
     runs = load_rows(RUNS_FILE)
-    merge_rows(RESULTS / "sequential.json", aggregate(runs)[1], key=("dataset", "model", "protocol", "metric"))
+    merge_rows(RESULTS / "sequential.json", aggregate(runs)[1], key=KEY)
     rows = load_rows(RESULTS / "sequential.json")
     quality = [r for r in rows if r["metric"] in QUALITY_METRICS]
-    by = {(r["dataset"], r["model"], r["protocol"], r["metric"]): r for r in quality}
     table = {}
     for r in quality:
         table.setdefault((r["dataset"], r["model"], r["protocol"]), {
@@ -261,29 +237,17 @@ def cmd_summarize(args) -> None:
         "", "## Against published anchors (test NDCG@10, full ranking)", "",
         md([{"dataset": d, "model": m, "published": text, "must reach": must, "aim": aim,
              "ours": table.get((d, m, "full"), {}).get("NDCG@10", "not run yet"),
-             "verdict": _verdict(by.get((d, m, "full", "NDCG@10")), must, aim)}
+             "verdict": bar_verdict(select_row(quality, Sel(d, m, "NDCG@10", "full")), must, aim)}
             for (d, m), (text, must, aim) in ANCHORS.items()],
            ["dataset", "model", "published", "must reach", "aim", "ours", "verdict"]),
         "", "## Speed, memory and equal-budget rows", "",
-        md([{"dataset": r["dataset"], "model": r["model"], "metric": r["metric"], "device": r["device"],
-             "value": f"{r['value']:.3f}" if isinstance(r["value"], float) else r["value"]}
+        md([{**r, "value": f"{r['value']:.3f}" if isinstance(r["value"], float) else r["value"]}
             for r in rows if r not in quality], ["dataset", "model", "metric", "value", "device"]),
         "", "Commands: see the `command` field of each row in `sequential.json`."])
     curves = [r for r in runs if r["metric"] == "valid_curve" and r["curve"]]
-    plot("sequential_curves.png", {ds: [(f"{c['model']} seed {c['seeds'][0]}", [p[0] for p in c["curve"]],
-                                         [p[2] for p in c["curve"]])
-                                        for c in curves if c["dataset"] == ds]
-                                   for ds in sorted({c["dataset"] for c in curves})},
-         "epoch", "valid NDCG@10 (full ranking)", size=(5, 3.6))
-
-
-def _verdict(r: dict | None, must: float, aim: float) -> str:
-    """Issue 20's verdict on an aggregated test NDCG@10 row ('' for none)."""
-    if not r:
-        return ""
-    v, n = r["value"], len(r["seeds"])
-    verdict = "meets aim" if v >= aim else "meets must" if v >= must else f"misses must by {must - v:.4f}"
-    return verdict + ("" if n >= 3 else f" ({n} of 3 seeds)")
+    panels = {ds: [(f"{c['model']} seed {c['seeds'][0]}", [p[0] for p in c["curve"]], [p[2] for p in c["curve"]])
+                   for c in curves if c["dataset"] == ds] for ds in sorted({c["dataset"] for c in curves})}
+    plot("sequential_curves.png", panels, "epoch", "valid NDCG@10 (full ranking)", size=(5, 3.6))
 
 
 def main() -> None:

@@ -1,12 +1,9 @@
 """TriGRec on Amazon Food-Kitchen: the full method, its ablations and the shuffled control.
 
-Pieces (``stage1``, ``stage2 --variant V``, ``stage1-loss``, ``summarize``: benchmarks/README.md,
-"TriGRec") drive ``user_representation_module.train`` / ``.inference`` and
-``recommendation_model.train_eval``; rows go to ``benchmarks/results/trigrec_runs.json``. Each
-seed's stage-1 tree lives in ``state_dict/bench/trigrec/<target>/seed<N>[-nogrl]/``. Protocols:
-``sampled-999`` (C2DSR: the target of each C2DSR test line against 999 sampled items of its
-domain) and ``full`` (full ranking on the pickles' leave-two-out split). The ``leakfree``
-variants export the ``.holdout1`` vectors on first use and train with ``model.vector_holdout=1``.
+Pieces (``stage1``, ``stage2 --variant V``, ``stage1-loss``, ``summarize``: benchmarks/README.md, "TriGRec") drive
+``user_representation_module.train`` / ``.inference`` and ``recommendation_model.train_eval`` in a stage-1 tree per
+seed (``state_dict/bench/trigrec/<target>/seed<N>[-nogrl]/``); rows go to ``benchmarks/results/trigrec_runs.json``.
+Protocols: ``sampled-999`` (C2DSR's test lines, 999 sampled items of the domain) and ``full`` (full ranking).
 """
 from __future__ import annotations
 
@@ -20,43 +17,38 @@ import numpy as np
 
 from benchmarks.common import REPO, RESULTS, aggregate, cli, devices, load_rows, machine, md_table, merge_rows, opt, \
     overrides, plot, pm, read_jsonl, rel, row, run_module, write_json, write_md
-from core.metrics import paired_over_seeds
 from core.train import mean_epoch_seconds
-from recommendation_model.data import exported as exported_files
-from recommendation_model.train_eval import RANKS_FILE, c2dsr_line_ndcg
+from recommendation_model.data import missing_export
+from recommendation_model.train_eval import RANKS_FILE, paired_line_ndcg
 
 RUNS_FILE = RESULTS / "trigrec_runs.json"
 TARGETS = {"food": "Food-Kitchen/Food", "kitchen": "Food-Kitchen/Kitchen"}
 PUBLISHED = {"food": {"MRR": 8.91, "NDCG@10": 9.71, "HR@10": 14.54}, "kitchen": {"MRR": 4.65, "NDCG@10": 4.94, "HR@10": 8.18}}
 GOALS = {"food": 10.7, "kitchen": 5.4}
 VARIANTS = {  # stage-2 variant -> (row name, overrides, stage-1 tree suffix)
-    "trigrec": ("trigrec", "", ""),
-    "bert4rec": ("bert4rec", "use_spe=false,use_cross=false", ""),
-    "spe": ("trigrec-spe_only", "use_cross=false", ""),
-    "cross": ("trigrec-cross_only", "use_spe=false", ""),
-    "nogate": ("trigrec-nogate", "gate=false", ""),
-    "shuffled": ("trigrec-shuffled", "shuffle_user_vectors=true", ""),
+    "trigrec": ("trigrec", "", ""), "bert4rec": ("bert4rec", "use_spe=false,use_cross=false", ""),
+    "spe": ("trigrec-spe_only", "use_cross=false", ""), "cross": ("trigrec-cross_only", "use_spe=false", ""),
+    "nogate": ("trigrec-nogate", "gate=false", ""), "shuffled": ("trigrec-shuffled", "shuffle_user_vectors=true", ""),
     "nogrl": ("trigrec-nogrl", "", "-nogrl"),
-    # the other domain's specific vectors only: they hold no target-domain item, so nothing the
-    # cloze loss masks can be read back from them (the target's own and the cross vectors are
-    # encoded from whole training sequences, masked items included)
-    "spe_other": ("trigrec-spe_other_only", "use_cross=false", ""),
-    # leak-free training: the last training item of each row is predicted through the fusion
-    # from vectors exported without it (export.holdout_last=1), the rest by plain cloze
-    "leakfree": ("trigrec-leakfree", "model.vector_holdout=1", ""),
+    "spe_other": ("trigrec-spe_other_only", "use_cross=false", ""),  # no target item for the cloze loss to read back
+    "leakfree": ("trigrec-leakfree", "model.vector_holdout=1", ""),  # last item from vectors exported without it
     "leakfree_spe_other": ("trigrec-leakfree-spe_other_only", "use_cross=false,model.vector_holdout=1", ""),
-    # the merged-domain peer: one SASRec over both domains' merged sequence (recommendation_model.merged)
-    "merged": ("sasrec-merged", "", ""),
+    "merged": ("sasrec-merged", "", ""),  # the peer: one SASRec over both domains' merged sequence
 }
 PEER = {"merged": ("recommendation_model.merged", "configs/trigrec/merged/{}.yaml")}  # variants with their own entry
 OTHER_SPE = ("spe_other", "leakfree_spe_other")  # variants that read the other domain's specific vectors
-HOLDOUT = {"leakfree": 1, "leakfree_spe_other": 1}  # variant -> export.holdout_last it needs
 C2DSR_METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 FULL_METRICS = ("NDCG@10", "HR@10", "MRR")
 SUBSET_METRICS = ("MRR", "NDCG@10", "HR@10")  # recorded on a subset of the C2DSR test lines
 # the shipped default (configs/trigrec/rec/<target>.yaml: cross-only) on the shipped stage 1 (sampled softmax)
 DEFAULT = "trigrec-cross_only-ss"
 SUBSETS = {" (seen targets)": "seen-target", " (leak-controlled)": "leak-controlled"}  # run-row suffix -> subset
+PAIRED = {  # model -> the runs it is tested against (rows "paired_wilcoxon_p_NDCG@10")
+    "trigrec": ("bert4rec", "shuffled", "merged"), "spe": ("bert4rec", "shuffled"),
+    "cross": ("bert4rec", "shuffled", "merged"), "spe_other": ("bert4rec", "shuffled"), "nogrl": ("bert4rec", "trigrec"),
+    "leakfree": ("bert4rec", "trigrec", "merged"), "shuffled": ("bert4rec",), "merged": ("bert4rec",),
+}
+TREES = ("", "-ss")  # the committed runs; the issue-23 re-measure on stage 1's sampled-softmax recipe (--tree ss)
 
 
 def home(target: str, seed: int, suffix: str = "") -> Path:
@@ -84,16 +76,11 @@ def cmd_stage1(args) -> None:
         rows.append(r("valid NDCG@10 (last epoch)", 100 * last["valid"]["NDCG@10"], unit="%", epoch=last["epoch"]))
     threads = json.loads((out / "results.json").read_text()).get("threads")
     merge_rows(RUNS_FILE, [x | {"device": machine(threads)} for x in rows])
-    print(f"stage 1 {args.target} seed {args.seed}{suffix}: {rows[0]['value']:.1f}s/epoch, "
-          f"discriminator accuracy {last.get('disc_acc'):.3f} at the last epoch")
+    print(*(f"{x['dataset']} {x['model']} seed {args.seed}: {x['metric']} {x['value']:.3f}" for x in rows), sep="\n")
 
 
 def cmd_stage1_loss(args) -> None:
-    """stage 1 with full vs sampled softmax: time per epoch, validation
-
-    Stage 1 trained with the full softmax over the catalog (``model.loss=ce``) and with the
-    shipped sampled softmax, one after the other in this call (same machine, same load): seconds
-    per epoch and the target's validation NDCG@10 after ``--epochs`` epochs, for both."""
+    """stage 1 with full (model.loss=ce) vs sampled softmax, one after the other: time per epoch, validation"""
     command = f"python -m benchmarks.trigrec stage1-loss --target {args.target} --seed {args.seed} --epochs {args.epochs}"
     rows = []
     for loss in ("ce", "sampled_softmax"):
@@ -108,23 +95,7 @@ def cmd_stage1_loss(args) -> None:
                  r(f"valid NDCG@10 (epoch {args.epochs})", 100 * read_jsonl(out / "metrics.jsonl")[-1]["valid"]["NDCG@10"],
                    unit="%")]
     merge_rows(RUNS_FILE, rows)
-    for r in rows:
-        print(f"{r['model']:28s} {r['metric']:26s} {r['value']:.3f}")
-
-
-def ensure_export(h: Path, args, code: str, holdout: int = 0) -> None:
-    """Run the stage-1 export of SPE_DOMAIN=``code`` (with ``export.holdout_last=holdout``) unless
-    the files stage 2 will read exist: the epoch it picks (EPOCH_TO_LOAD in ``--override``, else
-    the latest exported) and, with ``holdout``, that epoch's ``.holdout{m}`` spe and cross files."""
-    folder = h / "embeddings" / "user_representation_module" / args.target
-    exported = sorted(exported_files(folder, "spe", code))
-    asked = re.search(r"(?:EPOCH_TO_LOAD|epoch_to_load)=(\d+)", args.override)
-    epoch = int(asked[1]) if asked and int(asked[1]) else (exported[-1] if exported else 0)
-    if not (epoch in exported and all((folder / f"{k}_emb_ep{epoch}_{code}.holdout{holdout}.npy").is_file()
-                                      for k in ("spe", "cross") if holdout)):
-        run_module("user_representation_module.inference", f"configs/trigrec/rep/{args.target}.yaml", overrides(
-            f"seed={args.seed},home={rel(h)},SPE_DOMAIN={code}", f"EPOCH_TO_LOAD={epoch}" if epoch else "",
-            f"export.holdout_last={holdout}" if holdout else ""))
+    print(*(f"{r['model']:28s} {r['metric']:26s} {r['value']:.3f}" for r in rows), sep="\n")
 
 
 def cmd_stage2(args) -> None:
@@ -146,16 +117,20 @@ def cmd_stage2(args) -> None:
             run_module(module, config, over + ",eval_only=true")
         return
     train = not (args.collect_only and (out / "results.json").is_file())
-    if train and (args.variant in OTHER_SPE or args.variant in HOLDOUT):
-        ensure_export(h, args, code, HOLDOUT.get(args.variant, 0))
+    holdout = int(vh[1]) if (vh := re.search(r"vector_holdout=(\d+)", over_v)) else 0  # export.holdout_last it needs
+    if train and (args.variant in OTHER_SPE or holdout):  # export the vectors stage 2 reads unless they exist
+        asked = re.search(r"(?:EPOCH_TO_LOAD|epoch_to_load)=(\d+)", args.override)
+        folder = h / "embeddings" / "user_representation_module" / args.target
+        if (epoch := missing_export(folder, code, int(asked[1]) if asked else 0, holdout)) is not None:
+            run_module("user_representation_module.inference", f"configs/trigrec/rep/{args.target}.yaml", overrides(
+                f"seed={args.seed},home={rel(h)},SPE_DOMAIN={code}", f"EPOCH_TO_LOAD={epoch}" if epoch else "",
+                f"export.holdout_last={holdout}" if holdout else ""))
     r = partial(row, TARGETS[args.target], name, seeds=[args.seed],
                 command=run_module(module, config, over, run=train))
     res = json.loads((out / "results.json").read_text())
     c2, by_target = res.get("test_c2dsr", {}), res.get("test_c2dsr_by_target", {})
     subsets, free = res.get("test_c2dsr_subsets", {}), res.get("test_full_leak_controlled") or {}
-    # (protocol, row-name suffix, the metrics of those lines, the ones recorded, extra fields in the order
-    # rows have them); what an older run lacks is left out. Issue 23's leak-controlled lines (runs since
-    # 2026-12-04): events whose last transition no training sequence holds verbatim
+    # leak-controlled (issue 23): lines whose last transition no training sequence holds verbatim
     parts = [("sampled-999", "", c2, C2DSR_METRICS, {}),
              ("sampled-999", " (seen targets)", by_target.get("seen", {}), SUBSET_METRICS,
               {"unit": "%", "unseen_target_share": by_target.get("unseen_target_share")}),
@@ -171,8 +146,7 @@ def cmd_stage2(args) -> None:
         rows.append(r("sampled-999", "valid NDCG@10", 100 * res["valid"]["NDCG@10"], **pct))
     # the device with the threads the run itself used, not this process's
     merge_rows(RUNS_FILE, [x | {"device": machine(res.get("threads"))} for x in rows])
-    print(f"{TARGETS[args.target]} {name} seed {args.seed}: C2DSR NDCG@10 {100 * c2.get('NDCG@10', float('nan')):.2f}% "
-          f"MRR {100 * c2.get('MRR', float('nan')):.2f}%; full NDCG@10 {100 * res['test_full']['NDCG@10']:.2f}%")
+    print(*(f"{name} seed {args.seed} {x['protocol']:11s} {x['metric']:26s} {x['value']:.2f}" for x in rows), sep="\n")
 
 
 def cmd_summarize(args) -> None:
@@ -185,9 +159,8 @@ def cmd_summarize(args) -> None:
     stage1 = (("trigrec-stage1", "stage 1 (encoders)", "with GRL"), ("trigrec-stage1-nogrl", "stage 1, no GRL", "no GRL"))
     table, encoders = [], []
     for t, ds in TARGETS.items():
-        p = PUBLISHED[t]
-        table.append([t, "C2DSR (published)", None, *(f"{p[m]:.2f}" if m in p else None for m in C2DSR_METRICS),
-                      *[None] * 4])
+        table.append([t, "C2DSR (published)", None, *(f"{PUBLISHED[t][m]:.2f}" if m in PUBLISHED[t] else None
+                                                      for m in C2DSR_METRICS), *[None] * 4])
         for model in sorted({m for (d, m, *_) in by if d == ds and not m.startswith("trigrec-stage1")}):
             g = lambda proto, m, subset="all": by.get((ds, model, proto, m, subset))  # noqa: E731
             n, sec = g("sampled-999", "NDCG@10") or g("full", "NDCG@10"), g("full", "sec_per_epoch")
@@ -218,16 +191,13 @@ def cmd_summarize(args) -> None:
                               f"{r['mean_diff']:+.2f}", " / ".join(f"{d:+.2f}" for d in r["per_seed_diff"]),
                               f"{r['value']:.2g}"] for r in tests])]
     write_md(RESULTS / "trigrec.md", lines)
-    seeds = {(d, m): [r["value"] for r in rs] for (d, m, protocol, metric), rs in groups.items()
-             if (protocol, metric) == ("sampled-999", "NDCG@10")}
-    plot("trigrec.png", {f"{ds} (dots: seeds)": (t, {m: v for (d, m), v in seeds.items() if d == ds})
+    plot("trigrec.png", {f"{ds} (dots: seeds)": (t, {m: [r["value"] for r in rs] for (d, m, p, k), rs in groups.items()
+                                                     if (d, p, k) == (ds, "sampled-999", "NDCG@10")})
                          for t, ds in TARGETS.items()}, "", "test NDCG@10 (%), target vs 999 negatives", draw=_bars)
 
 
 def with_subsets(rows: list[dict]) -> list[dict]:
-    """Aggregated rows in issue 23's naming: a test metric on a subset of the lines carries
-    ``subset`` (``seen-target``, ``leak-controlled``) instead of the run rows' suffix, every other
-    test metric ``subset: all``; the shipped default's rows repeat as model ``trigrec-default``."""
+    """Rows in issue 23's naming (test metrics carry ``subset``); the default's rows repeat as ``trigrec-default``."""
     out = []
     for r in rows:
         suffix, subset = next(((s, name) for s, name in SUBSETS.items() if r["metric"].endswith(s)), ("", "all"))
@@ -238,31 +208,18 @@ def with_subsets(rows: list[dict]) -> list[dict]:
     return out
 
 
-PAIRED = {  # model -> the runs it is tested against (rows "paired_wilcoxon_p_NDCG@10")
-    "trigrec": ("bert4rec", "shuffled", "merged"), "spe": ("bert4rec", "shuffled"),
-    "cross": ("bert4rec", "shuffled", "merged"), "spe_other": ("bert4rec", "shuffled"), "nogrl": ("bert4rec", "trigrec"),
-    "leakfree": ("bert4rec", "trigrec", "merged"), "shuffled": ("bert4rec",), "merged": ("bert4rec",),
-}
-TREES = ("", "-ss")  # the committed runs; the issue-23 re-measure on stage 1's sampled-softmax recipe (--tree ss)
-
-
-def line_ndcg(target: str, seed: int, variant: str, tree: str = "") -> dict[int, float] | None:
-    """NDCG@10 (%) of each C2DSR test line of one run (None without its rank file)."""
-    ndcg = c2dsr_line_ndcg(home(target, seed, VARIANTS[variant][2] + tree) / "rec" / target / f"bench-{variant}")
-    return None if ndcg is None else {line: 100 * v for line, v in ndcg.items()}
-
-
 def paired_tests(stored_in: Path | None = RESULTS / "trigrec.json") -> list[dict]:
-    """One row per PAIRED comparison; where the runs' rank files are not on this machine (a fresh
-    clone), the row computed when they were, as ``stored_in`` (trigrec.json) holds it."""
+    """One row per PAIRED comparison; without the runs' rank files (a fresh clone), the row ``stored_in`` holds."""
     stored = {(r["dataset"], r["model"], r["vs"]): r for r in (load_rows(stored_in) if stored_in else [])
               if r["metric"] == "paired_wilcoxon_p_NDCG@10"}
     rows = []
     for (t, ds), (variant, baselines), tree in product(TARGETS.items(), PAIRED.items(), TREES):
         tree_of = lambda v: "" if v in PEER else tree  # noqa: E731  (a peer reads no stage-1 tree)
         name = lambda v: VARIANTS[v][0] + tree_of(v)  # noqa: E731
+        dirs = lambda v: {s: home(t, s, VARIANTS[v][2] + tree_of(v)) / "rec" / t / f"bench-{v}"  # noqa: E731
+                          for s in (1, 2, 3)}
         for base in baselines:
-            test = paired_over_seeds(*({s: line_ndcg(t, s, v, tree_of(v)) for s in (1, 2, 3)} for v in (base, variant)))
+            test = paired_line_ndcg(dirs(base), dirs(variant))
             old = stored.get((ds, name(variant), name(base)))
             if old and len(old["seeds"]) > len(test.get("seeds", [])):
                 rows.append(old)

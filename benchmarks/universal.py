@@ -1,27 +1,29 @@
 """Universal two-tower recommender (issue 9): baselines, fusion, feature ablations, scale.
 
-Pieces (``run --dataset D --model M --seed N``, ``scale``, ``summarize``: benchmarks/README.md,
-"Universal two-tower") merge their rows into ``benchmarks/results/universal_runs.json``. Every
-model of a dataset is scored on the same temporal hold-out by the same evaluator
-(``universal.baselines.holdout`` builds it as ``Pipeline.fit`` does): ``popularity`` and ``mf``
-through ``universal.baselines``, the ``universal-*`` models through ``python -m universal.train``,
-``scale`` through ``Pipeline.fit`` on a generated file. ``--device cuda`` runs the model pieces
-on a GPU (the ``device`` field records it).
+Pieces (``run``, ``scale``, ``summarize``: benchmarks/README.md, "Universal two-tower") merge their rows into
+``benchmarks/results/universal_runs.json``; every model of a dataset is scored on the same hold-out and evaluator
+(``universal.baselines.holdout``). ``--device cuda`` runs the model pieces on a GPU (the ``device`` field says so).
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from functools import partial
-from pathlib import Path
 
 import numpy as np
+import torch
 
 from benchmarks.common import REPO, RESULTS, aggregate, by_seed, cli, devices, generic_command, load_rows, machine, \
     md_table, merge_rows, opt, overrides, pm, rel, row, run_module, sample_std, with_placeholders, write_json, write_md
+from core.config import load_config
+from core.store import state_root
+from core.train import mean_epoch_seconds
+from universal.baselines import MFSettings, holdout, popularity, train_mf
+from universal.config import UniversalConfig, dataset_name
+from universal.evaluate import auc_protocol, seed_differences, versus_baselines
+from universal.pipeline import measure_fit_fresh
+from universal.synthetic import generate_scale_warm
 
 RUNS_FILE = RESULTS / "universal_runs.json"
 SHARED = REPO.parent / "shared" / "data"
@@ -45,151 +47,94 @@ DATASETS = {  # name -> data file, simple config, attention config (+ overrides)
 QUALITY = ("NDCG@10", "HR@10", "Recall@10")
 MODELS = ("popularity", "mf", "universal-simple", "universal-attention", *(f"universal-simple-no-{t}" for t in TYPES),
           "universal-simple-ids-only")  # control: every feature type dropped, only the id embeddings remain
+SCALE_HOW = {  # scale metric -> how its row was measured (the "how" column)
+    "load_seconds": lambda r: f"read + validate {r['read_validate_s']:.1f} s, split + schema "
+                              f"{r['split_schema_s']:.1f} s, feature tables {r['tables_s']:.1f} s"
+                              if "tables_s" in r else r.get("note", ""),
+    "interactions_per_s": lambda r: f"training interactions (each with {r['negatives_per_row']:g} sampled "
+                                    f"negatives), batch {r['batch_size']}, {r['batches_timed']} batches in "
+                                    f"{r['train_seconds_timed']:.0f} s, {r['threads']} torch thread(s)",
+    "sec_per_epoch": lambda r: r.get("note", ""), "peak_rss_mb": lambda r: r.get("note", ""),
+    "text_encode_seconds": lambda r: f"{r.get('texts')} titles, {r.get('note', '')}", "peak_gpu_mb": lambda r: ""}
 
 
 def device_label(device: str) -> str:
-    if device.startswith("cuda"):
-        import torch
-
-        return f"cuda:{torch.cuda.get_device_name()}"
-    return machine()
+    return f"cuda:{torch.cuda.get_device_name()}" if device.startswith("cuda") else machine()
 
 
-def load_cfg(path: Path, overrides: str = ""):
-    from core.config import load_config
-    from universal.config import UniversalConfig
-
-    return load_config(UniversalConfig, path, overrides)
-
-
-# --------------------------------------------------------------------------- run
 def cmd_run(args) -> None:
     """one dataset / model / seed, scored on the dataset's shared hold-out"""
-    import torch
-
-    from core.store import state_root
-    from core.train import mean_epoch_seconds
-    from universal.baselines import MFSettings, holdout, popularity, train_mf
-    from universal.config import dataset_name
-    from universal.evaluate import auc_protocol
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     spec = DATASETS[args.dataset]
-    data_path = spec["data"]
-    if not data_path.is_file():
+    if not (data_path := spec["data"]).is_file():
         if spec["prepare"] is None:
             raise SystemExit(f"{data_path} not found")
         subprocess.run([sys.executable, *spec["prepare"]], cwd=REPO, check=True)
     command = f"python -m benchmarks.universal run --dataset {args.dataset} --model {args.model} --seed {args.seed}" \
               + (f" --device {args.device}" if args.device != "cpu" else "")
-    base = load_cfg(spec["simple"], f"device={args.device}")
+    base = load_config(UniversalConfig, spec["simple"], f"device={args.device}")
     split = holdout(base, data_path, args.device)
     proto, auc_info = auc_protocol(split.evals["test"])
     # fields of every row of this run (``device`` replaces row()'s CPU description)
     common = {"users_test": len(split.evals["test"]), "config": rel(spec["simple"]),
               "device": device_label(args.device)}
     if args.model == "popularity":
-        res = popularity(split)
-        extra = {"valid_ndcg10": res["valid"]["NDCG@10"], **common}
-    else:
-        if args.model == "mf":
-            run_dir = state_root() / "universal" / dataset_name(base, data_path) / f"bench-mf-seed{args.seed}"
-            res = train_mf(split, MFSettings(**spec["mf"]), run_dir, seed=args.seed, metric="NDCG@10",
-                           device=args.device)
-            own = {"mf": res["settings"]}
-        else:
-            config, over = universal_overrides(args, spec, base, split)
-            train_command = run_module("universal.train", rel(config), over, "--data", rel(data_path))
-            cfg = load_cfg(config, over)
-            run_dir = state_root() / "universal" / dataset_name(cfg, data_path) / cfg.run_name
-            res = json.loads((run_dir / "results.json").read_text())
-            if res["popularity"]["test"] != popularity(split)["test"]:
-                raise SystemExit(f"{run_dir}: the run's split differs from the benchmark's (popularity does not match)")
-            own = {"train_command": train_command}
-            common["config"] = rel(config)
-        extra = {**{k: res[k] for k in ("best_epoch", "epochs_run", "train_seconds")},
-                 "valid_ndcg10": res["valid"]["NDCG@10"], **own, "run_dir": rel(run_dir), **common}
+        res, own = popularity(split), {}
+    elif args.model == "mf":
+        run_dir = state_root() / "universal" / dataset_name(base, data_path) / f"bench-mf-seed{args.seed}"
+        res = train_mf(split, MFSettings(**spec["mf"]), run_dir, seed=args.seed, metric="NDCG@10", device=args.device)
+        own = {"mf": res["settings"]}
+    else:  # python -m universal.train; the feature ablations through drop_feature_types
+        attention, have = args.model == "universal-attention", split.data.types_present()
+        ftype, ids_only = args.model.removeprefix("universal-simple-no-"), args.model == "universal-simple-ids-only"
+        if ftype != args.model and ftype not in have:
+            raise SystemExit(f"{args.dataset} has no {ftype} features (it has {', '.join(sorted(have))}): "
+                             f"universal-simple-no-{ftype} would be universal-simple")
+        if ids_only and not base.user.use_id_embedding:
+            raise SystemExit(f"{args.dataset}: the simple config has no user id embedding, so without features "
+                             "the user tower has no input; universal-simple-ids-only needs user_use_id_embedding")
+        drop = ",".join(sorted(have) if ids_only else [ftype] if ftype != args.model else [])
+        config, over = spec["attention" if attention else "simple"], overrides(
+            f"seed={args.seed},run_name=bench-{args.model}-seed{args.seed},overwrite=true,device={args.device}",
+            spec["attention_overrides"] if attention else "", f"drop_feature_types=[{drop}]" if drop else "")
+        own = {"train_command": run_module("universal.train", rel(config), over, "--data", rel(data_path))}
+        cfg = load_config(UniversalConfig, config, over)
+        run_dir = state_root() / "universal" / dataset_name(cfg, data_path) / cfg.run_name
+        res = json.loads((run_dir / "results.json").read_text())
+        if res["popularity"]["test"] != popularity(split)["test"]:
+            raise SystemExit(f"{run_dir}: the run's split differs from the benchmark's (popularity does not match)")
+        common["config"] = rel(config)
+    trained = {k: res[k] for k in ("best_epoch", "epochs_run", "train_seconds") if k in res}  # none for popularity
+    extra = {**trained, "valid_ndcg10": res["valid"]["NDCG@10"], **own,
+             **({"run_dir": rel(run_dir)} if trained else {}), **common}
     r = partial(row, args.dataset, args.model, seeds=[args.seed], command=command)
     rows = [r("full", m, float(res["test"][m]), **extra) for m in QUALITY]
     rows.append(r(proto, "AUC", float(res["test"]["AUC"]), **auc_info, **extra))
     if args.model != "popularity":
         rows.append(r("full", "sec_per_epoch", mean_epoch_seconds(run_dir), unit="s", **extra))
     merge_rows(RUNS_FILE, rows)
-    q = {r["metric"]: r["value"] for r in rows}
-    print(f"{args.dataset} {args.model} seed {args.seed}: test NDCG@10 {q['NDCG@10']:.4f} HR@10 {q['HR@10']:.4f} "
-          f"Recall@10 {q['Recall@10']:.4f} AUC ({proto}) {q['AUC']:.4f}"
-          + (f", {q['sec_per_epoch']:.1f} s/epoch, best epoch {rows[0]['best_epoch']}" if "sec_per_epoch" in q else ""))
-
-
-def universal_overrides(args, spec: dict, base, split) -> tuple[Path, str]:
-    """The config and the overrides of a ``universal-*`` model's ``python -m universal.train`` run."""
-    attention = args.model == "universal-attention"
-    over = [f"seed={args.seed}", f"run_name=bench-{args.model}-seed{args.seed}", "overwrite=true",
-            f"device={args.device}", spec["attention_overrides"] if attention else ""]
-    have = split.data.types_present()
-    if args.model.startswith("universal-simple-no-"):
-        ftype = args.model.removeprefix("universal-simple-no-")
-        if ftype not in have:
-            raise SystemExit(f"{args.dataset} has no {ftype} features (it has {', '.join(sorted(have))}): "
-                             f"universal-simple-no-{ftype} would be universal-simple")
-        over.append(f"drop_feature_types=[{ftype}]")
-    if args.model == "universal-simple-ids-only":
-        if not base.user.use_id_embedding:
-            raise SystemExit(f"{args.dataset}: the simple config has no user id embedding, so without features "
-                             "the user tower has no input; universal-simple-ids-only needs user_use_id_embedding")
-        over.append(f"drop_feature_types=[{','.join(sorted(have))}]")
-    return spec["attention" if attention else "simple"], overrides(*over)
-
-
-# --------------------------------------------------------------------------- scale
-def scale_dir(args) -> Path:
-    return REPO / "data" / f"universal-scale-{args.interactions}"
-
-
-def cmd_scale_measure(args) -> None:
-    """Child: ``universal.pipeline.measure_fit`` on the scale data (configs/universal/synthetic.yaml),
-    one epoch of at most ``--batches`` batches: load seconds up to the fit loop, the training rate
-    from the epoch time the fit logs, and this process's peak RSS."""
-    import torch
-
-    from universal.pipeline import measure_fit
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    cfg = load_cfg(REPO / "configs/universal/synthetic.yaml", f"device={args.device},seed={args.seed},"
-                   f"training.epochs=1,training.batch_size={args.batch_size},"
-                   f"training.max_steps_per_epoch={args.batches},training.save_checkpoints=false,"
-                   "run_name=bench-scale,overwrite=true")
-    out = measure_fit(cfg, scale_dir(args) / "data.json", log=lambda msg: print(msg, flush=True))
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(json.dumps(out))
+    print(f"{args.dataset} {args.model} seed {args.seed}:", ", ".join(f"{r['metric']} {r['value']:.4f}" for r in rows))
 
 
 def cmd_scale(args) -> None:
-    """generate the scale file (once), then time Pipeline.fit on it in a fresh process"""
-    folder = scale_dir(args)
-    size = f"--interactions {args.interactions} --users {args.users} --items {args.items}"
-    measure = f"--batches {args.batches} --batch-size {args.batch_size}"
-    if not (folder / "generation.json").is_file():  # the data, then the item titles encoded once into the text cache
-        from universal.synthetic import generate_scale_warm
-
-        meta = generate_scale_warm(folder, args.interactions, args.users, args.items, seed=args.seed)
-        (folder / "generation.json").write_text(json.dumps(meta, indent=1))
-        print(json.dumps(meta))
-    gen = json.loads((folder / "generation.json").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "measure.json"
-        subprocess.run([sys.executable, "-m", "benchmarks.universal", "scale-measure", *size.split(), "--seed",
-                        str(args.seed), "--device", args.device, "--out", str(out), *measure.split()], cwd=REPO,
-                       check=True)
-        res = json.loads(out.read_text())
-    command = f"python -m benchmarks.universal scale {size} {measure}" + (
-        f" --device {args.device}" if args.device != "cpu" else "")
+    """generate the scale file (once), then time Pipeline.fit on it in a fresh process (measure_fit_fresh)"""
+    folder = REPO / "data" / f"universal-scale-{args.interactions}"
+    if not (gen_file := folder / "generation.json").is_file():  # the data, then its item titles into the text cache
+        gen_file.write_text(json.dumps(generate_scale_warm(folder, args.interactions, args.users, args.items,
+                                                           seed=args.seed), indent=1))
+    gen = json.loads(gen_file.read_text())
+    cfg = load_config(UniversalConfig, REPO / "configs/universal/synthetic.yaml",
+                      f"device={args.device},seed={args.seed},training.epochs=1,training.batch_size={args.batch_size},"
+                      f"training.max_steps_per_epoch={args.batches},training.save_checkpoints=false,"
+                      "run_name=bench-scale,overwrite=true")
+    res = measure_fit_fresh(cfg, folder / "data.json")  # one epoch of at most --batches batches
+    command = (f"python -m benchmarks.universal scale --interactions {args.interactions} --users {args.users} --items "
+               f"{args.items} --batches {args.batches} --batch-size {args.batch_size}"
+               + (f" --device {args.device}" if args.device != "cpu" else ""))
     extra = {"data": rel(folder / "data.json"), "interactions": res["interactions"], "users": res["users"],
              "items": res["items"], "file_mb": round(gen["bytes"] / 2**20, 1), "device": device_label(args.device),
              "image": "one .npy file of 32 float32 per item (image_vector encoder)",
              "text_cache": f"warm: the {gen['texts']} item titles were encoded once at generation "
                            f"({gen['text_encode_seconds']} s, not in load_seconds)"}
-
     fields = {  # metric -> unit, the row's own fields
         "load_seconds": ("s", {"note": "Pipeline.fit up to its fit loop: read, validate, split, schema, feature "
                                "tables, model, evaluators", "peak_rss_after_load_mb": res["peak_rss_after_load_mb"]}),
@@ -205,29 +150,15 @@ def cmd_scale(args) -> None:
     rows = [row("scale", "universal-simple", "full", metric, values[metric], command=command, unit=unit, **own, **extra)
             for metric, (unit, own) in fields.items() if metric in values]
     merge_rows(RUNS_FILE, rows)
-    for r in rows:
-        print(f"scale {r['metric']:22s} {r['value']:.1f}")
-
-
-# --------------------------------------------------------------------------- summary
-SCALE_HOW = {  # scale metric -> how its row was measured (the "how" column)
-    "load_seconds": lambda r: f"read + validate {r['read_validate_s']:.1f} s, split + schema "
-                              f"{r['split_schema_s']:.1f} s, feature tables {r['tables_s']:.1f} s"
-                              if "tables_s" in r else r.get("note", ""),
-    "interactions_per_s": lambda r: f"training interactions (each with {r['negatives_per_row']:g} sampled "
-                                    f"negatives), batch {r['batch_size']}, {r['batches_timed']} batches in "
-                                    f"{r['train_seconds_timed']:.0f} s, {r['threads']} torch thread(s)",
-    "sec_per_epoch": lambda r: r.get("note", ""), "peak_rss_mb": lambda r: r.get("note", ""),
-    "text_encode_seconds": lambda r: f"{r.get('texts')} titles, {r.get('note', '')}", "peak_gpu_mb": lambda r: ""}
+    print(*(f"scale {r['metric']:22s} {r['value']:.1f}" for r in rows), sep="\n")
 
 
 def cmd_summarize(args) -> None:
     """universal.json / universal.md (+ per-run universal_runs.json)"""
     runs = load_rows(RUNS_FILE)
     # model rows: mean and std over seeds, with the AUC negative counts and what the rows were run with
-    groups, out = aggregate([r for r in runs if r["seeds"]], keep=("unit", "auc_negatives_min", "auc_negatives_mean",
-                                                                   "auc_negatives_max", "users_test", "config",
-                                                                   "train_command"))
+    keep = ("unit", "auc_negatives_min", "auc_negatives_mean", "auc_negatives_max", "users_test", "config")
+    groups, out = aggregate([r for r in runs if r["seeds"]], keep=keep + ("train_command",))
     for r in out:
         r["command"] = with_placeholders(r["command"], {"--seed": "<N>"})
         if "train_command" in r:  # written with the seed of the group's first run
@@ -272,10 +203,7 @@ def cmd_summarize(args) -> None:
 
 
 def verdict(ds: str, by: dict, groups: dict) -> str:
-    """Issue 9's goal on one dataset (``universal.evaluate.versus_baselines``) and the feature
-    ablations' test NDCG@10 change from universal-simple (``universal.evaluate.seed_differences``)."""
-    from universal.evaluate import seed_differences, versus_baselines
-
+    """Issue 9's goal on one dataset and the feature ablations' test NDCG@10 change from universal-simple."""
     full, attention = (by.get((ds, m, "NDCG@10")) for m in ("universal-simple", "universal-attention"))
     if not full:
         return f"Verdict ({ds}): universal-simple not run yet."
@@ -298,12 +226,10 @@ def main(argv=None) -> None:
             opt("--items", type=int, default=20_000), opt("--seed", type=int, default=0)]
     measure = [opt("--device", default="cpu"), opt("--batch-size", type=int, default=1024),
                opt("--batches", type=int, default=500, help="training batches timed (one capped epoch)")]
-    RESULTS.mkdir(parents=True, exist_ok=True)
     cli(__doc__, {"run": (cmd_run, [opt("--dataset", choices=sorted(DATASETS), required=True),
                                     opt("--model", choices=MODELS, required=True), opt("--seed", type=int, default=1),
                                     opt("--device", default="cpu", help="cpu or cuda")]),
                   "scale": (cmd_scale, size + measure),
-                  "scale-measure": (cmd_scale_measure, size + measure + [opt("--out", required=True)]),
                   "summarize": (cmd_summarize, [])}, argv)
 
 

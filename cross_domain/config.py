@@ -118,3 +118,10 @@ class CrossDomainConfig:
     training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, batch_size=256, patience=5))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(ks=[5, 10, 20], sampled=[99]))
     rl: RLConfig = field(default_factory=RLConfig)
+
+
+def load_file(path: str | Path, over: str = "") -> CrossDomainConfig:
+    """The config in the YAML file ``path`` with the ``--override`` string ``over``."""
+    from core.config import load_config
+
+    return load_config(CrossDomainConfig, str(path), over)

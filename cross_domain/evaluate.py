@@ -7,10 +7,12 @@ core's ``rank_metrics`` averaged over the subset's users. From the saved ranks
 (``test_ranks.npz``): ``masked_reports`` scores any subset of the users (``cold_none_mask``:
 the cold users cut to no target item at all), ``seed_averaged_test`` compares two models on
 per-user NDCG@10 averaged over seeds (``seed_averaged_runs``: over the seeds both ran). The goal
-of issues 8 and 23 on a subset: ``cold_start_goal`` (as text: ``goal_text``, ``transfer_verdict``).
+of issues 8 and 23 on a subset: ``cold_start_goal`` (as text: ``goal_text``, ``transfer_verdict``,
+``best_control_goal``).
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +21,13 @@ import torch
 from core.data.leakage import leak_free_users
 from core.data.splits import Split
 from core.dist import dist_info
+from core.errors import DataError
 from core.evaluation import Evaluator
 from core.metrics import ndcg_by_id, rank_metrics, seed_averaged_paired
 from cross_domain.data import SourceInputs, TargetProtocol, cold_protocol, load_domains
 
 SUBSETS = ("all", "cold", "warm")
+POOLED = "seed-averaged NDCG@10 per user"  # the `test` of a summary's paired test over the seeds' ranks
 
 
 def score_fn(model, side: SourceInputs):
@@ -124,6 +128,14 @@ def user_masks(cfg) -> dict[str, np.ndarray]:
             "cold-leak-controlled": free & proto.is_cold}
 
 
+@lru_cache
+def config_user_masks(path: str) -> dict[str, np.ndarray]:
+    """``user_masks`` of the config file ``path`` (cached: the cold split does not depend on the seed)."""
+    from cross_domain.config import load_file
+
+    return user_masks(load_file(path))
+
+
 def cold_none_mask(cfg) -> np.ndarray:
     """``user_masks(cfg)["cold-none"]``."""
     return _target_protocol(cfg)[1].kept == 0
@@ -153,6 +165,15 @@ def popularity_report(proto: TargetProtocol, cfg, device="cpu") -> dict:
 def popularity_ranks(cfg, device="cpu") -> dict:
     """``popularity_report`` ranks on the cold protocol of ``cfg``."""
     return popularity_report(_target_protocol(cfg)[1], cfg, device)["ranks"]
+
+
+def popularity_ndcg(cfg, users: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float]:
+    """Full-ranking NDCG@10 of ``popularity_ranks`` on each non-empty subset of ``masks`` (over the test
+    ``users`` of a model's ``test_ranks.npz``, which the popularity baseline must have scored too)."""
+    pop = popularity_ranks(cfg)
+    if not np.array_equal(pop["users"], users):
+        raise DataError("popularity scored other users than the baseline's test_ranks.npz")
+    return {s: subset_metrics(pop["full"], m, cfg.eval.ks)["NDCG@10"] for s, m in masks.items() if m.any()}
 
 
 def masked_reports(ranks: dict, mask: np.ndarray, ks, base: str = "baseline") -> dict:
@@ -194,6 +215,38 @@ def seed_averaged_runs(base: dict, other: dict, protocol: str, subset: str, user
     return {**test, "seeds": seeds}
 
 
+def pooled_test_rows(runs: list[dict], stored: list[dict], pooled, device: str) -> list[dict]:
+    """One paired-test row per dataset, model, protocol, subset and model compared with (the baseline; a fusion
+    also its control, the ensemble) of a summary's per-seed rows ``runs``: the seed-averaged test ``pooled(dataset,
+    model, protocol, subset, base)`` (``seed_averaged_runs``, None where the ranks are gone); else the row of an
+    earlier summary (``stored``: computed where they were; a fresh clone has none) when it covers the same seeds;
+    else, against the baseline, the largest per-seed p. ``device``: the new rows' own."""
+    tests = {}  # (dataset, model, protocol, subset, the model compared with) -> per-seed test rows
+    for r in runs:
+        if r["metric"] == "p_wilcoxon_vs_baseline":
+            for base in ("baseline", "ensemble") if r["model"].startswith("fusion") else ("baseline",):
+                tests.setdefault((r["dataset"], r["model"], r["protocol"], r["subset"], base), []).append(r)
+    stored = {(r["dataset"], r["model"], r["protocol"], r["subset"], r["metric"]): r
+              for r in stored if r.get("test") == POOLED}
+    out = []
+    for (label, kind, proto, subset, base), rs in sorted(tests.items()):
+        test = pooled(label, kind, proto, subset, base)
+        metric, seeds = f"p_wilcoxon_vs_{base}", sorted(s for r in rs for s in r["seeds"])
+        old = stored.get((label, kind, proto, subset, metric))
+        if test is None and old and (base != "baseline" or old["seeds"] == seeds):
+            out.append(old)
+        elif test or base == "baseline":  # against the ensemble: the pooled test only (no per-seed rows)
+            by_seed = sorted(rs, key=lambda r: r["seeds"])
+            per_seed = {"per_seed_p": [r["value"] for r in by_seed]} if base == "baseline" else {}
+            out.append({"dataset": label, "model": kind, "protocol": proto, "metric": metric,
+                        "value": test["wilcoxon_p"] if test else max(r["value"] for r in rs), "std": 0.0,
+                        "seeds": seeds if base == "baseline" else test["seeds"], "device": device,
+                        "command": rs[0]["command"], "subset": subset, "test": POOLED if test else "largest per-seed p",
+                        **per_seed, "mean_ndcg10_diff": test["mean_diff"] if test
+                        else float(np.mean([r["mean_ndcg10_diff"] for r in rs]))})
+    return out
+
+
 def cold_start_goal(subset: str, gain: float, p: float | None, min_gain: float = 0.05, alpha: float = 0.05) -> bool:
     """The cold-start goal (issues 8 and 23) on one subset, from a model's relative NDCG@10 change
     over the model it is compared with (``gain``) and the paired test's p (None: no test): on warm
@@ -211,6 +264,16 @@ def goal_text(subset: str, gain: float, p: float | None, over: str = "") -> str:
     mark = ("not hurt" if ok else "HURT") if subset == "warm" else ("met" if ok else "MISSED")
     return (f"{subset} {100 * gain:+.1f}%" + (f" over {over}" if over else "")
             + (f" (p={p:.2g})" if p is not None else "") + f" {mark}")
+
+
+def best_control_goal(subset: str, model: dict, controls: dict[str, dict], p) -> str | None:
+    """``goal_text`` of a model's NDCG@10 ({seed: value}) over the best (highest mean) of the ``controls`` ({name:
+    {seed: value}}) that ran all of its seeds, with ``p(name)``: the paired test's p (or None); None without one."""
+    over = {k: [x for s, x in v.items() if s in model] for k, v in controls.items() if model and set(model) <= set(v)}
+    if not over:
+        return None
+    best = max(over, key=lambda k: float(np.mean(over[k])))
+    return goal_text(subset, float(np.mean(list(model.values()))) / float(np.mean(over[best])) - 1, p(best), over=best)
 
 
 def transfer_verdict(label: str, by: dict) -> str:

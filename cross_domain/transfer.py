@@ -45,11 +45,16 @@ EXPERIMENT_KINDS = KINDS[:3]  # run_experiment's default: the seed's models and 
 
 # --------------------------------------------------------------------------- paths
 def stage_name(kind: str, dom: Domains) -> str:
+    return stage_folder(kind, dom.source_name, dom.target_name)
+
+
+def stage_folder(kind: str, source: str, target: str) -> str:
+    """A stage's folder in a run, from the domains' names (the benchmark reads runs by it)."""
     if kind == "source":
-        return f"source-{dom.source_name}"
+        return f"source-{source}"
     if kind == "baseline":
-        return f"baseline-{dom.target_name}"
-    return f"{kind}-{dom.source_name}-{dom.target_name}"
+        return f"baseline-{target}"
+    return f"{kind}-{source}-{target}"
 
 
 def stage_dir(cfg, dom: Domains, kind: str) -> Path:

@@ -17,6 +17,8 @@
   ``bootstrap_ci``: 95% percentile intervals over resampled users; ``bootstrap_summary``: the
   intervals of every model and the paired differences on NDCG@10; ``summary_rows``: both as
   result rows; ``goal_verdict``: does the trained encoder beat zero-shot and random.
+- ``cache_timings``: ``pipeline.build_caches`` from scratch and reused; ``speed_rows``: the
+  throughput and timing rows averaged per dataset, device and AMP state, and the AMP speed-up.
 """
 from __future__ import annotations
 
@@ -461,3 +463,71 @@ class PlantedSample:
                      "popularity": lambda u, its: np.array([self.popularity.get(i, 0) for i in its], float),
                      **{name: scored_by(s) for name, s in scorers.items()}}
         return synthetic_ranks(score_fns, self.test, self.target, self.items, self.own, self.candidates)
+
+
+def cache_timings(dataset: str, data_dir: str | Path, data_seed: int = 0, log: Callable[[str], None] = print,
+                  **rerank) -> tuple[dict, float, float]:
+    """``pipeline.build_caches`` of one sample (``data_dir/sample/<dataset>``; ``synthetic``: the
+    default files of ``data_seed``) in a temporary folder, from scratch and then again with both
+    caches fresh: (the first call's info, its seconds, the second call's seconds). ``rerank``:
+    ``RerankSection`` keys (``force`` is set here)."""
+    from persona_training import synthetic
+    from persona_training.config import DataSection, RerankSection, RerankStage
+    from persona_training.pipeline import build_caches
+
+    infos, seconds = [], []
+    with tempfile.TemporaryDirectory(prefix="persona-cache-") as tmp:
+        if dataset == "synthetic":
+            files = synthetic.generate(Path(tmp) / "data", seed=data_seed)
+            persona, history = files["persona"], files["loo_history"]
+        else:
+            sample = Path(data_dir) / "sample" / dataset
+            persona, history = sample / "3.5_persona_with_summary.jsonl", sample / "3.5_history_loo.jsonl"
+        data = DataSection(persona=str(persona), loo_history=str(history), out_root=str(Path(tmp) / "out"))
+        for force in (True, False):
+            t0 = time.perf_counter()
+            _, _, info = build_caches(RerankStage(data=data, rerank=RerankSection(**rerank, force=force)), dataset,
+                                      log=log)
+            seconds.append(time.perf_counter() - t0)
+            infos.append(info)
+    assert not infos[1]["interactions"]["built"] and not infos[1]["personas"]["built"]
+    return infos[0], seconds[0], seconds[1]
+
+
+# the speed rows ``speed_rows`` summarizes, the fields they are grouped by, and the settings a
+# summary row carries: fields of the speed and cache rows, and of a rerank or synthetic row's settings
+SPEED_METRICS = ("pairs_per_s", "cache_build_s", "cache_reuse_s", "fold_seconds")
+SPEED_GROUP = ("dataset", "model", "protocol", "metric", "device", "amp", "piece")
+SPEED_FIELDS = ("batch_size", "max_seq_length", "train_layers", "train_max_history", "texts_per_pair",
+                "interaction_rows", "persona_rows", "devices")
+SETTING_FIELDS = ("batch_size", "train_max_seq_length", "train_layers", "train_max_history", "steps")
+
+
+def speed_rows(runs: Sequence[dict], command: Callable[[str, bool], str]) -> list[dict]:
+    """Mean ± std (sample std) of each ``SPEED_METRICS`` row with a value per ``SPEED_GROUP``,
+    with ``command(the first row's command, several rows)``, then the AMP speed-up
+    (``amp_speedup``) of each ``pairs_per_s`` with AMP on over the same dataset's without it on
+    the same GPU."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r["metric"] in SPEED_METRICS and r["value"] is not None:
+            groups.setdefault(tuple(r.get(k) for k in SPEED_GROUP), []).append(r)
+    out = []
+    for key, rs in sorted(groups.items(), key=lambda kv: [str(x) for x in kv[0]]):
+        ds, model, proto, metric, device, amp, piece = key
+        values, settings = [r["value"] for r in rs], rs[0].get("settings") or {}
+        keep = {k: rs[0][k] for k in SPEED_FIELDS if k in rs[0]}
+        keep |= {k: settings[k] for k in SETTING_FIELDS if k in settings}
+        out.append({"dataset": ds, "model": model, "protocol": proto, "metric": metric, "value": float(np.mean(values)),
+                    "std": sample_std(values), "seeds": sorted({s for r in rs for s in r["seeds"]}), "device": device,
+                    "command": command(rs[0]["command"], len(rs) > 1), "amp": amp, "runs": len(rs), "piece": piece,
+                    **keep})
+    gpu = lambda r: r["device"].split(", AMP")[0]  # noqa: E731
+    for r in [x for x in out if x["metric"] == "pairs_per_s" and x.get("amp") is True]:
+        off = [x for x in out if x["metric"] == "pairs_per_s" and x.get("amp") is False and x["dataset"] == r["dataset"]
+               and gpu(x) == gpu(r)]
+        if off:
+            out.append({"dataset": r["dataset"], "model": "trained", "protocol": "full", "metric": "amp_speedup",
+                        "value": r["value"] / off[0]["value"], "std": 0.0, "seeds": r["seeds"] or [], "device": gpu(r),
+                        "command": "summarize", "amp": True})
+    return out

@@ -31,6 +31,16 @@ def latest_export(folder: Path, kind: str, domain_code: str, epoch: int = 0) -> 
     return found[epoch or max(found)]
 
 
+def missing_export(folder: Path, domain_code: str, epoch: int = 0, holdout: int = 0) -> int | None:
+    """None when ``folder`` holds what stage 2 reads for ``domain_code``: the spe vectors of ``epoch``
+    (0: the latest exported) and, with ``holdout`` m > 0, that epoch's ``.holdout{m}`` spe and cross
+    files; else the epoch to export (0: the latest saved)."""
+    found = exported(folder, "spe", domain_code)
+    epoch = epoch or max(found, default=0)
+    held = (Path(folder) / f"{k}_emb_ep{epoch}_{domain_code}.holdout{holdout}.npy" for k in ("spe", "cross"))
+    return None if epoch in found and (not holdout or all(p.is_file() for p in held)) else epoch
+
+
 def aligned_vectors(path: str | Path, user_ids: list, what: str, exact: bool = True) -> np.ndarray:
     """Rows of an exported embedding file in the order of ``user_ids``, checked (``exact``:
     the file must hold exactly these users; else it may hold more). See ``core.store.aligned_vectors``."""

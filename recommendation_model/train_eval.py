@@ -35,7 +35,7 @@ from core.data.splits import leave_one_out
 from core.dist import cleanup, is_main
 from core.data.leakage import seen_transition, transition_codes
 from core.evaluation import C2DSRProtocol, Evaluator, leak_controlled_metrics, popularity_score_fn
-from core.metrics import ndcg_by_id
+from core.metrics import ndcg_by_id, paired_over_seeds
 from core.runs import start_run
 from core.seqrec import encoder_args
 from core.report import format_table
@@ -223,6 +223,16 @@ def c2dsr_line_ndcg(run_dir: str | Path, k: int = 10) -> dict[int, float] | None
         return None
     ranks = np.load(path)
     return ndcg_by_id(ranks["lines"], ranks["ranks"], k)
+
+
+def paired_line_ndcg(base: dict, other: dict, k: int = 10) -> dict:
+    """``core.metrics.paired_over_seeds`` of two models' per-line C2DSR test NDCG@k in % (each
+    ``{seed: run_dir}``; a run without its rank file counts as not run)."""
+    def pct(run_dir) -> dict | None:
+        ndcg = c2dsr_line_ndcg(run_dir, k)
+        return None if ndcg is None else {line: 100 * v for line, v in ndcg.items()}
+
+    return paired_over_seeds(*({seed: pct(d) for seed, d in runs.items()} for runs in (base, other)))
 
 
 def load_saved(model: TriGRecRecommender, path, meta: dict, device) -> FitResult:

@@ -367,3 +367,14 @@ def measure_fit(cfg: UniversalConfig, data_path: str | Path, log=print) -> dict:
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def measure_fit_fresh(cfg: UniversalConfig, data_path: str | Path) -> dict:
+    """``measure_fit`` in a fresh (spawned) process, so that its peak RSS is the fit's and none of the
+    caller's; its log lines are printed as they come."""
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(measure_fit, cfg, str(data_path), partial(print, flush=True)).result()
