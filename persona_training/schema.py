@@ -217,16 +217,22 @@ def load_selections(path: str | Path, personas: dict[str, list[Persona]], datase
 
 
 # --------------------------------------------------------------------------- item side
-def load_item_summaries(path: str | Path, dataset: str = "amazon") -> dict[str, ItemInfo]:
-    """``2_summary.jsonl`` (or ``2.5_grouped.jsonl``) -> ``{item_id: ItemInfo(title, summary)}``."""
+def _items_once(path: str | Path, dataset: str):
+    """(item id, line number, object) of each line of a per-item JSONL file; an item twice is an error."""
     check_dataset(dataset)
-    out: dict[str, ItemInfo] = {}
+    seen: set[str] = set()
     for lineno, obj in iter_jsonl(path):
         item = _item_id(obj, dataset, path, lineno)
-        if item in out:
+        if item in seen:
             raise DataError(f"{path}:{lineno}: item {item!r} appears twice")
-        out[item] = ItemInfo(_text(obj, "item_title", path, lineno), _text(obj, "item_summary", path, lineno))
-    return out
+        seen.add(item)
+        yield item, lineno, obj
+
+
+def load_item_summaries(path: str | Path, dataset: str = "amazon") -> dict[str, ItemInfo]:
+    """``2_summary.jsonl`` (or ``2.5_grouped.jsonl``) -> ``{item_id: ItemInfo(title, summary)}``."""
+    return {item: ItemInfo(_text(obj, "item_title", path, lineno), _text(obj, "item_summary", path, lineno))
+            for item, lineno, obj in _items_once(path, dataset)}
 
 
 def load_aspects(path: str | Path, dataset: str = "amazon") -> dict[str, Counter]:
@@ -235,12 +241,8 @@ def load_aspects(path: str | Path, dataset: str = "amazon") -> dict[str, Counter
     Only the facet values are kept (not the ``*_reason`` texts or the review bodies): they are what
     an item's aspect text is built from, and the file can be large.
     """
-    check_dataset(dataset)
     out: dict[str, Counter] = {}
-    for lineno, obj in iter_jsonl(path):
-        item = _item_id(obj, dataset, path, lineno)
-        if item in out:
-            raise DataError(f"{path}:{lineno}: item {item!r} appears twice")
+    for item, lineno, obj in _items_once(path, dataset):
         counts: Counter = Counter()
         for j, rec in enumerate(require(obj, "aspects", list, path, lineno)):
             if not isinstance(rec, dict):
