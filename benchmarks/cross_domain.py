@@ -13,6 +13,7 @@ import numpy as np
 
 from benchmarks.common import REPO, RESULTS, aggregate, by_seed, cli, devices, load_rows, machine, md_table, \
     merge_rows, opt, overrides, pm, row, run_module, write_json, write_md
+from core.errors import DataError
 from cross_domain.config import load_file
 from cross_domain.evaluate import POOLED, best_control_goal, config_user_masks, masked_reports, pooled_test_rows, \
     popularity_ndcg, seed_averaged_runs, subset_masks, transfer_verdict
@@ -144,7 +145,10 @@ def cmd_peer(args) -> None:
         lambda kind: ("sasrec-merged" if kind == "merged" else kind) + suffix, extra) if x["protocol"] == "full"]
     get = {(x["model"].removesuffix(suffix), x["subset"], x["metric"]): x["value"] for x in rows}
     # popularity over the same training data, for scale: the leak-controlled events are the hard ones
-    pop_ndcg = popularity_ndcg(cfg, ranks["baseline"]["users"], masks)
+    try:
+        pop_ndcg = popularity_ndcg(cfg, ranks["baseline"]["users"], masks)
+    except DataError as exc:  # one line and exit 1, as before the check moved into cross_domain.evaluate
+        raise SystemExit(str(exc)) from None
     rows += [row(label, "popularity", "full", "NDCG@10", value, seeds=[args.seed], subset=subset,
                  users=int(masks[subset].sum()), command=commands["baseline"], device=machine(1))
              for subset, value in pop_ndcg.items() if subset not in COMPARED]  # those are the `run` piece's rows
