@@ -67,7 +67,7 @@ PIPELINES: dict[str, Pipeline] = {
     "sequential": Pipeline(
         "Sequential models (SASRec, BERT4Rec)",
         [Sel(d, m, "NDCG@10", "full") for d in ("beauty", "sports", "toys") for m in ("sasrec", "popularity")]
-        + [Sel("beauty", m, "NDCG@10", "full") for m in ("sasrec-ce-e80", "bert4rec")]
+        + [Sel("beauty", m, "NDCG@10", "full") for m in ("sasrec-ce-wd01", "sasrec-ce-e80", "bert4rec")]
         + [Sel("ml-100k", "sasrec", "NDCG@10", "full"), Sel("beauty", "sasrec", "NDCG@10", "sampled-100")]
         + [Sel("beauty", m, "NDCG@10_at_budget_10min", "full") for m in ("sasrec", "recbole-sasrec")]
         + [Sel("beauty", "sasrec", k, "full") for k in ("speedup_vs_recbole_epoch", "eval_multiple_of_limit")]
