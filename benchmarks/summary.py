@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from benchmarks.common import RESULTS, md_table
 from benchmarks.sequential import ANCHORS as SEQUENTIAL_ANCHORS
@@ -59,6 +59,18 @@ def cold_gain(dataset: str, model: str, protocol: str):
     return check
 
 
+def timed_bound(sel: Sel, bar: float, label: str, most: bool) -> Callable:
+    """``bound`` that names the thread count of the timed row: a one-thread row ran beside other
+    benchmark processes (benchmarks/README.md), so its minutes overstate a quiet run's."""
+    check = bound(sel, bar, label, most)
+
+    def with_device(rows):
+        text, ok = check(rows)
+        r = select_row(rows, sel)
+        return (text + (f" ({r['device'].split(', ')[-1]})" if r and r.get("device") else ""), ok)
+    return with_device
+
+
 SEQ_SRC = "issue 20's bar (benchmarks/sequential.py ANCHORS, 'must reach')"
 FK = {"food": "Food-Kitchen/Food", "kitchen": "Food-Kitchen/Kitchen"}
 ISSUE20 = "issue 20 (benchmarks/README.md, Sequential models)"
@@ -74,10 +86,12 @@ PIPELINES: dict[str, Pipeline] = {
         + [Sel("ml-1m-size", "sasrec", "ram_ratio_recbole_over_ours", "full")],
         [(f"{d} {m} test NDCG@10 (full) ≥ {bar}", SEQ_SRC, bound(Sel(d, m, "NDCG@10", "full"), bar))
          for (d, m), (_, bar, _) in SEQUENTIAL_ANCHORS.items()]
-        + [(text, ISSUE20, bound(Sel(d, m, metric, "full"), bar, label, most)) for text, d, m, metric, bar, label, most in (
+        + [(text, ISSUE20, (timed_bound if "minutes" in metric else bound)(Sel(d, m, metric, "full"), bar, label, most))
+           for text, d, m, metric, bar, label, most in (
             ("beauty sasrec validation NDCG@10 ≥ 0.05 within 1 minute of training", "beauty", "sasrec",
              "minutes_to_valid_NDCG@10_0.05", 1.0, "minutes ", True),
-            ("beauty sasrec whole run ≤ 5 minutes", "beauty", "sasrec", "train_minutes", 5.0, "minutes ", True),
+            ("beauty: a whole run of the recipe that meets the must (sasrec-ce-wd01, beauty-ce.yaml) ≤ 5 minutes",
+             "beauty", "sasrec-ce-wd01", "train_minutes", 5.0, "minutes ", True),
             ("beauty bert4rec whole run ≤ 30 minutes", "beauty", "bert4rec", "train_minutes", 30.0, "minutes ", True),
             ("equal 10-minute budget: test NDCG@10 ≥ 1.5x RecBole's (beauty)", "beauty", "sasrec",
              "budget_10min_ratio_vs_recbole", 1.5, "ratio ", False),

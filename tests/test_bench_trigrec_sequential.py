@@ -84,3 +84,18 @@ def test_recbole_command_line(tmp_path, monkeypatch):
     assert flags["--model"] == "SASRec" and flags["--seed"] == "3" and flags["--max-batches"] == "7"
     assert argv[-6:] == ["--mode", "speed", "--max-batches", "7", "--out", str(tmp_path / "out.json")]
     assert flags["--inner"] == str(4 * int(flags["--hidden"]))
+
+
+def test_summarize_times_only_the_best_threaded_runs():
+    """A one-thread run beside others and a quiet two-thread run of the same recipe: the time
+    rows aggregate the quiet one only; quality rows keep every seed."""
+    def run(seed, metric, value, threads):
+        return {"dataset": "beauty", "model": "sasrec", "protocol": "full", "metric": metric, "value": value,
+                "seeds": [seed], "threads": threads}
+    runs = [run(1, "train_minutes", 5.5, 2), run(2, "train_minutes", 19.0, 1), run(3, "train_minutes", 12.0, 1),
+            run(1, "NDCG@10", 0.05, 2), run(2, "NDCG@10", 0.06, 1),
+            run(1, "minutes_to_valid_NDCG@10_0.05", 3.0, 1)]  # only loaded runs: kept, labelled by their threads
+    kept = seq.quiet_times(runs)
+    assert [r["value"] for r in kept if r["metric"] == "train_minutes"] == [5.5]
+    assert [r["value"] for r in kept if r["metric"] == "NDCG@10"] == [0.05, 0.06]
+    assert [r["value"] for r in kept if r["metric"].startswith("minutes_to")] == [3.0]
