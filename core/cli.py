@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from core.dist import exit_worker, launched_by_torchrun
 from core.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -135,15 +136,21 @@ def keep_freed_memory() -> None:
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run ``main`` and exit; user errors become one line on stderr and exit code 2."""
+    """Run ``main`` and exit; user errors become one line on stderr and exit code 2.
+
+    A torchrun worker ends through ``core.dist.exit_worker`` (no interpreter finalization, see why
+    there); an uncaught exception still unwinds normally, so its traceback reaches torchrun.
+    """
     keep_freed_memory()
     try:
-        code = main(argv)
+        code = main(argv) or 0
     except UserError as exc:
         msg = " ".join(str(exc).split())  # one line, whatever the message held
         print(f"error: {msg}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        code = EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
+        code = 130
+    if launched_by_torchrun():
+        exit_worker(code)
+    sys.exit(code)

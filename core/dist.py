@@ -6,8 +6,11 @@ variables it does nothing and every helper degrades to the single-process case.
 """
 from __future__ import annotations
 
+import faulthandler
+import logging
 import os
 import sys
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -24,13 +27,38 @@ def is_main() -> bool:
     return dist_info()[0] == 0
 
 
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def init_distributed(device: torch.device) -> tuple[int, int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+    if launched_by_torchrun() and dist.is_available() and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        # a native abort in a worker then prints every thread's Python stack, not only a signal number
+        if not faulthandler.is_enabled():
+            faulthandler.enable()
     return dist_info()
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End a torchrun worker now, without interpreter finalization.
+
+    Finalization can abort a gloo worker after it finished cleanly: a backend thread that still
+    holds a tensor takes the GIL while the interpreter shuts down, and Python ends that thread
+    inside C++ code ("terminate called without an active exception", SIGABRT; pytorch PR #179291).
+    It struck 1 README torchrun run in CI after ``cleanup``'s barrier had made it rare locally.
+    Everything a run writes is closed by then; stdio and logging are flushed here.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing left to save
+            pass
+    os._exit(code)
 
 
 def barrier() -> None:

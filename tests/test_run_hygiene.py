@@ -436,3 +436,36 @@ def test_under_torchrun_rank0_decides_and_every_rank_stops(data, tmp_path):
     errors = [x for x in refused.stderr.splitlines() if x.startswith("error: ")]
     assert errors and all("holds another run" in e and "seed 42 -> 7" in e for e in errors), refused.stderr[-3000:]
     assert snapshot(folder) == before
+
+
+def test_torchrun_worker_exits_with_its_code_flushed_and_without_finalization(tmp_path):
+    """Under torchrun (WORLD_SIZE > 1) ``core.cli.run`` ends the worker without interpreter
+    finalization, where a gloo thread can abort it: the exit code and buffered output survive, and
+    an atexit handler (part of finalization) does not run. Without WORLD_SIZE, finalization runs."""
+    script = ("import atexit, logging, sys\n"
+              "from core.cli import run\n"
+              "from core.errors import UserError\n"
+              "atexit.register(lambda: print('finalized'))\n"
+              "logging.basicConfig(stream=sys.stderr, level=logging.INFO)\n"
+              "def main(argv):\n"
+              "    print('result line')\n"
+              "    logging.info('log line')\n"
+              "    if argv == ['bad']:\n"
+              "        raise UserError('bad value')\n"
+              "    return 3\n"
+              "run(main, sys.argv[1:])\n")
+    path = tmp_path / "entry.py"
+    path.write_text(script)
+
+    def launch(world: str, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "WORLD_SIZE": world, "PYTHONPATH": str(REPO)}
+        return subprocess.run([sys.executable, str(path), *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    worker = launch("2")
+    assert worker.returncode == 3 and worker.stdout == "result line\n", worker
+    assert "log line" in worker.stderr
+    refused = launch("2", "bad")
+    assert refused.returncode == 2 and "error: bad value" in refused.stderr
+    single = launch("1")
+    assert single.returncode == 3 and single.stdout == "result line\nfinalized\n"
