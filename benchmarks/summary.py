@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 from benchmarks.common import RESULTS, md_table
 from benchmarks.sequential import ANCHORS as SEQUENTIAL_ANCHORS, TIME_METRICS
-from core.report import Sel, beats, bound, fmt_spread, fmt_value, paired_gain, row_value, select_row
+from core.report import Sel, all_of, beats, bound, fmt_spread, fmt_value, paired_gain, row_value, select_row
 from core.store import atomic_write_text
 
 # aggregated-looking files that are inputs of a script's own summarize, not result tables
@@ -92,13 +92,17 @@ PIPELINES: dict[str, Pipeline] = {
              "minutes_to_valid_NDCG@10_0.05", 1.0, "minutes ", True),
             ("beauty: a whole run of the recipe that meets the must (sasrec-ce-wd01, beauty-ce.yaml) ≤ 5 minutes",
              "beauty", "sasrec-ce-wd01", "train_minutes", 5.0, "minutes ", True),
-            ("beauty bert4rec whole run ≤ 30 minutes", "beauty", "bert4rec", "train_minutes", 30.0, "minutes ", True),
             ("equal 10-minute budget: test NDCG@10 ≥ 1.5x RecBole's (beauty)", "beauty", "sasrec",
              "budget_10min_ratio_vs_recbole", 1.5, "ratio ", False),
             ("full evaluation ≥ 20x faster than RecBole (beauty)", "beauty", "sasrec", "speedup_vs_recbole_eval", 20.0,
              "speedup ", False),
             ("peak RAM ≥ 8x below RecBole (ML-1M shape, max length 200)", "ml-1m-size", "sasrec",
-             "ram_ratio_recbole_over_ours", 8.0, "ratio ", False))]),
+             "ram_ratio_recbole_over_ours", 8.0, "ratio ", False))]
+        # the goal is a run that meets the must within 30 minutes: the time alone does not meet it
+        + [(f"beauty: a whole BERT4Rec run that meets the must ({bert_must}) ≤ 30 minutes", ISSUE20, all_of(
+            timed_bound(Sel("beauty", "bert4rec", "train_minutes", "full"), 30.0, "minutes ", True),
+            bound(Sel("beauty", "bert4rec", "NDCG@10", "full"), bert_must, "test NDCG@10 ")))
+           for bert_must in [SEQUENTIAL_ANCHORS[("beauty", "bert4rec")][1]]]),
     "distillation": Pipeline(
         "Profile distillation (ML-100K)",
         [Sel("ml-100k", m, "NDCG@10", "full") for m in ("sasrec", "sasrec+distill", "sasrec+distill-shuffled",

@@ -92,6 +92,15 @@ def bound(sel: Sel, bar: float, label: str = "", most: bool = False) -> Callable
     return check
 
 
+def all_of(*checks: Callable) -> Callable:
+    """Check: every one of ``checks`` holds (a goal with two parts, such as a time and a quality bar)."""
+    def check(rows):
+        results = [c(rows) for c in checks]
+        oks = [ok for _, ok in results]
+        return "; ".join(text for text, _ in results), None if None in oks else all(oks)
+    return check
+
+
 def beats(main: Sel, *others: Sel, chain: bool = True) -> Callable:
     """Check: main > every other; with ``chain`` each listed other > the next too (trained > zero-shot > random)."""
     def check(rows):

@@ -92,3 +92,17 @@ def test_paired_goal_reads_the_test_row_against_the_named_peer():
     worse = [dict(r, mean_diff=-0.5, value=0.01) if r.get("vs") == "sasrec-merged" else r for r in rows]
     assert summary.paired_gain(ds, "trigrec-default", "sasrec-merged")(worse)[1] is False
     assert summary.paired_gain(ds, "trigrec-default", "nobody")(rows) == ("rows missing", None)
+
+
+def test_a_timed_goal_with_a_quality_bar_needs_both():
+    """The BERT4Rec time goal is a run that meets the must within 30 minutes: a fast run below the
+    must is not met, a fast run at the must is, and a missing quality row leaves the goal open."""
+    check = next(c for text, _, c in summary.PIPELINES["sequential"].goals
+                 if text.startswith("beauty: a whole BERT4Rec run that meets the must"))
+    fast = _row("beauty", "bert4rec", "train_minutes", 25.5, seeds=(1,), device="cpu:test 2 cores, 2 torch threads")
+    text, met = check([fast, _row("beauty", "bert4rec", "NDCG@10", 0.0351)])
+    assert met is False and "minutes 25.5 vs ≤ 30 (2 torch threads)" in text and "0.0351 vs ≥ 0.0443" in text
+    assert check([fast, _row("beauty", "bert4rec", "NDCG@10", 0.0450)])[1] is True
+    assert check([_row("beauty", "bert4rec", "train_minutes", 42.5, seeds=(1,)),
+                  _row("beauty", "bert4rec", "NDCG@10", 0.0450)])[1] is False
+    assert check([fast])[1] is None
