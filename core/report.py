@@ -97,7 +97,8 @@ def all_of(*checks: Callable) -> Callable:
     def check(rows):
         results = [c(rows) for c in checks]
         oks = [ok for _, ok in results]
-        return "; ".join(text for text, _ in results), None if None in oks else all(oks)
+        # one failed part fails the goal even while another part's rows are missing
+        return "; ".join(text for text, _ in results), False if False in oks else None if None in oks else True
     return check
 
 

@@ -106,3 +106,5 @@ def test_a_timed_goal_with_a_quality_bar_needs_both():
     assert check([_row("beauty", "bert4rec", "train_minutes", 42.5, seeds=(1,)),
                   _row("beauty", "bert4rec", "NDCG@10", 0.0450)])[1] is False
     assert check([fast])[1] is None
+    # a failed part fails the goal even when the other part's row is missing
+    assert check([_row("beauty", "bert4rec", "NDCG@10", 0.0351)])[1] is False
