@@ -48,8 +48,12 @@ class ModelConfig:
     num_negatives: int = 256  # sampled_softmax negatives per batch
     negative_sampler: Literal["uniform", "popularity", "in_batch"] = "uniform"  # non-uniform ones are log-Q corrected
     full_softmax_guard: bool = True  # refuse loss=ce when a batch's logits would not fit in memory
+    ce_from_epoch: int = 0  # sampled_softmax / bce until this (1-based) epoch, the full softmax from it; 0 = never
     mask_prob: float = 0.2  # cloze masking rate (bidirectional models)
     last_mask_prob: float = 0.0  # share of cloze rows masked at the last item only (as at scoring time)
+    prefix_prob: float = 0.0  # share of cloze rows cut to a random prefix each epoch (prefix augmentation)
+    cl_weight: float = 0.0  # bert4rec: weight of the contrastive loss between two maskings of each row; 0 = off
+    cl_temperature: float = 1.0  # its softmax temperature over the batch's dot products
     output_bias: bool = True  # BERT4Rec's per-item output bias (the original has one)
     # causal models: "sequences" = one row per user, every position predicts the next item;
     # "prefixes" = one row per training target, predicted from the last position (as at scoring)
@@ -62,9 +66,18 @@ class ModelConfig:
         if self.hidden_units % self.num_heads:
             raise ConfigError(f"model.hidden_units ({self.hidden_units}) must be divisible by model.num_heads ({self.num_heads})")
         if self.maxlen < 2 or not 0 <= self.dropout_rate < 1 or not 0 < self.mask_prob < 1 \
-                or not 0 <= self.last_mask_prob <= 1:
+                or not 0 <= self.last_mask_prob <= 1 or not 0 <= self.prefix_prob <= 1:
             raise ConfigError("model.maxlen must be >= 2, dropout_rate in [0, 1), mask_prob in (0, 1), "
-                              "last_mask_prob in [0, 1]")
+                              "last_mask_prob and prefix_prob in [0, 1]")
+        if self.ce_from_epoch < 0 or (self.ce_from_epoch and self.loss in ("ce", "full")):
+            raise ConfigError(f"model.ce_from_epoch={self.ce_from_epoch}: it switches loss=sampled_softmax or bce to "
+                              "the full softmax from that epoch; use it with such a loss, or set it to 0")
+        if self.prefix_prob and self.model_type != "bert4rec":
+            raise ConfigError(f"model.prefix_prob={self.prefix_prob} cuts cloze rows (bert4rec); causal models train "
+                              "every prefix already (or one row per prefix: model.train_samples=prefixes)")
+        if self.cl_weight < 0 or self.cl_temperature <= 0 or (self.cl_weight and self.model_type != "bert4rec"):
+            raise ConfigError(f"model.cl_weight={self.cl_weight} / cl_temperature={self.cl_temperature}: the contrastive "
+                              "loss is for bert4rec (two maskings of a row); weight >= 0, temperature > 0")
         if self.padding != "zero" and self.model_type != "bsarec":
             raise ConfigError(f"model.padding={self.padding} is a bsarec setting; {self.model_type} keeps zero padding: "
                               "remove model.padding")
@@ -164,7 +177,8 @@ def build_train_data(model_cfg: ModelConfig, split, model, device):
     if getattr(model, "causal", True):
         return CausalDataset(split, model_cfg.maxlen, device=device, prefixes=model_cfg.train_samples == "prefixes")
     return ClozeDataset(split, model_cfg.maxlen, model_cfg.mask_prob, device=device,
-                        last_mask_prob=model_cfg.last_mask_prob)
+                        last_mask_prob=model_cfg.last_mask_prob, prefix_prob=model_cfg.prefix_prob,
+                        views=2 if model_cfg.cl_weight else 1)
 
 
 def encoder_args(cfg: ModelConfig) -> dict:
@@ -172,10 +186,15 @@ def encoder_args(cfg: ModelConfig) -> dict:
     args = dict(maxlen=cfg.maxlen, hidden_units=cfg.hidden_units, num_blocks=cfg.num_blocks, num_heads=cfg.num_heads,
                 dropout_rate=cfg.dropout_rate, initializer_range=cfg.initializer_range, loss=cfg.loss,
                 num_negatives=cfg.num_negatives, negative_sampler=cfg.negative_sampler)
+    if cfg.ce_from_epoch:  # only then: checkpoints of existing configs keep their exact args
+        args["ce_from_epoch"] = cfg.ce_from_epoch
     if cfg.model_type == "bsarec":
         extra = {"padding": cfg.padding} if cfg.padding != "zero" else {}
         return {**args, "filter_alpha": cfg.filter_alpha, "filter_c": cfg.filter_c, **extra}
-    return args if cfg.model_type == "sasrec" else {**args, "output_bias": cfg.output_bias}
+    if cfg.model_type == "sasrec":
+        return args
+    extra = {"cl_weight": cfg.cl_weight, "cl_temperature": cfg.cl_temperature} if cfg.cl_weight else {}
+    return {**args, "output_bias": cfg.output_bias, **extra}
 
 
 def make_model(cfg: ModelConfig, n_items: int):
@@ -246,7 +265,7 @@ def _train_and_test(cfg, log, out_dir, data, split, dataset_name, make_train, de
     if cfg.model.full_softmax_guard:  # before the model exists: a refused run allocates nothing
         from core.models.sampled_softmax import check_full_softmax
 
-        check_full_softmax(cfg.model.loss, cfg.training.batch_size, cfg.model.maxlen, data.n_items, device)
+        check_full_softmax("ce" if cfg.model.ce_from_epoch else cfg.model.loss, cfg.training.batch_size, cfg.model.maxlen, data.n_items, device)
     model = make_model(cfg.model, data.n_items).to(device)
     if cfg.model.loss in ("sampled_softmax", "sampled") and cfg.model.negative_sampler == "popularity":
         from core.data.splits import item_popularity

@@ -521,7 +521,10 @@ def fit(
 
     def set_epoch_hooks(epoch: int) -> None:
         # staged recipes (e.g. distil, then fine-tune on other sequences) switch here
-        for hook in (getattr(train_data, "set_epoch", None), getattr(loss_fn, "set_epoch", None)):
+        hooks = [getattr(train_data, "set_epoch", None), getattr(loss_fn, "set_epoch", None)]
+        # and every module of the model that has one (a staged loss in an encoder nested in a pipeline's model)
+        hooks += [module.set_epoch for module in model.modules() if callable(getattr(module, "set_epoch", None))]
+        for hook in hooks:
             if hook is not None:
                 hook(epoch + 1)
 

@@ -150,3 +150,6 @@ class DistillConfig(SeqRecConfig):
                 raise ConfigError(f"model.model_name {self.model.model_name} distils profiles but none are given; "
                                   "set data.user_profile_embeddings_files")
             object.__setattr__(self, "distill", replace(self.distill, enabled=on))
+        if self.distill.enabled and self.model.cl_weight:
+            raise ConfigError("model.cl_weight: the contrastive views are for plain BERT4Rec; the distillation loss "
+                              "reads one masking per row: set model.cl_weight=0 or distill.enabled=false")

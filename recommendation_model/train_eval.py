@@ -110,7 +110,8 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
         train_data = HoldoutClozeDataset(split, m.maxlen, m.mask_prob, m.vector_holdout, device=device,
                                          last_mask_prob=m.last_mask_prob)
     else:
-        train_data = ClozeDataset(split, m.maxlen, m.mask_prob, device=device, last_mask_prob=m.last_mask_prob)
+        train_data = ClozeDataset(split, m.maxlen, m.mask_prob, device=device, last_mask_prob=m.last_mask_prob,
+                                  prefix_prob=m.prefix_prob)
 
     # the batches carry the user vectors (vector holdout: the cut ones; validation and test read the full ones)
     held = "_holdout" if m.vector_holdout else ""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.data.batches import CausalDataset, ClozeDataset, sample_train_negatives
+from core.data.batches import CausalDataset, ClozeDataset, random_prefixes, sample_train_negatives
 from core.data.sequences import IdMap, SequenceData
 from core.data.splits import (
     history_mask,
@@ -311,6 +311,42 @@ def test_cloze_masks_real_positions_only_and_every_row():
     m4 = half.get_batch(torch.arange(len(half)), torch.Generator().manual_seed(4))["input"] == half.mask_token
     share = (m4.sum(1).eq(1) & m4[:, -1]).float().mean().item()
     assert 0.25 < share < 0.45, share  # 30% forced, plus rows that drew only their last item
+
+
+def test_random_prefixes_cut_right_aligned_and_uniform():
+    rows = torch.tensor([[0, 0, 1, 2, 3, 4], [0, 0, 0, 0, 0, 5], [7, 8, 9, 10, 11, 12]])
+    seen: dict[int, set] = {0: set(), 1: set(), 2: set()}
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        out = random_prefixes(rows, 1.0, g)
+        for r in range(3):
+            kept = [x for x in out[r].tolist() if x]
+            real = [x for x in rows[r].tolist() if x]
+            assert kept == real[:len(kept)]  # a prefix of the row
+            assert out[r, -1] != 0  # still right-aligned: the last column is its last item
+            seen[r].add(len(kept))
+    assert seen == {0: {2, 3, 4}, 1: {1}, 2: {2, 3, 4, 5, 6}}  # every length in [2, n]; rows of 1 stay
+    assert torch.equal(random_prefixes(rows, 0.0, g), rows)
+    half = torch.stack([random_prefixes(rows[2:], 0.5, g)[0] for _ in range(400)])
+    share = (half != rows[2]).any(1).float().mean().item()
+    assert 0.32 < share < 0.48, share  # half cut, of which 1 in 5 draws the whole row
+
+
+def test_cloze_prefix_prob_cuts_rows_and_is_off_by_default():
+    d = SequenceData.from_lists([list(range(1, 11))] * 40, 10, [str(u) for u in range(40)], [str(i) for i in range(10)])
+    split = leave_one_out(d)
+    plain = ClozeDataset(split, maxlen=20, mask_prob=0.3)
+    cut = ClozeDataset(split, maxlen=20, mask_prob=0.3, prefix_prob=1.0)
+    index = torch.arange(40)
+    a = plain.get_batch(index, torch.Generator().manual_seed(1))
+    b = ClozeDataset(split, maxlen=20, mask_prob=0.3, prefix_prob=0.0).get_batch(index, torch.Generator().manual_seed(1))
+    assert torch.equal(a["input"], b["input"])  # prefix_prob 0 draws nothing: the old stream
+    c = cut.get_batch(index, torch.Generator().manual_seed(1))
+    lengths = (c["input"] > 0).sum(1)
+    assert lengths.min() >= 2 and lengths.max() <= 8 and len(set(lengths.tolist())) > 3
+    restored = torch.where(c["target"] > 0, c["target"], c["input"])
+    for row, n in zip(restored, lengths.tolist()):
+        assert row[-n:].tolist() == list(range(1, n + 1))  # the row's first n items, right-aligned
 
 
 def test_sample_train_negatives_never_in_row():

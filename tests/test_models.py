@@ -286,3 +286,60 @@ def test_chunked_cross_entropy_matches_plain_loss_and_gradients():
     assert torch.allclose(plain, chunked, atol=1e-6)
     assert torch.allclose(grad_h, h.grad, atol=1e-6)
     assert torch.allclose(grad_w, model.item_emb.weight.grad, atol=1e-6)
+
+
+def test_bert4rec_contrastive_views_loss_matches_hand_computation():
+    """``cl_weight``: the cloze loss over both maskings plus weight x InfoNCE between each row's two
+    last-position states, the other 2B - 2 states of the batch as negatives."""
+    torch.manual_seed(0)
+    model = build_model("bert4rec", n_items=N_ITEMS, hidden_units=16, num_heads=2, dropout_rate=0.0,
+                        cl_weight=0.3, cl_temperature=0.5)
+    assert (model.model_args["cl_weight"], model.model_args["cl_temperature"]) == (0.3, 0.5)
+    assert "cl_weight" not in build_model("bert4rec", n_items=N_ITEMS, hidden_units=16, num_heads=2).model_args
+    seqs = torch.randint(1, N_ITEMS + 1, (5, 7))
+    views = []
+    for _ in range(2):
+        labels = torch.where(torch.rand(5, 7) < 0.4, seqs, torch.zeros_like(seqs))
+        labels[:, 2] = seqs[:, 2]
+        views.append((torch.where(labels > 0, torch.full_like(seqs, model.mask_token), seqs), labels))
+    batch = {"input": views[0][0], "target": views[0][1], "input_b": views[1][0], "target_b": views[1][1]}
+    out = model.training_loss(batch)
+    with torch.no_grad():
+        states, cloze_sum, count = [], 0.0, 0
+        for inputs, labels in views:
+            hidden = model.project(model(inputs))
+            states.append(hidden[:, -1])
+            logits = model.logits_all(hidden[labels > 0])
+            cloze_sum += F.cross_entropy(logits, labels[labels > 0], reduction="sum").item()
+            count += int((labels > 0).sum())
+        z = torch.cat(states)
+        terms = []
+        for i in range(10):
+            partner = (i + 5) % 10
+            others = [j for j in range(10) if j != i]
+            sims = torch.stack([z[i] @ z[j] / 0.5 for j in others])
+            terms.append(-(z[i] @ z[partner] / 0.5 - torch.logsumexp(sims, 0)))
+        contrast = torch.stack(terms).mean().item()
+    assert out["cloze"].item() == pytest.approx(cloze_sum / count, rel=1e-4)
+    assert out["contrast"].item() == pytest.approx(contrast, rel=1e-4)
+    assert out["loss"].item() == pytest.approx(cloze_sum / count + 0.3 * contrast, rel=1e-4)
+    out["loss"].backward()
+    assert model.item_emb.weight.grad is not None
+
+
+def test_cloze_views_mask_the_same_rows_twice_and_cl_is_bert4rec_only():
+    from core.config import load_config
+    from core.data.batches import ClozeDataset
+    from core.data.sequences import SequenceData
+    from core.data.splits import leave_one_out
+    from core.seqrec import SeqRecConfig
+
+    d = SequenceData.from_lists([list(range(1, 13))] * 30, 12, [str(u) for u in range(30)], [str(i) for i in range(12)])
+    ds = ClozeDataset(leave_one_out(d), maxlen=20, mask_prob=0.4, views=2)
+    b = ds.get_batch(torch.arange(30), torch.Generator().manual_seed(0))
+    one = torch.where(b["target"] > 0, b["target"], b["input"])
+    two = torch.where(b["target_b"] > 0, b["target_b"], b["input_b"])
+    assert torch.equal(one, two)  # the same rows...
+    assert not torch.equal(b["input"], b["input_b"])  # ...masked independently
+    with pytest.raises(ConfigError, match="cl_weight"):
+        load_config(SeqRecConfig, overrides="model.model_type=sasrec,model.cl_weight=0.1")

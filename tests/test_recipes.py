@@ -283,3 +283,24 @@ def test_bsarec_learns_a_planted_successor():
     with torch.no_grad():
         top = model.eval().full_scores(batch["input"]).argmax(1)
     assert (top == seqs[:, -1]).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("module,cls_name,path", PIPELINE_CONFIGS, ids=lambda v: str(v).split("/")[-1])
+def test_new_cloze_keys_are_taken_or_refused_never_ignored(module, cls_name, path):
+    """``model.ce_from_epoch`` works everywhere (``core.train.fit`` calls every module's
+    ``set_epoch``); ``prefix_prob`` / ``cl_weight`` only where the training rows honour them."""
+    import importlib
+
+    from core.errors import ConfigError
+
+    cls = getattr(importlib.import_module(module), cls_name)
+    cfg = load_config(cls, REPO_ROOT / path, "model.loss=sampled_softmax,model.ce_from_epoch=5")
+    assert cfg.model.ce_from_epoch == 5
+    takes_prefix = module in ("recommendation_model.config",) or cls_name == "SeqRecConfig"
+    for key, taken in (("model.prefix_prob=0.5", takes_prefix), ("model.cl_weight=0.1", cls_name == "SeqRecConfig")):
+        over = key + ("" if cls_name != "SeqRecConfig" else ",model.model_type=bert4rec")
+        if taken:
+            load_config(cls, REPO_ROOT / path, over)
+        else:
+            with pytest.raises(ConfigError, match=key.split("=")[0]):
+                load_config(cls, REPO_ROOT / path, over)

@@ -78,3 +78,22 @@ def test_demo_cli_bad_input_is_one_clear_line(tmp_path, override, needle):
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "home" / "demo").exists()  # nothing half-written
+
+
+def test_staged_loss_switches_to_the_full_softmax_at_ce_from_epoch(tmp_path, data_root, monkeypatch):
+    from core.models.base import SequentialRecommender
+
+    seen = []
+    original = SequentialRecommender.set_epoch
+
+    def spy(self, epoch):
+        original(self, epoch)
+        seen.append((epoch, self.loss_name))
+
+    monkeypatch.setattr(SequentialRecommender, "set_epoch", spy)
+    res = train_and_evaluate(_cfg(tmp_path, data_root, "training.epochs=3,model.loss=sampled_softmax,"
+                                  "model.num_negatives=64,model.ce_from_epoch=3"), log=lambda s: None)
+    assert seen == [(1, "sampled_softmax"), (2, "sampled_softmax"), (3, "ce")]
+    assert res["test"]["NDCG@10"] > 2.0 * res["popularity_test"]["NDCG@10"]
+    with pytest.raises(Exception, match="model.ce_from_epoch"):
+        _cfg(tmp_path, data_root, "model.loss=ce,model.ce_from_epoch=3")

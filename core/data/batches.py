@@ -103,11 +103,14 @@ class ClozeDataset(Dataset):
     Each non-padding position is replaced by ``mask_token`` with probability ``mask_prob``;
     rows where nothing was drawn get their last item masked, so every row trains. With
     ``last_mask_prob`` a row instead has only its last item masked, the exact form of the
-    scoring input (clean history + one mask at the end). Targets are the original items at
-    masked positions and 0 elsewhere.
+    scoring input (clean history + one mask at the end). With ``prefix_prob`` that share of rows
+    is first cut to a random prefix (``random_prefixes``), drawn again every epoch. Targets are
+    the original items at masked positions and 0 elsewhere. ``views=2`` adds a second, independent
+    masking of the same rows (``input_b`` / ``target_b``) for a contrastive loss between the two.
     """
 
-    def __init__(self, split: Split, maxlen: int, mask_prob: float, device=None, last_mask_prob: float = 0.0) -> None:
+    def __init__(self, split: Split, maxlen: int, mask_prob: float, device=None, last_mask_prob: float = 0.0,
+                 prefix_prob: float = 0.0, views: int = 1) -> None:
         users = split.train_users
         rows = padded_prefixes(split.data, users, split.train_len[users - 1], maxlen)
         self.users = torch.as_tensor(users, device=device)
@@ -115,6 +118,8 @@ class ClozeDataset(Dataset):
         self.lengths = (self.rows > 0).sum(1)
         self.mask_prob = mask_prob
         self.last_mask_prob = last_mask_prob
+        self.prefix_prob = prefix_prob
+        self.views = views
         self.mask_token = split.data.n_items + 1
 
     def __len__(self) -> int:
@@ -124,9 +129,34 @@ class ClozeDataset(Dataset):
         return self.rows[i]
 
     def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        inputs, targets = cloze_mask(trim_padding(self.rows[index]), self.mask_prob, self.mask_token, generator,
-                                     self.last_mask_prob)
-        return {"input": inputs, "target": targets, "users": self.users[index]}
+        rows = self.rows[index]
+        if self.prefix_prob > 0:  # no draw otherwise: runs without it keep their random stream
+            rows = random_prefixes(rows, self.prefix_prob, generator)
+        rows = trim_padding(rows)
+        inputs, targets = cloze_mask(rows, self.mask_prob, self.mask_token, generator, self.last_mask_prob)
+        batch = {"input": inputs, "target": targets, "users": self.users[index]}
+        if self.views == 2:
+            batch["input_b"], batch["target_b"] = cloze_mask(rows, self.mask_prob, self.mask_token, generator,
+                                                             self.last_mask_prob)
+        return batch
+
+
+def random_prefixes(rows: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cut a ``prob`` share of left-padded ``rows`` to a prefix of uniform length in [2, n]
+    (rows shorter than 2 stay whole), right-aligned again.
+
+    The sampled form of the prefix augmentation that RecBole and the S3-Rec family apply to every
+    sequential model: over epochs a row trains as each of its prefixes, so the masked items near
+    a row's end, the position scoring asks about, come from many contexts, not one per user.
+    """
+    lengths = (rows > 0).sum(1)
+    shortest = lengths.clamp(max=2)
+    draw = torch.rand(rows.shape[0], device=rows.device, generator=generator)
+    cut_draw = torch.rand(rows.shape[0], device=rows.device, generator=generator)
+    cut = (cut_draw * (lengths - shortest + 1)).long().clamp(min=0)
+    cut = torch.where(draw < prob, cut, torch.zeros_like(cut))
+    source = torch.arange(rows.shape[1], device=rows.device) - cut[:, None]
+    return rows.gather(1, source.clamp(min=0)).masked_fill(source < 0, 0)
 
 
 def cloze_mask(rows: torch.Tensor, mask_prob: float, mask_token: int, generator: torch.Generator | None = None,

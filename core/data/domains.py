@@ -93,6 +93,9 @@ class BERT4RecModelConfig(ModelConfig):
         super().__post_init__()
         if self.model_type != "bert4rec":
             raise ConfigError(f"model.model_type {self.model_type!r}: TriGRec's encoders are BERT4Rec")
+        if self.cl_weight:
+            raise ConfigError("model.cl_weight: TriGRec's losses read one masking per row; the contrastive views are "
+                              "for plain BERT4Rec (distillation.training): set model.cl_weight=0")
 
 
 def domain_folder_name(dataset_folder: Path, domain_names: tuple[str, str], target: str) -> str:

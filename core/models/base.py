@@ -82,6 +82,7 @@ class SequentialRecommender(nn.Module):
         num_negatives: int = 256,
         extra_tokens: int = 0,
         negative_sampler: str = "uniform",
+        ce_from_epoch: int = 0,
     ) -> None:
         super().__init__()
         loss = LOSS_ALIASES.get(loss, loss)
@@ -94,6 +95,10 @@ class SequentialRecommender(nn.Module):
                           loss=loss, num_negatives=num_negatives)
         if negative_sampler != "uniform":  # only then: checkpoints of existing configs keep their exact args
             self._args["negative_sampler"] = negative_sampler
+        if ce_from_epoch:
+            if loss == "ce":
+                raise ValueError("ce_from_epoch switches a sampled or bce loss to the full softmax; the loss is ce already")
+            self._args["ce_from_epoch"] = ce_from_epoch
         self.n_items = n_items
         self.maxlen = maxlen
         self.loss_name = loss
@@ -203,6 +208,14 @@ class SequentialRecommender(nn.Module):
 
     def candidate_scores(self, input_ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return self.logits_of(self.last_hidden(input_ids), candidates)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Staged loss (``ce_from_epoch``): the cheap sampled loss for the early epochs, the
+        full softmax from that (1-based) epoch on, when the cosine anneals. Called by
+        ``core.train.fit`` before every epoch, so a resumed run trains each epoch the same."""
+        start = self._args.get("ce_from_epoch", 0)
+        if start:
+            self.loss_name = "ce" if epoch >= start else self._args["loss"]
 
     # ------------------------------------------------------------------ losses
     def prediction_loss(self, hidden: torch.Tensor, targets: torch.Tensor, seqs: torch.Tensor,
