@@ -52,6 +52,7 @@ class ModelConfig:
     mask_prob: float = 0.2  # cloze masking rate (bidirectional models)
     last_mask_prob: float = 0.0  # share of cloze rows masked at the last item only (as at scoring time)
     prefix_prob: float = 0.0  # share of cloze rows cut to a random prefix each epoch (prefix augmentation)
+    end_mask_prob: float = 0.0  # cloze: a row's last item is also masked with this probability (on top of mask_prob)
     cl_weight: float = 0.0  # bert4rec: weight of the contrastive loss between two maskings of each row; 0 = off
     cl_temperature: float = 1.0  # its softmax temperature over the batch's dot products
     output_bias: bool = True  # BERT4Rec's per-item output bias (the original has one)
@@ -66,15 +67,16 @@ class ModelConfig:
         if self.hidden_units % self.num_heads:
             raise ConfigError(f"model.hidden_units ({self.hidden_units}) must be divisible by model.num_heads ({self.num_heads})")
         if self.maxlen < 2 or not 0 <= self.dropout_rate < 1 or not 0 < self.mask_prob < 1 \
-                or not 0 <= self.last_mask_prob <= 1 or not 0 <= self.prefix_prob <= 1:
+                or not 0 <= self.last_mask_prob <= 1 or not 0 <= self.prefix_prob <= 1 \
+                or not 0 <= self.end_mask_prob <= 1:
             raise ConfigError("model.maxlen must be >= 2, dropout_rate in [0, 1), mask_prob in (0, 1), "
-                              "last_mask_prob and prefix_prob in [0, 1]")
+                              "last_mask_prob, prefix_prob and end_mask_prob in [0, 1]")
         if self.ce_from_epoch < 0 or (self.ce_from_epoch and self.loss in ("ce", "full")):
             raise ConfigError(f"model.ce_from_epoch={self.ce_from_epoch}: it switches loss=sampled_softmax or bce to "
                               "the full softmax from that epoch; use it with such a loss, or set it to 0")
-        if self.prefix_prob and self.model_type != "bert4rec":
-            raise ConfigError(f"model.prefix_prob={self.prefix_prob} cuts cloze rows (bert4rec); causal models train "
-                              "every prefix already (or one row per prefix: model.train_samples=prefixes)")
+        if (self.prefix_prob or self.end_mask_prob) and self.model_type != "bert4rec":
+            raise ConfigError(f"model.prefix_prob / end_mask_prob shape cloze rows (bert4rec); {self.model_type} is causal "
+                              "and trains every prefix already: set them to 0")
         if self.cl_weight < 0 or self.cl_temperature <= 0 or (self.cl_weight and self.model_type != "bert4rec"):
             raise ConfigError(f"model.cl_weight={self.cl_weight} / cl_temperature={self.cl_temperature}: the contrastive "
                               "loss is for bert4rec (two maskings of a row); weight >= 0, temperature > 0")
@@ -178,7 +180,7 @@ def build_train_data(model_cfg: ModelConfig, split, model, device):
         return CausalDataset(split, model_cfg.maxlen, device=device, prefixes=model_cfg.train_samples == "prefixes")
     return ClozeDataset(split, model_cfg.maxlen, model_cfg.mask_prob, device=device,
                         last_mask_prob=model_cfg.last_mask_prob, prefix_prob=model_cfg.prefix_prob,
-                        views=2 if model_cfg.cl_weight else 1)
+                        views=2 if model_cfg.cl_weight else 1, end_mask_prob=model_cfg.end_mask_prob)
 
 
 def encoder_args(cfg: ModelConfig) -> dict:

@@ -111,7 +111,7 @@ def train_eval(cfg: RecConfig, log=print) -> dict:
                                          last_mask_prob=m.last_mask_prob)
     else:
         train_data = ClozeDataset(split, m.maxlen, m.mask_prob, device=device, last_mask_prob=m.last_mask_prob,
-                                  prefix_prob=m.prefix_prob)
+                                  prefix_prob=m.prefix_prob, end_mask_prob=m.end_mask_prob)
 
     # the batches carry the user vectors (vector holdout: the cut ones; validation and test read the full ones)
     held = "_holdout" if m.vector_holdout else ""

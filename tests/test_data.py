@@ -349,6 +349,19 @@ def test_cloze_prefix_prob_cuts_rows_and_is_off_by_default():
         assert row[-n:].tolist() == list(range(1, n + 1))  # the row's first n items, right-aligned
 
 
+def test_cloze_end_mask_prob_masks_the_last_item_on_top_of_the_rate():
+    d = SequenceData.from_lists([list(range(1, 11))] * 400, 10, [str(u) for u in range(400)], [str(i) for i in range(10)])
+    split = leave_one_out(d)
+    index = torch.arange(400)
+    always = ClozeDataset(split, maxlen=20, mask_prob=0.2, end_mask_prob=1.0).get_batch(index, torch.Generator().manual_seed(2))
+    masked = always["target"] > 0
+    assert masked[:, -1].all()  # every row's last item is a target
+    assert 0.15 < masked[:, :-1].float().mean().item() < 0.25  # the others keep the plain rate
+    half = ClozeDataset(split, maxlen=20, mask_prob=0.2, end_mask_prob=0.5).get_batch(index, torch.Generator().manual_seed(2))
+    share = (half["target"][:, -1] > 0).float().mean().item()
+    assert 0.52 < share < 0.68, share  # 0.2 + 0.8 x 0.5 = 0.6
+
+
 def test_sample_train_negatives_never_in_row():
     g = torch.Generator().manual_seed(0)
     n_items = 12

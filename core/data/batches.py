@@ -104,13 +104,15 @@ class ClozeDataset(Dataset):
     rows where nothing was drawn get their last item masked, so every row trains. With
     ``last_mask_prob`` a row instead has only its last item masked, the exact form of the
     scoring input (clean history + one mask at the end). With ``prefix_prob`` that share of rows
-    is first cut to a random prefix (``random_prefixes``), drawn again every epoch. Targets are
+    is first cut to a random prefix (``random_prefixes``), drawn again every epoch. With
+    ``end_mask_prob`` a row's last item is also masked with that probability, on top of
+    ``mask_prob``: the position scoring asks about trains more often. Targets are
     the original items at masked positions and 0 elsewhere. ``views=2`` adds a second, independent
     masking of the same rows (``input_b`` / ``target_b``) for a contrastive loss between the two.
     """
 
     def __init__(self, split: Split, maxlen: int, mask_prob: float, device=None, last_mask_prob: float = 0.0,
-                 prefix_prob: float = 0.0, views: int = 1) -> None:
+                 prefix_prob: float = 0.0, views: int = 1, end_mask_prob: float = 0.0) -> None:
         users = split.train_users
         rows = padded_prefixes(split.data, users, split.train_len[users - 1], maxlen)
         self.users = torch.as_tensor(users, device=device)
@@ -120,6 +122,7 @@ class ClozeDataset(Dataset):
         self.last_mask_prob = last_mask_prob
         self.prefix_prob = prefix_prob
         self.views = views
+        self.end_mask_prob = end_mask_prob
         self.mask_token = split.data.n_items + 1
 
     def __len__(self) -> int:
@@ -133,11 +136,12 @@ class ClozeDataset(Dataset):
         if self.prefix_prob > 0:  # no draw otherwise: runs without it keep their random stream
             rows = random_prefixes(rows, self.prefix_prob, generator)
         rows = trim_padding(rows)
-        inputs, targets = cloze_mask(rows, self.mask_prob, self.mask_token, generator, self.last_mask_prob)
+        inputs, targets = cloze_mask(rows, self.mask_prob, self.mask_token, generator, self.last_mask_prob,
+                                     self.end_mask_prob)
         batch = {"input": inputs, "target": targets, "users": self.users[index]}
         if self.views == 2:
             batch["input_b"], batch["target_b"] = cloze_mask(rows, self.mask_prob, self.mask_token, generator,
-                                                             self.last_mask_prob)
+                                                             self.last_mask_prob, self.end_mask_prob)
         return batch
 
 
@@ -160,10 +164,12 @@ def random_prefixes(rows: torch.Tensor, prob: float, generator: torch.Generator 
 
 
 def cloze_mask(rows: torch.Tensor, mask_prob: float, mask_token: int, generator: torch.Generator | None = None,
-               last_mask_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+               last_mask_prob: float = 0.0, end_mask_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of a cloze batch from left-padded ``rows`` (see ``ClozeDataset``)."""
     real = rows > 0
     draw = torch.rand(rows.shape, device=rows.device, generator=generator) < mask_prob
+    if end_mask_prob > 0:  # no draw otherwise: runs without it keep their random stream
+        draw[:, -1] |= torch.rand(rows.shape[0], device=rows.device, generator=generator) < end_mask_prob
     masked = draw & real
     if last_mask_prob > 0:
         only_last = torch.rand(rows.shape[0], device=rows.device, generator=generator) < last_mask_prob
