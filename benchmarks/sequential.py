@@ -1,6 +1,6 @@
 """SASRec / BERT4Rec quality, speed and memory, side by side with RecBole 1.2.1.
 
-Pieces (``quality``, ``speed``, ``budget``, ``limit``, ``memory``, ``summarize``; methods in benchmarks/README.md)
+Pieces (``quality``, ``speed``, ``budget``, ``limit``, ``memory``, ``recency``, ``summarize``; methods in benchmarks/README.md)
 merge their rows into benchmarks/results/: per-seed rows into ``sequential_runs.json``, the others into
 ``sequential.json``; ``summarize`` writes ``sequential.json`` / ``.md`` and ``sequential_curves.png``.
 """
@@ -76,6 +76,41 @@ def cmd_quality(args) -> None:
     merge_rows(RUNS_FILE, rows)
     print(f"{args.dataset} {name} seed {args.seed}: test NDCG@10 {res['test']['NDCG@10']:.4f} "
           f"HR@10 {res['test']['HR@10']:.4f} (best epoch {res['best_epoch']})")
+
+
+def cmd_recency(args) -> None:
+    """how much a finished run uses the newest item: test NDCG@10 with and without the validation item in the input"""
+    from dataclasses import replace
+
+    import torch
+
+    from core.config import load_config
+    from core.data.splits import EvalSplit, make_split
+    from core.evaluation import Evaluator
+    from core.seqrec import load_dataset, load_trained_model, model_score_fn
+    from distillation.config import DistillConfig
+
+    run_dir = REPO / "state_dict" / "distillation" / args.dataset / args.from_run
+    cfg = load_config(DistillConfig, run_dir / "config.yaml", "device=cpu")  # runs of distillation.training
+    data, data_path = load_dataset(cfg.data)
+    split = make_split(data, cfg.data.split)
+    model, _ = load_trained_model(run_dir / "best.pt", data, data_path, torch.device("cpu"))
+    test = split.test
+    # the same users and targets, the input cut before the validation item (which stays rankable)
+    skipped = replace(split, test=EvalSplit(test.users, test.hist_len - 1, test.targets))
+    scores = {name: Evaluator(s, "test", cfg.model.maxlen, (10,), sampled=()).run(model_score_fn(model))["NDCG@10"]
+              for name, s in (("NDCG@10", split), ("NDCG@10_test_input_without_valid_item", skipped))}
+    r = partial(row, args.dataset, seeds=[args.seed], command=f"python -m benchmarks.sequential recency --dataset "
+                f"{args.dataset} --model {args.model} --label {args.label or args.model} --seed {args.seed} "
+                f"--from-run {args.from_run}", device=machine(torch.get_num_threads()))
+    name = args.label or args.model
+    merge_rows(RUNS_FILE, [r(name, "full", "NDCG@10_test_input_without_valid_item",
+                             scores["NDCG@10_test_input_without_valid_item"]),
+                           r(name, "full", "test_gain_from_valid_item",
+                             scores["NDCG@10"] / scores["NDCG@10_test_input_without_valid_item"])])
+    print(f"{args.dataset} {name} seed {args.seed}: test NDCG@10 {scores['NDCG@10']:.4f}, without the validation item "
+          f"in the input {scores['NDCG@10_test_input_without_valid_item']:.4f} "
+          f"(x{scores['NDCG@10'] / scores['NDCG@10_test_input_without_valid_item']:.2f} from it)")
 
 
 def record(rows: list[dict]) -> None:
@@ -283,6 +318,8 @@ def main() -> None:
         "memory": (cmd_memory, common + [
             opt("--batches", type=int, default=30, help="training batches on each side"),
             opt("--reuse-recbole", action="store_true", help="keep RecBole's result of an earlier run with the same --batches")]),
+        "recency": (cmd_recency, common + [opt("--from-run", required=True, help="a finished run folder of --dataset"),
+                                           opt("--label", default="", help="the rows' model name (default: --model)")]),
         "summarize": (cmd_summarize, [])})
 
 

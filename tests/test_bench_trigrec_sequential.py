@@ -99,3 +99,29 @@ def test_summarize_times_only_the_best_threaded_runs():
     assert [r["value"] for r in kept if r["metric"] == "train_minutes"] == [5.5]
     assert [r["value"] for r in kept if r["metric"] == "NDCG@10"] == [0.05, 0.06]
     assert [r["value"] for r in kept if r["metric"].startswith("minutes_to")] == [3.0]
+
+
+def test_recency_scores_the_test_users_with_and_without_the_validation_item(tmp_path, monkeypatch):
+    """``recency`` re-scores a finished run through the project's evaluator: with the full input it
+    reproduces the run's own test NDCG@10; cutting the validation item off changes the score."""
+    import os
+    import subprocess
+    import sys
+
+    from core.store import REPO_ROOT
+
+    env = {**os.environ, "RECSYS_HOME": str(tmp_path / "state_dict")}
+    over = (f"device=cpu,data.data_root={tmp_path / 'data'},training.epochs=3,run_name=r,eval.sampled=[],"
+            "model.hidden_units=32,training.learning_rate=0.003,training.threads=1")
+    proc = subprocess.run([sys.executable, "-m", "distillation.training", "--override", over], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "state_dict" / "distillation" / "synthetic-a" / "r"
+    monkeypatch.setattr(seq, "REPO", tmp_path)
+    monkeypatch.setattr(seq, "RUNS_FILE", tmp_path / "runs.json")
+    seq.cmd_recency(argparse.Namespace(dataset="synthetic-a", model="sasrec", label="", seed=1, from_run="r"))
+    rows = {r["metric"]: r["value"] for r in json.loads((tmp_path / "runs.json").read_text())}
+    without = rows["NDCG@10_test_input_without_valid_item"]
+    with_item = without * rows["test_gain_from_valid_item"]
+    assert with_item == pytest.approx(json.loads((run / "results.json").read_text())["test"]["NDCG@10"], rel=1e-6)
+    assert 0 < without != pytest.approx(with_item)
