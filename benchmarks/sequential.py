@@ -1,6 +1,7 @@
 """SASRec / BERT4Rec quality, speed and memory, side by side with RecBole 1.2.1.
 
-Pieces (``quality``, ``speed``, ``budget``, ``limit``, ``memory``, ``recency``, ``summarize``; methods in benchmarks/README.md)
+Pieces (``quality``, ``speed``, ``budget``, ``limit``, ``memory``, ``recency``, ``summarize``; methods in
+benchmarks/README.md)
 merge their rows into benchmarks/results/: per-seed rows into ``sequential_runs.json``, the others into
 ``sequential.json``; ``summarize`` writes ``sequential.json`` / ``.md`` and ``sequential_curves.png``.
 """

@@ -75,11 +75,11 @@ class ModelConfig:
             raise ConfigError(f"model.ce_from_epoch={self.ce_from_epoch}: it switches loss=sampled_softmax or bce to "
                               "the full softmax from that epoch; use it with such a loss, or set it to 0")
         if (self.prefix_prob or self.end_mask_prob) and self.model_type != "bert4rec":
-            raise ConfigError(f"model.prefix_prob / end_mask_prob shape cloze rows (bert4rec); {self.model_type} is causal "
-                              "and trains every prefix already: set them to 0")
+            raise ConfigError(f"model.prefix_prob / end_mask_prob shape cloze rows (bert4rec); {self.model_type} is "
+                              "causal and trains every prefix already: set them to 0")
         if self.cl_weight < 0 or self.cl_temperature <= 0 or (self.cl_weight and self.model_type != "bert4rec"):
-            raise ConfigError(f"model.cl_weight={self.cl_weight} / cl_temperature={self.cl_temperature}: the contrastive "
-                              "loss is for bert4rec (two maskings of a row); weight >= 0, temperature > 0")
+            raise ConfigError(f"model.cl_weight={self.cl_weight} / cl_temperature={self.cl_temperature}: the "
+                              "contrastive loss is for bert4rec (two maskings of a row); weight >= 0, temperature > 0")
         if self.padding != "zero" and self.model_type != "bsarec":
             raise ConfigError(f"model.padding={self.padding} is a bsarec setting; {self.model_type} keeps zero padding: "
                               "remove model.padding")
@@ -267,7 +267,8 @@ def _train_and_test(cfg, log, out_dir, data, split, dataset_name, make_train, de
     if cfg.model.full_softmax_guard:  # before the model exists: a refused run allocates nothing
         from core.models.sampled_softmax import check_full_softmax
 
-        check_full_softmax("ce" if cfg.model.ce_from_epoch else cfg.model.loss, cfg.training.batch_size, cfg.model.maxlen, data.n_items, device)
+        loss = "ce" if cfg.model.ce_from_epoch else cfg.model.loss  # a staged loss ends on the full softmax
+        check_full_softmax(loss, cfg.training.batch_size, cfg.model.maxlen, data.n_items, device)
     model = make_model(cfg.model, data.n_items).to(device)
     if cfg.model.loss in ("sampled_softmax", "sampled") and cfg.model.negative_sampler == "popularity":
         from core.data.splits import item_popularity

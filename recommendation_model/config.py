@@ -34,8 +34,8 @@ class RecModelConfig(BERT4RecModelConfig):
         if self.memory_tokens < 1:
             raise ConfigError("model.memory_tokens must be >= 1")
         if self.vector_holdout and (self.prefix_prob or self.end_mask_prob):
-            raise ConfigError("model.prefix_prob / end_mask_prob with model.vector_holdout: the holdout vectors are cut before each "
-                              "row's own last items, which a prefix would drop; set one of them to 0")
+            raise ConfigError("model.prefix_prob / end_mask_prob with model.vector_holdout: holdout rows always mask "
+                              "their last items, which a prefix would drop; set one of them to 0")
         if self.vector_holdout < 0:
             raise ConfigError(f"model.vector_holdout={self.vector_holdout}: use 0 (off) or the number of last "
                               "training items predicted from holdout vectors, e.g. 1")

@@ -78,8 +78,8 @@ class RepConfig:
         if self.save_every < 1:
             raise ConfigError("save_every must be >= 1")
         if self.model.prefix_prob or self.model.end_mask_prob:
-            raise ConfigError("model.prefix_prob / end_mask_prob: stage 1 masks three aligned views of each user, which one prefix cut "
-                              "cannot keep aligned; set it to 0 (stage 2, recommendation_model, takes it)")
+            raise ConfigError("model.prefix_prob / end_mask_prob: stage 1's three-view rows (TriViewCloze) do not take "
+                              "them; set them to 0 (stage 2, recommendation_model, takes both)")
 
 
 def rep_dir(cfg: RepConfig, domain: str) -> Path:

@@ -157,7 +157,7 @@ def random_prefixes(rows: torch.Tensor, prob: float, generator: torch.Generator 
     shortest = lengths.clamp(max=2)
     draw = torch.rand(rows.shape[0], device=rows.device, generator=generator)
     cut_draw = torch.rand(rows.shape[0], device=rows.device, generator=generator)
-    cut = (cut_draw * (lengths - shortest + 1)).long().clamp(min=0)
+    cut = (cut_draw * (lengths - shortest + 1)).long()
     cut = torch.where(draw < prob, cut, torch.zeros_like(cut))
     source = torch.arange(rows.shape[1], device=rows.device) - cut[:, None]
     return rows.gather(1, source.clamp(min=0)).masked_fill(source < 0, 0)

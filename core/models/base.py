@@ -97,7 +97,8 @@ class SequentialRecommender(nn.Module):
             self._args["negative_sampler"] = negative_sampler
         if ce_from_epoch:
             if loss == "ce":
-                raise ValueError("ce_from_epoch switches a sampled or bce loss to the full softmax; the loss is ce already")
+                raise ValueError("ce_from_epoch switches a sampled or bce loss to the full softmax; "
+                                 "the loss is ce already")
             self._args["ce_from_epoch"] = ce_from_epoch
         self.n_items = n_items
         self.maxlen = maxlen

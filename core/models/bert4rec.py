@@ -8,9 +8,8 @@ head, then the tied item embeddings plus a per-item bias, as in the original.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 import torch.nn.functional as F
+from torch import nn
 
 from core.models.base import SequentialRecommender
 
@@ -56,7 +55,7 @@ class BERT4Rec(SequentialRecommender):
         last = hidden[:, -1].float()
         sim = last @ last.T / self.cl_temperature
         sim.fill_diagonal_(float("-inf"))  # a state is not its own positive
-        partner = torch.cat([torch.arange(rows, 2 * rows), torch.arange(rows)]).to(sim.device)
+        partner = torch.arange(2 * rows, device=sim.device).roll(rows)  # row i's other view: i + B, and back
         contrast = F.cross_entropy(sim, partner)
         return {"loss": cloze + self.cl_weight * contrast, "cloze": cloze.detach(), "contrast": contrast.detach()}
 
