@@ -23,9 +23,16 @@ METRICS = ["NDCG@5", "NDCG@10", "NDCG@20", "HR@5", "HR@10", "HR@20", "Recall@10"
 VARIANTS = {"base": "use_distillation=false", "distill": "", "shuffled": "shuffle_profiles=true", "mean": "pooling=mean",
             "exp": "pooling=exp", "attention": "pooling=attention", "nodyn": "dynamic_scaling=false",
             "noft": "fine_tune_epoch=0"}
+# recipe -> training overrides shared by a base model and all its variants; rows are named
+# ``<model>-<recipe>`` and ``<model>-<recipe>+distill...``, so each variant is compared with the
+# base of its own recipe. ``cos``: the issue-20 schedule of the sequential recipes (learning rate
+# 2e-3, warm-up, cosine to zero, AdamW weight decay 0.1), warm-up scaled to ML-100K's 8 steps an epoch.
+RECIPES = {"": "", "cos": "training.learning_rate=0.002,training.lr_schedule=cosine,training.warmup_steps=48,"
+                          "training.weight_decay=0.1"}
 
 
-def model_name(model: str, variant: str, tag: str = "") -> str:
+def model_name(model: str, variant: str, tag: str = "", recipe: str = "") -> str:
+    model = f"{model}-{recipe}" if recipe else model
     if variant == "base":
         return model
     return f"{model}+distill" + ("" if variant == "distill" else f"-{variant}") + (f"-{tag}" if tag else "")
@@ -34,9 +41,10 @@ def model_name(model: str, variant: str, tag: str = "") -> str:
 def cmd_run(args) -> None:
     """train and record one model / variant / seed"""
     config = f"configs/distillation/{args.model}_llm/{args.dataset}.yaml"
-    name = model_name(args.model, args.variant, args.tag)
+    name = model_name(args.model, args.variant, args.tag, args.recipe)
     run_name = f"bench-{name.replace('+', '_')}-seed{args.seed}"
-    over = overrides(f"seed={args.seed},run_name={run_name},overwrite=true", VARIANTS[args.variant], args.override)
+    over = overrides(f"seed={args.seed},run_name={run_name},overwrite=true", RECIPES[args.recipe], VARIANTS[args.variant],
+                     args.override)
     profiles = REPO / "state_dict" / "embeddings" / "distillation" / args.dataset / "profiles-128.json"
     if args.variant != "base" and not profiles.is_file():
         subprocess.run([sys.executable, "-m", "distillation.profiles", "--dataset", args.dataset, "--dim", "128"],
@@ -92,6 +100,8 @@ def main() -> None:
         opt("--variant", default="distill", choices=sorted(VARIANTS)), opt("--seed", type=int, default=1),
         opt("--override", default="", help="extra overrides (then also give --tag)"),
         opt("--tag", default="", help="suffix of the model row name for a tuned variant"),
+        opt("--recipe", default="", choices=sorted(RECIPES), help="training schedule of the base and its variants "
+            "(rows <model>-<recipe>...)"),
         opt("--collect-only", action="store_true", help="read a finished run instead of training")]),
         "summarize": (cmd_summarize, [])})
 

@@ -1,6 +1,6 @@
 """SASRec / BERT4Rec quality, speed and memory, side by side with RecBole 1.2.1.
 
-Pieces (``quality``, ``speed``, ``budget``, ``limit``, ``memory``, ``recency``, ``summarize``; methods in
+Pieces (``quality``, ``speed``, ``budget``, ``limit``, ``memory``, ``recency``, ``paired``, ``summarize``; methods in
 benchmarks/README.md)
 merge their rows into benchmarks/results/: per-seed rows into ``sequential_runs.json``, the others into
 ``sequential.json``; ``summarize`` writes ``sequential.json`` / ``.md`` and ``sequential_curves.png``.
@@ -112,6 +112,46 @@ def cmd_recency(args) -> None:
     print(f"{args.dataset} {name} seed {args.seed}: test NDCG@10 {scores['NDCG@10']:.4f}, without the validation item "
           f"in the input {scores['NDCG@10_test_input_without_valid_item']:.4f} "
           f"(x{scores['NDCG@10'] / scores['NDCG@10_test_input_without_valid_item']:.2f} from it)")
+
+
+def paired_runs(dataset: str, base: str, other: str, seeds: list[int]) -> dict:
+    """The paired test over users (``core.metrics.paired_over_seeds``: per-user test NDCG@10
+    averaged over the seeds, Wilcoxon and t) of two run families of ``state_dict/distillation/
+    <dataset>/``, named by patterns with ``{seed}``; plus each family's mean test NDCG@10 over
+    the shared seeds. A seed missing from either family is left out; none shared is an error."""
+    import numpy as np
+
+    from core.metrics import ndcg_by_id, paired_over_seeds
+
+    def family(pattern: str) -> dict:
+        if "{seed}" not in pattern:
+            raise SystemExit(f"run pattern {pattern!r} has no {{seed}}: name the runs as e.g. 'bench-seed{{seed}}'")
+        out = {}
+        for seed in seeds:
+            ranks = REPO / "state_dict" / "distillation" / dataset / pattern.format(seed=seed) / "test_ranks.npz"
+            if ranks.is_file():
+                z = np.load(ranks)
+                out[seed] = ndcg_by_id(z["users"], z["ranks"])
+            else:
+                print(f"{ranks}: not found, seed {seed} left out", file=sys.stderr)
+                out[seed] = None
+        return out
+
+    runs = {"base": family(base), "other": family(other)}
+    test = paired_over_seeds(runs["base"], runs["other"])
+    if not test:
+        raise SystemExit(f"{base} and {other}: no seed of {seeds} has test_ranks.npz in both (finished runs write it)")
+    means = {k: float(np.mean([np.mean(list(runs[k][s].values())) for s in test["seeds"]])) for k in runs}
+    return {**test, "base_mean": means["base"], "other_mean": means["other"]}
+
+
+def cmd_paired(args) -> None:
+    """paired test over users of two finished run families (test NDCG@10, seed-averaged per user)"""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    t = paired_runs(args.dataset, args.base, args.other, seeds)
+    print(f"{args.dataset} {args.other} vs {args.base}: test NDCG@10 {t['other_mean']:.4f} vs {t['base_mean']:.4f} "
+          f"({100 * (t['other_mean'] / t['base_mean'] - 1):+.1f}%), per-user difference {t['mean_diff']:+.4f}, "
+          f"Wilcoxon p = {t['wilcoxon_p']:.2g}, t p = {t['t_p']:.2g} (seeds {t['seeds']}, {t['users']} users)")
 
 
 def record(rows: list[dict]) -> None:
@@ -321,6 +361,10 @@ def main() -> None:
             opt("--reuse-recbole", action="store_true", help="keep RecBole's result of an earlier run with the same --batches")]),
         "recency": (cmd_recency, common + [opt("--from-run", required=True, help="a finished run folder of --dataset"),
                                            opt("--label", default="", help="the rows' model name (default: --model)")]),
+        "paired": (cmd_paired, [
+            opt("--dataset", required=True), opt("--base", required=True, help="run folder pattern with {seed}, e.g. bench-seed{seed}"),
+            opt("--other", required=True, help="the compared runs, same form"),
+            opt("--seeds", default="1,2,3", help="comma-separated seeds")]),
         "summarize": (cmd_summarize, [])})
 
 

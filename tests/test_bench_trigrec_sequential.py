@@ -125,3 +125,34 @@ def test_recency_scores_the_test_users_with_and_without_the_validation_item(tmp_
     with_item = without * rows["test_gain_from_valid_item"]
     assert with_item == pytest.approx(json.loads((run / "results.json").read_text())["test"]["NDCG@10"], rel=1e-6)
     assert 0 < without != pytest.approx(with_item)
+
+
+def test_paired_compares_two_run_families_per_user(tmp_path, monkeypatch, capsys):
+    """``paired`` averages each user's test NDCG@10 over the seeds both families finished, then
+    tests the per-user differences; a seed one family lacks is left out."""
+    users = np.arange(60)
+    low = 1 / np.log2(11)  # NDCG@10 of a target at 0-based rank 9
+
+    def finished(name, ranks):
+        run = tmp_path / "state_dict" / "distillation" / "beauty" / name
+        run.mkdir(parents=True)
+        np.savez(run / "test_ranks.npz", users=users, ranks=ranks)
+
+    for seed in (1, 2, 3):
+        finished(f"base-s{seed}", np.full(60, 9))
+    finished("new-s1", np.where(users < 40, 0, 9))  # seed 1: 40 users moved to rank 0
+    finished("new-s2", np.where(users < 20, 0, 9))  # seed 2: 20 of them; seed 3 never ran
+    monkeypatch.setattr(seq, "REPO", tmp_path)
+    t = seq.paired_runs("beauty", "base-s{seed}", "new-s{seed}", [1, 2, 3])
+    assert t["seeds"] == [1, 2] and t["users"] == 60
+    # per user, averaged over seeds 1-2: 20 users gain 1 - low, 20 gain (1 - low) / 2, 20 nothing
+    assert t["mean_diff"] == pytest.approx((20 * (1 - low) + 20 * (1 - low) / 2) / 60)
+    assert t["base_mean"] == pytest.approx(low)
+    assert t["other_mean"] == pytest.approx(low + t["mean_diff"])
+    assert t["wilcoxon_p"] < 1e-6 and t["t_p"] < 1e-6
+    seq.cmd_paired(argparse.Namespace(dataset="beauty", base="base-s{seed}", other="new-s{seed}", seeds="1,2,3"))
+    assert "seeds [1, 2], 60 users" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no .seed."):
+        seq.paired_runs("beauty", "base-s1", "new-s{seed}", [1])
+    with pytest.raises(SystemExit, match="no seed of"):
+        seq.paired_runs("beauty", "base-s{seed}", "new-s{seed}", [3])
