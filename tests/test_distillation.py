@@ -403,3 +403,27 @@ def test_training_from_the_processed_layout(tmp_path):
     res = run_distillation(load_config(DistillConfig, REPO / "configs/distillation/sasrec.yaml", over), log=lambda *a: None)
     assert Path(res["run_dir"]) == tmp_path / "home" / "distillation" / "mydata" / "p"
     assert (Path(res["run_dir"]) / "results.json").is_file() and res["dataset"] == "mydata"
+
+
+def test_benchmark_recipe_rows_compare_with_the_base_of_their_own_recipe():
+    """``benchmarks.distillation run --recipe cos`` names rows ``sasrec-cos[+distill...]`` and puts the
+    recipe's overrides in every variant; ``compare_with_base`` then pairs a variant with the base of
+    its own recipe, never with the other recipe's."""
+    from benchmarks.distillation import RECIPES, model_name
+    from distillation.compare import compare_with_base
+
+    assert model_name("sasrec", "base", recipe="cos") == "sasrec-cos"
+    assert model_name("sasrec", "distill", "aspects", "cos") == "sasrec-cos+distill-aspects"
+    assert model_name("sasrec", "distill", "aspects") == "sasrec+distill-aspects"
+    assert "training.lr_schedule=cosine" in RECIPES["cos"]
+    users = list(range(10))
+    values = {"sasrec": 0.10, "sasrec+distill": 0.12, "sasrec-cos": 0.20, "sasrec-cos+distill": 0.21}
+    groups, ranks = {}, {}
+    for model, value in values.items():
+        for seed in (1, 2):
+            run_dir = f"runs/{model}-{seed}"
+            groups.setdefault(("ml-100k", model, "full", "NDCG@10"), []).append(
+                {"seeds": [seed], "value": value, "run_dir": run_dir, "device": "cpu"})
+            ranks[run_dir] = {"users": users, "ranks": [0 if "distill" in model and u < 5 else 3 for u in users]}
+    gains = {r["model"]: r["value"] for r in compare_with_base(groups, ranks, []) if r["metric"] == "gain_pct_NDCG@10"}
+    assert gains == pytest.approx({"sasrec+distill": 20.0, "sasrec-cos+distill": 5.0})
