@@ -15,7 +15,7 @@ from benchmarks.common import REPO, RESULTS, aggregate, by_seed, cli, devices, l
     merge_rows, opt, overrides, pm, row, run_module, write_json, write_md
 from core.errors import DataError
 from cross_domain.config import load_file
-from cross_domain.evaluate import POOLED, best_control_goal, config_user_masks, masked_reports, pooled_test_rows, \
+from cross_domain.evaluate import POOLED, best_control_check, config_user_masks, masked_reports, pooled_test_rows, \
     popularity_ndcg, seed_averaged_runs, subset_masks, transfer_verdict
 from cross_domain.transfer import stage_folder
 
@@ -197,10 +197,7 @@ def cmd_summarize(args) -> None:
     write_json(RESULTS / "cross_domain.json", out)
 
     by = {(r["dataset"], r["model"], r["protocol"], r["subset"], r["metric"]): r for r in out}
-    ndcg = {}  # (dataset, model, protocol, subset) -> the per-seed NDCG@10 rows
-    for r in runs:
-        if r["metric"] == "NDCG@10":
-            ndcg.setdefault((r["dataset"], r["model"], r["protocol"], r.get("subset")), []).append(r)
+    ndcg = per_seed_ndcg(runs)
     labels = [v[1] for v in DATASETS.values() if any(r["dataset"] == v[1] for r in out)]
     keys = [(label, proto, subset) for label in labels for proto in ("full", "sampled-100") for subset in SUBSETS
             if (label, "baseline", proto, subset, "NDCG@10") in by]
@@ -239,6 +236,36 @@ def versus(gain: float, test: dict | None) -> str:
     return f"{100 * gain:+.1f}%" + (f" (p={test['value']:.2g})" if test else "")
 
 
+FUSION_GOAL_SUBSETS = ("cold", "leak-controlled", "warm")
+
+
+def fusion_goal(ndcg: dict, by: dict, label: str, tag: str) -> list[tuple[str, str, bool]]:
+    """Issue 23's cross-domain goal for ``fusion<tag>`` on ``label``: (subset, text, met) per subset of
+    ``FUSION_GOAL_SUBSETS`` that has rows, against the best target-only model of that subset (``baseline<tag>`` or
+    the ``ensemble<tag>`` control), with the pooled paired test only. ``ndcg``: (dataset, model, protocol, subset)
+    -> per-seed NDCG@10 rows; ``by``: summarize's rows by (dataset, model, protocol, subset, metric)."""
+    out = []
+    for subset in FUSION_GOAL_SUBSETS:
+        def p(k):
+            t = by.get((label, "fusion" + tag, "full", subset, f"p_wilcoxon_vs_{k}"))
+            return t["value"] if t and t.get("test") == POOLED else None
+        check = best_control_check(subset, by_seed(ndcg.get((label, "fusion" + tag, "full", subset), [])),
+                                   {k: by_seed(ndcg.get((label, k + tag, "full", subset), [])) for k in ("baseline", "ensemble")},
+                                   p)
+        if check:
+            out.append((subset, *check))
+    return out
+
+
+def per_seed_ndcg(runs: list[dict]) -> dict:
+    """(dataset, model, protocol, subset) -> the per-seed NDCG@10 rows of ``runs`` (cross_domain_runs.json)."""
+    ndcg = {}
+    for r in runs:
+        if r["metric"] == "NDCG@10":
+            ndcg.setdefault((r["dataset"], r["model"], r["protocol"], r.get("subset")), []).append(r)
+    return ndcg
+
+
 def peer_table(ndcg: dict, by: dict) -> list[str]:
     """The `peer` piece's table and goal (issue 23), full ranking, NDCG@10: means of the per-seed rows ``ndcg`` over
     the merged model's seeds; p: the tests of ``by`` (summarize's rows)."""
@@ -254,11 +281,6 @@ def peer_table(ndcg: dict, by: dict) -> list[str]:
     def change(label, model, base, subset, b, m) -> str:
         return versus(mean(m) / mean(b) - 1, test(label, model, subset, base)) if b and m else ""
 
-    def goal(label, tag, subset) -> str | None:  # the fusion against the best target-only model (pooled tests only)
-        p = lambda k: t["value"] if (t := test(label, "fusion" + tag, subset, k)) and t.get("test") == POOLED else None
-        return best_control_goal(subset, by_seed(rows(label, "fusion" + tag, subset)),
-                                 {k: by_seed(rows(label, k + tag, subset)) for k in ("baseline", "ensemble")}, p)
-
     items, verdicts = [], []
     for label in sorted({d for d, *_ in ndcg}):
         for tag in tags:
@@ -273,9 +295,9 @@ def peer_table(ndcg: dict, by: dict) -> list[str]:
                                   cell(b), cell(m), change(label, "sasrec-merged" + tag, "baseline", subset, b, m),
                                   cell(e), cell(f), change(label, "fusion" + tag, "baseline", subset, b, f),
                                   change(label, "fusion" + tag, "ensemble", subset, e, f), len(m)])
-            if parts := [x for s in ("cold", "leak-controlled", "warm") if (x := goal(label, tag, s))]:
+            if parts := fusion_goal(ndcg, by, label, tag):
                 verdicts.append(f"- {label}, fusion{tag} against the best target-only model of each subset: "
-                                + "; ".join(parts))
+                                + "; ".join(text for _, text, _ in parts))
     return ["", "Merged-domain peer and fusion (`peer` piece, issue 23): one SASRec over both domains' merged sequence "
             "(sasrec-merged) against the target-only baseline, same cold protocol, full ranking, NDCG@10; fusion: "
             "the two combined (`cross_domain fuse`, weights per cold / warm group chosen on validation); ensemble: "

@@ -59,6 +59,73 @@ def cold_gain(dataset: str, model: str, protocol: str):
     return check
 
 
+def fusion_cold_goal(label: str, tag: str = "-e60") -> Callable:
+    """Issue 23's cross-domain goal for the fusion (``benchmarks.cross_domain.fusion_goal``, from the per-seed rows of
+    cross_domain_runs.json and the pooled tests of cross_domain.json): cold and leak-controlled users > +5% over the
+    best target-only model with p < 0.05, warm users not hurt."""
+    from benchmarks.common import load_rows
+    from benchmarks.cross_domain import FUSION_GOAL_SUBSETS, fusion_goal, per_seed_ndcg
+
+    def check(rows):
+        runs = RESULTS / "cross_domain_runs.json"
+        by = {(r["dataset"], r["model"], r["protocol"], r.get("subset"), r["metric"]): r for r in rows}
+        parts = fusion_goal(per_seed_ndcg(load_rows(runs)) if runs.is_file() else {}, by, label, tag)
+        if len(parts) < len(FUSION_GOAL_SUBSETS):
+            return "rows missing", None
+        return "; ".join(text for _, text, _ in parts), all(ok for *_, ok in parts)
+    return check
+
+
+def distilled_models(rows: list[dict]) -> list[str]:
+    """The distilled models of distillation.json (not the shuffled controls) that ran every seed of their plain
+    model (a one-seed ablation is no candidate for a goal), in file order."""
+    seeds = {r["model"]: set(r["seeds"]) for r in rows if r.get("metric") == "NDCG@10"}
+    return list(dict.fromkeys(m for r in rows if r.get("metric") == "gain_pct_NDCG@10" and "+distill" in (m := r["model"])
+                              and "shuffled" not in m and seeds.get(m, set()) >= seeds.get(m.split("+")[0], {None})))
+
+
+def distill_must(dataset: str = "ml-100k", gain: float = 5.0, alpha: float = 0.05) -> Callable:
+    """Issue 23's distillation must: some distilled model gains > ``gain``% NDCG@10 over the same model without
+    profiles with a paired Wilcoxon p < ``alpha``, while its shuffled-profile control does not gain significantly."""
+    def check(rows):
+        v = lambda m, k: row_value(rows, Sel(dataset, m, k, "full"))  # noqa: E731
+        found = []
+        for m in distilled_models(rows):
+            control = m.replace("+distill", "+distill-shuffled", 1)
+            g, p, cg, cp = v(m, "gain_pct_NDCG@10"), v(m, "paired_wilcoxon_p_NDCG@10"), \
+                v(control, "gain_pct_NDCG@10"), v(control, "paired_wilcoxon_p_NDCG@10")
+            if None in (g, p, cg, cp):
+                continue
+            flat = not (cg > 0 and cp < alpha)
+            found.append((g > gain and p < alpha and flat, f"{m} {g:+.1f}% (p={p:.2g}), control {cg:+.1f}% (p={cp:.2g})"))
+        if not found:
+            return "rows missing", None
+        met = [text for ok, text in found if ok]
+        return (f"met by {'; '.join(met)}" if met else "none: " + "; ".join(text for _, text in found)), bool(met)
+    return check
+
+
+def distill_aim(dataset: str = "ml-100k", alpha: float = 0.05) -> Callable:
+    """Issue 23's distillation aim: the best distilled model beats the best plain model of either kind, significantly
+    (the paired test exists against its own plain model only, so the best plain model must be that one)."""
+    def check(rows):
+        ndcg = {r["model"]: r["value"] for r in rows if r.get("dataset") == dataset and r.get("metric") == "NDCG@10"
+                and r.get("protocol") == "full"}
+        plain = {m: x for m, x in ndcg.items() if "+" not in m}
+        distilled = {m: ndcg[m] for m in distilled_models(rows) if m in ndcg}
+        if not plain or not distilled:
+            return "rows missing", None
+        best_plain, best = max(plain, key=plain.get), max(distilled, key=distilled.get)
+        p = row_value(rows, Sel(dataset, best, "paired_wilcoxon_p_NDCG@10", "full"))
+        own = best.split("+")[0] == best_plain
+        text = (f"best distilled {best} {fmt_value(distilled[best])} vs best plain {best_plain} "
+                f"{fmt_value(plain[best_plain])}" + (f" (p={p:.2g})" if own and p is not None else ""))
+        if distilled[best] <= plain[best_plain]:
+            return text, False
+        return (text, p < alpha) if own and p is not None else (text + " (no paired test across kinds)", None)
+    return check
+
+
 def timed_bound(sel: Sel, bar: float, label: str, most: bool) -> Callable:
     """``bound`` that names the thread count of the timed row: a one-thread row ran beside other
     benchmark processes (benchmarks/README.md), so its minutes overstate a quiet run's."""
@@ -109,8 +176,13 @@ PIPELINES: dict[str, Pipeline] = {
                                                          "bert4rec", "bert4rec+distill", "bert4rec+distill-shuffled")]
         + [Sel("ml-100k", m, k, "full") for m in ("sasrec+distill", "bert4rec+distill")
            for k in ("gain_pct_NDCG@10", "paired_wilcoxon_p_NDCG@10")],
-        note="benchmarks/README.md states no numeric goal for distillation; the gain (%) and the paired "
-             "Wilcoxon p over users against the same model without distillation are the figures to read."),
+        [("some model: > +5% NDCG@10 over itself without profiles, p < 0.05, shuffled control flat", "issue 23, must",
+          distill_must()),
+         ("the best distilled model beats the best plain model of either kind (p < 0.05)", "issue 23, aim",
+          distill_aim())],
+        note="gain: relative change of the mean NDCG@10 over the same model without distillation; p: paired Wilcoxon "
+             "over users (per-user NDCG@10 averaged over seeds); models named <model>-<recipe> share a training "
+             "recipe (benchmarks.distillation RECIPES)."),
     "trigrec": Pipeline(
         "TriGRec (Food-Kitchen, C2DSR protocol = sampled-999, %)",
         [Sel(FK[t], m, "NDCG@10", "sampled-999", "all") for t in FK
@@ -141,7 +213,9 @@ PIPELINES: dict[str, Pipeline] = {
         [Sel(d, m, "NDCG@10", p, "cold") for d in FK.values() for p in ("full", "sampled-100")
          for m in ("transfer", "ptupcdr", "baseline")],
         [(f"{t} {p}: cold gain > +5% (p < 0.05), warm not hurt", "benchmarks/README.md / cross_domain.py verdict",
-          cold_gain(FK[t], "transfer", p)) for t in FK for p in ("full", "sampled-100")]),
+          cold_gain(FK[t], "transfer", p)) for t in FK for p in ("full", "sampled-100")]
+        + [(f"{t} full: fusion-e60 cold and leak-controlled > +5% over the best target-only model (p < 0.05), warm "
+            "not hurt", "issue 23 / benchmarks.cross_domain fusion_goal", fusion_cold_goal(FK[t])) for t in FK]),
     "universal": Pipeline(
         "Universal two-tower",
         [Sel(d, m, "NDCG@10", "full") for d in ("ml-100k", "correlated")

@@ -8,7 +8,7 @@ core's ``rank_metrics`` averaged over the subset's users. From the saved ranks
 the cold users cut to no target item at all), ``seed_averaged_test`` compares two models on
 per-user NDCG@10 averaged over seeds (``seed_averaged_runs``: over the seeds both ran). The goal
 of issues 8 and 23 on a subset: ``cold_start_goal`` (as text: ``goal_text``, ``transfer_verdict``,
-``best_control_goal``).
+``best_control_check``).
 """
 from __future__ import annotations
 
@@ -266,14 +266,16 @@ def goal_text(subset: str, gain: float, p: float | None, over: str = "") -> str:
             + (f" (p={p:.2g})" if p is not None else "") + f" {mark}")
 
 
-def best_control_goal(subset: str, model: dict, controls: dict[str, dict], p) -> str | None:
-    """``goal_text`` of a model's NDCG@10 ({seed: value}) over the best (highest mean) of the ``controls`` ({name:
-    {seed: value}}) that ran all of its seeds, with ``p(name)``: the paired test's p (or None); None without one."""
+def best_control_check(subset: str, model: dict, controls: dict[str, dict], p) -> tuple[str, bool] | None:
+    """``goal_text`` and ``cold_start_goal`` of a model's NDCG@10 ({seed: value}) over the best (highest mean) of the
+    ``controls`` ({name: {seed: value}}) that ran all of its seeds, with ``p(name)``: the paired test's p (or None);
+    None without one."""
     over = {k: [x for s, x in v.items() if s in model] for k, v in controls.items() if model and set(model) <= set(v)}
     if not over:
         return None
     best = max(over, key=lambda k: float(np.mean(over[k])))
-    return goal_text(subset, float(np.mean(list(model.values()))) / float(np.mean(over[best])) - 1, p(best), over=best)
+    gain = float(np.mean(list(model.values()))) / float(np.mean(over[best])) - 1
+    return goal_text(subset, gain, p(best), over=best), cold_start_goal(subset, gain, p(best))
 
 
 def transfer_verdict(label: str, by: dict) -> str:

@@ -108,3 +108,55 @@ def test_a_timed_goal_with_a_quality_bar_needs_both():
     assert check([fast])[1] is None
     # a failed part fails the goal even when the other part's row is missing
     assert check([_row("beauty", "bert4rec", "NDCG@10", 0.0351)])[1] is False
+
+
+def test_distillation_goals_need_a_flat_control_all_seeds_and_a_paired_test():
+    """Issue 23's distillation must and aim on fake rows: a gain with a significantly gaining
+    control does not count, a one-seed ablation is no candidate, and the aim is significant
+    only against the distilled model's own plain model."""
+    five = (1, 2, 3, 4, 5)
+    rows = [_row("ml-100k", "sasrec", "NDCG@10", 0.095, seeds=five), _row("ml-100k", "bert4rec", "NDCG@10", 0.072, seeds=five),
+            _row("ml-100k", "sasrec+distill", "NDCG@10", 0.104, seeds=five),
+            _row("ml-100k", "sasrec+distill", "gain_pct_NDCG@10", 9.5, seeds=five),
+            _row("ml-100k", "sasrec+distill", "paired_wilcoxon_p_NDCG@10", 0.01, seeds=five),
+            _row("ml-100k", "sasrec+distill-shuffled", "NDCG@10", 0.103, seeds=five),
+            _row("ml-100k", "sasrec+distill-shuffled", "gain_pct_NDCG@10", 8.4, seeds=five),  # the control gains too
+            _row("ml-100k", "sasrec+distill-shuffled", "paired_wilcoxon_p_NDCG@10", 0.02, seeds=five),
+            _row("ml-100k", "sasrec+distill-x", "NDCG@10", 0.2, seeds=(1,)),  # one seed: ignored
+            _row("ml-100k", "sasrec+distill-x", "gain_pct_NDCG@10", 50.0, seeds=(1,)),
+            _row("ml-100k", "sasrec+distill-x", "paired_wilcoxon_p_NDCG@10", 1e-9, seeds=(1,))]
+    text, ok = summary.distill_must()(rows)
+    assert ok is False and "control +8.4%" in text and "distill-x" not in text
+    text, ok = summary.distill_aim()(rows)
+    assert ok is True and "sasrec+distill 0.1040 vs best plain sasrec 0.0950 (p=0.01)" in text
+    bert = [_row("ml-100k", "bert4rec+distill", "NDCG@10", 0.082, seeds=five),
+            _row("ml-100k", "bert4rec+distill", "gain_pct_NDCG@10", 14.0, seeds=five),
+            _row("ml-100k", "bert4rec+distill", "paired_wilcoxon_p_NDCG@10", 0.005, seeds=five),
+            _row("ml-100k", "bert4rec+distill-shuffled", "gain_pct_NDCG@10", -1.0, seeds=five),
+            _row("ml-100k", "bert4rec+distill-shuffled", "paired_wilcoxon_p_NDCG@10", 0.7, seeds=five)]
+    text, ok = summary.distill_must()(rows + bert)
+    assert ok is True and text.startswith("met by bert4rec+distill +14.0%")
+    # a distilled BERT4Rec above the best plain SASRec has no paired test across kinds: open, not met
+    lifted = [dict(r, value=0.2) if r["model"] == "bert4rec+distill" and r["metric"] == "NDCG@10" else r for r in bert]
+    assert summary.distill_aim()(rows + lifted)[1] is None
+    assert summary.distill_must()([])[1] is None
+
+
+def test_fusion_goal_takes_the_best_target_only_model_of_each_subset():
+    from benchmarks.cross_domain import fusion_goal
+    from cross_domain.evaluate import POOLED
+
+    label, ndcg, by = "Food-Kitchen/Food", {}, {}
+    values = {("cold", "baseline"): 0.20, ("cold", "ensemble"): 0.21, ("cold", "fusion"): 0.24,
+              ("leak-controlled", "baseline"): 0.010, ("leak-controlled", "ensemble"): 0.009,
+              ("leak-controlled", "fusion"): 0.0104, ("warm", "baseline"): 0.40, ("warm", "ensemble"): 0.41,
+              ("warm", "fusion"): 0.41}
+    for (subset, model), value in values.items():
+        ndcg[(label, model + "-e60", "full", subset)] = [_row(label, model + "-e60", "NDCG@10", value, seeds=(s,)) for s in (1, 2)]
+        if model == "fusion":
+            for base in ("baseline", "ensemble"):
+                by[(label, "fusion-e60", "full", subset, f"p_wilcoxon_vs_{base}")] = {"value": 0.001, "test": POOLED}
+    got = {subset: (text, ok) for subset, text, ok in fusion_goal(ndcg, by, label, "-e60")}
+    assert got["cold"][1] is True and "over ensemble" in got["cold"][0]  # +14.3% over the ensemble, not +20% over base
+    assert got["leak-controlled"][1] is False and "+4.0% over baseline" in got["leak-controlled"][0]
+    assert got["warm"][1] is True
