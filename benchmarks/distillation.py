@@ -26,9 +26,12 @@ VARIANTS = {"base": "use_distillation=false", "distill": "", "shuffled": "shuffl
 # recipe -> training overrides shared by a base model and all its variants; rows are named
 # ``<model>-<recipe>`` and ``<model>-<recipe>+distill...``, so each variant is compared with the
 # base of its own recipe. ``cos``: the issue-20 schedule of the sequential recipes (learning rate
-# 2e-3, warm-up, cosine to zero, AdamW weight decay 0.1), warm-up scaled to ML-100K's 8 steps an epoch.
-RECIPES = {"": "", "cos": "training.learning_rate=0.002,training.lr_schedule=cosine,training.warmup_steps=48,"
-                          "training.weight_decay=0.1"}
+# 2e-3, warm-up, cosine to zero, AdamW weight decay 0.1), warm-up scaled to ML-100K's 8 steps an epoch; ``cos-d5``:
+# that with the sequential recipes' dropout 0.5; ``e120``: the shipped schedule twice as long, the fine-tune stage
+# moved with it (benchmarks/README.md, "Profile distillation", stop 37).
+COS = "training.learning_rate=0.002,training.lr_schedule=cosine,training.warmup_steps=48,training.weight_decay=0.1"
+RECIPES = {"": "", "cos": COS, "cos-d5": COS + ",model.dropout_rate=0.5",
+           "e120": "training.epochs=120,training.fine_tune_epoch=80"}
 
 
 def model_name(model: str, variant: str, tag: str = "", recipe: str = "") -> str:

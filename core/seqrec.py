@@ -62,6 +62,9 @@ class ModelConfig:
     filter_alpha: float = 0.7  # bsarec: weight of the Fourier filter against self-attention
     filter_c: int = 5  # bsarec: low-pass cut-off (c // 2 + 1 frequency components kept)
     padding: Literal["zero", "position"] = "zero"  # bsarec: padded positions zero, or position embeddings (authors' code)
+    # position embeddings counted back from the newest item (ours) or forward from the oldest one in the window
+    # (the original BERT4Rec's and RecBole's left-aligned sequences)
+    position_from: Literal["newest", "oldest"] = "newest"
 
     def __post_init__(self) -> None:
         if self.hidden_units % self.num_heads:
@@ -190,6 +193,8 @@ def encoder_args(cfg: ModelConfig) -> dict:
                 num_negatives=cfg.num_negatives, negative_sampler=cfg.negative_sampler)
     if cfg.ce_from_epoch:  # only then: checkpoints of existing configs keep their exact args
         args["ce_from_epoch"] = cfg.ce_from_epoch
+    if cfg.position_from != "newest":
+        args["position_from"] = cfg.position_from
     if cfg.model_type == "bsarec":
         extra = {"padding": cfg.padding} if cfg.padding != "zero" else {}
         return {**args, "filter_alpha": cfg.filter_alpha, "filter_c": cfg.filter_c, **extra}

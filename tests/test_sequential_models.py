@@ -114,3 +114,24 @@ def test_beauty_subset_validation_improves(shared_data, tmp_path):
     rows = [json.loads(l) for l in (Path(res["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     ndcg = [r["valid"]["NDCG@10"] for r in rows]
     assert ndcg[-1] > ndcg[0] and ndcg[-1] > 0.01, ndcg
+
+
+def test_positions_from_the_oldest_item_do_not_move_when_an_item_is_appended():
+    """``position_from=oldest`` (BERT4Rec's / RecBole's left-aligned convention): a causal model's
+    states of a history are the same with a newer item appended and with leading padding trimmed;
+    counted from the newest (the default) every position moves by one."""
+    from core.models.sasrec import SASRec
+
+    torch.manual_seed(0)
+    history, longer = torch.tensor([[0, 0, 3, 4, 5, 6]]), torch.tensor([[0, 3, 4, 5, 6, 7]])
+    for position_from, same in (("oldest", True), ("newest", False)):
+        model = SASRec(20, maxlen=6, hidden_units=8, num_heads=2, position_from=position_from).eval()
+        with torch.no_grad():
+            before, after = model(history)[:, 2:], model(longer)[:, 1:5]
+            trimmed = model(history[:, 2:])
+        assert torch.allclose(before, after, atol=1e-5) is same
+        assert torch.allclose(before, trimmed, atol=1e-6)  # trimming leading padding changes nothing either way
+    assert SASRec(20, maxlen=6, position_from="oldest").model_args["position_from"] == "oldest"
+    assert "position_from" not in SASRec(20, maxlen=6).model_args  # old checkpoints keep their args
+    with pytest.raises(ValueError, match="position_from"):
+        SASRec(20, maxlen=6, position_from="middle")

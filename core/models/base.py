@@ -83,6 +83,7 @@ class SequentialRecommender(nn.Module):
         extra_tokens: int = 0,
         negative_sampler: str = "uniform",
         ce_from_epoch: int = 0,
+        position_from: str = "newest",
     ) -> None:
         super().__init__()
         loss = LOSS_ALIASES.get(loss, loss)
@@ -100,6 +101,11 @@ class SequentialRecommender(nn.Module):
                 raise ValueError("ce_from_epoch switches a sampled or bce loss to the full softmax; "
                                  "the loss is ce already")
             self._args["ce_from_epoch"] = ce_from_epoch
+        if position_from not in ("newest", "oldest"):
+            raise ValueError(f"position_from must be newest or oldest, got {position_from!r}")
+        if position_from == "oldest":  # only then: checkpoints of existing configs keep their exact args
+            self._args["position_from"] = position_from
+        self.position_from = position_from
         self.n_items = n_items
         self.maxlen = maxlen
         self.loss_name = loss
@@ -151,7 +157,12 @@ class SequentialRecommender(nn.Module):
         if self.padding == "position":  # the whole window, as the padded positions carry state
             input_ids = F.pad(input_ids, (self.maxlen - width, 0))
         length = input_ids.shape[1]
-        positions = torch.arange(self.maxlen - length, self.maxlen, device=input_ids.device)
+        if self.position_from == "oldest":  # the k-th item of the window from its oldest one gets position k,
+            # whatever the length (BERT4Rec's and RecBole's left-aligned convention): appending an item
+            # leaves the others' positions as they were
+            positions = ((input_ids > 0).long().cumsum(1) - 1).clamp(min=0)
+        else:  # counted back from the newest position of the window: the newest item always at maxlen - 1
+            positions = torch.arange(self.maxlen - length, self.maxlen, device=input_ids.device)
         x = self.item_emb(input_ids)
         if self.scale_item_embeddings:
             x = x * math.sqrt(self.item_emb.embedding_dim)

@@ -29,6 +29,9 @@ class BSARec(SequentialRecommender):
                  **kwargs) -> None:
         if padding not in ("zero", "position"):
             raise ValueError(f"padding must be 'zero' or 'position', got {padding!r}")
+        if padding == "position" and kwargs.get("position_from", "newest") != "newest":
+            raise ValueError("position_from=oldest counts real items; padding=position gives every padded "
+                             "position its own embedding, counted from the newest")
         self._filter = (filter_alpha, filter_c, kwargs.get("maxlen", 50))
         super().__init__(n_items, **kwargs)
         self.padding = padding
