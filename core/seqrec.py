@@ -83,6 +83,9 @@ class ModelConfig:
         if self.cl_weight < 0 or self.cl_temperature <= 0 or (self.cl_weight and self.model_type != "bert4rec"):
             raise ConfigError(f"model.cl_weight={self.cl_weight} / cl_temperature={self.cl_temperature}: the "
                               "contrastive loss is for bert4rec (two maskings of a row); weight >= 0, temperature > 0")
+        if self.padding != "zero" and self.position_from != "newest":
+            raise ConfigError("model.position_from=oldest counts real items; model.padding=position gives every padded "
+                              "position its own embedding: use one of them")
         if self.padding != "zero" and self.model_type != "bsarec":
             raise ConfigError(f"model.padding={self.padding} is a bsarec setting; {self.model_type} keeps zero padding: "
                               "remove model.padding")

@@ -262,6 +262,11 @@ def test_bsarec_position_padding_follows_the_authors_code():
 
     with pytest.raises(ConfigError, match="model.padding=position is a bsarec setting"):
         ModelConfig(model_type="sasrec", padding="position")
+    # a config that asks for both position schemes is refused with one line, before any model exists
+    with pytest.raises(ConfigError, match="model.position_from=oldest"):
+        ModelConfig(model_type="bsarec", padding="position", position_from="oldest")
+    with pytest.raises(ValueError, match="position_from"):
+        build_model("bsarec", padding="position", position_from="oldest", **args)
 
 
 def test_bsarec_learns_a_planted_successor():
