@@ -21,6 +21,8 @@ trial), and each trial's stdout/stderr in ``logs/``.
   marked FAIL ("interrupted") and their parameters enqueued again, with their run folder and
   ``training.resume=true``, so they continue from ``last.pt``. ``--trials N`` counts COMPLETE and
   PRUNED trials of the whole study. One tuner per study at a time (a lock file enforces it).
+- A space's ``enqueue:`` list (e.g. the shipped recipe) runs first in a new study, so the table
+  shows where the search stands against it, measured on the same budget.
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ class Space:
     fixed: dict
     params: dict  # name -> optuna distribution, in file order (the order values are drawn in)
     spec: dict  # the raw params, stored in the study to refuse a changed space on resume
+    enqueue: list  # parameter sets a new study runs first (e.g. the shipped recipe, as the reference)
 
 
 def _read_yaml(path: Path):
@@ -125,8 +128,8 @@ def load_space(path: Path) -> Space:
     if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict) or not raw["params"]:
         raise bad("params", "needs a non-empty mapping {key: {type: float|int|categorical, ...}}")
     for key in raw:
-        if key not in ("metric", "sampler", "pruner", "fixed", "params"):
-            raise bad(str(key), "unknown top-level key (use metric, sampler, pruner, fixed, params)")
+        if key not in ("metric", "sampler", "pruner", "fixed", "params", "enqueue"):
+            raise bad(str(key), "unknown top-level key (use metric, sampler, pruner, fixed, params, enqueue)")
 
     def section(name: str, defaults: dict) -> dict:
         value = raw.get(name) or {}
@@ -164,7 +167,35 @@ def load_space(path: Path) -> Space:
         if check_key("params", name) in fixed:
             raise bad(f"params.{name}", "is also under fixed; give it in one place")
         params[name] = _distribution(p, f"params.{name}", bad)
-    return Space(metric, sampler["startup_trials"], pruner, fixed, params, raw["params"])
+    enqueue = raw.get("enqueue") or []
+    if not isinstance(enqueue, list):
+        raise bad("enqueue", f"expected a list of {{param: value}} mappings, got {enqueue!r}")
+    for i, point in enumerate(enqueue):
+        if not isinstance(point, dict) or set(point) != set(params):
+            raise bad(f"enqueue[{i}]", f"expected a value for each of {', '.join(params)}, got {point!r}")
+        for name, value in point.items():
+            if isinstance(params[name], FloatDistribution) and isinstance(value, str):  # YAML 1.1 reads 1e-3 as text
+                try:
+                    point[name] = value = float(value)
+                except ValueError:
+                    pass
+            # a value outside its distribution would be sampled anew by Optuna, silently
+            if not _inside(params[name], value):
+                raise bad(f"enqueue[{i}].{name}", f"{value!r} is outside the space given under params")
+    return Space(metric, sampler["startup_trials"], pruner, fixed, params, raw["params"], enqueue)
+
+
+def _inside(dist, value) -> bool:
+    if isinstance(dist, CategoricalDistribution):
+        return any(type(value) is type(c) and value == c for c in dist.choices)
+    if isinstance(value, bool) or not isinstance(value, int if isinstance(dist, IntDistribution) else (int, float)):
+        return False
+    if not dist.low <= value <= dist.high:
+        return False
+    if dist.step is None:
+        return True
+    steps = (value - dist.low) / dist.step
+    return abs(steps - round(steps)) < 1e-8
 
 
 def fmt(value) -> str:
@@ -382,11 +413,14 @@ def main(argv: list[str] | None = None) -> int:
                                 pruner=space.pruner, load_if_exists=True)
     in_repo = config.relative_to(store.REPO_ROOT) if config.is_relative_to(store.REPO_ROOT) else config
     setup = json.loads(json.dumps({"entry": args.entry, "config": str(in_repo), "fixed": space.fixed,
-                                   "override": user_over, "params": space.spec, "metric": space.metric}))
+                                   "override": user_over, "params": space.spec, "metric": space.metric,
+                                   "enqueue": space.enqueue}))
     stored = study.user_attrs.get("setup")
     if stored is None:
         study.set_user_attr("setup", setup)
-    elif stored != setup:
+        for point in space.enqueue:  # once, when the study is new; a resumed study has them already
+            study.enqueue_trial(point)
+    elif {"enqueue": [], **stored} != setup:  # studies from before enqueue: existed had none
         changed = ", ".join(k for k in setup if stored.get(k) != setup[k])
         raise UserError(f"study {study_name} was started with a different {changed}; "
                         "rerun the same command or choose a new --study name")

@@ -155,6 +155,10 @@ def test_sigkill_of_the_tuner_then_rerun_continues_the_study(searched, data, tmp
     ("prune: {type: none}\nparams:\n  model.dropout_rate: {type: float, low: 0.1, high: 0.5}\n", "prune"),
     ("params:\n  run_name: {type: categorical, choices: [a, b]}\n", "params.run_name"),
     ("pruner: {type: hyperband}\nparams:\n  lr: {type: float, low: 0.1, high: 0.5}\n", "pruner.type"),
+    ("params:\n  lr: {type: float, low: 0.1, high: 0.5}\nenqueue:\n  - {lr: 0.7}\n", "enqueue[0].lr"),
+    ("params:\n  lr: {type: float, low: 0.1, high: 0.5}\n  d: {type: categorical, choices: [8, 16]}\n"
+     "enqueue:\n  - {lr: 0.2, d: 16}\n  - {lr: 0.2}\n", "enqueue[1]"),
+    ("params:\n  d: {type: categorical, choices: [8, 16]}\nenqueue:\n  - {d: '16'}\n", "enqueue[0].d"),
 ])
 def test_bad_space_file_is_one_error_line_naming_file_and_key(space, needle, tmp_path, capsys):
     path = tmp_path / "space.yaml"
@@ -183,6 +187,24 @@ def test_a_key_the_pipeline_refuses_stops_the_search_after_one_trial(data, tmp_p
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "dropout_rat" in lines[0], proc.stderr
     assert [r["state"] for r in _rows(tmp_path / "tune" / "sasrec-typo")] == ["FAIL"]
+
+
+def test_enqueued_points_run_first_and_once(data, tmp_path):
+    """The space's enqueue: list (a reference recipe) is the study's first trial, with exactly
+    those values (1e-3 written the YAML 1.1 way, which reads as text); a rerun of the same command
+    continues the study without running it again."""
+    space = tmp_path / "ref.yaml"
+    space.write_text((REPO / SPACE).read_text() + "enqueue:\n"
+                     "  - {model.dropout_rate: 0.25, training.learning_rate: 1e-3}\n")
+    first = _tune(tmp_path, data, "--trials", "2", space=str(space))
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = _rows(tmp_path / "tune" / "sasrec-ref")
+    assert rows[0]["params"] == {"model.dropout_rate": 0.25, "training.learning_rate": 0.001}
+    assert len(rows) == 2 and rows[1]["params"] != rows[0]["params"]
+    more = _tune(tmp_path, data, "--trials", "3", space=str(space))
+    assert more.returncode == 0, more.stderr[-3000:]
+    rows = _rows(tmp_path / "tune" / "sasrec-ref")
+    assert len(rows) == 3 and rows[0]["params"] not in [r["params"] for r in rows[1:]]
 
 
 @pytest.mark.parametrize("value", [1e-05, 0.25, 3, True, None, "a,b: c", [1, 2], [], {"k": 0.5}, 1.5e20])
