@@ -25,6 +25,8 @@ ANCHORS = {
     ("beauty", "sasrec"): ("SASRec+SS 0.0531; eSASRec 0.0523; BSARec 0.0611; BCE SASRec 0.0318 (TIGER table)", 0.0560, 0.0611),
     ("beauty", "sasrec-ce-wd01"): ("the quality recipe (configs/distillation/sasrec/beauty-ce.yaml): SASRec's bars",
                                    0.0560, 0.0611),
+    ("beauty", "sasrec-ce-d96b3-e40"): ("the 40-epoch recipe (configs/distillation/sasrec/beauty-ce-e40.yaml): SASRec's bars",
+                                        0.0560, 0.0611),
     ("sports", "sasrec"): ("SASRec+SS 0.0314; eSASRec 0.0323; ActionPiece 0.0264", 0.0330, 0.0360),
     ("toys", "sasrec"): ("SASRec+SS 0.0580; eSASRec 0.0538; TIGER 0.0432", 0.0600, 0.0650),
     ("beauty", "bsarec"): ("BSARec (its paper) 0.0611; held to the SASRec bars", 0.0560, 0.0611),

@@ -130,6 +130,24 @@ def distill_aim(dataset: str = "ml-100k", alpha: float = 0.05) -> Callable:
     return check
 
 
+def fastest_meeting(dataset: str, models: tuple[str, ...], must: float, minutes: float, seeds: int = 3) -> Callable:
+    """Issue 20's time goal for a whole run that meets the must: of the recipes ``models`` whose test NDCG@10 over
+    ``seeds`` seeds reaches ``must``, the one with the fewest training minutes (aggregated from the best-threaded
+    runs) must take at most ``minutes``."""
+    def check(rows):
+        found = []
+        for m in models:
+            q, t = select_row(rows, Sel(dataset, m, "NDCG@10", "full")), select_row(rows, Sel(dataset, m, "train_minutes", "full"))
+            if q and t and q["value"] >= must and len(q["seeds"]) >= seeds:
+                found.append((t["value"], m, t))
+        if not found:
+            return "no recipe with rows meets the must", None
+        spent, m, t = min(found, key=lambda x: x[0])
+        threads = f" ({t['device'].split(', ')[-1]})" if t.get("device") else ""
+        return f"{m}: {fmt_value(spent)} minutes{threads} vs ≤ {fmt_value(minutes)}", spent <= minutes
+    return check
+
+
 def timed_bound(sel: Sel, bar: float, label: str, most: bool) -> Callable:
     """``bound`` that names the thread count of the timed row: a one-thread row ran beside other
     benchmark processes (benchmarks/README.md), so its minutes overstate a quiet run's."""
@@ -146,6 +164,8 @@ SEQ_SRC = "issue 20's bar (benchmarks/sequential.py ANCHORS, 'must reach')"
 FK = {"food": "Food-Kitchen/Food", "kitchen": "Food-Kitchen/Kitchen"}
 ISSUE20 = "issue 20 (benchmarks/README.md, Sequential models)"
 BERT4REC_MUST = SEQUENTIAL_ANCHORS[("beauty", "bert4rec")][1]
+# Beauty SASRec recipes that can meet the must: beauty-ce.yaml until stop 37, and the stop-38 search's 40-epoch recipe
+BEAUTY_QUALITY_RECIPES = ("sasrec-ce-wd01", "sasrec-ce-d96b3-e40")
 
 PIPELINES: dict[str, Pipeline] = {
     "sequential": Pipeline(
@@ -162,14 +182,14 @@ PIPELINES: dict[str, Pipeline] = {
            for text, d, m, metric, bar, label, most in (
             ("beauty sasrec validation NDCG@10 ≥ 0.05 within 1 minute of training", "beauty", "sasrec",
              "minutes_to_valid_NDCG@10_0.05", 1.0, "minutes ", True),
-            ("beauty: a whole run of the recipe that meets the must (sasrec-ce-wd01, beauty-ce.yaml) ≤ 5 minutes",
-             "beauty", "sasrec-ce-wd01", "train_minutes", 5.0, "minutes ", True),
             ("equal 10-minute budget: test NDCG@10 ≥ 1.5x RecBole's (beauty)", "beauty", "sasrec",
              "budget_10min_ratio_vs_recbole", 1.5, "ratio ", False),
             ("full evaluation ≥ 20x faster than RecBole (beauty)", "beauty", "sasrec", "speedup_vs_recbole_eval", 20.0,
              "speedup ", False),
             ("peak RAM ≥ 8x below RecBole (ML-1M shape, max length 200)", "ml-1m-size", "sasrec",
              "ram_ratio_recbole_over_ours", 8.0, "ratio ", False))]
+        + [("beauty: a whole SASRec run that meets the must ≤ 5 minutes (the fastest recipe whose 3 seeds meet it)",
+            ISSUE20, fastest_meeting("beauty", BEAUTY_QUALITY_RECIPES, SEQUENTIAL_ANCHORS[("beauty", "sasrec")][1], 5.0))]
         # the goal is a run that meets the must within 30 minutes: the time alone does not meet it
         + [(f"beauty: a whole BERT4Rec run that meets the must ({BERT4REC_MUST}) ≤ 30 minutes", ISSUE20, all_of(
             timed_bound(Sel("beauty", "bert4rec", "train_minutes", "full"), 30.0, "minutes ", True),

@@ -120,6 +120,20 @@ def test_recipe_configs_load(path):
     assert path.read_text().startswith("#")  # every config opens with the command that runs it
 
 
+def test_the_40_epoch_beauty_recipe_is_the_command_its_rows_ran():
+    """beauty-ce-e40.yaml's rows (sasrec-ce-d96b3-e40) were trained as beauty-ce.yaml plus overrides;
+    the file must stay exactly that, so the rows' commands and the config reproduce each other."""
+    from dataclasses import asdict
+
+    from core.seqrec import SeqRecConfig
+
+    sas = REPO_ROOT / "configs" / "distillation" / "sasrec"
+    rows_ran = load_config(SeqRecConfig, sas / "beauty-ce.yaml", "run_name=r,training.epochs=40,model.hidden_units=96,"
+                           "model.num_blocks=3,model.dropout_rate=0.4763,training.learning_rate=0.001042,"
+                           "training.weight_decay=0.08197")
+    assert asdict(load_config(SeqRecConfig, sas / "beauty-ce-e40.yaml", "run_name=r")) == asdict(rows_ran)
+
+
 PIPELINE_CONFIGS = [
     ("core.seqrec", "SeqRecConfig", "configs/distillation/sasrec/beauty.yaml"),
     ("distillation.config", "DistillConfig", "configs/distillation/sasrec_llm/ml-100k.yaml"),

@@ -110,6 +110,25 @@ def test_a_timed_goal_with_a_quality_bar_needs_both():
     assert check([_row("beauty", "bert4rec", "NDCG@10", 0.0351)])[1] is False
 
 
+def test_the_sasrec_time_goal_takes_the_fastest_recipe_whose_seeds_meet_the_must():
+    check = next(c for text, _, c in summary.PIPELINES["sequential"].goals
+                 if text.startswith("beauty: a whole SASRec run that meets the must"))
+    two = "cpu:test 2 cores, 2 torch threads"
+    slow = [_row("beauty", "sasrec-ce-wd01", "NDCG@10", 0.0570), _row("beauty", "sasrec-ce-wd01", "train_minutes", 15.7,
+                                                                     seeds=(1,), device=two)]
+    text, met = check(slow)
+    assert met is False and text == "sasrec-ce-wd01: 15.7 minutes (2 torch threads) vs ≤ 5"
+    faster = [_row("beauty", "sasrec-ce-d96b3-e40", "NDCG@10", 0.0563), _row("beauty", "sasrec-ce-d96b3-e40",
+                                                                           "train_minutes", 11.2, device=two)]
+    assert check(slow + faster)[0].startswith("sasrec-ce-d96b3-e40: 11.2 minutes")
+    # under the must, or fewer than 3 seeds: not a candidate, whatever its time
+    below = [dict(faster[0], value=0.0559), faster[1]]
+    assert check(slow + below)[0].startswith("sasrec-ce-wd01: 15.7")
+    assert check(slow + [dict(faster[0], seeds=[1, 2]), faster[1]])[0].startswith("sasrec-ce-wd01")
+    assert check([dict(slow[1], value=4.5), slow[0]])[1] is True
+    assert check(below)[1] is None
+
+
 def test_distillation_goals_need_a_flat_control_all_seeds_and_a_paired_test():
     """Issue 23's distillation must and aim on fake rows: a gain with a significantly gaining
     control does not count, a one-seed ablation is no candidate, and the aim is significant
