@@ -76,6 +76,16 @@ def _read_yaml(path: Path):
     return read_yaml(path)
 
 
+def _yaml_float(v):
+    """YAML 1.1 reads 1e-4 (no dot) as text: such text becomes the number; anything else is returned as is."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    return v
+
+
 def _distribution(p, where: str, bad):
     """One ``params:`` entry -> an Optuna distribution."""
     if not isinstance(p, dict):
@@ -96,11 +106,8 @@ def _distribution(p, where: str, bad):
     values = {}
     for k in ("low", "high", "step"):
         v = p.get(k)
-        if kind == "float" and isinstance(v, str):  # YAML 1.1 reads 1e-4 (no dot) as text
-            try:
-                v = float(v)
-            except ValueError:
-                pass
+        if kind == "float":
+            v = _yaml_float(v)
         ok = isinstance(v, int) if kind == "int" else isinstance(v, (int, float)) and math.isfinite(v)
         if not (ok and not isinstance(v, bool)) and (v is not None or k != "step"):
             raise bad(f"{where}.{k}", f"expected {'an integer' if kind == 'int' else 'a number'}, got {v!r}")
@@ -174,11 +181,8 @@ def load_space(path: Path) -> Space:
         if not isinstance(point, dict) or set(point) != set(params):
             raise bad(f"enqueue[{i}]", f"expected a value for each of {', '.join(params)}, got {point!r}")
         for name, value in point.items():
-            if isinstance(params[name], FloatDistribution) and isinstance(value, str):  # YAML 1.1 reads 1e-3 as text
-                try:
-                    point[name] = value = float(value)
-                except ValueError:
-                    pass
+            if isinstance(params[name], FloatDistribution):
+                point[name] = value = _yaml_float(value)
             # a value outside its distribution would be sampled anew by Optuna, silently
             if not _inside(params[name], value):
                 raise bad(f"enqueue[{i}].{name}", f"{value!r} is outside the space given under params")
@@ -420,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         study.set_user_attr("setup", setup)
         for point in space.enqueue:  # once, when the study is new; a resumed study has them already
             study.enqueue_trial(point)
-    elif {"enqueue": [], **stored} != setup:  # studies from before enqueue: existed had none
+    elif {"enqueue": [], **stored} != setup:  # a study started before enqueue: existed stored no such key
         changed = ", ".join(k for k in setup if stored.get(k) != setup[k])
         raise UserError(f"study {study_name} was started with a different {changed}; "
                         "rerun the same command or choose a new --study name")
