@@ -210,3 +210,35 @@ def test_enqueued_points_run_first_and_once(data, tmp_path):
 @pytest.mark.parametrize("value", [1e-05, 0.25, 3, True, None, "a,b: c", [1, 2], [], {"k": 0.5}, 1.5e20])
 def test_override_values_read_back_unchanged(value):
     assert parse_overrides(f"k={fmt(value)}") == [("k", value)]
+
+
+SHIPPED_SPACES = sorted((REPO / "configs" / "tune").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("space_path", SHIPPED_SPACES, ids=lambda p: p.name)
+def test_shipped_spaces_name_only_keys_their_config_accepts(space_path):
+    """core.tune leaves key names to the pipeline, so a misspelt key in a shipped space would only
+    surface as a failed first trial; here every fixed key, and each parameter at its first enqueued
+    point (or its low end / first choice), must load into the config the space's own command names."""
+    import re
+
+    from core.config import load_config
+    from core.tune import _as_overrides, load_space
+    from distillation.config import DistillConfig
+    from optuna.distributions import CategoricalDistribution
+
+    command = re.search(r"python -m core\.tune --config (\S+) --space (\S+)", space_path.read_text())
+    assert command and command.group(2) == f"configs/tune/{space_path.name}", "the header must give its command"
+    config = REPO / command.group(1)
+    space = load_space(space_path)
+    point = space.enqueue[0] if space.enqueue else {
+        k: d.choices[0] if isinstance(d, CategoricalDistribution) else d.low for k, d in space.params.items()}
+    from core.seqrec import SeqRecConfig
+
+    cls = DistillConfig if config.parent.name.endswith("_llm") else SeqRecConfig
+    cfg = load_config(cls, config, _as_overrides({**space.fixed, **point, "run_name": "t"}))
+    for key, value in {**space.fixed, **point}.items():
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node == value or (isinstance(value, list) and list(node) == value), key
