@@ -22,7 +22,10 @@ WORK = REPO / "benchmarks" / ".work"
 
 def machine(threads=None) -> str:
     threads = threads or os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))
-    return f"cpu:{platform.machine()} {os.cpu_count()} cores, {threads} torch threads"
+    from core.provenance import cpu_description
+
+    # the CPU's name and vector ISA: time rows from an AVX2 and an AVX512 machine must not look alike
+    return f"cpu:{platform.machine()} {os.cpu_count()} cores ({cpu_description()}), {threads} torch threads"
 
 
 def load_rows(path: Path) -> list[dict]:
