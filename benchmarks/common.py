@@ -65,8 +65,8 @@ def with_placeholders(command: str, flags: dict[str, str]) -> str:
 
 def aggregate(runs: list[dict], skip: tuple = ("valid_curve",), keep: tuple = ("unit",)) -> tuple[dict, list[dict]]:
     """Per-seed rows -> (groups by dataset/model/protocol/metric, rows of mean and sample std
-    over the seeds, with the fields ``keep`` of a group's first row). Rows without a value and
-    metrics in ``skip`` are left out."""
+    over the seeds, with the fields ``keep`` of a group's first row and the devices of all its
+    rows). Rows without a value and metrics in ``skip`` are left out."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if r["metric"] not in skip and r["value"] is not None:
@@ -77,7 +77,7 @@ def aggregate(runs: list[dict], skip: tuple = ("valid_curve",), keep: tuple = ("
         extra = {k: rs[0][k] for k in keep if k in rs[0]}
         out.append(row(dataset, model, protocol, metric, float(values.mean()), sample_std(values),
                        sorted(s for r in rs for s in r["seeds"]), generic_command(rs[0]["command"], rs[0]["seeds"][0]),
-                       **extra) | {"device": rs[0]["device"]})
+                       **extra) | {"device": devices(rs)})  # every machine the seeds ran on, not the first's
     return groups, out
 
 

@@ -101,6 +101,20 @@ def test_summarize_times_only_the_best_threaded_runs():
     assert [r["value"] for r in kept if r["metric"].startswith("minutes_to")] == [3.0]
 
 
+def test_aggregated_rows_name_every_machine_their_seeds_ran_on():
+    """A mean over seeds timed on two CPUs must say so (an AVX2 and an AVX512 EPYC differ 1.6x an epoch)."""
+    from benchmarks.common import aggregate
+
+    def run(seed, value, device):
+        return {"dataset": "beauty", "model": "sasrec", "protocol": "full", "metric": "train_minutes", "value": value,
+                "seeds": [seed], "device": device, "command": f"x --seed {seed}"}
+    a, b = "cpu:x86_64 2 cores (AMD EPYC, AVX512), 2 torch threads", "cpu:x86_64 2 cores (AMD EPYC, AVX2), 2 torch threads"
+    (mixed,) = aggregate([run(1, 11.0, a), run(2, 18.0, b), run(3, 11.5, a)])[1]
+    assert mixed["device"] == f"{b}; {a}" and mixed["seeds"] == [1, 2, 3]
+    (one,) = aggregate([run(1, 11.0, a), run(3, 11.5, a)])[1]
+    assert one["device"] == a
+
+
 def test_recency_scores_the_test_users_with_and_without_the_validation_item(tmp_path, monkeypatch):
     """``recency`` re-scores a finished run through the project's evaluator: with the full input it
     reproduces the run's own test NDCG@10; cutting the validation item off changes the score."""
