@@ -105,7 +105,7 @@ def _version(module: str) -> str | None:
 
 def cpu_description() -> str:
     """The CPU as far as timings depend on it: its model name (Linux) and the widest vector ISA torch
-    dispatches to. Two machines of the same kind here differed 1.6x per SASRec epoch (AVX512 + bf16
+    dispatches to. Two machines of the same kind here differed 1.7x per SASRec epoch (AVX512 + bf16
     against AVX2), so time figures carry this."""
     name = platform.processor() or platform.machine()
     try:

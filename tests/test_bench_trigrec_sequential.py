@@ -102,7 +102,7 @@ def test_summarize_times_only_the_best_threaded_runs():
 
 
 def test_aggregated_rows_name_every_machine_their_seeds_ran_on():
-    """A mean over seeds timed on two CPUs must say so (an AVX2 and an AVX512 EPYC differ 1.6x an epoch)."""
+    """A mean over seeds timed on two CPUs must say so (an AVX2 and an AVX512 EPYC differ 1.7x an epoch)."""
     from benchmarks.common import aggregate
 
     def run(seed, value, device):

@@ -374,7 +374,7 @@ def test_run_record_fields(tmp_path):
     assert re.fullmatch(r"[0-9a-f]{40}", rec["git"]["commit"]) and isinstance(rec["git"]["dirty"], bool)
     assert rec["torch"] == torch.__version__ and rec["python"].count(".") == 2 and rec["numpy"]
     assert rec["device"] == "cpu" and rec["threads"] == 2 and rec["host"]
-    # the CPU a time figure came from, with the ISA torch dispatches to (AVX2 and AVX512 differ 1.6x)
+    # the CPU a time figure came from, with the ISA torch dispatches to (AVX2 and AVX512 differ 1.7x)
     assert rec["cpu"].endswith(", " + torch.backends.cpu.get_cpu_capability())
     assert rec["started"] == "2023-11-14T22:13:20+00:00" and rec["ended"] > rec["started"]
     assert rec["data"]["files"] == 1 and rec["data"]["loaded_fingerprint"] == "abc" and not rec["data"]["quick"]
