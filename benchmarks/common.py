@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from core.metrics import sample_std  # noqa: F401  (re-exported for the benchmark scripts)
+from core.provenance import cpu_description
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -22,8 +23,6 @@ WORK = REPO / "benchmarks" / ".work"
 
 def machine(threads=None) -> str:
     threads = threads or os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))
-    from core.provenance import cpu_description
-
     # the CPU's name and vector ISA: time rows from an AVX2 and an AVX512 machine must not look alike
     return f"cpu:{platform.machine()} {os.cpu_count()} cores ({cpu_description()}), {threads} torch threads"
 

@@ -50,6 +50,7 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from core import store
+from core.provenance import cpu_has_native_bf16
 from core.data.batches import length_bucketed
 from core.dist import all_reduce_mean, barrier, dist_info, is_main
 from core.errors import CheckpointError
@@ -172,16 +173,6 @@ def amp_dtype(device: torch.device, enabled: bool, cpu_bf16: bool = False) -> to
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def cpu_has_native_bf16() -> bool | None:
-    """True/False where the CPU's flags can be read (Linux), None elsewhere. Without AVX512-BF16 or
-    AMX, bf16 autocast is emulated: a Beauty SASRec step ran ~10x slower than fp32 on an AVX2 EPYC."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return None
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def rng_state(generator: torch.Generator) -> dict:

@@ -211,11 +211,11 @@ def test_cpu_bf16_warns_once_where_the_cpu_has_no_bf16_instructions(native, monk
     assert len(warned) == (1 if native is False else 0)
 
 
-def test_cpu_has_native_bf16_reads_the_cpu_flags(tmp_path, monkeypatch):
-    import core.train
+def test_cpu_has_native_bf16_reads_the_cpu_flags(monkeypatch):
+    import core.provenance
 
-    real_path = core.train.Path
     for flags, expected in (("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True)):
-        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(core.train, "Path", lambda p: real_path(tmp_path / "cpuinfo") if p == "/proc/cpuinfo" else real_path(p))
-        assert core.train.cpu_has_native_bf16() is expected
+        monkeypatch.setattr(core.provenance, "cpuinfo", lambda: f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert core.provenance.cpu_has_native_bf16() is expected
+    monkeypatch.setattr(core.provenance, "cpuinfo", lambda: None)  # no /proc/cpuinfo: unknown, so no warning
+    assert core.provenance.cpu_has_native_bf16() is None

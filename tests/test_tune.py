@@ -222,10 +222,12 @@ def test_shipped_spaces_name_only_keys_their_config_accepts(space_path):
     point (or its low end / first choice), must load into the config the space's own command names."""
     import re
 
+    from optuna.distributions import CategoricalDistribution
+
     from core.config import load_config
+    from core.seqrec import SeqRecConfig
     from core.tune import _as_overrides, load_space
     from distillation.config import DistillConfig
-    from optuna.distributions import CategoricalDistribution
 
     command = re.search(r"python -m core\.tune --config (\S+) --space (\S+)", space_path.read_text())
     assert command and command.group(2) == f"configs/tune/{space_path.name}", "the header must give its command"
@@ -233,8 +235,6 @@ def test_shipped_spaces_name_only_keys_their_config_accepts(space_path):
     space = load_space(space_path)
     point = space.enqueue[0] if space.enqueue else {
         k: d.choices[0] if isinstance(d, CategoricalDistribution) else d.low for k, d in space.params.items()}
-    from core.seqrec import SeqRecConfig
-
     cls = DistillConfig if config.parent.name.endswith("_llm") else SeqRecConfig
     cfg = load_config(cls, config, _as_overrides({**space.fixed, **point, "run_name": "t"}))
     for key, value in {**space.fixed, **point}.items():
