@@ -59,6 +59,9 @@ class ModelConfig:
     # causal models: "sequences" = one row per user, every position predicts the next item;
     # "prefixes" = one row per training target, predicted from the last position (as at scoring)
     train_samples: Literal["sequences", "prefixes"] = "sequences"
+    # causal sequence rows: fill the padding with repeated copies of the row (RepPad, Dang et al., RecSys 2024),
+    # "delimited" with a padding id between copies; drawn again every epoch
+    repeat_padding: Literal["off", "plain", "delimited"] = "off"
     filter_alpha: float = 0.7  # bsarec: weight of the Fourier filter against self-attention
     filter_c: int = 5  # bsarec: low-pass cut-off (c // 2 + 1 frequency components kept)
     padding: Literal["zero", "position"] = "zero"  # bsarec: padded positions zero, or position embeddings (authors' code)
@@ -89,6 +92,9 @@ class ModelConfig:
         if self.padding != "zero" and self.model_type != "bsarec":
             raise ConfigError(f"model.padding={self.padding} is a bsarec setting; {self.model_type} keeps zero padding: "
                               "remove model.padding")
+        if self.repeat_padding != "off" and (self.model_type == "bert4rec" or self.train_samples == "prefixes"):
+            raise ConfigError(f"model.repeat_padding={self.repeat_padding} fills the padding of next-item sequence "
+                              "rows (sasrec, bsarec with train_samples=sequences); set it to off")
         if self.train_samples == "prefixes" and self.model_type == "bert4rec":
             raise ConfigError("model.train_samples=prefixes is for causal models (sasrec, bsarec); "
                               "bert4rec trains by masking: keep train_samples=sequences")
@@ -183,7 +189,8 @@ def load_dataset(cfg: DataConfig) -> tuple[SequenceData, Path]:
 
 def build_train_data(model_cfg: ModelConfig, split, model, device):
     if getattr(model, "causal", True):
-        return CausalDataset(split, model_cfg.maxlen, device=device, prefixes=model_cfg.train_samples == "prefixes")
+        return CausalDataset(split, model_cfg.maxlen, device=device, prefixes=model_cfg.train_samples == "prefixes",
+                             repeat_padding=model_cfg.repeat_padding)
     return ClozeDataset(split, model_cfg.maxlen, model_cfg.mask_prob, device=device,
                         last_mask_prob=model_cfg.last_mask_prob, prefix_prob=model_cfg.prefix_prob,
                         views=2 if model_cfg.cl_weight else 1, end_mask_prob=model_cfg.end_mask_prob)

@@ -47,6 +47,9 @@ class CDModelConfig(ModelConfig):
         super().__post_init__()
         if self.model_type != "sasrec":
             raise ConfigError(f"model.model_type {self.model_type!r}: the cross-domain models are SASRec")
+        if self.repeat_padding != "off" or self.train_samples != "sequences":
+            raise ConfigError("model.repeat_padding / train_samples: the cross-domain stages build their own "
+                              "sequence rows and take neither; remove them (keep off / sequences)")
         if self.bce_negatives < 1:
             raise ConfigError("model.bce_negatives must be >= 1")
 

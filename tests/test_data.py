@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.data.batches import CausalDataset, ClozeDataset, random_prefixes, sample_train_negatives
+from core.data.batches import CausalDataset, ClozeDataset, random_prefixes, repeated_padding, sample_train_negatives
 from core.data.sequences import IdMap, SequenceData
 from core.data.splits import (
     history_mask,
@@ -263,6 +263,44 @@ def test_causal_dataset_truncates_to_maxlen():
     # input and target are the same sequence shifted by one wherever both are real
     real = b["input"][:, 1:] > 0
     assert torch.equal(b["input"][:, 1:][real], b["target"][:, :-1][real])
+
+
+def test_repeated_padding_fills_the_padding_with_copies_of_the_row():
+    rows = torch.tensor([[0, 0, 0, 0, 0, 1, 2, 3],  # 3 items: pairs (1,2) (2,3); width 7 -> 1..3 more copies
+                         [0, 0, 0, 0, 0, 0, 0, 9],  # 1 item: no pair, nothing to repeat
+                         [4, 5, 6, 7, 8, 9, 10, 11]])  # 7 pairs: 7 // 7 = 1 -> no room for a copy
+    plain = {1: ([1, 2, 1, 2], [2, 3, 2, 3]), 2: ([1, 2, 1, 2, 1, 2], [2, 3, 2, 3, 2, 3]),
+             3: ([2, 1, 2, 1, 2, 1, 2], [3, 2, 3, 2, 3, 2, 3])}  # 8 pairs cut to the last 7
+    # delimited: 2 and 3 copies both fill the 7 places ([2, 0, 1, 2, 0, 1, 2]), so two outcomes
+    delimited = {1: ([1, 2, 0, 1, 2], [2, 3, 0, 2, 3]), 2: ([2, 0, 1, 2, 0, 1, 2], [3, 0, 2, 3, 0, 2, 3])}
+    for delim, expected in ((False, plain), (True, delimited)):
+        g = torch.Generator().manual_seed(0)
+        seen = set()
+        for _ in range(200):
+            inputs, target = repeated_padding(rows, 7, delim, g)
+            assert inputs.shape == target.shape and inputs.shape[1] == 7  # row 3 fills the window
+            got = (inputs[0].tolist(), target[0].tolist())
+            k = next(k for k, (i, t) in expected.items() if got == ([0] * (7 - len(i)) + i, [0] * (7 - len(t)) + t))
+            seen.add(k)
+            assert inputs[1].eq(0).all() and target[1].eq(0).all()
+            assert inputs[2].tolist() == list(range(4, 11)) and target[2].tolist() == list(range(5, 12))
+        assert seen == set(expected)  # every copy count in 1..width // pairs is drawn
+
+
+def test_repeated_padding_batches_keep_the_row_at_the_right_end():
+    d = uniform_data(60, 12, 40, seed=3)
+    split = leave_one_out(d)
+    base = CausalDataset(split, maxlen=20)
+    rep = CausalDataset(split, maxlen=20, repeat_padding="plain")
+    index = torch.arange(60)
+    b, r = base.get_batch(index), rep.get_batch(index, torch.Generator().manual_seed(1))
+    width = b["input"].shape[1]
+    # the real copy sits where the unpadded row did, so the scoring position trains as before
+    assert torch.equal(r["input"][:, -width:][b["input"] > 0], b["input"][b["input"] > 0])
+    assert torch.equal(r["target"][:, -width:][b["target"] > 0], b["target"][b["target"] > 0])
+    assert (r["target"] > 0).sum() > 2 * (b["target"] > 0).sum()  # copies add targets
+    with pytest.raises(ValueError, match="prefix rows"):
+        CausalDataset(split, maxlen=20, prefixes=True, repeat_padding="plain")
 
 
 def test_cloze_mask_rate_close_to_mask_prob():

@@ -307,7 +307,8 @@ def test_bsarec_learns_a_planted_successor():
 @pytest.mark.parametrize("module,cls_name,path", PIPELINE_CONFIGS, ids=lambda v: str(v).split("/")[-1])
 def test_new_cloze_keys_are_taken_or_refused_never_ignored(module, cls_name, path):
     """``model.ce_from_epoch`` works everywhere (``core.train.fit`` calls every module's
-    ``set_epoch``); ``prefix_prob`` / ``cl_weight`` only where the training rows honour them."""
+    ``set_epoch``); ``prefix_prob`` / ``cl_weight`` / ``repeat_padding`` only where the training
+    rows honour them."""
     import importlib
 
     from core.errors import ConfigError
@@ -316,11 +317,26 @@ def test_new_cloze_keys_are_taken_or_refused_never_ignored(module, cls_name, pat
     cfg = load_config(cls, REPO_ROOT / path, "model.loss=sampled_softmax,model.ce_from_epoch=5")
     assert cfg.model.ce_from_epoch == 5
     takes_prefix = module in ("recommendation_model.config",) or cls_name == "SeqRecConfig"
+    takes_repeat = cls_name in ("SeqRecConfig", "DistillConfig")  # causal rows built by core.seqrec
     for key, taken in (("model.prefix_prob=0.5", takes_prefix), ("model.end_mask_prob=0.5", takes_prefix),
-                       ("model.cl_weight=0.1", cls_name == "SeqRecConfig")):
-        over = key + ("" if cls_name != "SeqRecConfig" else ",model.model_type=bert4rec")
+                       ("model.cl_weight=0.1", cls_name == "SeqRecConfig"),
+                       ("model.repeat_padding=plain", takes_repeat)):
+        cloze = cls_name == "SeqRecConfig" and "repeat" not in key
+        over = key + (",model.model_type=bert4rec" if cloze else "")
         if taken:
             load_config(cls, REPO_ROOT / path, over)
         else:
             with pytest.raises(ConfigError, match=key.split("=")[0].split(".")[1]):
                 load_config(cls, REPO_ROOT / path, over)
+
+
+def test_repeat_padding_is_refused_where_rows_are_not_causal_sequences():
+    from core.errors import ConfigError
+    from core.seqrec import SeqRecConfig
+
+    path = REPO_ROOT / "configs/distillation/sasrec/beauty.yaml"
+    assert load_config(SeqRecConfig, path, "model.repeat_padding=delimited").model.repeat_padding == "delimited"
+    for over in ("model.repeat_padding=plain,model.model_type=bert4rec",
+                 "model.repeat_padding=plain,model.train_samples=prefixes"):
+        with pytest.raises(ConfigError, match="repeat_padding"):
+            load_config(SeqRecConfig, path, over)

@@ -30,13 +30,23 @@ class CausalDataset(Dataset):
     the target at the last position only. Costs about mean-length times more rows; every
     prediction is then trained from the position that scores at evaluation (see benchmarks/README.md).
 
+    ``repeat_padding`` (``plain`` / ``delimited``): RepPad (Dang et al., RecSys 2024). The padding
+    in front of a short row is filled with 1..maxlen // n more copies of the row's own
+    (input, target) pairs, drawn again every epoch, with a padding id between copies when
+    ``delimited``. The real copy stays at the right end, so scoring inputs are unchanged.
+
     ``materialize``: build the ``[U, maxlen + 1]`` row matrix once (fast batches; the default
     for in-memory data) or gather each batch's rows from the CSR arrays on the fly (memory
     O(batch); the default when the dataset is memory-mapped, i.e. catalog scale).
     """
 
     def __init__(self, split: Split, maxlen: int, device=None, materialize: bool | None = None,
-                 prefixes: bool = False) -> None:
+                 prefixes: bool = False, repeat_padding: str = "off") -> None:
+        if repeat_padding not in ("off", "plain", "delimited"):
+            raise ValueError(f"repeat_padding={repeat_padding!r}: one of off, plain, delimited")
+        if prefixes and repeat_padding != "off":
+            raise ValueError("repeat_padding fills sequence rows; prefix rows have their target at the end only")
+        self.repeat_padding = repeat_padding
         users = split.train_users
         if materialize is None:
             materialize = not is_memory_mapped(split.data.items)
@@ -88,6 +98,9 @@ class CausalDataset(Dataset):
 
     def get_batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         rows = trim_padding(self._rows(index), keep=2)
+        if self.repeat_padding != "off":
+            inputs, target = repeated_padding(rows, self.maxlen, self.repeat_padding == "delimited", generator)
+            return {"input": inputs, "target": target, "users": self.users[index]}
         inputs = rows[:, :-1]
         if self.prefixes:
             target = torch.zeros_like(inputs)
@@ -143,6 +156,34 @@ class ClozeDataset(Dataset):
             batch["input_b"], batch["target_b"] = cloze_mask(rows, self.mask_prob, self.mask_token, generator,
                                                              self.last_mask_prob, self.end_mask_prob)
         return batch
+
+
+def repeated_padding(rows: torch.Tensor, width: int, delimited: bool,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-item targets [B, <= width] of left-padded ``rows`` [B, L + 1] with the
+    padding filled by repeated copies of each row's pairs (RepPad; see ``CausalDataset``).
+
+    A row of n items has m = n - 1 (input, target) pairs. It gets k copies in front of its own,
+    k uniform in 1..width // m (none when width // m <= 1), each followed by a (0, 0) delimiter
+    when ``delimited``; the result keeps its last ``width`` positions. As rows are right-aligned,
+    the pair r places before the row's end sits in the row's columns -2 - r (input) and -1 - r
+    (target) for every row, so one gather builds the batch.
+    """
+    n = (rows > 0).sum(1)
+    m = (n - 1).clamp(min=0)
+    most = torch.div(width, m.clamp(min=1), rounding_mode="floor")
+    draw = torch.rand(len(rows), generator=generator, device=rows.device if generator is None else generator.device)
+    copies = torch.where((most > 1) & (m > 0), 1 + (draw.to(rows.device) * most).long().clamp(max=most - 1), 0)
+    period = m + int(delimited)
+    total = (copies + 1) * m + copies * int(delimited)
+    back = torch.arange(width - 1, -1, -1, device=rows.device)  # places before the row's end, per column
+    r = back[None, :] % period.clamp(min=1)[:, None]
+    keep = (back[None, :] < total[:, None]) & (r < m[:, None])
+    cols = rows.shape[1]
+    inputs = rows.gather(1, (cols - 2 - r).clamp(min=0)) * keep
+    target = rows.gather(1, (cols - 1 - r).clamp(min=0)) * keep
+    used = int(keep.any(0).nonzero()[0]) if keep.any() else width - 1
+    return inputs[:, used:], target[:, used:]
 
 
 def random_prefixes(rows: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
