@@ -270,22 +270,42 @@ def test_trimming_batch_padding_changes_no_score():
     assert torch.allclose(model.full_scores(rows)[:, 1:], model.full_scores(trimmed)[:, 1:], atol=1e-5)
 
 
-def test_chunked_cross_entropy_matches_plain_loss_and_gradients():
+@pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])
+@pytest.mark.parametrize("ce_impl", ["fused", "checkpointed"])
+def test_chunked_cross_entropy_matches_plain_loss_and_gradients(kind, ce_impl):
     torch.manual_seed(0)
-    model = SASRec(n_items=500, maxlen=10, hidden_units=16, num_blocks=1, num_heads=1, dropout_rate=0.0)
+    model = build_model(kind, n_items=500, maxlen=10, hidden_units=16, num_blocks=1, num_heads=1, dropout_rate=0.0,
+                        ce_impl=ce_impl)
+    if kind == "bert4rec":  # its per-item output bias gets its gradient too
+        model.out_bias.data.normal_()
     h = torch.randn(300, 16, requires_grad=True)
     targets = torch.randint(1, 501, (300,))
     plain = F.cross_entropy(model.logits_all(h).float(), targets)
     plain.backward()
-    grad_h, grad_w = h.grad.clone(), model.item_emb.weight.grad.clone()
+    params = [model.item_emb.weight] + ([model.out_bias] if kind == "bert4rec" else [])
+    grads = [h.grad.clone()] + [p.grad.clone() for p in params]
     h.grad = None
     model.zero_grad()
     model.ce_chunk_elements, model.ce_min_rows = 501 * 64, 1  # 64 rows per chunk -> 5 chunks
     chunked = model.chunked_cross_entropy(h, targets)
     chunked.backward()
     assert torch.allclose(plain, chunked, atol=1e-6)
-    assert torch.allclose(grad_h, h.grad, atol=1e-6)
-    assert torch.allclose(grad_w, model.item_emb.weight.grad, atol=1e-6)
+    for expected, got in zip(grads, [h.grad] + [p.grad for p in params]):
+        assert torch.allclose(expected, got, atol=1e-6)
+    assert model.item_emb.weight.grad[0].abs().max() == 0  # the padding column takes no gradient
+    assert ("ce_impl" in model.model_args) == (ce_impl != "fused")  # old checkpoints keep their exact args
+
+
+def test_fused_full_softmax_runs_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = build_model("sasrec", n_items=200, maxlen=10, hidden_units=16, num_blocks=1, num_heads=1, dropout_rate=0.0)
+    h = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(1, 201, (50,))
+    reference = F.cross_entropy(model.logits_all(h), targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = model.chunked_cross_entropy(h.bfloat16(), targets)
+    assert fused.dtype == torch.float32
+    assert abs(fused.item() - reference.item()) < 0.05  # only the bf16 rounding of h differs
 
 
 def test_bert4rec_contrastive_views_loss_matches_hand_computation():

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from core.data.batches import sample_train_negatives
+from core.models.full_softmax import fused_full_softmax
 from core.models.sampled_softmax import SAMPLERS, draw_negatives, popularity_tables, sampled_softmax_loss
 from core.models.transformer import TransformerBlock, attention_mask
 
@@ -60,6 +61,7 @@ class Recommender(Protocol):
 
 LOSSES = ("ce", "sampled_softmax", "bce")
 LOSS_ALIASES = {"full": "ce", "sampled": "sampled_softmax"}
+CE_IMPLS = ("fused", "checkpointed")  # how the full softmax gets its gradient (chunked_cross_entropy)
 
 
 class SequentialRecommender(nn.Module):
@@ -84,6 +86,7 @@ class SequentialRecommender(nn.Module):
         negative_sampler: str = "uniform",
         ce_from_epoch: int = 0,
         position_from: str = "newest",
+        ce_impl: str = "fused",
     ) -> None:
         super().__init__()
         loss = LOSS_ALIASES.get(loss, loss)
@@ -106,6 +109,11 @@ class SequentialRecommender(nn.Module):
         if position_from == "oldest":  # only then: checkpoints of existing configs keep their exact args
             self._args["position_from"] = position_from
         self.position_from = position_from
+        if ce_impl not in CE_IMPLS:
+            raise ValueError(f"ce_impl must be one of {CE_IMPLS}, got {ce_impl!r}")
+        if ce_impl != "fused":  # only then: checkpoints of existing configs keep their exact args
+            self._args["ce_impl"] = ce_impl
+        self.ce_impl = ce_impl
         self.n_items = n_items
         self.maxlen = maxlen
         self.loss_name = loss
@@ -267,12 +275,17 @@ class SequentialRecommender(nn.Module):
     ce_min_rows: int = 128
 
     def chunked_cross_entropy(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Full-catalog softmax cross-entropy, in row chunks that are recomputed in backward.
+        """Full-catalog softmax cross-entropy, in row chunks.
 
         Peak memory is one chunk's logits (~8 MB) instead of [positions x catalog] three times
         over (logits, log-softmax, gradient), which on Amazon-sized data was ~2 GB per batch.
+        ``fused`` (default) computes each chunk's gradient in the forward pass
+        (``core.models.full_softmax``); ``checkpointed`` recomputes the chunks in backward under
+        autograd, the path of every run before stop 40, which its rows reproduce to the last digit.
         """
         rows = max(self.ce_min_rows, self.ce_chunk_elements // (self.n_items + 1))
+        if self.ce_impl == "fused" and torch.is_grad_enabled():
+            return fused_full_softmax(h, self.item_weights(), self.output_bias(), targets, rows)
         if len(h) <= rows:
             return F.cross_entropy(self.logits_all(h).float(), targets)
         total = h.new_zeros((), dtype=torch.float32)
