@@ -27,6 +27,8 @@ ANCHORS = {
                                    0.0560, 0.0611),
     ("beauty", "sasrec-ce-d96b3-e40"): ("the 40-epoch recipe (configs/distillation/sasrec/beauty-ce-e40.yaml): SASRec's bars",
                                         0.0560, 0.0611),
+    ("beauty", "sasrec-ce-d96b3-e40-fused"): ("the 40-epoch recipe with the fused full softmax (stop 40): SASRec's bars",
+                                              0.0560, 0.0611),
     ("sports", "sasrec"): ("SASRec+SS 0.0314; eSASRec 0.0323; ActionPiece 0.0264", 0.0330, 0.0360),
     ("toys", "sasrec"): ("SASRec+SS 0.0580; eSASRec 0.0538; TIGER 0.0432", 0.0600, 0.0650),
     ("beauty", "bsarec"): ("BSARec (its paper) 0.0611; held to the SASRec bars", 0.0560, 0.0611),
