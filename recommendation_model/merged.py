@@ -123,9 +123,9 @@ def train_merged(cfg: MergedConfig, log=print) -> dict:
             f"{', '.join(f'{k} {len(v)}' for k, v in c2dsr.items()) or 'not used'} -> {out}")
         meta = {"kind": model.kind, "model_args": model.model_args, "config": to_dict(cfg),
                 "data_fingerprint": merged.fingerprint()}
-        rows = CausalDataset(train, width, device=device, prefixes=cfg.model.train_samples == "prefixes",
-                             repeat_padding=cfg.model.repeat_padding)
-        result = fit(model, rows, validate, cfg.training, out, device=device, seed=cfg.seed, checkpoint_meta=meta,
+        train_rows = CausalDataset(train, width, device=device, prefixes=cfg.model.train_samples == "prefixes",
+                                   repeat_padding=cfg.model.repeat_padding)
+        result = fit(model, train_rows, validate, cfg.training, out, device=device, seed=cfg.seed, checkpoint_meta=meta,
                      log=log)
         model.eval()
         test = evaluators["test"]

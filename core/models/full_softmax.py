@@ -3,8 +3,8 @@
 Each chunk of rows scores the whole catalog once: the loss, the softmax and the gradient
 ``softmax - onehot`` come from that one logits block, which is then multiplied back into the
 gradients of the hidden states and of the item table (and bias) and freed. Backward only
-scales the stored gradients. Against autograd over checkpointed chunks (forward, recomputed
-forward, backward: two catalog matmuls and three softmax passes more) a Beauty-sized loss
+scales the stored gradients. Autograd over checkpointed chunks (forward, recomputed forward,
+backward) needs one catalog matmul and two softmax passes more; against it a Beauty-sized loss
 costs about 0.74x (benchmarks/README.md, "Stop 40").
 """
 from __future__ import annotations
