@@ -50,10 +50,10 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from core import store
-from core.provenance import cpu_has_native_bf16
 from core.data.batches import length_bucketed
 from core.dist import all_reduce_mean, barrier, dist_info, is_main
 from core.errors import CheckpointError
+from core.provenance import cpu_has_native_bf16
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ class CausalDataset(Dataset):
     in front of a short row is filled with 1..maxlen // n more copies of the row's own
     (input, target) pairs, drawn again every epoch, with a padding id between copies when
     ``delimited``. The real copy stays at the right end, so scoring inputs are unchanged.
+    The copies are drawn per batch in ``get_batch`` (the training path); ``dataset[i]`` gives the
+    row without them.
 
     ``materialize``: build the ``[U, maxlen + 1]`` row matrix once (fast batches; the default
     for in-memory data) or gather each batch's rows from the CSR arrays on the fly (memory
